@@ -1,0 +1,159 @@
+"""Contract tests for every IStorage implementation, and tests of StoredItem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from txdht.core.items import Identity, Item, blob
+from txdht.core.storage import MemoryStorage, StoredItem
+from txdht.interfaces import IStorage
+
+OWNER = Identity.from_private_bytes(bytes(range(32)))
+
+
+@pytest.fixture(params=[MemoryStorage])
+def store(request: pytest.FixtureRequest) -> IStorage:
+    """A fresh, empty store of each implementation."""
+    factory: Callable[[], IStorage] = request.param
+    return factory()
+
+
+def record(value: bytes, expires_at: float = 100.0) -> StoredItem:
+    """A record of the blob ``value`` expiring at ``expires_at``."""
+    return StoredItem(blob(value), expires_at)
+
+
+def test_stored_item_id_is_item_key() -> None:
+    """A record's id and key are its item's key."""
+    item = OWNER.sign("n", b"v", 1)
+    stored = StoredItem(item, 5.0)
+    assert stored.id == stored.key == item.key
+
+
+def test_provides_interface(store: IStorage) -> None:
+    """The store fully provides IStorage."""
+    assert verifyObject(IStorage, store)
+
+
+def test_empty_store(store: IStorage) -> None:
+    """A new store holds no records and no publications."""
+    assert store.count() == 0
+    assert store.get(blob(b"a").key) is None
+    assert list(store.records()) == []
+    assert store.expire(1e12) == 0
+    assert store.published("n") is None
+    assert list(store.published_items()) == []
+
+
+def test_put_then_get(store: IStorage) -> None:
+    """A record put is found under its item's key and counted."""
+    first, second = record(b"a"), record(b"b")
+    store.put(first)
+    store.put(second)
+    assert store.get(first.key) == first
+    assert store.get(second.key) == second
+    assert store.count() == 2
+
+
+def test_put_replaces_same_key(store: IStorage) -> None:
+    """Putting a record under a key already used replaces the old one."""
+    old = StoredItem(OWNER.sign("n", b"old", 1), 10.0)
+    new = StoredItem(OWNER.sign("n", b"new", 2), 20.0)
+    store.put(old)
+    store.put(new)
+    assert store.get(old.key) == new
+    assert store.count() == 1
+
+
+def test_delete(store: IStorage) -> None:
+    """Delete forgets one record, and deleting a missing key is not an error."""
+    kept, gone = record(b"a"), record(b"b")
+    store.put(kept)
+    store.put(gone)
+    store.delete(gone.key)
+    store.delete(gone.key)
+    store.delete(12345)
+    assert store.get(gone.key) is None
+    assert store.get(kept.key) == kept
+    assert store.count() == 1
+
+
+def test_records_lists_every_record(store: IStorage) -> None:
+    """records() yields each stored record once."""
+    records = [record(bytes([i])) for i in range(5)]
+    for each in records:
+        store.put(each)
+    assert sorted(store.records(), key=lambda r: r.key) == sorted(records, key=lambda r: r.key)
+
+
+def test_records_may_change_during_iteration(store: IStorage) -> None:
+    """Deleting and adding records while iterating records() is safe and sees the snapshot."""
+    for i in range(3):
+        store.put(record(bytes([i])))
+    seen = 0
+    for each in store.records():
+        store.delete(each.key)
+        store.put(record(b"new" + bytes([seen])))
+        seen += 1
+    assert seen == 3
+    assert store.count() == 3
+
+
+def test_expire_drops_records_at_or_before_now(store: IStorage) -> None:
+    """expire(now) drops records expiring before or exactly at now, keeps later ones."""
+    early, exact, late = record(b"a", 9.5), record(b"b", 10.0), record(b"c", 10.001)
+    for each in (early, exact, late):
+        store.put(each)
+    assert store.expire(9.0) == 0
+    assert store.expire(10.0) == 2
+    assert store.get(early.key) is None
+    assert store.get(exact.key) is None
+    assert store.get(late.key) == late
+    assert store.count() == 1
+    assert store.expire(10.0) == 0
+    assert store.expire(11.0) == 1
+    assert store.count() == 0
+
+
+def test_published_keeps_latest_per_name(store: IStorage) -> None:
+    """set_published replaces the item under the same name and keeps other names apart."""
+    first, second = OWNER.sign("a", b"1", 1), OWNER.sign("a", b"2", 2)
+    other = OWNER.sign("b", b"x", 0)
+    store.set_published(first)
+    store.set_published(other)
+    assert store.published("a") == first
+    store.set_published(second)
+    assert store.published("a") == second
+    assert store.published("b") == other
+    assert store.published("c") is None
+    assert sorted(store.published_items(), key=lambda i: i.name or "") == [second, other]
+
+
+def test_published_is_separate_from_records(store: IStorage) -> None:
+    """Publishing does not store a record, and storing a record does not publish it."""
+    item = OWNER.sign("a", b"1", 1)
+    store.set_published(item)
+    assert store.count() == 0
+    store.put(StoredItem(OWNER.sign("b", b"1", 1), 5.0))
+    assert store.published("b") is None
+
+
+def test_published_items_may_change_during_iteration(store: IStorage) -> None:
+    """Publishing while iterating published_items() is safe and sees the snapshot."""
+    store.set_published(OWNER.sign("a", b"1", 1))
+    items: list[Item] = []
+    for item in store.published_items():
+        items.append(item)
+        store.set_published(OWNER.sign("b", b"1", 1))
+    assert len(items) == 1
+    assert len(list(store.published_items())) == 2
+
+
+def test_set_published_refuses_blob(store: IStorage) -> None:
+    """A blob has no name, so it cannot be recorded as a publication."""
+    with pytest.raises(ValueError, match="mutable item"):
+        store.set_published(blob(b"x"))
+    assert list(store.published_items()) == []

@@ -1,0 +1,83 @@
+"""The one error type of the wire protocol, and its numeric codes.
+
+Whatever a peer sends that txdht will not accept (a message it cannot parse, an item whose
+signature does not verify, a sequence number older than the one stored) becomes a
+``ProtocolError`` carrying a code from ``ErrorCode`` and a readable message. The shells turn it
+into an ``error`` reply to the peer and a log line; nothing else about the node changes. The same
+codes come back to a caller as ``RemoteError`` when a peer refuses one of our requests.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "ErrorCode",
+    "JoinError",
+    "NotFoundError",
+    "ProtocolError",
+    "PutError",
+    "RemoteError",
+]
+
+
+class ErrorCode(IntEnum):
+    """Numeric error codes carried by ``error`` replies (see docs/protocol.md)."""
+
+    #: The message is not a UTF-8 JSON object.
+    MALFORMED = 100
+    #: The message's protocol version is not one this node speaks.
+    BAD_VERSION = 101
+    #: The message type is not known.
+    UNKNOWN_TYPE = 102
+    #: A required field is missing.
+    MISSING_FIELD = 103
+    #: A field has the wrong type or an out-of-range value.
+    BAD_FIELD = 104
+    #: The message is a reply nobody asked for, or a request where a reply was due.
+    UNEXPECTED = 105
+    #: A mutable item's signature does not verify against its public key.
+    BAD_SIGNATURE = 200
+    #: A mutable item's sequence number is lower than the stored one (or equal with other data).
+    STALE_SEQUENCE = 201
+    #: An item is not stored under the key it was asked for.
+    KEY_MISMATCH = 202
+    #: The item's value is larger than this node accepts.
+    VALUE_TOO_LARGE = 203
+    #: The node failed while handling a valid request (its fault, not the peer's).
+    INTERNAL = 500
+
+
+class ProtocolError(Exception):
+    """A message or item was refused; ``code`` says why and ``message`` says it to a person.
+
+    ``request_id`` is the id of the request being refused when it could be read, so that the
+    error reply can be matched by the peer.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, request_id: int | None = None) -> None:
+        super().__init__(f"{code.name.lower()} ({int(code)}): {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class RemoteError(Exception):
+    """A peer answered one of our requests with an ``error`` reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"peer refused the request with error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NotFoundError(LookupError):
+    """No node holds a valid value under the key that was asked for."""
+
+
+class JoinError(Exception):
+    """None of the seed nodes answered, so the node could not join the network."""
+
+
+class PutError(Exception):
+    """No node accepted the item, so nothing was stored."""

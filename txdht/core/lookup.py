@@ -1,0 +1,142 @@
+"""The iterative Kademlia lookup, as a state machine with no I/O.
+
+Theory of operation
+-------------------
+A lookup walks the clock face towards ``target``. It keeps every contact it has heard of in one
+of four states: not yet asked, in flight, answered, failed. The *shortlist* is the k closest
+contacts that have not failed. The shell asks ``next_queries()`` what to send; the machine hands
+out shortlist contacts that were not asked yet, nearest first, while fewer than alpha requests
+are in flight, and marks them in flight. The shell then feeds back exactly one event per query:
+``nodes_received`` (the peer answered with contacts, which join the candidates),
+``value_received`` (FIND_VALUE only), or ``query_failed`` (timeout, refused connection, error
+reply, garbage). After each event the shell calls ``next_queries()`` again.
+
+There are no lock-step rounds: a new request leaves as soon as any one answers or fails, so one
+slow peer never holds the others up. A failed contact drops out of the shortlist, which lets the
+next closest one in.
+
+The lookup is finished when every contact of the shortlist has answered (nothing closer is left
+to ask and nothing is in flight), or, for FIND_VALUE, at the first value that verifies against
+the key. A value that does not verify counts as a failure of the peer that sent it, and the
+lookup goes on. ``closest()`` is the result of a FIND_NODE lookup: the k closest contacts that
+answered, which is where a put stores its item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+
+from txdht.core.errors import ProtocolError
+from txdht.core.ids import Contact, closest
+from txdht.core.items import Item
+from txdht.core.routing import K
+
+__all__ = ["ALPHA", "IterativeLookup"]
+
+#: Requests a lookup keeps in flight at once: the paper's alpha.
+ALPHA = 3
+
+
+class _State(Enum):
+    NEW = "new"
+    IN_FLIGHT = "in flight"
+    ANSWERED = "answered"
+    FAILED = "failed"
+
+
+class IterativeLookup:
+    """One lookup for ``target``: FIND_NODE, or FIND_VALUE when ``find_value`` is set."""
+
+    def __init__(
+        self,
+        target: int,
+        seeds: Iterable[Contact],
+        *,
+        own_id: int,
+        k: int = K,
+        alpha: int = ALPHA,
+        find_value: bool = False,
+    ) -> None:
+        self.target = target
+        self.own_id = own_id
+        self.k = k
+        self.alpha = alpha
+        self.find_value = find_value
+        #: The first valid item found (FIND_VALUE).
+        self.value: Item | None = None
+        #: Peers that sent a value that failed verification, with the reason.
+        self.bad_values: list[tuple[Contact, ProtocolError]] = []
+        #: How many queries the lookup sent.
+        self.queries = 0
+        self._contacts: dict[int, Contact] = {}
+        self._state: dict[int, _State] = {}
+        self._add(seeds)
+
+    @property
+    def done(self) -> bool:
+        """Whether the lookup is over: a value was found, or the shortlist has all answered."""
+        if self.value is not None:
+            return True
+        return not self._in_flight() and not self._to_ask()
+
+    def next_queries(self) -> list[Contact]:
+        """The contacts to query now; each is in flight until an event about it is fed back."""
+        if self.done:
+            return []
+        room = self.alpha - len(self._in_flight())
+        chosen = self._to_ask()[: max(room, 0)]
+        for contact in chosen:
+            self._state[contact.id] = _State.IN_FLIGHT
+        self.queries += len(chosen)
+        return chosen
+
+    def nodes_received(self, peer: Contact, contacts: Iterable[Contact]) -> None:
+        """``peer`` answered with the contacts it knows closest to the target."""
+        if self._answer(peer):
+            self._add(contacts)
+
+    def value_received(self, peer: Contact, item: Item) -> bool:
+        """``peer`` answered with an item; it ends the lookup if it verifies (returns whether)."""
+        if not self._answer(peer):
+            return False
+        try:
+            item.verify_for(self.target)
+        except ProtocolError as e:
+            self._state[peer.id] = _State.FAILED
+            self.bad_values.append((peer, e))
+            return False
+        self.value = item
+        return True
+
+    def query_failed(self, peer: Contact) -> None:
+        """The query to ``peer`` failed: timeout, lost connection, error reply or garbage."""
+        if self._state.get(peer.id) is _State.IN_FLIGHT:
+            self._state[peer.id] = _State.FAILED
+
+    def closest(self) -> list[Contact]:
+        """The k closest contacts that answered, nearest first."""
+        answered = (c for i, c in self._contacts.items() if self._state[i] is _State.ANSWERED)
+        return closest(self.target, answered, self.k)
+
+    def _answer(self, peer: Contact) -> bool:
+        if self._state.get(peer.id) is not _State.IN_FLIGHT:
+            return False
+        self._state[peer.id] = _State.ANSWERED
+        return True
+
+    def _add(self, contacts: Iterable[Contact]) -> None:
+        for contact in contacts:
+            if contact.id != self.own_id and contact.id not in self._contacts:
+                self._contacts[contact.id] = contact
+                self._state[contact.id] = _State.NEW
+
+    def _shortlist(self) -> list[Contact]:
+        alive = (c for i, c in self._contacts.items() if self._state[i] is not _State.FAILED)
+        return closest(self.target, alive, self.k)
+
+    def _to_ask(self) -> list[Contact]:
+        return [c for c in self._shortlist() if self._state[c.id] is _State.NEW]
+
+    def _in_flight(self) -> list[int]:
+        return [i for i, s in self._state.items() if s is _State.IN_FLIGHT]

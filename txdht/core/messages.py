@@ -1,0 +1,290 @@
+"""The wire messages and their codec: one UTF-8 JSON object per netstring.
+
+Every message carries the protocol version ``v``, its ``type``, a request id ``rid`` (a reply
+echoes the id of the request it answers, so many requests can share one connection), and the
+sender's id and listening port (0: "I do not listen, do not add me to your routing table"). The
+sender's host is never sent: the receiver takes it from the connection, so a peer cannot point
+others at an address it does not hold.
+
+``decode`` is strict: anything but a well-formed message of a known type raises ``ProtocolError``
+with the code that says what is wrong, and with the request id when one could be read, so that
+the shell can answer with an ``error`` reply. docs/protocol.md is the specification.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NoReturn
+
+from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.ids import Contact, id_from_hex, id_to_hex
+from txdht.core.items import MAX_TTL, Item
+
+__all__ = [
+    "MAX_CONTACTS",
+    "MAX_ERROR_TEXT",
+    "PROTOCOL_VERSION",
+    "REPLY_TYPES",
+    "REQUEST_TYPES",
+    "Error",
+    "FindNode",
+    "FindValue",
+    "Message",
+    "Nodes",
+    "Ok",
+    "Ping",
+    "Pong",
+    "Store",
+    "Value",
+    "decode",
+    "encode",
+]
+
+#: The version this codec speaks; a message with another version is refused with BAD_VERSION.
+PROTOCOL_VERSION = 1
+#: Request ids are JSON integers that every JSON parser holds exactly (2**53, JavaScript's limit).
+MAX_REQUEST_ID = 2**53 - 1
+#: At most this many contacts in a ``nodes`` reply: k is configurable, but never above this, so
+#: a peer cannot make us parse (or route to) thousands of contacts from one reply.
+MAX_CONTACTS = 64
+#: An error reply's text is cut to this many characters: it is for a person's log, not for data.
+MAX_ERROR_TEXT = 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """What every message carries: request id, the sender's id, the sender's listening port."""
+
+    TYPE: ClassVar[str] = ""
+    rid: int
+    sender: int
+    port: int
+
+    def body(self) -> dict[str, Any]:
+        """The type-specific fields, in wire form."""
+        return {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ping(Message):
+    """Are you there? Answered by ``pong``."""
+
+    TYPE = "ping"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pong(Message):
+    """I am here."""
+
+    TYPE = "pong"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Store(Message):
+    """Keep ``item`` for ``ttl`` seconds. Answered by ``ok`` or an ``error``."""
+
+    TYPE = "store"
+    item: Item
+    ttl: float
+
+    def body(self) -> dict[str, Any]:
+        return {"item": self.item.to_json(), "ttl": self.ttl}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ok(Message):
+    """The item is stored."""
+
+    TYPE = "ok"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindNode(Message):
+    """Which contacts do you know closest to ``target``? Answered by ``nodes``."""
+
+    TYPE = "find_node"
+    target: int
+
+    def body(self) -> dict[str, Any]:
+        return {"target": id_to_hex(self.target)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindValue(Message):
+    """The item under ``key``, please. Answered by ``value``, or ``nodes`` when not held."""
+
+    TYPE = "find_value"
+    key: int
+
+    def body(self) -> dict[str, Any]:
+        return {"key": id_to_hex(self.key)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Nodes(Message):
+    """The closest contacts the sender knows to what was asked."""
+
+    TYPE = "nodes"
+    nodes: tuple[Contact, ...] = field(default=())
+
+    def body(self) -> dict[str, Any]:
+        return {"nodes": [[id_to_hex(c.id), c.host, c.port] for c in self.nodes]}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Value(Message):
+    """The item that was asked for."""
+
+    TYPE = "value"
+    item: Item
+
+    def body(self) -> dict[str, Any]:
+        return {"item": self.item.to_json()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error(Message):
+    """The request was refused; ``code`` is an ``ErrorCode`` value."""
+
+    TYPE = "error"
+    code: int
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message[:MAX_ERROR_TEXT]}
+
+
+REQUEST_TYPES: tuple[type[Message], ...] = (Ping, Store, FindNode, FindValue)
+REPLY_TYPES: tuple[type[Message], ...] = (Pong, Ok, Nodes, Value, Error)
+_BY_TYPE = {cls.TYPE: cls for cls in REQUEST_TYPES + REPLY_TYPES}
+
+
+def encode(message: Message) -> bytes:
+    """The wire bytes of ``message`` (without the netstring framing)."""
+    obj = {
+        "v": PROTOCOL_VERSION,
+        "type": message.TYPE,
+        "rid": message.rid,
+        "sender": id_to_hex(message.sender),
+        "port": message.port,
+        **message.body(),
+    }
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode(data: bytes) -> Message:
+    """Parse one message; ``ProtocolError`` says what is wrong with anything else."""
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError(ErrorCode.MALFORMED, f"not a UTF-8 JSON text: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "a message is a JSON object")
+    rid = obj.get("rid")
+    readable = isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_REQUEST_ID
+    fields = _Fields(obj, rid if readable else None)
+    if fields.get("v", int) != PROTOCOL_VERSION:
+        fields.fail(ErrorCode.BAD_VERSION, f"protocol version {obj['v']!r} is not spoken here")
+    kind = fields.get("type", str)
+    cls = _BY_TYPE.get(kind)
+    if cls is None:
+        fields.fail(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
+    head = {
+        "rid": fields.int_in("rid", 0, MAX_REQUEST_ID),
+        "sender": fields.id("sender"),
+        "port": fields.int_in("port", 0, 65535),
+    }
+    return cls(**head, **_BODY_PARSERS[kind](fields))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Fields:
+    """Typed access to a decoded JSON object; every failure is a ``ProtocolError``."""
+
+    def __init__(self, obj: dict[str, Any], rid: int | None) -> None:
+        self.obj = obj
+        self.rid = rid
+
+    def fail(self, code: ErrorCode, message: str) -> NoReturn:
+        raise ProtocolError(code, message, self.rid)
+
+    def get(self, name: str, kind: type) -> Any:
+        if name not in self.obj:
+            self.fail(ErrorCode.MISSING_FIELD, f"field {name!r} is missing")
+        value = self.obj[name]
+        if kind is int:
+            ok = _is_int(value)
+        elif kind is float:
+            ok = _is_int(value) or isinstance(value, float)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            self.fail(ErrorCode.BAD_FIELD, f"field {name!r} must be a {kind.__name__}")
+        return value
+
+    def int_in(self, name: str, low: int, high: int) -> int:
+        value: int = self.get(name, int)
+        if not low <= value <= high:
+            self.fail(ErrorCode.BAD_FIELD, f"field {name!r} must be from {low} to {high}")
+        return value
+
+    def id(self, name: str) -> int:
+        try:
+            return id_from_hex(str(self.get(name, str)))
+        except ValueError as e:
+            self.fail(ErrorCode.BAD_FIELD, f"field {name!r}: {e}")
+
+    def item(self) -> Item:
+        try:
+            return Item.from_json(self.get("item", dict))
+        except ProtocolError as e:
+            self.fail(e.code, f"field 'item': {e.message}")
+
+    def contacts(self) -> tuple[Contact, ...]:
+        raw: list[Any] = self.get("nodes", list)
+        if len(raw) > MAX_CONTACTS:
+            self.fail(ErrorCode.BAD_FIELD, f"at most {MAX_CONTACTS} contacts in a reply")
+        return tuple(self._contact(entry) for entry in raw)
+
+    def _contact(self, entry: Any) -> Contact:
+        try:
+            ident, host, port = entry
+            if not (isinstance(host, str) and _is_int(port) and 1 <= port <= 65535):
+                raise ValueError(f"bad host or port {host!r:.40}, {port!r:.10}")
+            return Contact(id_from_hex(ident), str(ipaddress.ip_address(host)), port)
+        except (TypeError, ValueError) as e:
+            self.fail(ErrorCode.BAD_FIELD, f"a contact is [id, ip, port]: {e}")
+
+
+def _store_body(f: _Fields) -> dict[str, Any]:
+    ttl = float(f.get("ttl", float))
+    if not 0 < ttl <= MAX_TTL:
+        f.fail(ErrorCode.BAD_FIELD, f"field 'ttl' must be above 0 and at most {MAX_TTL:g}")
+    return {"item": f.item(), "ttl": ttl}
+
+
+def _error_body(f: _Fields) -> dict[str, Any]:
+    return {"code": f.get("code", int), "message": f.get("message", str)[:MAX_ERROR_TEXT]}
+
+
+_BODY_PARSERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
+    "ping": lambda f: {},
+    "pong": lambda f: {},
+    "ok": lambda f: {},
+    "store": _store_body,
+    "find_node": lambda f: {"target": f.id("target")},
+    "find_value": lambda f: {"key": f.id("key")},
+    "nodes": lambda f: {"nodes": f.contacts()},
+    "value": lambda f: {"item": f.item()},
+    "error": _error_body,
+}

@@ -1,0 +1,205 @@
+"""The routing table: k-buckets over the id space, kept by the rules of the Kademlia paper.
+
+Theory of operation
+-------------------
+The table starts as one bucket covering the whole id space. A bucket holds at most k contacts in
+least-recently-seen order (the head is the contact we heard from longest ago). Every time we
+hear from a node (it sent us a request, or answered one of ours) the shell calls ``seen``:
+
+1. A known contact moves to the tail; its failure count is cleared.
+2. A new contact joins the tail of its bucket if there is room.
+3. A full bucket is split in two when it covers our own id, or (the paper's relaxed rule, which
+   keeps a well-populated subtree of at least k contacts around us even when the tree is
+   unbalanced) when the new contact is among the k closest to us that we know. Splitting repeats
+   until the contact fits or the rule says stop.
+4. Otherwise a contact that has failed ``max_failures`` times in a row is replaced at once;
+   failing that the newcomer waits in the bucket's replacement cache, and ``seen`` returns the
+   head of the bucket: the shell pings it. If it answers (``seen`` again) it moves to the tail and
+   stays: live contacts are never evicted, which is what makes Kademlia resist flooding. If it
+   fails (``failed``), it is evicted and the most recently seen replacement takes its place.
+
+Every failed request counts against a contact (``failed``); with a replacement waiting, a contact
+is dropped after ``max_failures`` failures in a row. With no replacement it stays, marked stale,
+because losing every contact during our own network outage would be worse.
+
+Each bucket remembers when a lookup last targeted its range; ``stale_buckets`` names those idle
+for longer than the refresh interval so the node can look up a random id in them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from txdht.core.ids import ID_BITS, Contact, closest
+
+__all__ = ["MAX_FAILURES", "K", "KBucket", "RoutingTable"]
+
+#: Contacts per bucket, and replicas per item: the paper's k.
+K = 20
+#: Failed requests in a row after which a contact counts as stale and may be replaced.
+MAX_FAILURES = 3
+
+
+@dataclass
+class _Entry:
+    contact: Contact
+    last_seen: float
+    failures: int = 0
+
+
+class KBucket:
+    """The contacts whose ids fall in ``[low, high)``, least recently seen first."""
+
+    def __init__(self, low: int, high: int, last_lookup: float) -> None:
+        self.low = low
+        self.high = high
+        #: When a lookup last targeted this range (for refresh).
+        self.last_lookup = last_lookup
+        self.entries: OrderedDict[int, _Entry] = OrderedDict()
+        #: Newcomers that found the bucket full, most recently seen last.
+        self.replacements: OrderedDict[int, _Entry] = OrderedDict()
+        #: The id of the head contact being pinged before a possible eviction.
+        self.pinging: int | None = None
+
+    def covers(self, ident: int) -> bool:
+        """Whether ``ident`` falls in this bucket's range."""
+        return self.low <= ident < self.high
+
+    def random_id(self, rng: random.Random) -> int:
+        """A random id in this bucket's range: the target of a refresh lookup."""
+        return self.low + rng.randrange(self.high - self.low)
+
+    def split(self) -> tuple[KBucket, KBucket]:
+        """Two buckets covering the two halves of this one, sharing out its contacts."""
+        middle = (self.low + self.high) // 2
+        halves = (
+            KBucket(self.low, middle, self.last_lookup),
+            KBucket(middle, self.high, self.last_lookup),
+        )
+        for half in halves:
+            for source, target in (
+                (self.entries, half.entries),
+                (self.replacements, half.replacements),
+            ):
+                target.update((i, e) for i, e in source.items() if half.covers(i))
+            if self.pinging is not None and half.covers(self.pinging):
+                half.pinging = self.pinging
+        return halves
+
+
+class RoutingTable:
+    """The k-buckets of one node; see the module docstring for the rules."""
+
+    def __init__(
+        self, own_id: int, k: int = K, now: float = 0.0, max_failures: int = MAX_FAILURES
+    ) -> None:
+        self.own_id = own_id
+        self.k = k
+        self.max_failures = max_failures
+        self.buckets = [KBucket(0, 1 << ID_BITS, now)]
+
+    def bucket_for(self, ident: int) -> KBucket:
+        """The bucket whose range holds ``ident``."""
+        lows = [b.low for b in self.buckets]
+        return self.buckets[bisect.bisect_right(lows, ident) - 1]
+
+    def __len__(self) -> int:
+        return sum(len(b.entries) for b in self.buckets)
+
+    def __contains__(self, ident: int) -> bool:
+        return ident in self.bucket_for(ident).entries
+
+    def contacts(self) -> list[Contact]:
+        """Every contact in the table, bucket by bucket."""
+        return [e.contact for b in self.buckets for e in b.entries.values()]
+
+    def entry(self, ident: int) -> _Entry | None:
+        """What the table knows of a contact: address, last seen, failures."""
+        return self.bucket_for(ident).entries.get(ident)
+
+    def closest(
+        self, target: int, count: int | None = None, exclude: int | None = None
+    ) -> list[Contact]:
+        """The ``count`` (default k) contacts closest to ``target``, nearest first."""
+        found = (c for c in self.contacts() if c.id != exclude)
+        return closest(target, found, self.k if count is None else count)
+
+    def seen(self, contact: Contact, now: float) -> Contact | None:
+        """We heard from ``contact``; return a contact the shell must ping, if any (rule 4)."""
+        if contact.id == self.own_id:
+            return None
+        bucket = self.bucket_for(contact.id)
+        entry = bucket.entries.get(contact.id)
+        if entry is not None:
+            entry.last_seen, entry.failures = now, 0
+            bucket.entries.move_to_end(contact.id)
+            if bucket.pinging == contact.id:
+                bucket.pinging = None
+            return None
+        while len(bucket.entries) >= self.k and self._may_split(bucket, contact.id):
+            bucket = self._split(bucket, contact.id)
+        if len(bucket.entries) < self.k:
+            bucket.replacements.pop(contact.id, None)
+            bucket.entries[contact.id] = _Entry(contact, now)
+            return None
+        stale = [e for e in bucket.entries.values() if e.failures >= self.max_failures]
+        if stale:
+            del bucket.entries[stale[0].contact.id]
+            bucket.entries[contact.id] = _Entry(contact, now)
+            return None
+        bucket.replacements[contact.id] = _Entry(contact, now)
+        bucket.replacements.move_to_end(contact.id)
+        while len(bucket.replacements) > self.k:
+            bucket.replacements.popitem(last=False)
+        if bucket.pinging is not None:
+            return None
+        head = next(iter(bucket.entries.values()))
+        bucket.pinging = head.contact.id
+        return head.contact
+
+    def failed(self, ident: int) -> None:
+        """A request to ``ident`` failed or timed out: count it, and evict if the rules say so."""
+        bucket = self.bucket_for(ident)
+        entry = bucket.entries.get(ident)
+        if entry is None:
+            bucket.replacements.pop(ident, None)
+            return
+        entry.failures += 1
+        evict = bucket.pinging == ident or entry.failures >= self.max_failures
+        if evict and bucket.replacements:
+            del bucket.entries[ident]
+            _, newcomer = bucket.replacements.popitem()
+            bucket.entries[newcomer.contact.id] = newcomer
+        if bucket.pinging == ident:
+            bucket.pinging = None
+
+    def remove(self, ident: int) -> None:
+        """Forget a contact outright (it misbehaved), promoting a replacement if one waits."""
+        bucket = self.bucket_for(ident)
+        if bucket.entries.pop(ident, None) is not None and bucket.replacements:
+            _, newcomer = bucket.replacements.popitem()
+            bucket.entries[newcomer.contact.id] = newcomer
+
+    def touch(self, target: int, now: float) -> None:
+        """A lookup for ``target`` ran: its bucket does not need a refresh for a while."""
+        self.bucket_for(target).last_lookup = now
+
+    def stale_buckets(self, now: float, interval: float) -> list[KBucket]:
+        """Buckets no lookup has targeted for ``interval`` seconds."""
+        return [b for b in self.buckets if now - b.last_lookup >= interval]
+
+    def _may_split(self, bucket: KBucket, newcomer: int) -> bool:
+        if bucket.covers(self.own_id):
+            return True
+        mine = newcomer ^ self.own_id
+        closer = sum(1 for c in self.contacts() if c.id ^ self.own_id < mine)
+        return closer < self.k
+
+    def _split(self, bucket: KBucket, newcomer: int) -> KBucket:
+        index = self.buckets.index(bucket)
+        halves = bucket.split()
+        self.buckets[index : index + 1] = halves
+        return halves[0] if halves[0].covers(newcomer) else halves[1]

@@ -1,0 +1,500 @@
+"""The Twisted shell: netstring connections, RPCs as Deferreds, lookups, and the ``Node`` API.
+
+This module only moves bytes and time. ``DHTProtocol`` frames messages with
+``NetstringReceiver`` and serves both directions of a TCP connection: requests from the peer go to
+the core ``Engine`` and its reply goes back; replies to our own requests fire the Deferred waiting
+for them, matched by request id. ``Node`` keeps one connection per peer (ours or theirs, whichever
+came first), turns requests into cancellable Deferreds with a timeout on the injected clock, and
+drives the core's lookup state machine from ``Lookup``, a Deferred.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorTCP,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import NetstringReceiver
+from twisted.python.failure import Failure
+
+from txdht.core.engine import Engine
+from txdht.core.errors import (
+    ErrorCode,
+    JoinError,
+    NotFoundError,
+    ProtocolError,
+    PutError,
+    RemoteError,
+)
+from txdht.core.ids import Contact, id_from_hex, id_to_hex
+from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
+from txdht.core.lookup import ALPHA, IterativeLookup
+from txdht.core.messages import (
+    REPLY_TYPES,
+    Error,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ping,
+    Store,
+    Value,
+    decode,
+    encode,
+)
+from txdht.core.routing import K
+from txdht.core.storage import MemoryStorage
+from txdht.interfaces import IStorage
+
+__all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]
+
+#: The longest netstring accepted by default: a 64 KiB value in base64 plus its envelope fits
+#: many times over, and a peer cannot make us buffer more than this for one message.
+DEFAULT_MAX_MESSAGE = 1024 * 1024
+#: Seconds to wait for a connection and a reply before a request counts as failed.
+DEFAULT_RPC_TIMEOUT = 5.0
+
+Address = tuple[str, int]
+_D = TypeVar("_D", bound="Deferred[Any]")
+Connector = Callable[[Address, "DHTFactory"], "Deferred[DHTProtocol]"]
+
+
+class DHTProtocol(NetstringReceiver):
+    """One connection to a peer: requests both ways, replies matched by request id."""
+
+    log = Logger()
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.MAX_LENGTH = node.max_message
+        self.host = ""
+        #: The peer's listening address, once it is known.
+        self.address: Address | None = None
+        self.pending: dict[int, Deferred[Message]] = {}
+        self.closed: Deferred[None] = Deferred()
+        self._framing_reported = False
+
+    def connectionMade(self) -> None:
+        self.host = self.transport.getPeer().host  # type: ignore[union-attr]
+        self.node.connection_made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        if self.brokenPeer and not self._framing_reported:
+            self._framing_reported = True
+            self.log.warn(
+                "closing connection from {host}: framing lost (a malformed netstring, or one "
+                "longer than {limit} bytes)",
+                host=self.host,
+                limit=self.MAX_LENGTH,
+            )
+
+    def stringReceived(self, string: bytes) -> None:
+        try:
+            message = decode(string)
+        except ProtocolError as e:
+            self.log.warn("bad message from {host}: {error}", host=self.host, error=str(e))
+            self.send(self.node.engine.error(e.request_id or 0, e.code, e.message))
+            return
+        if isinstance(message, REPLY_TYPES):
+            self._reply_received(message)
+        else:
+            self.node.request_received(self, message)
+
+    def _reply_received(self, reply: Message) -> None:
+        waiting = self.pending.pop(reply.rid, None)
+        if waiting is None:
+            self.log.info(
+                "ignored a {type} reply from {host} to request {rid}, which nobody awaits",
+                type=reply.TYPE,
+                host=self.host,
+                rid=reply.rid,
+            )
+            return
+        waiting.callback(reply)
+
+    def send(self, message: Message) -> None:
+        """Send one message."""
+        self.sendString(encode(message))  # type: ignore[no-untyped-call]
+
+    def request(self, message: Message) -> Deferred[Message]:
+        """Send a request; the Deferred fires with the reply (cancel it to stop waiting)."""
+
+        def forget(d: Deferred[Message]) -> None:
+            self.pending.pop(message.rid, None)
+
+        d: Deferred[Message] = Deferred(forget)
+        self.pending[message.rid] = d
+        self.send(message)
+        return d
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        pending, self.pending = self.pending, {}
+        for d in pending.values():
+            d.errback(reason)
+        self.node.connection_lost(self)
+        self.closed.callback(None)
+
+
+class DHTFactory(Factory):
+    """Builds a ``DHTProtocol`` for every connection of one node, incoming or outgoing."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def buildProtocol(self, addr: object) -> DHTProtocol:
+        return DHTProtocol(self.node)
+
+
+class Lookup(Deferred[IterativeLookup]):
+    """A running iterative lookup: fires with the finished state machine; ``cancel()`` stops it.
+
+    It keeps ``alpha`` requests in flight, sending a new one whenever one answers or fails,
+    and reports every answer and failure to the node's routing table.
+    """
+
+    def __init__(self, node: Node, machine: IterativeLookup) -> None:
+        super().__init__(lambda _: self._stop())
+        self.machine = machine
+        self._node = node
+        self._queries: dict[int, Deferred[Message]] = {}
+        self._stopped = False
+        self._step()
+
+    def _stop(self) -> None:
+        self._stopped = True
+        for query in list(self._queries.values()):
+            query.cancel()
+
+    def _step(self) -> None:
+        if self.machine.done:
+            self._stop()
+            self.callback(self.machine)
+            return
+        for contact in self.machine.next_queries():
+            if self.machine.find_value:
+                query = self._node.call(contact, FindValue, key=self.machine.target)
+            else:
+                query = self._node.call(contact, FindNode, target=self.machine.target)
+            self._queries[contact.id] = query
+            query.addBoth(self._answered, contact)
+
+    def _answered(self, result: Message | Failure, contact: Contact) -> None:
+        del self._queries[contact.id]
+        if self._stopped:
+            return
+        if isinstance(result, Nodes):
+            self.machine.nodes_received(contact, result.nodes)
+        elif isinstance(result, Value) and self.machine.find_value:
+            if not self.machine.value_received(contact, result.item):
+                self._node.peer_failed(contact, result)
+        else:
+            self.machine.query_failed(contact)
+            self._node.peer_failed(contact, result)
+        self._step()
+
+
+class Node:
+    """A DHT node with a Deferred API.
+
+    :param reactor: provides ``IReactorTime`` and ``IReactorTCP``; the global reactor when None.
+    :param identity: the node's Ed25519 key pair (its id is derived from it); new when None.
+    :param storage: where held items live; in memory when None.
+    :param connect: how to open a connection to an address (tests pass an in-memory one).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        *,
+        identity: Identity | None = None,
+        storage: IStorage | None = None,
+        k: int = K,
+        alpha: int = ALPHA,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        max_value: int = MAX_VALUE_BYTES,
+        connect: Connector | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.reactor: IReactorTime = reactor
+        self.engine = Engine(
+            identity or Identity.generate(),
+            storage if storage is not None else MemoryStorage(),
+            now=self.reactor.seconds(),
+            k=k,
+            alpha=alpha,
+            max_value=max_value,
+        )
+        self.rpc_timeout = rpc_timeout
+        self.max_message = max_message
+        self.factory = DHTFactory(self)
+        self._connect = connect or self._connect_tcp
+        self._rng = rng or random.Random()
+        self._connections: dict[Address, DHTProtocol] = {}
+        self._connecting: dict[Address, list[Deferred[DHTProtocol]]] = {}
+        self._protocols: set[DHTProtocol] = set()
+        self._running: set[Deferred[Any]] = set()
+        self._port: IListeningPort | None = None
+        self._stopped = False
+
+    @property
+    def id(self) -> str:
+        """The node's id, in hex."""
+        return id_to_hex(self.engine.id)
+
+    @property
+    def port(self) -> int:
+        """The TCP port the node listens on (0 until ``listen`` has fired)."""
+        return self.engine.port
+
+    def listen(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> Deferred[IListeningPort]:
+        """Listen on a server endpoint string; the port is then sent in every message."""
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._port = port
+            self.engine.port = port.getHost().port  # type: ignore[attr-defined]
+            return port
+
+        server: IStreamServerEndpoint = serverFromString(self.reactor, endpoint)
+        return server.listen(self.factory).addCallback(listening)
+
+    # -- the public API --------------------------------------------------------------------
+
+    def join(self, seeds: Iterable[Address]) -> Deferred[int]:
+        """Join the network through ``seeds``; fires with the number of contacts then known."""
+        return self._track(Deferred.fromCoroutine(self._join(list(seeds))))
+
+    def put(self, name: str, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
+        """Sign ``value`` under ``name`` with this node's key, store it; fires with the key."""
+        published = self.engine.storage.published(name)
+        seq = published.seq + 1 if published is not None else 1
+        item = self.engine.identity.sign(name, value, seq)
+        self.engine.storage.set_published(item)
+        return self.publish(item, ttl).addCallback(lambda _: id_to_hex(item.key))
+
+    def put_blob(self, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
+        """Store an immutable blob; fires with its key, the sha512 of the value."""
+        item = blob(value)
+        return self.publish(item, ttl).addCallback(lambda _: id_to_hex(item.key))
+
+    def publish(self, item: Item, ttl: float = DEFAULT_TTL) -> Deferred[int]:
+        """Store ``item`` on the k closest nodes; fires with how many accepted it."""
+        item.verify(self.engine.max_value)
+        return self._track(Deferred.fromCoroutine(self._publish(item, ttl)))
+
+    def get(self, key: str) -> Deferred[bytes]:
+        """The value under ``key`` (hex), verified; fails with ``NotFoundError`` if none."""
+        return self._track(Deferred.fromCoroutine(self._get(id_from_hex(key))))
+
+    def lookup(self, target: int, find_value: bool = False) -> Lookup:
+        """Start an iterative lookup for ``target`` (an int id)."""
+        machine = self.engine.lookup(target, self.reactor.seconds(), find_value)
+        return self._track(Lookup(self, machine))
+
+    def stop(self) -> Deferred[None]:
+        """Cancel what is running, close every connection and stop listening."""
+        self._stopped = True
+        for running in list(self._running):
+            running.cancel()
+        waits: list[Deferred[Any]] = []
+        for protocol in list(self._protocols):
+            waits.append(protocol.closed)
+            protocol.transport.loseConnection()  # type: ignore[union-attr]
+        if self._port is not None:
+            waits.append(defer.maybeDeferred(self._port.stopListening))
+        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- requests to peers -----------------------------------------------------------------
+
+    def call(self, to: Contact | Address, cls: type[Message], **fields: Any) -> Deferred[Message]:
+        """Send a request to a contact or address; fires with the reply.
+
+        Error replies, timeouts, lost connections, and replies from another id than the
+        contact's fail the Deferred.
+        """
+        address = to.address if isinstance(to, Contact) else to
+        request = self.engine.message(cls, **fields)
+        d = self._connection(address).addCallback(lambda proto: proto.request(request))
+        d.addTimeout(self.rpc_timeout, self.reactor)
+
+        def check(reply: Message) -> Message:
+            if isinstance(reply, Error):
+                raise RemoteError(reply.code, reply.message)
+            if isinstance(to, Contact) and reply.sender != to.id:
+                raise ProtocolError(ErrorCode.UNEXPECTED, f"{to} answered with another id")
+            if isinstance(to, Contact):
+                self._seen(to)
+            return reply
+
+        return d.addCallback(check)
+
+    def peer_failed(self, contact: Contact, why: Message | Failure) -> None:
+        """A request to ``contact`` failed; count it in the routing table."""
+        reason = why.getErrorMessage() if isinstance(why, Failure) else f"a {why.TYPE} reply"
+        self.log.debug("request to {peer} failed: {reason}", peer=str(contact), reason=reason)
+        self.engine.failed(contact)
+
+    def _seen(self, contact: Contact) -> None:
+        ping = self.engine.replied(contact, self.reactor.seconds())
+        if ping is not None:
+            self._ping_before_evict(ping)
+
+    def _ping_before_evict(self, contact: Contact) -> None:
+        d = self._track(self.call(contact, Ping))
+        d.addErrback(lambda f: self.peer_failed(contact, f))
+
+    def _connection(self, address: Address) -> Deferred[DHTProtocol]:
+        existing = self._connections.get(address)
+        if existing is not None:
+            return defer.succeed(existing)
+        # One connection attempt per address, however many requests wait for it; each waiter
+        # gets its own Deferred, so cancelling one request never cancels the others.
+        waiters = self._connecting.get(address)
+        first = waiters is None
+        if waiters is None:
+            waiters = self._connecting[address] = []
+        waiter: Deferred[DHTProtocol] = Deferred(waiters.remove)
+        waiters.append(waiter)
+        if first:
+            self._connect(address, self.factory).addBoth(self._connected, address)
+        return waiter
+
+    def _connected(self, result: DHTProtocol | Failure, address: Address) -> None:
+        waiters = self._connecting.pop(address)
+        if isinstance(result, DHTProtocol):
+            result.address = address
+            self._connections.setdefault(address, result)
+        for waiter in waiters:
+            if isinstance(result, DHTProtocol):
+                waiter.callback(result)
+            else:
+                waiter.errback(result)
+
+    def _connect_tcp(self, address: Address, factory: DHTFactory) -> Deferred[DHTProtocol]:
+        host, port = address
+        reactor: IReactorTCP = self.reactor  # type: ignore[assignment]
+        kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint = kind(reactor, host, port, timeout=max(1, int(self.rpc_timeout)))
+        return endpoint.connect(factory)  # type: ignore[return-value]
+
+    # -- events from connections -----------------------------------------------------------
+
+    def connection_made(self, protocol: DHTProtocol) -> None:
+        """A connection (either direction) is up."""
+        self._protocols.add(protocol)
+        if self._stopped:
+            protocol.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connection_lost(self, protocol: DHTProtocol) -> None:
+        """A connection is gone; forget it."""
+        self._protocols.discard(protocol)
+        if protocol.address is not None and self._connections.get(protocol.address) is protocol:
+            del self._connections[protocol.address]
+
+    def request_received(self, protocol: DHTProtocol, request: Message) -> None:
+        """A peer's request came in on ``protocol``: answer it."""
+        handled = self.engine.handle(request, protocol.host, self.reactor.seconds())
+        if request.port and protocol.address is None:
+            protocol.address = (protocol.host, request.port)
+            self._connections.setdefault(protocol.address, protocol)
+        reply = handled.reply
+        if isinstance(reply, Error):
+            self.log.warn(
+                "refused a {type} request from {host}: {message}",
+                type=request.TYPE,
+                host=protocol.host,
+                message=reply.message,
+            )
+        protocol.send(reply)
+        if handled.ping is not None:
+            self._ping_before_evict(handled.ping)
+
+    # -- the operations, as coroutines -----------------------------------------------------
+
+    def _track(self, d: _D) -> _D:
+        self._running.add(d)
+        d.addBoth(self._untrack, d)
+        return d
+
+    def _untrack(self, result: object, d: Deferred[Any]) -> object:
+        self._running.discard(d)
+        return result
+
+    async def _join(self, seeds: list[Address]) -> int:
+        pings = [self.call(address, Ping) for address in seeds]
+        results = await DeferredList(pings, consumeErrors=True)
+        now = self.reactor.seconds()
+        for address, (ok, reply) in zip(seeds, results, strict=True):
+            if ok:
+                self.engine.replied(Contact(reply.sender, address[0], address[1]), now)
+            else:
+                self.log.warn(
+                    "seed {host}:{port} did not answer: {reason}",
+                    host=address[0],
+                    port=address[1],
+                    reason=cast(Failure, reply).getErrorMessage(),
+                )
+        if not len(self.engine.routing):
+            raise JoinError(f"none of the {len(seeds)} seed nodes answered")
+        await self.lookup(self.engine.id)
+        # Fill the buckets further away: look up a random id in each one no lookup touched.
+        now = self.reactor.seconds()
+        refresh = self.engine.routing.stale_buckets(now, 0.001)
+        await DeferredList([self.lookup(b.random_id(self._rng)) for b in refresh])
+        return len(self.engine.routing)
+
+    async def _publish(self, item: Item, ttl: float) -> int:
+        machine = await self.lookup(item.key)
+        targets = machine.closest()
+        own_distance = self.engine.id ^ item.key
+        stored = 0
+        if sum(1 for c in targets if c.id ^ item.key < own_distance) < self.engine.k:
+            # This node is itself among the k closest: it keeps a copy too.
+            self.engine.store(item, ttl, self.reactor.seconds())
+            stored += 1
+            targets = targets[: self.engine.k - 1]
+        calls = [self.call(c, Store, item=item, ttl=ttl) for c in targets]
+        for contact, (ok, result) in zip(
+            targets, await DeferredList(calls, consumeErrors=True), strict=True
+        ):
+            if ok:
+                stored += 1
+            else:
+                self.log.info(
+                    "{peer} did not store {key}: {reason}",
+                    peer=str(contact),
+                    key=id_to_hex(item.key)[:12],
+                    reason=cast(Failure, result).getErrorMessage(),
+                )
+        if not stored:
+            raise PutError(f"no node stored the item ({len(targets)} were asked)")
+        return stored
+
+    async def _get(self, key: int) -> bytes:
+        local = self.engine.get(key, self.reactor.seconds())
+        if local is not None:
+            return local.value
+        machine = await self.lookup(key, find_value=True)
+        for peer, error in machine.bad_values:
+            self.log.warn("{peer} sent an invalid value: {error}", peer=str(peer), error=str(error))
+        if machine.value is None:
+            raise NotFoundError(f"no value found under {id_to_hex(key)[:16]}...")
+        return machine.value.value
