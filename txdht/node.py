@@ -105,7 +105,11 @@ class DHTProtocol(NetstringReceiver):
             message = decode(string)
         except ProtocolError as e:
             self.log.warn("bad message from {host}: {error}", host=self.host, error=str(e))
-            self.send(self.node.engine.error(e.request_id or 0, e.code, e.message))
+            waiting = self.pending.pop(e.request_id or 0, None) if e.in_reply else None
+            if waiting is not None:
+                waiting.errback(e)
+            elif not e.in_reply:
+                self.send(self.node.engine.error(e.request_id or 0, e.code, e.message))
             return
         if isinstance(message, REPLY_TYPES):
             self._reply_received(message)

@@ -20,6 +20,7 @@ off the network, and ``open_raw(node)`` gives a raw connection to feed a node ar
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import deque
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txdht.core.items import Identity
 from txdht.core.messages import Message, decode
 from txdht.node import DHTFactory, DHTProtocol, Node
 
@@ -122,8 +124,11 @@ class RawConnection(Protocol):
 class MemoryNetwork:
     """Real nodes, in-memory connections, one clock; see the module docstring."""
 
-    def __init__(self, clock: Clock | None = None, *, seed: int = 0) -> None:
+    def __init__(
+        self, clock: Clock | None = None, *, seed: int = 0, max_events: int = MAX_EVENTS_PER_FLUSH
+    ) -> None:
         self.clock = clock or Clock()
+        self.max_events = max_events
         self.nodes: list[Node] = []
         self.events: deque[tuple[_Pipe, bytes | None]] = deque()
         self._seed = seed
@@ -133,6 +138,9 @@ class MemoryNetwork:
 
     def add_node(self, **options: Any) -> Node:
         """A new node on the network (not joined yet); ``options`` go to ``Node``."""
+        # Same seed, same ids, same network: a failing test fails the same way every run.
+        label = f"txdht.testing:{self._seed}:{len(self.nodes)}".encode()
+        options.setdefault("identity", Identity.from_private_bytes(hashlib.sha256(label).digest()))
         options.setdefault("rng", random.Random(self._seed + len(self.nodes)))
         node = Node(self.clock, connect=self._connect, **options)
         node.engine.port = FIRST_PORT + len(self.nodes)
@@ -165,12 +173,12 @@ class MemoryNetwork:
 
     def flush(self) -> None:
         """Deliver every byte and every close in flight, until the network is quiet."""
-        for _ in range(MAX_EVENTS_PER_FLUSH):
+        for _ in range(self.max_events):
             if not self.events:
                 return
             pipe, data = self.events.popleft()
             self._deliver(pipe, data)
-        raise RuntimeError(f"the network did not settle within {MAX_EVENTS_PER_FLUSH} events")
+        raise RuntimeError(f"the network did not settle within {self.max_events} events")
 
     def advance(self, seconds: float) -> None:
         """Move the clock (firing timeouts and timers), then flush."""

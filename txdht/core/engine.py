@@ -17,6 +17,7 @@ from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, accept
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
+    MAX_CONTACTS,
     Error,
     FindNode,
     FindValue,
@@ -56,6 +57,10 @@ class Engine:
         alpha: int = ALPHA,
         max_value: int = MAX_VALUE_BYTES,
     ) -> None:
+        if not 1 <= k <= MAX_CONTACTS:
+            raise ValueError(f"k must be from 1 to {MAX_CONTACTS} (what a nodes reply may carry)")
+        if alpha < 1:
+            raise ValueError("alpha must be at least 1")
         self.identity = identity
         self.id = identity.node_id
         self.storage = storage

@@ -52,14 +52,24 @@ class ProtocolError(Exception):
     """A message or item was refused; ``code`` says why and ``message`` says it to a person.
 
     ``request_id`` is the id of the request being refused when it could be read, so that the
-    error reply can be matched by the peer.
+    error reply can be matched by the peer. ``in_reply`` is set when the broken message was
+    recognisably a reply: then it is our own request ``request_id`` that failed, and no error
+    reply is sent (the peer could mistake it for the answer to a request of its own).
     """
 
-    def __init__(self, code: ErrorCode, message: str, request_id: int | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        request_id: int | None = None,
+        *,
+        in_reply: bool = False,
+    ) -> None:
         super().__init__(f"{code.name.lower()} ({int(code)}): {message}")
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.in_reply = in_reply
 
 
 class RemoteError(Exception):

@@ -196,6 +196,9 @@ def decode(data: bytes) -> Message:
     cls = _BY_TYPE.get(kind)
     if cls is None:
         fields.fail(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
+    # From here on a broken message is known to be a reply or a request: the shell must not
+    # answer a broken reply with an error reply, but fail the request that awaits it.
+    fields.in_reply = cls in REPLY_TYPES
     head = {
         "rid": fields.int_in("rid", 0, MAX_REQUEST_ID),
         "sender": fields.id("sender"),
@@ -214,9 +217,10 @@ class _Fields:
     def __init__(self, obj: dict[str, Any], rid: int | None) -> None:
         self.obj = obj
         self.rid = rid
+        self.in_reply = False
 
     def fail(self, code: ErrorCode, message: str) -> NoReturn:
-        raise ProtocolError(code, message, self.rid)
+        raise ProtocolError(code, message, self.rid, in_reply=self.in_reply)
 
     def get(self, name: str, kind: type) -> Any:
         if name not in self.obj:
@@ -267,10 +271,11 @@ class _Fields:
 
 
 def _store_body(f: _Fields) -> dict[str, Any]:
-    ttl = float(f.get("ttl", float))
+    # Compare before converting: float() of a huge JSON integer raises OverflowError.
+    ttl = f.get("ttl", float)
     if not 0 < ttl <= MAX_TTL:
         f.fail(ErrorCode.BAD_FIELD, f"field 'ttl' must be above 0 and at most {MAX_TTL:g}")
-    return {"item": f.item(), "ttl": ttl}
+    return {"item": f.item(), "ttl": float(ttl)}
 
 
 def _error_body(f: _Fields) -> dict[str, Any]:

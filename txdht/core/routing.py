@@ -179,6 +179,8 @@ class RoutingTable:
     def remove(self, ident: int) -> None:
         """Forget a contact outright (it misbehaved), promoting a replacement if one waits."""
         bucket = self.bucket_for(ident)
+        if bucket.pinging == ident:
+            bucket.pinging = None
         if bucket.entries.pop(ident, None) is not None and bucket.replacements:
             _, newcomer = bucket.replacements.popitem()
             bucket.entries[newcomer.contact.id] = newcomer

@@ -1,0 +1,234 @@
+"""The core engine: how one node answers each request, with no I/O and time passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from txdht.core.engine import Engine
+from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.ids import Contact
+from txdht.core.items import MAX_TTL, Identity, blob
+from txdht.core.messages import (
+    Error,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ok,
+    Ping,
+    Pong,
+    Store,
+    Value,
+)
+from txdht.core.storage import MemoryStorage
+
+ALICE = Identity.from_private_bytes(b"a" * 32)
+PUBLISHER = Identity.from_private_bytes(b"p" * 32)
+
+
+def make_engine(k: int = 20, max_value: int = 1000) -> Engine:
+    """An engine for ALICE with an empty memory store at time 0."""
+    engine = Engine(ALICE, MemoryStorage(), now=0.0, k=k, max_value=max_value)
+    engine.port = 4000
+    return engine
+
+
+def request(cls: type[Message], sender: int = 7, port: int = 4001, **fields: object) -> Message:
+    """A request from a peer with id ``sender``."""
+    return cls(rid=42, sender=sender, port=port, **fields)
+
+
+def test_ping_gets_pong_and_adds_the_sender() -> None:
+    """A ping is answered with a pong echoing the request id, and the sender is now a contact."""
+    engine = make_engine()
+    handled = engine.handle(request(Ping), "127.0.0.9", 1.0)
+    assert isinstance(handled.reply, Pong)
+    assert (handled.reply.rid, handled.reply.sender, handled.reply.port) == (
+        42,
+        ALICE.node_id,
+        4000,
+    )
+    assert engine.routing.contacts() == [Contact(7, "127.0.0.9", 4001)]
+    assert handled.ping is None
+
+
+def test_sender_without_port_is_not_added() -> None:
+    """A peer that does not listen (port 0) is answered but never enters the routing table."""
+    engine = make_engine()
+    assert isinstance(engine.handle(request(Ping, port=0), "127.0.0.9", 1.0).reply, Pong)
+    assert len(engine.routing) == 0
+
+
+def test_message_claiming_our_own_id_is_not_added() -> None:
+    """A message that claims our own id does not put us in our own table."""
+    engine = make_engine()
+    engine.handle(request(Ping, sender=ALICE.node_id), "127.0.0.9", 1.0)
+    assert len(engine.routing) == 0
+
+
+def test_store_then_find_value() -> None:
+    """A stored item is kept and returned by find_value, with a fresh reply per request."""
+    engine = make_engine()
+    item = PUBLISHER.sign("name", b"value", 1)
+    assert isinstance(engine.handle(request(Store, item=item, ttl=60.0), "h", 0.0).reply, Ok)
+    reply = engine.handle(request(FindValue, key=item.key), "h", 10.0).reply
+    assert isinstance(reply, Value)
+    assert reply.item == item
+
+
+def test_find_value_of_missing_key_answers_closest_nodes_without_the_asker() -> None:
+    """Without the item, find_value answers the closest contacts, never the asker itself."""
+    engine = make_engine()
+    for ident in (1, 2, 3):
+        engine.handle(request(Ping, sender=ident, port=4000 + ident), "127.0.0.1", 0.0)
+    reply = engine.handle(request(FindValue, sender=2, key=0), "127.0.0.1", 0.0).reply
+    assert isinstance(reply, Nodes)
+    assert [c.id for c in reply.nodes] == [1, 3]
+
+
+def test_find_node_answers_k_closest() -> None:
+    """find_node answers at most k contacts, nearest to the target first."""
+    engine = make_engine(k=2)
+    for ident in (8, 9, 12, 1):
+        engine.handle(request(Ping, sender=ident, port=5000), "127.0.0.1", 0.0)
+    reply = engine.handle(request(FindNode, sender=99, target=8), "127.0.0.1", 0.0).reply
+    assert isinstance(reply, Nodes)
+    assert [c.id for c in reply.nodes] == [8, 9]
+
+
+def test_item_expires() -> None:
+    """An item is gone at its expiry time: find_value then answers nodes."""
+    engine = make_engine()
+    item = blob(b"short lived")
+    engine.handle(request(Store, item=item, ttl=60.0), "h", 100.0)
+    assert engine.get(item.key, 159.9) == item
+    assert engine.get(item.key, 160.0) is None
+    assert isinstance(engine.handle(request(FindValue, key=item.key), "h", 160.0).reply, Nodes)
+
+
+def test_ttl_is_capped() -> None:
+    """A store asking for longer than MAX_TTL is kept for MAX_TTL at most."""
+    engine = make_engine()
+    item = blob(b"x")
+    engine.store(item, MAX_TTL * 10, 0.0)
+    record = engine.storage.get(item.key)
+    assert record is not None
+    assert record.expires_at == MAX_TTL
+
+
+def test_refresh_never_shortens_life() -> None:
+    """Storing the same item again extends its expiry, and a shorter ttl never shortens it."""
+    engine = make_engine()
+    item = blob(b"x")
+    engine.store(item, 100.0, 0.0)
+    engine.store(item, 10.0, 50.0)
+    assert engine.storage.get(item.key).expires_at == 100.0  # type: ignore[union-attr]
+    engine.store(item, 100.0, 50.0)
+    assert engine.storage.get(item.key).expires_at == 150.0  # type: ignore[union-attr]
+
+
+def test_newer_sequence_replaces_older() -> None:
+    """A higher sequence number replaces the stored item."""
+    engine = make_engine()
+    engine.store(PUBLISHER.sign("n", b"one", 1), 60.0, 0.0)
+    engine.store(PUBLISHER.sign("n", b"two", 2), 60.0, 0.0)
+    assert engine.get(PUBLISHER.sign("n", b"", 1).key, 1.0) == PUBLISHER.sign("n", b"two", 2)
+
+
+@pytest.mark.parametrize(
+    ("item_seq", "value", "code"),
+    [
+        (1, b"older", ErrorCode.STALE_SEQUENCE),
+        (2, b"same seq, other value", ErrorCode.STALE_SEQUENCE),
+    ],
+)
+def test_stale_store_is_refused_and_keeps_the_stored_item(
+    item_seq: int, value: bytes, code: ErrorCode
+) -> None:
+    """A stale store gets an error reply with its code, and the stored item is unchanged."""
+    engine = make_engine()
+    current = PUBLISHER.sign("n", b"current", 2)
+    engine.store(current, 60.0, 0.0)
+    stale = PUBLISHER.sign("n", value, item_seq)
+    reply = engine.handle(request(Store, item=stale, ttl=60.0), "h", 1.0).reply
+    assert isinstance(reply, Error)
+    assert (reply.code, reply.rid) == (code, 42)
+    assert engine.get(current.key, 1.0) == current
+
+
+def test_expired_item_does_not_block_an_older_sequence() -> None:
+    """Once an item has expired, any valid version may be stored again."""
+    engine = make_engine()
+    engine.store(PUBLISHER.sign("n", b"new", 5), 10.0, 0.0)
+    engine.store(PUBLISHER.sign("n", b"old", 1), 10.0, 20.0)
+    assert engine.get(PUBLISHER.sign("n", b"", 1).key, 21.0) == PUBLISHER.sign("n", b"old", 1)
+
+
+def test_bad_signature_is_refused() -> None:
+    """An item whose signature does not verify is refused with BAD_SIGNATURE and not stored."""
+    engine = make_engine()
+    good = PUBLISHER.sign("n", b"v", 1)
+    forged = type(good)(good.value + b"!", good.public_key, good.name, good.seq, good.signature)
+    reply = engine.handle(request(Store, item=forged, ttl=60.0), "h", 0.0).reply
+    assert isinstance(reply, Error)
+    assert reply.code == ErrorCode.BAD_SIGNATURE
+    assert engine.storage.count() == 0
+
+
+def test_value_too_large_is_refused() -> None:
+    """An item larger than the node's max_value is refused with VALUE_TOO_LARGE."""
+    engine = make_engine(max_value=10)
+    with pytest.raises(ProtocolError) as caught:
+        engine.store(blob(b"x" * 11), 60.0, 0.0)
+    assert caught.value.code == ErrorCode.VALUE_TOO_LARGE
+
+
+def test_reply_sent_as_request_is_refused() -> None:
+    """A reply type arriving where a request is due gets an UNEXPECTED error reply."""
+    engine = make_engine()
+    reply = engine.handle(request(Pong), "h", 0.0).reply
+    assert isinstance(reply, Error)
+    assert reply.code == ErrorCode.UNEXPECTED
+
+
+def test_full_bucket_asks_the_shell_to_ping() -> None:
+    """When a newcomer finds its bucket full (and may not split it), handle() names the head."""
+    engine = make_engine(k=1)
+    top = 1 << 511
+    head = ALICE.node_id ^ top  # the closest id in the half of the clock face opposite ours
+    newcomer = ALICE.node_id ^ top ^ 1  # same half, farther from us
+    assert engine.handle(request(Ping, sender=head), "127.0.0.1", 0.0).ping is None
+    handled = engine.handle(request(Ping, sender=newcomer), "127.0.0.1", 0.0)
+    assert handled.ping == Contact(head, "127.0.0.1", 4001)
+    assert isinstance(handled.reply, Pong)
+    assert newcomer not in engine.routing
+
+
+def test_replied_and_failed_reach_the_routing_table() -> None:
+    """replied() adds a contact, failed() counts against it."""
+    engine = make_engine()
+    contact = Contact(5, "127.0.0.1", 4005)
+    assert engine.replied(contact, 0.0) is None
+    engine.failed(contact)
+    entry = engine.routing.entry(5)
+    assert entry is not None
+    assert entry.failures == 1
+
+
+def test_lookup_is_seeded_from_the_table_and_touches_the_bucket() -> None:
+    """lookup() starts from the k closest known contacts and marks the bucket as looked up."""
+    engine = make_engine()
+    engine.replied(Contact(5, "127.0.0.1", 4005), 0.0)
+    lookup = engine.lookup(5, 100.0, find_value=True)
+    assert lookup.find_value
+    assert [c.id for c in lookup.next_queries()] == [5]
+    assert engine.routing.bucket_for(5).last_lookup == 100.0
+
+
+def test_message_fills_in_sender_and_fresh_request_ids() -> None:
+    """message() stamps our id and port, and gives each request a new request id."""
+    engine = make_engine()
+    first, second = engine.message(Ping), engine.message(Ping)
+    assert first.rid != second.rid
+    assert (first.sender, first.port) == (ALICE.node_id, 4000)
+    assert engine.message(Pong, 9).rid == 9

@@ -1,0 +1,384 @@
+"""Tests for txdht.core.lookup: the iterative lookup state machine, by hand and on a toy network."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import replace
+
+import pytest
+
+from txdht.core.errors import ErrorCode
+from txdht.core.ids import MAX_ID, Contact, closest
+from txdht.core.items import Identity, Item, blob
+from txdht.core.lookup import ALPHA, IterativeLookup
+from txdht.core.routing import K
+
+#: Our own id in the hand-driven tests: as far as can be from target 0.
+OWN = MAX_ID
+OWNER = Identity.from_private_bytes(bytes(32))
+FORGER = Identity.from_private_bytes(bytes([1]) * 32)
+ITEM = OWNER.sign("profile", b"hello", 3)
+
+
+def c(ident: int) -> Contact:
+    """A contact with id ``ident`` and an address derived from it."""
+    return Contact(ident, "192.0.2.1", 1000 + ident % 60000)
+
+
+def cs(*idents: int) -> list[Contact]:
+    """Contacts with the given ids, in that order."""
+    return [c(i) for i in idents]
+
+
+def near(target: int, *distances: int) -> list[Contact]:
+    """Contacts at the given XOR distances from ``target``, in that order."""
+    return [c(target ^ d) for d in distances]
+
+
+def finished(lookup: IterativeLookup) -> bool:
+    """``lookup.done``, read through a call so the type checker does not narrow it."""
+    return lookup.done
+
+
+def found(lookup: IterativeLookup) -> Item | None:
+    """``lookup.value``, read through a call so the type checker does not narrow it."""
+    return lookup.value
+
+
+def test_defaults() -> None:
+    """A lookup defaults to FIND_NODE with the paper's k and alpha and has sent nothing."""
+    lookup = IterativeLookup(0, cs(1), own_id=OWN)
+    assert (lookup.target, lookup.own_id, lookup.k, lookup.alpha) == (0, OWN, K, ALPHA)
+    assert (ALPHA, K) == (3, 20)
+    assert not lookup.find_value
+    assert found(lookup) is None
+    assert lookup.bad_values == []
+    assert lookup.queries == 0
+    assert not finished(lookup)
+    assert lookup.closest() == []
+
+
+def test_at_most_alpha_in_flight_nearest_first() -> None:
+    """The first queries are the alpha seeds nearest the target, and no more until one ends."""
+    lookup = IterativeLookup(0, cs(9, 3, 7, 1, 5), own_id=OWN, k=5, alpha=3)
+    assert lookup.next_queries() == cs(1, 3, 5)
+    assert lookup.next_queries() == []
+    assert lookup.queries == 3
+    assert not finished(lookup)
+
+
+def test_one_answer_releases_exactly_one_query() -> None:
+    """When one peer answers, one new query leaves at once though the others are still out."""
+    lookup = IterativeLookup(0, cs(9, 3, 7, 1, 5), own_id=OWN, k=4, alpha=3)
+    assert lookup.next_queries() == cs(1, 3, 5)
+    lookup.nodes_received(c(3), cs(8, 2))
+    # 2 arrived and is nearer than 7 and 9: it goes next, alone, while 1 and 5 are in flight.
+    assert lookup.next_queries() == cs(2)
+    assert lookup.next_queries() == []
+    lookup.query_failed(c(5))
+    # 5 failed: it leaves the shortlist of 4 and lets 7 in.
+    assert lookup.next_queries() == cs(7)
+    assert lookup.queries == 5
+
+
+def test_terminates_when_the_k_closest_live_contacts_answered() -> None:
+    """The lookup ends once the k closest non-failed contacts all answered, not before."""
+    lookup = IterativeLookup(0, cs(9, 3, 7, 1, 5), own_id=OWN, k=4, alpha=3)
+    lookup.next_queries()
+    lookup.nodes_received(c(3), cs(8, 2))
+    lookup.next_queries()
+    lookup.query_failed(c(5))
+    lookup.next_queries()
+    lookup.nodes_received(c(1), [])
+    lookup.nodes_received(c(2), cs(1, 3))
+    assert not finished(lookup)  # 7 is still in flight
+    assert lookup.next_queries() == []
+    lookup.nodes_received(c(7), cs(9))
+    assert finished(lookup)
+    assert lookup.next_queries() == []
+    # 8 and 9 are farther than the 4 that answered: never asked.
+    assert lookup.closest() == cs(1, 2, 3, 7)
+    assert lookup.queries == 5
+
+
+def test_not_done_while_a_shortlist_contact_was_not_asked() -> None:
+    """With nothing in flight the lookup still goes on while a shortlist contact was not asked."""
+    lookup = IterativeLookup(0, cs(2, 1), own_id=OWN, k=3, alpha=1)
+    assert lookup.next_queries() == cs(1)
+    lookup.nodes_received(c(1), [])
+    assert not finished(lookup)
+    assert lookup.next_queries() == cs(2)
+    lookup.nodes_received(c(2), cs(4))
+    assert not finished(lookup)
+    assert lookup.next_queries() == cs(4)
+    lookup.nodes_received(c(4), [])
+    assert finished(lookup)
+    assert lookup.closest() == cs(1, 2, 4)
+
+
+def test_a_failed_contact_frees_its_shortlist_slot() -> None:
+    """A failure drops a contact from the shortlist so the next closest is asked and counted."""
+    lookup = IterativeLookup(0, cs(1, 2, 3, 4), own_id=OWN, k=2, alpha=2)
+    assert lookup.next_queries() == cs(1, 2)
+    lookup.nodes_received(c(2), [])
+    assert lookup.next_queries() == []  # 3 is not in the shortlist of 2 yet
+    lookup.query_failed(c(1))
+    assert lookup.next_queries() == cs(3)
+    lookup.query_failed(c(3))
+    assert lookup.next_queries() == cs(4)
+    lookup.nodes_received(c(4), [])
+    assert finished(lookup)
+    assert lookup.closest() == cs(2, 4)
+
+
+def test_every_contact_failing_ends_the_lookup_empty() -> None:
+    """When every contact fails the lookup ends with no result."""
+    lookup = IterativeLookup(0, cs(1, 2), own_id=OWN)
+    assert lookup.next_queries() == cs(1, 2)
+    lookup.query_failed(c(1))
+    assert not finished(lookup)
+    lookup.query_failed(c(2))
+    assert finished(lookup)
+    assert lookup.closest() == []
+
+
+def test_done_with_no_seeds() -> None:
+    """A lookup with no seeds is over before it starts."""
+    lookup = IterativeLookup(0, [], own_id=OWN)
+    assert finished(lookup)
+    assert lookup.next_queries() == []
+    assert lookup.queries == 0
+    assert lookup.closest() == []
+
+
+def test_own_id_is_never_queried() -> None:
+    """Our own id, seeded or returned by a peer, is never asked nor in the result."""
+    lookup = IterativeLookup(0, cs(1, 5), own_id=1, k=3)
+    assert lookup.next_queries() == cs(5)
+    lookup.nodes_received(c(5), cs(1, 3))
+    assert lookup.next_queries() == cs(3)
+    lookup.nodes_received(c(3), cs(1))
+    assert finished(lookup)
+    assert lookup.closest() == cs(3, 5)
+    only_me = IterativeLookup(0, cs(1), own_id=1)
+    assert finished(only_me)
+    assert only_me.next_queries() == []
+
+
+def test_duplicate_contacts_are_ignored() -> None:
+    """A contact heard of twice is kept once, with its first address, and asked once."""
+    moved = Contact(2, "198.51.100.7", 9)
+    lookup = IterativeLookup(0, [c(1), c(2), c(1), moved], own_id=OWN, alpha=5)
+    assert lookup.next_queries() == cs(1, 2)
+    lookup.nodes_received(c(1), [c(1), moved, c(2), c(3)])
+    assert lookup.next_queries() == cs(3)
+    lookup.nodes_received(c(2), cs(1, 2, 3))
+    lookup.nodes_received(c(3), cs(1, 2, 3))
+    assert finished(lookup)
+    assert lookup.queries == 3
+    assert lookup.closest() == cs(1, 2, 3)
+    assert lookup.closest()[1].host == "192.0.2.1"
+
+
+def test_events_about_contacts_not_in_flight_are_ignored() -> None:
+    """Replies from peers never asked, late replies and repeated events change nothing."""
+    lookup = IterativeLookup(0, cs(4, 5, 6), own_id=OWN, k=3, alpha=1)
+    assert lookup.next_queries() == cs(4)
+    # A stranger and a contact not asked yet: their contacts are not taken.
+    lookup.nodes_received(c(99), cs(1))
+    lookup.nodes_received(c(5), cs(2))
+    assert not lookup.value_received(c(6), ITEM)
+    assert found(lookup) is None
+    assert lookup.next_queries() == []  # 4 is still the one in flight
+    lookup.query_failed(c(4))
+    lookup.query_failed(c(4))  # a second failure of the same query
+    lookup.nodes_received(c(4), cs(3))  # a late reply after the timeout
+    assert not lookup.value_received(c(4), blob(b"late"))
+    assert lookup.bad_values == []
+    assert lookup.next_queries() == cs(5)  # 5 was never asked, so it is asked now
+    lookup.nodes_received(c(5), [])
+    lookup.nodes_received(c(5), cs(1))  # a duplicate reply
+    lookup.query_failed(c(5))  # and a failure after the answer
+    lookup.query_failed(c(99))  # and a failure of a stranger
+    assert lookup.next_queries() == cs(6)
+    lookup.nodes_received(c(6), [])
+    assert finished(lookup)
+    assert lookup.closest() == cs(5, 6)
+    assert lookup.queries == 3
+
+
+def test_find_value_ends_at_the_first_value_that_verifies() -> None:
+    """A signed item that verifies against the key ends a FIND_VALUE lookup."""
+    target = ITEM.key
+    lookup = IterativeLookup(target, near(target, 1, 2, 3, 4), own_id=OWN, find_value=True)
+    assert lookup.find_value
+    assert lookup.next_queries() == near(target, 1, 2, 3)
+    lookup.nodes_received(near(target, 1)[0], near(target, 5))
+    assert not finished(lookup)
+    assert lookup.value_received(near(target, 2)[0], ITEM)
+    assert lookup.value is ITEM
+    assert finished(lookup)
+    assert lookup.next_queries() == []
+    assert lookup.bad_values == []
+    assert lookup.queries == 3
+    assert lookup.closest() == near(target, 1, 2)
+
+
+def test_find_value_accepts_a_blob_under_its_hash() -> None:
+    """A blob whose sha512 is the target verifies and ends the lookup."""
+    item = blob(b"some data")
+    lookup = IterativeLookup(item.key, near(item.key, 7), own_id=OWN, find_value=True)
+    (peer,) = lookup.next_queries()
+    assert lookup.value_received(peer, item)
+    assert lookup.value == item
+    assert finished(lookup)
+
+
+@pytest.mark.parametrize(
+    ("forged", "code"),
+    [
+        (FORGER.sign("profile", b"hello", 3), ErrorCode.KEY_MISMATCH),
+        (replace(ITEM, signature=bytes(64)), ErrorCode.BAD_SIGNATURE),
+        (replace(ITEM, value=b"tampered"), ErrorCode.BAD_SIGNATURE),
+        (replace(ITEM, seq=4), ErrorCode.BAD_SIGNATURE),
+        (blob(b"hello"), ErrorCode.KEY_MISMATCH),
+    ],
+)
+def test_forged_value_fails_the_peer_and_the_lookup_goes_on(forged: Item, code: ErrorCode) -> None:
+    """A value that does not verify is recorded, fails its sender, and the next peer is asked."""
+    target = ITEM.key
+    lookup = IterativeLookup(
+        target, near(target, 1, 2, 3, 4), own_id=OWN, k=3, alpha=2, find_value=True
+    )
+    first, second = lookup.next_queries()
+    assert not lookup.value_received(first, forged)
+    assert found(lookup) is None
+    assert not finished(lookup)
+    ((peer, error),) = lookup.bad_values
+    assert peer == first
+    assert error.code == code
+    # The liar failed: it left the shortlist and the next closest is asked in its place.
+    assert lookup.next_queries() == near(target, 3)
+    assert not lookup.value_received(first, ITEM)  # it is not in flight any more
+    lookup.nodes_received(second, [])
+    assert lookup.value_received(near(target, 3)[0], ITEM)
+    assert lookup.value is ITEM
+    assert finished(lookup)
+    assert lookup.closest() == near(target, 2, 3)
+    assert lookup.queries == 3
+
+
+def test_find_value_without_a_value_behaves_like_find_node() -> None:
+    """When nobody has the value, FIND_VALUE ends like FIND_NODE with the closest that answered."""
+    target = ITEM.key
+    lookup = IterativeLookup(target, near(target, 8, 9), own_id=OWN, k=2, find_value=True)
+    for peer in lookup.next_queries():
+        lookup.nodes_received(peer, near(target, 1))
+    assert lookup.next_queries() == near(target, 1)
+    lookup.nodes_received(near(target, 1)[0], [])
+    assert finished(lookup)
+    assert found(lookup) is None
+    assert lookup.closest() == near(target, 1, 8)
+
+
+def test_closest_is_the_k_nearest_that_answered() -> None:
+    """closest() lists only answered contacts, the k nearest, nearest first."""
+    lookup = IterativeLookup(0, cs(6, 4, 2, 1, 3), own_id=OWN, k=3, alpha=5)
+    assert lookup.next_queries() == cs(1, 2, 3)
+    lookup.nodes_received(c(3), [])
+    lookup.query_failed(c(1))
+    assert lookup.closest() == cs(3)
+    assert lookup.next_queries() == cs(4)
+    lookup.nodes_received(c(4), [])
+    lookup.nodes_received(c(2), [])
+    assert finished(lookup)
+    assert lookup.closest() == cs(2, 3, 4)
+    assert lookup.queries == 4
+
+
+def simulate(
+    network: dict[int, set[int]],
+    start: int,
+    target: int,
+    rng: random.Random,
+    dead: frozenset[int] = frozenset(),
+) -> tuple[IterativeLookup, set[int]]:
+    """Run a FIND_NODE lookup from ``start`` over ``network``, answering in random order.
+
+    Returns the finished lookup and the ids of every contact it was told about.
+    """
+    seeds = closest(target, cs(*network[start]), K)
+    heard = {peer.id for peer in seeds}
+    lookup = IterativeLookup(target, seeds, own_id=start)
+    in_flight: list[Contact] = []
+    while True:
+        sent = lookup.next_queries()
+        assert all(peer.id != start and peer not in in_flight for peer in sent)
+        in_flight += sent
+        assert len(in_flight) <= ALPHA
+        if not in_flight:
+            break
+        peer = in_flight.pop(rng.randrange(len(in_flight)))
+        if peer.id in dead:
+            lookup.query_failed(peer)
+        else:
+            answer = closest(target, cs(*network[peer.id]), K)
+            heard |= {contact.id for contact in answer}
+            lookup.nodes_received(peer, answer)
+    assert finished(lookup)
+    return lookup, heard - {start}
+
+
+def build_network(
+    rng: random.Random, size: int, randoms: int, neighbours: int
+) -> dict[int, set[int]]:
+    """``size`` nodes, each knowing ``randoms`` random nodes and its ``neighbours`` nearest."""
+    ids = sorted({rng.getrandbits(512) for _ in range(size)})
+    assert len(ids) == size
+    network: dict[int, set[int]] = {}
+    for node in ids:
+        others = [i for i in ids if i != node]
+        nearest = sorted(others, key=lambda i: i ^ node)[:neighbours]
+        network[node] = set(nearest) | set(rng.sample(others, randoms))
+    return network
+
+
+def by_distance(target: int, idents: Iterable[int]) -> list[int]:
+    """The ids sorted by XOR distance from ``target``."""
+    return sorted(idents, key=lambda i: i ^ target)
+
+
+def test_simulated_network_finds_the_true_k_closest() -> None:
+    """On 200 random nodes every lookup finds exactly the true k closest within a bounded cost."""
+    rng = random.Random(20240517)
+    network = build_network(rng, 200, randoms=8, neighbours=K)
+    nodes = sorted(network)
+    for _ in range(30):
+        start = rng.choice(nodes)
+        target = rng.choice([rng.getrandbits(512), rng.choice(nodes)])
+        lookup, _ = simulate(network, start, target, rng)
+        truth = by_distance(target, (i for i in nodes if i != start))[:K]
+        assert [peer.id for peer in lookup.closest()] == truth
+        # Each query is answered once; with a 200-node network 2k queries are plenty.
+        assert K <= lookup.queries <= 2 * K
+
+
+def test_simulated_network_with_dead_nodes() -> None:
+    """With a tenth of the nodes dead, lookups return the k closest live nodes they heard of."""
+    rng = random.Random(7)
+    network = build_network(rng, 200, randoms=8, neighbours=K)
+    nodes = sorted(network)
+    dead = frozenset(rng.sample(nodes, 20))
+    live = [i for i in nodes if i not in dead]
+    for _ in range(30):
+        start = rng.choice(live)
+        target = rng.getrandbits(512)
+        lookup, heard = simulate(network, start, target, rng, dead)
+        found = [peer.id for peer in lookup.closest()]
+        assert found == by_distance(target, heard - dead)[:K]
+        truth = by_distance(target, (i for i in live if i != start))[:K]
+        assert found[0] == truth[0]
+        # Live nodes crowded out of every answer by dead ones can be missed, but only a few.
+        assert len(set(found) & set(truth)) >= K - 4
+        assert lookup.queries <= 2 * K

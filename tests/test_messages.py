@@ -1,0 +1,619 @@
+"""Tests for txdht.core.messages: the wire codec, its exact JSON form, and refusal of bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.ids import Contact, id_to_hex, sha512_id
+from txdht.core.items import MAX_TTL, Identity, blob
+from txdht.core.messages import (
+    MAX_CONTACTS,
+    MAX_ERROR_TEXT,
+    PROTOCOL_VERSION,
+    REPLY_TYPES,
+    REQUEST_TYPES,
+    Error,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ok,
+    Ping,
+    Pong,
+    Store,
+    Value,
+    decode,
+    encode,
+)
+
+OWNER = Identity.from_private_bytes(bytes(range(32)))
+SIGNED = OWNER.sign("profile", b"hello", 3)
+BLOB = blob(b"some data")
+SENDER = sha512_id(b"sender")
+TARGET = sha512_id(b"target")
+CONTACTS = (
+    Contact(sha512_id(b"a"), "192.0.2.1", 4000),
+    Contact(sha512_id(b"b"), "2001:db8::1", 4001),
+)
+HEAD: dict[str, Any] = {"rid": 7, "sender": SENDER, "port": 4000}
+RID = 7
+
+#: One example of every message type, by type name.
+EXAMPLES: dict[str, Message] = {
+    "ping": Ping(**HEAD),
+    "pong": Pong(**HEAD),
+    "store": Store(**HEAD, item=SIGNED, ttl=3600.0),
+    "ok": Ok(**HEAD),
+    "find_node": FindNode(**HEAD, target=TARGET),
+    "find_value": FindValue(**HEAD, key=TARGET),
+    "nodes": Nodes(**HEAD, nodes=CONTACTS),
+    "value": Value(**HEAD, item=BLOB),
+    "error": Error(**HEAD, code=int(ErrorCode.BAD_FIELD), message="field 'ttl' is bad"),
+}
+
+#: More messages for the round trip: the other item kind, empty and edge-valued envelopes.
+ROUND_TRIP = [
+    *(pytest.param(message, id=kind) for kind, message in EXAMPLES.items()),
+    pytest.param(Store(**HEAD, item=BLOB, ttl=MAX_TTL), id="store-blob-max-ttl"),
+    pytest.param(Value(**HEAD, item=SIGNED), id="value-signed"),
+    pytest.param(Nodes(**HEAD), id="nodes-empty"),
+    pytest.param(Ping(rid=0, sender=0, port=0), id="ping-zeros"),
+    pytest.param(Ping(rid=2**53 - 1, sender=2**512 - 1, port=65535), id="ping-maxima"),
+    pytest.param(Error(**HEAD, code=999, message="é\u2603"), id="error-unknown-code-unicode"),
+]
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 with padding, as the wire carries bytes."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def wire_object(kind: str) -> dict[str, Any]:
+    """The decoded JSON of the example message of type ``kind``."""
+    obj: dict[str, Any] = json.loads(encode(EXAMPLES[kind]))
+    return obj
+
+
+def wire(kind: str, *, drop: tuple[str, ...] = (), **changes: Any) -> bytes:
+    """The example message of type ``kind`` with fields changed and ``drop`` removed."""
+    obj = wire_object(kind)
+    obj.update(changes)
+    for name in drop:
+        del obj[name]
+    return json.dumps(obj).encode("utf-8")
+
+
+def with_item(kind: str, item: object, **changes: Any) -> bytes:
+    """The example ``store`` or ``value`` message carrying ``item`` as its wire item."""
+    return wire(kind, item=item, **changes)
+
+
+def contact(ident: object = None, host: object = "192.0.2.1", port: object = 4000) -> list[Any]:
+    """A wire contact, valid unless a field is replaced."""
+    return [id_to_hex(TARGET) if ident is None else ident, host, port]
+
+
+def nodes_with(*entries: object) -> bytes:
+    """The example ``nodes`` reply holding ``entries`` as its contact list."""
+    return wire("nodes", nodes=list(entries))
+
+
+def refusal(data: bytes) -> ProtocolError:
+    """Decode ``data``, which must be refused, and return the error."""
+    with pytest.raises(ProtocolError) as info:
+        decode(data)
+    return info.value
+
+
+def outcome(data: bytes) -> Message | ProtocolError:
+    """What decoding ``data`` gives: a message, or the ProtocolError it raised."""
+    try:
+        return decode(data)
+    except ProtocolError as e:
+        return e
+
+
+@pytest.mark.parametrize("message", ROUND_TRIP)
+def test_round_trip(message: Message) -> None:
+    """Decoding an encoded message gives back an equal message of the same type."""
+    decoded = decode(encode(message))
+    assert decoded == message
+    assert type(decoded) is type(message)
+
+
+def test_encode_is_compact_utf8_json() -> None:
+    """The wire form is one JSON object without whitespace between tokens, ASCII-escaped."""
+    data = encode(Error(**HEAD, code=100, message="é"))
+    assert b" " not in data
+    assert data.startswith(b'{"v":1,"type":"error","rid":7,"sender":"')
+    assert b'"message":"\\u00e9"' in data
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        pytest.param("ping", {}, id="ping"),
+        pytest.param("pong", {}, id="pong"),
+        pytest.param(
+            "store",
+            {
+                "item": {
+                    "value": b64(b"hello"),
+                    "public_key": b64(OWNER.public_bytes),
+                    "seq": 3,
+                    "name": "profile",
+                    "signature": b64(SIGNED.signature or b""),
+                },
+                "ttl": 3600.0,
+            },
+            id="store",
+        ),
+        pytest.param("ok", {}, id="ok"),
+        pytest.param("find_node", {"target": id_to_hex(TARGET)}, id="find_node"),
+        pytest.param("find_value", {"key": id_to_hex(TARGET)}, id="find_value"),
+        pytest.param(
+            "nodes",
+            {
+                "nodes": [
+                    [id_to_hex(sha512_id(b"a")), "192.0.2.1", 4000],
+                    [id_to_hex(sha512_id(b"b")), "2001:db8::1", 4001],
+                ]
+            },
+            id="nodes",
+        ),
+        pytest.param("value", {"item": {"value": b64(b"some data")}}, id="value"),
+        pytest.param("error", {"code": 104, "message": "field 'ttl' is bad"}, id="error"),
+    ],
+)
+def test_exact_wire_json(kind: str, body: dict[str, Any]) -> None:
+    """Each type's wire object is the envelope (v, type, rid, sender, port) plus its body."""
+    obj = wire_object(kind)
+    assert obj == {
+        "v": PROTOCOL_VERSION,
+        "type": kind,
+        "rid": 7,
+        "sender": id_to_hex(SENDER),
+        "port": 4000,
+        **body,
+    }
+    assert re.fullmatch(r"[0-9a-f]{128}", obj["sender"])
+    assert obj["v"] == 1
+
+
+def test_sender_is_zero_padded_hex() -> None:
+    """A small sender id is written as 128 hex digits, leading zeros kept."""
+    obj = json.loads(encode(Ping(rid=1, sender=1, port=0)))
+    assert obj["sender"] == "0" * 127 + "1"
+
+
+BAD_INPUTS = [
+    # Not a JSON object at all: MALFORMED, and no request id can be read.
+    pytest.param(b"\xff\xfe{}", ErrorCode.MALFORMED, None, id="not-utf8"),
+    pytest.param(b"\xef\xbb\xbf" + wire("ping"), ErrorCode.MALFORMED, None, id="utf8-bom"),
+    pytest.param(b"", ErrorCode.MALFORMED, None, id="empty"),
+    pytest.param(b"{not json", ErrorCode.MALFORMED, None, id="not-json"),
+    pytest.param(wire("ping") + b"x", ErrorCode.MALFORMED, None, id="trailing-garbage"),
+    pytest.param(wire("ping") + wire("ping"), ErrorCode.MALFORMED, None, id="two-objects"),
+    pytest.param(
+        wire("store", ttl=12345.5).replace(b"12345.5", b"NaN"),
+        ErrorCode.MALFORMED,
+        None,
+        id="nan",
+    ),
+    pytest.param(
+        wire("store", ttl=12345.5).replace(b"12345.5", b"Infinity"),
+        ErrorCode.MALFORMED,
+        None,
+        id="infinity",
+    ),
+    pytest.param(
+        wire("store", ttl=12345.5).replace(b"12345.5", b"-Infinity"),
+        ErrorCode.MALFORMED,
+        None,
+        id="minus-infinity",
+    ),
+    pytest.param(b"[" * 100_000, ErrorCode.MALFORMED, None, id="deep-nesting-unclosed"),
+    pytest.param(
+        b'{"v":1,"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        ErrorCode.MALFORMED,
+        None,
+        id="deep-nesting-in-object",
+    ),
+    pytest.param(
+        b'{"v":1,"x":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}",
+        ErrorCode.MALFORMED,
+        None,
+        id="deep-nesting-objects",
+    ),
+    pytest.param(
+        encode(EXAMPLES["ping"]).replace(b'"rid":7', b'"rid":' + b"9" * 5000),
+        ErrorCode.MALFORMED,
+        None,
+        id="integer-too-long-to-parse",
+    ),
+    pytest.param(b"[]", ErrorCode.MALFORMED, None, id="array"),
+    pytest.param(b'"ping"', ErrorCode.MALFORMED, None, id="string"),
+    pytest.param(b"42", ErrorCode.MALFORMED, None, id="number"),
+    pytest.param(b"null", ErrorCode.MALFORMED, None, id="null"),
+    pytest.param(b"[" + wire("ping") + b"]", ErrorCode.MALFORMED, None, id="wrapped-in-array"),
+    # The version.
+    pytest.param(wire("ping", drop=("v",)), ErrorCode.MISSING_FIELD, RID, id="missing-v"),
+    pytest.param(wire("ping", v=2), ErrorCode.BAD_VERSION, RID, id="wrong-v"),
+    pytest.param(wire("ping", v=0), ErrorCode.BAD_VERSION, RID, id="v-zero"),
+    pytest.param(wire("ping", v="1"), ErrorCode.BAD_FIELD, RID, id="v-string"),
+    pytest.param(wire("ping", v=True), ErrorCode.BAD_FIELD, RID, id="v-bool"),
+    pytest.param(wire("ping", v=1.0), ErrorCode.BAD_FIELD, RID, id="v-float"),
+    pytest.param(wire("ping", v=None), ErrorCode.BAD_FIELD, RID, id="v-null"),
+    # The type.
+    pytest.param(wire("ping", drop=("type",)), ErrorCode.MISSING_FIELD, RID, id="missing-type"),
+    pytest.param(wire("ping", type="hello"), ErrorCode.UNKNOWN_TYPE, RID, id="unknown-type"),
+    pytest.param(wire("ping", type=""), ErrorCode.UNKNOWN_TYPE, RID, id="empty-type"),
+    pytest.param(wire("ping", type="PING"), ErrorCode.UNKNOWN_TYPE, RID, id="uppercase-type"),
+    pytest.param(wire("ping", type="x" * 5000), ErrorCode.UNKNOWN_TYPE, RID, id="long-type"),
+    pytest.param(wire("ping", type=1), ErrorCode.BAD_FIELD, RID, id="type-number"),
+    pytest.param(wire("ping", type=["ping"]), ErrorCode.BAD_FIELD, RID, id="type-list"),
+    # The request id: when it cannot be read, the error carries none.
+    pytest.param(wire("ping", drop=("rid",)), ErrorCode.MISSING_FIELD, None, id="missing-rid"),
+    pytest.param(wire("ping", rid=-1), ErrorCode.BAD_FIELD, None, id="negative-rid"),
+    pytest.param(wire("ping", rid=2**53), ErrorCode.BAD_FIELD, None, id="too-large-rid"),
+    pytest.param(wire("ping", rid=10**400), ErrorCode.BAD_FIELD, None, id="huge-rid"),
+    pytest.param(wire("ping", rid=True), ErrorCode.BAD_FIELD, None, id="bool-rid"),
+    pytest.param(wire("ping", rid=7.0), ErrorCode.BAD_FIELD, None, id="float-rid"),
+    pytest.param(wire("ping", rid="7"), ErrorCode.BAD_FIELD, None, id="string-rid"),
+    pytest.param(wire("ping", rid=None), ErrorCode.BAD_FIELD, None, id="null-rid"),
+    pytest.param(wire("ping", rid=-1, v=2), ErrorCode.BAD_VERSION, None, id="bad-rid-wrong-v"),
+    pytest.param(
+        wire("ping", rid=True, type="x"), ErrorCode.UNKNOWN_TYPE, None, id="bad-rid-unknown-type"
+    ),
+    # The sender.
+    pytest.param(wire("ping", drop=("sender",)), ErrorCode.MISSING_FIELD, RID, id="no-sender"),
+    pytest.param(
+        wire("ping", sender=id_to_hex(SENDER)[:-1]), ErrorCode.BAD_FIELD, RID, id="short-sender"
+    ),
+    pytest.param(
+        wire("ping", sender=id_to_hex(SENDER) + "0"), ErrorCode.BAD_FIELD, RID, id="long-sender"
+    ),
+    pytest.param(
+        wire("ping", sender=id_to_hex(SENDER).upper()),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="uppercase-sender",
+    ),
+    pytest.param(wire("ping", sender="g" * 128), ErrorCode.BAD_FIELD, RID, id="non-hex-sender"),
+    pytest.param(
+        wire("ping", sender=id_to_hex(SENDER)[:-1] + "\n"),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="sender-newline",
+    ),
+    pytest.param(wire("ping", sender=SENDER), ErrorCode.BAD_FIELD, RID, id="sender-number"),
+    pytest.param(wire("ping", sender=""), ErrorCode.BAD_FIELD, RID, id="sender-empty"),
+    # The port.
+    pytest.param(wire("ping", drop=("port",)), ErrorCode.MISSING_FIELD, RID, id="missing-port"),
+    pytest.param(wire("ping", port=-1), ErrorCode.BAD_FIELD, RID, id="negative-port"),
+    pytest.param(wire("ping", port=65536), ErrorCode.BAD_FIELD, RID, id="port-65536"),
+    pytest.param(wire("ping", port=True), ErrorCode.BAD_FIELD, RID, id="port-bool"),
+    pytest.param(wire("ping", port=4000.0), ErrorCode.BAD_FIELD, RID, id="port-float"),
+    pytest.param(wire("ping", port="4000"), ErrorCode.BAD_FIELD, RID, id="port-string"),
+    # store.
+    pytest.param(
+        wire("store", drop=("item",)), ErrorCode.MISSING_FIELD, RID, id="store-missing-item"
+    ),
+    pytest.param(with_item("store", "abc"), ErrorCode.BAD_FIELD, RID, id="store-item-string"),
+    pytest.param(with_item("store", [1]), ErrorCode.BAD_FIELD, RID, id="store-item-list"),
+    pytest.param(with_item("store", {}), ErrorCode.MISSING_FIELD, RID, id="store-item-empty"),
+    pytest.param(
+        with_item("store", {"value": "!!"}), ErrorCode.BAD_FIELD, RID, id="store-item-bad-base64"
+    ),
+    pytest.param(
+        with_item("store", {"value": 5}), ErrorCode.BAD_FIELD, RID, id="store-item-value-number"
+    ),
+    pytest.param(
+        with_item("store", {"value": "", "seq": 1}),
+        ErrorCode.MISSING_FIELD,
+        RID,
+        id="store-item-half-mutable",
+    ),
+    pytest.param(
+        with_item("store", {**SIGNED.to_json(), "seq": "3"}),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="store-item-seq-string",
+    ),
+    pytest.param(
+        with_item("store", {**SIGNED.to_json(), "name": 3}),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="store-item-name-number",
+    ),
+    pytest.param(wire("store", drop=("ttl",)), ErrorCode.MISSING_FIELD, RID, id="missing-ttl"),
+    pytest.param(wire("store", ttl=0), ErrorCode.BAD_FIELD, RID, id="ttl-zero"),
+    pytest.param(wire("store", ttl=0.0), ErrorCode.BAD_FIELD, RID, id="ttl-zero-float"),
+    pytest.param(wire("store", ttl=-5), ErrorCode.BAD_FIELD, RID, id="ttl-negative"),
+    pytest.param(wire("store", ttl=MAX_TTL + 0.5), ErrorCode.BAD_FIELD, RID, id="ttl-above-max"),
+    pytest.param(wire("store", ttl="60"), ErrorCode.BAD_FIELD, RID, id="ttl-string"),
+    pytest.param(wire("store", ttl=True), ErrorCode.BAD_FIELD, RID, id="ttl-bool"),
+    pytest.param(wire("store", ttl=None), ErrorCode.BAD_FIELD, RID, id="ttl-null"),
+    pytest.param(
+        wire("store", ttl=12345.5).replace(b"12345.5", b"1e999"),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="ttl-1e999",
+    ),
+    pytest.param(wire("store", ttl=10**400), ErrorCode.BAD_FIELD, RID, id="ttl-huge-integer"),
+    pytest.param(
+        wire("store", ttl=60, item="x"), ErrorCode.BAD_FIELD, RID, id="store-good-ttl-bad-item"
+    ),
+    # find_node and find_value.
+    pytest.param(
+        wire("find_node", drop=("target",)), ErrorCode.MISSING_FIELD, RID, id="missing-target"
+    ),
+    pytest.param(
+        wire("find_node", target=id_to_hex(TARGET)[2:]), ErrorCode.BAD_FIELD, RID, id="short-target"
+    ),
+    pytest.param(wire("find_node", target=TARGET), ErrorCode.BAD_FIELD, RID, id="target-number"),
+    pytest.param(
+        wire("find_node", target="0x" + id_to_hex(TARGET)[2:]),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="target-0x",
+    ),
+    pytest.param(wire("find_value", drop=("key",)), ErrorCode.MISSING_FIELD, RID, id="no-key"),
+    pytest.param(
+        wire("find_value", key=id_to_hex(TARGET).upper()),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="uppercase-key",
+    ),
+    # nodes.
+    pytest.param(wire("nodes", drop=("nodes",)), ErrorCode.MISSING_FIELD, RID, id="no-nodes"),
+    pytest.param(wire("nodes", nodes={}), ErrorCode.BAD_FIELD, RID, id="nodes-object"),
+    pytest.param(wire("nodes", nodes="abc"), ErrorCode.BAD_FIELD, RID, id="nodes-string"),
+    pytest.param(
+        nodes_with(*[contact()] * (MAX_CONTACTS + 1)),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="too-many-contacts",
+    ),
+    pytest.param(nodes_with("abc"), ErrorCode.BAD_FIELD, RID, id="contact-3-char-string"),
+    pytest.param(nodes_with(5), ErrorCode.BAD_FIELD, RID, id="contact-number"),
+    pytest.param(nodes_with(None), ErrorCode.BAD_FIELD, RID, id="contact-null"),
+    pytest.param(
+        nodes_with({"id": id_to_hex(TARGET), "host": "192.0.2.1", "port": 4000}),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="contact-object",
+    ),
+    pytest.param(nodes_with(contact()[:2]), ErrorCode.BAD_FIELD, RID, id="contact-2-list"),
+    pytest.param(nodes_with([*contact(), 1]), ErrorCode.BAD_FIELD, RID, id="contact-4-list"),
+    pytest.param(
+        nodes_with(contact(host="example.com")), ErrorCode.BAD_FIELD, RID, id="contact-hostname"
+    ),
+    pytest.param(
+        nodes_with(contact(host="192.0.2.256")), ErrorCode.BAD_FIELD, RID, id="contact-bad-ipv4"
+    ),
+    pytest.param(
+        nodes_with(contact(host="010.0.0.1")), ErrorCode.BAD_FIELD, RID, id="contact-octal-ipv4"
+    ),
+    pytest.param(nodes_with(contact(host="")), ErrorCode.BAD_FIELD, RID, id="contact-empty-host"),
+    pytest.param(
+        nodes_with(contact(host=3221225985)), ErrorCode.BAD_FIELD, RID, id="contact-host-int"
+    ),
+    pytest.param(nodes_with(contact(port=0)), ErrorCode.BAD_FIELD, RID, id="contact-port-0"),
+    pytest.param(
+        nodes_with(contact(port=70000)), ErrorCode.BAD_FIELD, RID, id="contact-port-70000"
+    ),
+    pytest.param(nodes_with(contact(port=True)), ErrorCode.BAD_FIELD, RID, id="contact-port-bool"),
+    pytest.param(
+        nodes_with(contact(port="4000")), ErrorCode.BAD_FIELD, RID, id="contact-port-string"
+    ),
+    pytest.param(nodes_with(contact(ident="ab")), ErrorCode.BAD_FIELD, RID, id="contact-bad-id"),
+    pytest.param(nodes_with(contact(ident=5)), ErrorCode.BAD_FIELD, RID, id="contact-id-number"),
+    pytest.param(
+        nodes_with(contact(), contact(host="nope")),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="second-contact-bad",
+    ),
+    # value.
+    pytest.param(
+        wire("value", drop=("item",)), ErrorCode.MISSING_FIELD, RID, id="value-missing-item"
+    ),
+    pytest.param(with_item("value", None), ErrorCode.BAD_FIELD, RID, id="value-item-null"),
+    pytest.param(
+        with_item("value", {"value": "YQ="}), ErrorCode.BAD_FIELD, RID, id="value-bad-padding"
+    ),
+    # error.
+    pytest.param(wire("error", drop=("code",)), ErrorCode.MISSING_FIELD, RID, id="error-no-code"),
+    pytest.param(
+        wire("error", drop=("message",)), ErrorCode.MISSING_FIELD, RID, id="error-no-message"
+    ),
+    pytest.param(wire("error", code="104"), ErrorCode.BAD_FIELD, RID, id="error-code-string"),
+    pytest.param(wire("error", code=104.0), ErrorCode.BAD_FIELD, RID, id="error-code-float"),
+    pytest.param(wire("error", message=5), ErrorCode.BAD_FIELD, RID, id="error-message-number"),
+]
+
+
+@pytest.mark.parametrize(("data", "code", "request_id"), BAD_INPUTS)
+def test_decode_refuses(data: bytes, code: ErrorCode, request_id: int | None) -> None:
+    """Bad input is a ProtocolError with the right code, and the request id when readable."""
+    error = refusal(data)
+    assert error.code is code
+    assert error.request_id == request_id
+    assert error.message
+    assert str(error).startswith(f"{code.name.lower()} ({int(code)}): ")
+
+
+def test_refusal_names_the_field() -> None:
+    """The error message says which field is wrong, in a form a person can read."""
+    assert refusal(wire("store", ttl=0)).message == (
+        f"field 'ttl' must be above 0 and at most {MAX_TTL:g}"
+    )
+    assert refusal(wire("ping", drop=("sender",))).message == "field 'sender' is missing"
+    assert refusal(wire("ping", port="1")).message == "field 'port' must be a int"
+    assert refusal(wire("ping", v=9)).message == "protocol version 9 is not spoken here"
+    assert refusal(with_item("value", {})).message.startswith("field 'item': ")
+    assert "example.com" in refusal(nodes_with(contact(host="example.com"))).message
+
+
+def test_long_unknown_type_is_cut_in_the_error_text() -> None:
+    """An unknown type is quoted in the error text cut to 40 characters."""
+    assert refusal(wire("ping", type="x" * 5000)).message == f"unknown message type {'x' * 40!r}"
+
+
+def test_edge_values_are_accepted() -> None:
+    """Range limits are inclusive: rid 0 and 2**53-1, port 0 and 65535, ttl MAX_TTL."""
+    assert decode(wire("ping", rid=0)).rid == 0
+    assert decode(wire("ping", rid=2**53 - 1)).rid == 2**53 - 1
+    assert decode(wire("ping", port=0)).port == 0
+    assert decode(wire("ping", port=65535)).port == 65535
+    store = decode(wire("store", ttl=MAX_TTL))
+    assert isinstance(store, Store)
+    assert store.ttl == MAX_TTL
+
+
+def test_integer_ttl_is_read_as_float() -> None:
+    """A ttl written as a JSON integer is accepted and held as a float."""
+    store = decode(wire("store", ttl=60))
+    assert isinstance(store, Store)
+    assert store.ttl == 60.0
+    assert isinstance(store.ttl, float)
+
+
+def test_smallest_positive_ttl_is_accepted() -> None:
+    """Any ttl above zero is in range, however small."""
+    store = decode(wire("store", ttl=5e-324))
+    assert isinstance(store, Store)
+    assert store.ttl == 5e-324
+
+
+def test_contacts_up_to_the_limit_are_accepted() -> None:
+    """A nodes reply with exactly MAX_CONTACTS contacts decodes."""
+    reply = decode(nodes_with(*[contact()] * MAX_CONTACTS))
+    assert isinstance(reply, Nodes)
+    assert len(reply.nodes) == MAX_CONTACTS
+
+
+def test_ipv6_contacts_round_trip() -> None:
+    """IPv6 contacts, including loopback and link-local ones, survive the round trip."""
+    hosts = ["::1", "2001:db8::1", "fe80::1", "2001:db8:0:1:2:3:4:5"]
+    contacts = tuple(Contact(sha512_id(h.encode()), h, 1 + i) for i, h in enumerate(hosts))
+    message = Nodes(**HEAD, nodes=contacts)
+    assert decode(encode(message)) == message
+
+
+def test_contact_hosts_are_normalised() -> None:
+    """A contact's IP address is read in its canonical text form."""
+    reply = decode(nodes_with(contact(host="2001:0DB8:0000::0001"), contact(host="0:0::1")))
+    assert isinstance(reply, Nodes)
+    assert [c.host for c in reply.nodes] == ["2001:db8::1", "::1"]
+    assert reply.nodes[0] == Contact(TARGET, "2001:db8::1", 4000)
+
+
+def test_unknown_fields_are_ignored() -> None:
+    """Extra fields in the envelope, the body or an item are ignored, for forward compatibility."""
+    extra: dict[str, Any] = {"future": [1, {"x": None}], "flags": 3}
+    obj = wire_object("store")
+    obj.update(extra)
+    obj["item"].update(extra)
+    assert decode(json.dumps(obj).encode()) == EXAMPLES["store"]
+    assert decode(wire("ping", target=id_to_hex(TARGET))) == EXAMPLES["ping"]
+
+
+def test_field_order_does_not_matter() -> None:
+    """Fields may come in any order."""
+    obj = wire_object("find_node")
+    reordered = dict(reversed(list(obj.items())))
+    assert decode(json.dumps(reordered).encode()) == EXAMPLES["find_node"]
+
+
+def test_whitespace_is_allowed() -> None:
+    """Pretty-printed JSON decodes like the compact form."""
+    assert decode(json.dumps(wire_object("nodes"), indent=2).encode()) == EXAMPLES["nodes"]
+
+
+def test_long_error_text_is_truncated_on_decode() -> None:
+    """An error reply's message longer than MAX_ERROR_TEXT is cut to that length."""
+    reply = decode(wire("error", message="x" * (MAX_ERROR_TEXT + 100)))
+    assert isinstance(reply, Error)
+    assert reply.message == "x" * MAX_ERROR_TEXT
+    assert reply.rid == RID
+
+
+def test_long_error_text_is_truncated_on_encode() -> None:
+    """Encoding an error reply never sends more than MAX_ERROR_TEXT characters of text."""
+    data = encode(Error(**HEAD, code=500, message="y" * (MAX_ERROR_TEXT * 3)))
+    assert json.loads(data)["message"] == "y" * MAX_ERROR_TEXT
+
+
+def test_error_code_is_not_limited_to_known_codes() -> None:
+    """An error reply with a code this node does not know still decodes, code intact."""
+    reply = decode(wire("error", code=42))
+    assert isinstance(reply, Error)
+    assert reply.code == 42
+
+
+def test_item_is_decoded_but_not_verified() -> None:
+    """A well-formed item with a bad signature decodes: verifying it is the receiver's job."""
+    forged = {**SIGNED.to_json(), "value": b64(b"forged")}
+    store = decode(with_item("store", forged))
+    assert isinstance(store, Store)
+    assert store.item.value == b"forged"
+    with pytest.raises(ProtocolError) as info:
+        store.item.verify()
+    assert info.value.code is ErrorCode.BAD_SIGNATURE
+
+
+def test_request_and_reply_types_partition_the_types() -> None:
+    """Every message type is a request or a reply, never both, and type names are unique."""
+    requests = {cls.TYPE for cls in REQUEST_TYPES}
+    replies = {cls.TYPE for cls in REPLY_TYPES}
+    assert requests == {"ping", "store", "find_node", "find_value"}
+    assert replies == {"pong", "ok", "nodes", "value", "error"}
+    assert not requests & replies
+    assert requests | replies == set(EXAMPLES)
+    assert len(REQUEST_TYPES) + len(REPLY_TYPES) == len(EXAMPLES)
+    assert set(REQUEST_TYPES + REPLY_TYPES) == set(Message.__subclasses__())
+
+
+def test_decoded_type_matches_type_field() -> None:
+    """Each type name decodes to its own class."""
+    for kind, message in EXAMPLES.items():
+        decoded = decode(wire(kind))
+        assert (decoded.TYPE, type(decoded)) == (kind, type(message))
+
+
+ENCODED = [encode(message) for message in EXAMPLES.values()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.sampled_from(ENCODED),
+    position=st.integers(min_value=0),
+    byte=st.integers(min_value=0, max_value=255),
+)
+def test_single_byte_mutation_decodes_or_is_refused(data: bytes, position: int, byte: int) -> None:
+    """Any one byte changed in a valid message gives a Message or a ProtocolError, nothing else."""
+    index = position % len(data)
+    mutated = data[:index] + bytes([byte]) + data[index + 1 :]
+    result = outcome(mutated)
+    if isinstance(result, ProtocolError):
+        assert isinstance(result.code, ErrorCode)
+        assert result.request_id is None or 0 <= result.request_id < 2**53
+    else:
+        assert decode(encode(result)) == result
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.sampled_from(ENCODED), cut=st.integers(min_value=0))
+def test_truncated_message_is_malformed(data: bytes, cut: int) -> None:
+    """A valid message cut short anywhere is MALFORMED."""
+    assert refusal(data[: cut % len(data)]).code is ErrorCode.MALFORMED

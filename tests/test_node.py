@@ -1,0 +1,468 @@
+"""The Twisted node on an in-memory network and a Clock: the Deferred API and its failure modes."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+
+from txdht import JoinError, NotFoundError, PutError, RemoteError
+from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.ids import Contact, id_to_hex
+from txdht.core.items import Identity, blob
+from txdht.core.messages import FindNode, Message, Ping, Pong, Store, Value
+from txdht.node import Lookup, Node
+from txdht.testing import MemoryNetwork
+
+
+def test_join_fills_the_routing_tables() -> None:
+    """After joining through one seed, every node of a 30-node network knows many others."""
+    net = MemoryNetwork()
+    nodes = net.create(30)
+    sizes = [len(n.engine.routing) for n in nodes]
+    assert min(sizes) >= 20
+    assert all(n.engine.id not in n.engine.routing for n in nodes)
+
+
+def test_put_and_get_from_every_node() -> None:
+    """A signed item put on one node is read back, verified, from every other node."""
+    net = MemoryNetwork()
+    nodes = net.create(25)
+    key = net.run(nodes[3].put("greeting", b"hello"))
+    assert len(key) == 128
+    for node in nodes:
+        assert net.run(node.get(key)) == b"hello"
+
+
+def test_put_stores_on_k_closest() -> None:
+    """A put stores the item on exactly the k nodes closest to its key."""
+    net = MemoryNetwork()
+    nodes = net.create(30, k=5)
+    key = net.run(nodes[0].put("n", b"v"))
+    holders = {n.id for n in nodes if n.engine.storage.get(int(key, 16))}
+    closest = sorted(nodes, key=lambda n: n.engine.id ^ int(key, 16))[:5]
+    assert holders == {n.id for n in closest}
+
+
+def test_publish_counts_the_nodes_that_stored() -> None:
+    """publish() fires with how many nodes accepted the item."""
+    net = MemoryNetwork()
+    nodes = net.create(30, k=5)
+    assert net.run(nodes[2].publish(blob(b"counted"))) == 5
+
+
+def test_put_again_bumps_the_sequence_and_replaces() -> None:
+    """A second put under the same name has a higher sequence and replaces the first value."""
+    net = MemoryNetwork()
+    nodes = net.create(10)
+    key = net.run(nodes[0].put("name", b"first"))
+    assert net.run(nodes[0].put("name", b"second")) == key
+    published = nodes[0].engine.storage.published("name")
+    assert published is not None
+    assert published.seq == 2
+    assert net.run(nodes[9].get(key)) == b"second"
+
+
+def test_blob_key_is_sha512_of_value() -> None:
+    """put_blob fires with the blob's content key, and any node reads it back."""
+    net = MemoryNetwork()
+    nodes = net.create(8)
+    key = net.run(nodes[1].put_blob(b"immutable"))
+    assert key == id_to_hex(blob(b"immutable").key)
+    assert net.run(nodes[7].get(key)) == b"immutable"
+
+
+def test_get_unknown_key_fails_with_not_found() -> None:
+    """Getting a key nobody holds fails with NotFoundError after the lookup ends."""
+    net = MemoryNetwork()
+    nodes = net.create(8)
+    with pytest.raises(NotFoundError):
+        net.run(nodes[2].get("ab" * 64))
+
+
+def test_get_malformed_key_is_the_callers_error() -> None:
+    """A key that is not 128 hex characters raises ValueError at once."""
+    node = MemoryNetwork().add_node()
+    with pytest.raises(ValueError, match="hex"):
+        node.get("not a key")
+
+
+def test_single_node_stores_locally() -> None:
+    """A node alone in its network keeps its own items and reads them back."""
+    net = MemoryNetwork()
+    node = net.add_node()
+    key = net.run(node.put("solo", b"alone"))
+    assert net.run(node.get(key)) == b"alone"
+
+
+def test_join_without_answering_seed_fails() -> None:
+    """Joining through seeds that refuse connections fails with JoinError, and says so in the log."""
+    net = MemoryNetwork()
+    node = net.add_node()
+    with capturedLogs() as events:
+        with pytest.raises(JoinError, match="none of the 2 seed"):
+            net.run(node.join([("127.0.0.1", 1), ("127.0.0.1", 2)]))
+    assert any("did not answer" in e["log_format"] for e in events)
+
+
+def test_join_tolerates_one_dead_seed() -> None:
+    """One answering seed is enough to join."""
+    net = MemoryNetwork()
+    first = net.add_node()
+    node = net.add_node()
+    assert net.run(node.join([("127.0.0.1", 9), ("127.0.0.1", first.port)])) == 1
+
+
+def test_lookup_completes_through_others_when_peers_stop_answering() -> None:
+    """With a third of the nodes silent, lookups time out on them and still complete."""
+    net = MemoryNetwork()
+    nodes = net.create(30)
+    key = net.run(nodes[0].put("survives", b"yes"))
+    holders = [n for n in nodes if n.engine.storage.get(int(key, 16))]
+    for node in nodes[1:]:
+        if node not in holders[:10] and node.port % 3 == 0:
+            net.silence(node)
+    reader = next(n for n in nodes if n not in holders and n.port % 3)
+    assert net.run(reader.get(key)) == b"yes"
+    machine = net.run(reader.lookup(nodes[5].engine.id))
+    silent = {n.engine.id for n in nodes if n.port % 3 == 0 and n not in holders[:10]}
+    assert not silent & {c.id for c in machine.closest()}
+
+
+def test_lookup_with_every_peer_silent_ends_empty() -> None:
+    """When no peer answers, the lookup ends after the timeouts with no contacts."""
+    net = MemoryNetwork()
+    nodes = net.create(5)
+    for node in nodes[1:]:
+        net.silence(node)
+    machine = net.run(nodes[0].lookup(12345))
+    assert machine.closest() == []
+    assert net.clock.seconds() >= nodes[0].rpc_timeout
+
+
+def test_failed_requests_count_against_contacts() -> None:
+    """Timeouts are reported to the routing table as failures."""
+    net = MemoryNetwork()
+    nodes = net.create(4)
+    net.silence(nodes[3])
+    net.run(nodes[0].lookup(nodes[3].engine.id))
+    entry = nodes[0].engine.routing.entry(nodes[3].engine.id)
+    assert entry is not None
+    assert entry.failures >= 1
+
+
+def test_call_times_out_on_the_clock() -> None:
+    """A request to a silent peer fails with TimeoutError after rpc_timeout seconds."""
+    net = MemoryNetwork()
+    a, b = net.create(2)
+    net.silence(b)
+    outcome: list[object] = []
+    a.call(("127.0.0.1", b.port), Ping).addBoth(outcome.append)
+    net.advance(a.rpc_timeout - 0.1)
+    assert outcome == []
+    net.advance(0.2)
+    assert isinstance(outcome[0], Failure)
+    assert outcome[0].check(defer.TimeoutError)
+
+
+def test_call_to_nobody_fails_with_connection_refused() -> None:
+    """A request to an address where nothing listens fails with ConnectionRefusedError."""
+    net = MemoryNetwork()
+    node = net.add_node()
+    with pytest.raises(ConnectionRefusedError):
+        net.run(node.call(("127.0.0.1", 1), Ping))
+
+
+def test_error_reply_fails_the_call_with_remote_error() -> None:
+    """A peer's error reply becomes RemoteError with its code and message."""
+    net = MemoryNetwork()
+    a, b = net.create(2)
+    stale = Identity.from_private_bytes(b"s" * 32)
+    net.run(a.call(("127.0.0.1", b.port), Store, item=stale.sign("n", b"v", 5), ttl=60.0))
+    with pytest.raises(RemoteError) as caught:
+        net.run(a.call(("127.0.0.1", b.port), Store, item=stale.sign("n", b"v", 4), ttl=60.0))
+    assert caught.value.code == ErrorCode.STALE_SEQUENCE
+    assert "older" in caught.value.message
+
+
+def test_reply_from_another_id_fails_the_call() -> None:
+    """A contact answering with another id than expected fails the call."""
+    net = MemoryNetwork()
+    a, b = net.create(2)
+    impostor = Contact(b.engine.id ^ 1, "127.0.0.1", b.port)
+    with pytest.raises(ProtocolError, match="another id"):
+        net.run(a.call(impostor, Ping))
+
+
+def test_many_requests_share_one_connection() -> None:
+    """Concurrent requests to one peer share one connection, and each gets its own reply."""
+    net = MemoryNetwork()
+    a, b = net.create(2)
+    calls = [a.call(("127.0.0.1", b.port), Ping) for _ in range(5)]
+    replies = [net.run(d) for d in calls]
+    assert all(isinstance(r, Pong) for r in replies)
+    assert len({r.rid for r in replies}) == 5
+    assert len(a._protocols) == 1
+
+
+def test_cancelling_one_waiter_keeps_the_others() -> None:
+    """Cancelling one request waiting for a connection leaves the others running."""
+    net = MemoryNetwork()
+    a, b = net.create(2)
+    a.stop()
+    net.flush()
+    node = net.add_node()
+    pending: list[Deferred[object]] = []
+
+    def connect(address: tuple[str, int], factory: object) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        pending.append(d)
+        return d
+
+    node._connect = connect  # type: ignore[assignment]
+    first = node.call(("127.0.0.1", b.port), Ping)
+    second = node.call(("127.0.0.1", b.port), Ping)
+    assert len(pending) == 1
+    first.cancel()
+    pending[0].errback(ConnectionRefusedError())
+    with pytest.raises(CancelledError):
+        net.run(first)
+    with pytest.raises(ConnectionRefusedError):
+        net.run(second)
+
+
+def test_incoming_connection_is_reused_for_requests_back() -> None:
+    """A node answering a peer reuses the peer's connection to send it requests."""
+    net = MemoryNetwork()
+    a, b = net.create(2)
+    assert ("127.0.0.1", a.port) in b._connections
+    net.run(b.call(("127.0.0.1", a.port), Ping))
+    assert len(b._protocols) == 1
+
+
+def test_lost_connection_fails_pending_requests_and_reconnects() -> None:
+    """A connection closed under a pending request fails it; the next request reconnects."""
+    net = MemoryNetwork()
+    a, b = net.create(2)
+    net.silence(b)
+    d = a.call(("127.0.0.1", b.port), Ping)
+    net.flush()
+    for protocol in list(a._protocols):
+        protocol.transport.loseConnection()  # type: ignore[union-attr]
+    net.flush()
+    assert d.called
+    with pytest.raises(Exception, match="closed cleanly"):
+        net.run(d)
+    net._silenced.clear()
+    assert isinstance(net.run(a.call(("127.0.0.1", b.port), Ping)), Pong)
+
+
+def test_lookup_can_be_cancelled() -> None:
+    """Cancelling a Lookup cancels its queries and fails it with CancelledError."""
+    net = MemoryNetwork()
+    nodes = net.create(6)
+    for node in nodes[1:]:
+        net.silence(node)
+    lookup = nodes[0].lookup(99)
+    assert isinstance(lookup, Lookup)
+    net.flush()
+    lookup.cancel()
+    with pytest.raises(CancelledError):
+        net.run(lookup)
+    assert not any(p.pending for p in nodes[0]._protocols)
+    assert net.clock.getDelayedCalls() == []
+
+
+def test_get_and_put_can_be_cancelled() -> None:
+    """Cancelling a get or a put in flight fails it with CancelledError and leaves no timers."""
+    net = MemoryNetwork()
+    nodes = net.create(6)
+    for node in nodes[1:]:
+        net.silence(node)
+    get = nodes[0].get("cd" * 64)
+    put = nodes[0].put("n", b"v")
+    net.flush()
+    get.cancel()
+    put.cancel()
+    with pytest.raises(CancelledError):
+        net.run(get)
+    with pytest.raises(CancelledError):
+        net.run(put)
+    assert net.clock.getDelayedCalls() == []
+
+
+def test_forged_value_is_skipped_and_reported() -> None:
+    """A peer answering find_value with a forged item is counted as failed; the lookup goes on."""
+    net = MemoryNetwork()
+    nodes = net.create(10)
+    key = net.run(nodes[0].put("real", b"real value"))
+    liar = nodes[9]
+    real = nodes[0].engine.storage.published("real")
+    assert real is not None
+    forged = type(real)(b"forged", real.public_key, real.name, real.seq + 1, real.signature)
+    for node in nodes:
+        if node is not liar:
+            node.engine.storage.delete(int(key, 16))
+    liar.engine.storage.delete(int(key, 16))
+    original = liar.engine.get
+
+    def lying_get(k: int, now: float) -> object:
+        return forged if k == int(key, 16) else original(k, now)
+
+    liar.engine.get = lying_get  # type: ignore[assignment,method-assign]
+    with capturedLogs() as events:
+        with pytest.raises(NotFoundError):
+            net.run(nodes[1].get(key))
+    assert any("invalid value" in e["log_format"] for e in events)
+    assert nodes[1].engine.routing.entry(liar.engine.id).failures >= 1  # type: ignore[union-attr]
+
+
+def test_unexpected_reply_type_counts_as_a_failed_query() -> None:
+    """A peer answering find_node with a value is treated as a failed query."""
+    net = MemoryNetwork()
+    nodes = net.create(3)
+    odd = nodes[2]
+    real_handle = odd.engine.handle
+
+    def handle(request: Message, host: str, now: float) -> object:
+        handled = real_handle(request, host, now)
+        if isinstance(request, FindNode):
+            item = blob(b"not asked for")
+            return type(handled)(odd.engine.message(Value, request.rid, item=item))
+        return handled
+
+    odd.engine.handle = handle  # type: ignore[assignment,method-assign]
+    machine = net.run(nodes[0].lookup(odd.engine.id))
+    assert odd.engine.id not in {c.id for c in machine.closest()}
+
+
+def test_put_fails_when_no_node_accepts() -> None:
+    """When every target refuses the item (and the publisher is not among them), put fails."""
+    net = MemoryNetwork()
+    a = net.add_node(k=1)
+    b = net.add_node(k=1, max_value=1)
+    net.run(a.join([("127.0.0.1", b.port)]))
+    value = next(
+        v
+        for v in (str(i).encode() * 2 for i in range(1000))
+        if blob(v).key ^ b.engine.id < blob(v).key ^ a.engine.id
+    )
+    with capturedLogs() as events:
+        with pytest.raises(PutError, match="no node stored"):
+            net.run(a.put_blob(value))
+    assert any("did not store" in e["log_format"] for e in events)
+
+
+def test_publish_refuses_an_invalid_item_at_once() -> None:
+    """Publishing an item that does not verify is the caller's error, raised at once."""
+    node = MemoryNetwork().add_node(max_value=4)
+    with pytest.raises(ProtocolError) as caught:
+        node.put_blob(b"too large")
+    assert caught.value.code == ErrorCode.VALUE_TOO_LARGE
+
+
+def _far_pair(own: int, count: int) -> list[Identity]:
+    """Identities in the half of the id space opposite ``own``, sorted by distance to ``own``."""
+    found = []
+    for i in range(10_000):
+        identity = Identity.from_private_bytes(i.to_bytes(32, "big"))
+        if (identity.node_id ^ own) >> 511:
+            found.append(identity)
+        if len(found) == count:
+            break
+    return sorted(found, key=lambda ident: ident.node_id ^ own)
+
+
+def test_ping_before_evict_keeps_a_live_contact() -> None:
+    """A full bucket pings its oldest contact; when it answers, the newcomer waits as replacement."""
+    net = MemoryNetwork()
+    home = net.add_node(k=1)
+    old, new = (net.add_node(k=1, identity=i) for i in _far_pair(home.engine.id, 2))
+    net.run(old.call(("127.0.0.1", home.port), Ping))
+    net.run(new.call(("127.0.0.1", home.port), Ping))
+    net.flush()
+    assert old.engine.id in home.engine.routing
+    assert new.engine.id not in home.engine.routing
+    assert home.engine.routing.bucket_for(old.engine.id).pinging is None
+
+
+def test_ping_before_evict_replaces_a_dead_contact() -> None:
+    """When the oldest contact of a full bucket does not answer the ping, the newcomer replaces it."""
+    net = MemoryNetwork()
+    home = net.add_node(k=1)
+    old, new = (net.add_node(k=1, identity=i) for i in _far_pair(home.engine.id, 2))
+    net.run(old.call(("127.0.0.1", home.port), Ping))
+    net.silence(old)
+    net.run(new.call(("127.0.0.1", home.port), Ping))
+    net.advance(home.rpc_timeout + 1)
+    assert old.engine.id not in home.engine.routing
+    assert new.engine.id in home.engine.routing
+
+
+def test_stop_closes_connections_and_cancels_work() -> None:
+    """stop() cancels running operations, closes every connection and refuses new ones."""
+    net = MemoryNetwork()
+    nodes = net.create(5)
+    net.silence(nodes[4])
+    running = nodes[0].lookup(nodes[4].engine.id)
+    net.flush()
+    stopped = nodes[0].stop()
+    net.flush()
+    assert stopped.called
+    assert running.called
+    assert nodes[0]._protocols == set()
+    assert nodes[0]._connections == {}
+    late = net.open_raw(nodes[0])
+    net.flush()
+    assert late.lost
+    with pytest.raises(CancelledError):
+        net.run(running)
+
+
+def test_kill_takes_a_node_off_the_network() -> None:
+    """A killed node refuses connections; the others still serve its neighbours' items."""
+    net = MemoryNetwork()
+    nodes = net.create(12)
+    key = net.run(nodes[0].put("n", b"v"))
+    net.kill(nodes[0])
+    with pytest.raises(ConnectionRefusedError):
+        net.run(nodes[1].call(("127.0.0.1", nodes[0].port), Ping))
+    assert net.run(nodes[5].get(key)) == b"v"
+
+
+def test_run_gives_up_after_max_seconds() -> None:
+    """MemoryNetwork.run raises TimeoutError for a Deferred that never fires."""
+    net = MemoryNetwork()
+    with pytest.raises(TimeoutError, match="did not fire"):
+        net.run(Deferred(), max_seconds=1.0)
+
+
+def test_flush_is_bounded() -> None:
+    """A network that never goes quiet makes flush raise instead of looping forever."""
+    net = MemoryNetwork(max_events=1000)
+    a, b = net.create(2)
+    raw = net.open_raw(a)
+    original = raw.dataReceived
+
+    def echo(data: bytes) -> None:
+        original(data)
+        raw.send(b'3:"x",')
+
+    raw.dataReceived = echo  # type: ignore[method-assign]
+    raw.send(b'3:"x",')
+    with pytest.raises(RuntimeError, match="did not settle"):
+        net.flush()
+    del b
+
+
+def test_node_defaults_to_the_global_reactor() -> None:
+    """Without a reactor argument, Node takes the global one lazily, at construction."""
+    from twisted.internet import reactor
+
+    node = Node()
+    assert node.reactor is reactor
+    assert node.port == 0
+    assert len(node.id) == 128
