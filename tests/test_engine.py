@@ -232,3 +232,10 @@ def test_message_fills_in_sender_and_fresh_request_ids() -> None:
     assert first.rid != second.rid
     assert (first.sender, first.port) == (ALICE.node_id, 4000)
     assert engine.message(Pong, 9).rid == 9
+
+
+@pytest.mark.parametrize(("k", "alpha"), [(0, 3), (65, 3), (20, 0)])
+def test_bad_parameters_are_refused(k: int, alpha: int) -> None:
+    """k outside 1..64 (what a nodes reply may carry) or alpha below 1 raises ValueError."""
+    with pytest.raises(ValueError, match=r"(k|alpha) must be"):
+        Engine(ALICE, MemoryStorage(), now=0.0, k=k, alpha=alpha)

@@ -225,6 +225,17 @@ def test_find_value_ends_at_the_first_value_that_verifies() -> None:
     assert lookup.closest() == near(target, 1, 2)
 
 
+def test_a_late_second_value_never_replaces_the_first() -> None:
+    """Once a value is found, a value from a peer still in flight is ignored."""
+    target = ITEM.key
+    lookup = IterativeLookup(target, near(target, 1, 2), own_id=OWN, find_value=True)
+    lookup.next_queries()
+    assert lookup.value_received(near(target, 1)[0], ITEM)
+    newer = OWNER.sign("profile", b"newer", 4)
+    assert not lookup.value_received(near(target, 2)[0], newer)
+    assert found(lookup) is ITEM
+
+
 def test_find_value_accepts_a_blob_under_its_hash() -> None:
     """A blob whose sha512 is the target verifies and ends the lookup."""
     item = blob(b"some data")

@@ -99,12 +99,11 @@ def test_single_node_stores_locally() -> None:
 
 
 def test_join_without_answering_seed_fails() -> None:
-    """Joining through seeds that refuse connections fails with JoinError, and says so in the log."""
+    """Joining through seeds that all refuse fails with JoinError, and the log says why."""
     net = MemoryNetwork()
     node = net.add_node()
-    with capturedLogs() as events:
-        with pytest.raises(JoinError, match="none of the 2 seed"):
-            net.run(node.join([("127.0.0.1", 1), ("127.0.0.1", 2)]))
+    with capturedLogs() as events, pytest.raises(JoinError, match="none of the 2 seed"):
+        net.run(node.join([("127.0.0.1", 1), ("127.0.0.1", 2)]))
     assert any("did not answer" in e["log_format"] for e in events)
 
 
@@ -313,9 +312,8 @@ def test_forged_value_is_skipped_and_reported() -> None:
         return forged if k == int(key, 16) else original(k, now)
 
     liar.engine.get = lying_get  # type: ignore[assignment,method-assign]
-    with capturedLogs() as events:
-        with pytest.raises(NotFoundError):
-            net.run(nodes[1].get(key))
+    with capturedLogs() as events, pytest.raises(NotFoundError):
+        net.run(nodes[1].get(key))
     assert any("invalid value" in e["log_format"] for e in events)
     assert nodes[1].engine.routing.entry(liar.engine.id).failures >= 1  # type: ignore[union-attr]
 
@@ -350,9 +348,8 @@ def test_put_fails_when_no_node_accepts() -> None:
         for v in (str(i).encode() * 2 for i in range(1000))
         if blob(v).key ^ b.engine.id < blob(v).key ^ a.engine.id
     )
-    with capturedLogs() as events:
-        with pytest.raises(PutError, match="no node stored"):
-            net.run(a.put_blob(value))
+    with capturedLogs() as events, pytest.raises(PutError, match="no node stored"):
+        net.run(a.put_blob(value))
     assert any("did not store" in e["log_format"] for e in events)
 
 
@@ -377,7 +374,7 @@ def _far_pair(own: int, count: int) -> list[Identity]:
 
 
 def test_ping_before_evict_keeps_a_live_contact() -> None:
-    """A full bucket pings its oldest contact; when it answers, the newcomer waits as replacement."""
+    """A full bucket pings its oldest contact; if it answers, the newcomer only waits."""
     net = MemoryNetwork()
     home = net.add_node(k=1)
     old, new = (net.add_node(k=1, identity=i) for i in _far_pair(home.engine.id, 2))
@@ -390,7 +387,7 @@ def test_ping_before_evict_keeps_a_live_contact() -> None:
 
 
 def test_ping_before_evict_replaces_a_dead_contact() -> None:
-    """When the oldest contact of a full bucket does not answer the ping, the newcomer replaces it."""
+    """If the oldest contact of a full bucket misses the ping, the newcomer replaces it."""
     net = MemoryNetwork()
     home = net.add_node(k=1)
     old, new = (net.add_node(k=1, identity=i) for i in _far_pair(home.engine.id, 2))

@@ -98,7 +98,7 @@ class IterativeLookup:
 
     def value_received(self, peer: Contact, item: Item) -> bool:
         """``peer`` answered with an item; it ends the lookup if it verifies (returns whether)."""
-        if not self._answer(peer):
+        if self.value is not None or not self._answer(peer):
             return False
         try:
             item.verify_for(self.target)
