@@ -42,7 +42,7 @@ def test_each_export_is_the_real_object(name: str) -> None:
 def test_unknown_attribute_raises() -> None:
     """Asking for a name txdht does not have raises AttributeError."""
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        _ = txdht.Nope  # type: ignore[attr-defined]
+        _ = txdht.Nope
 
 
 def test_testing_module_exports() -> None:

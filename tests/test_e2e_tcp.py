@@ -1,0 +1,167 @@
+"""End to end over real loopback TCP: 30 nodes in one process, on pytest-twisted's reactor."""
+
+from __future__ import annotations
+
+import random
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ClientFactory, Protocol
+
+from txdht import Node
+from txdht.core.errors import NotFoundError
+from txdht.core.ids import id_from_hex
+from txdht.core.messages import Ping, Pong
+
+pytestmark = pytest.mark.e2e
+
+NODES = 30
+ITEMS = 50
+READERS = 10
+
+
+async def start_nodes(reactor: Any, count: int, **options: Any) -> list[Node]:
+    """``count`` nodes listening on 127.0.0.1, each joined through the first."""
+    nodes = [Node(reactor, rng=random.Random(i), **options) for i in range(count)]
+    for node in nodes:
+        await node.listen("tcp:0:interface=127.0.0.1")
+    for node in nodes[1:]:
+        await node.join([("127.0.0.1", nodes[0].port)])
+    return nodes
+
+
+async def stop_nodes(nodes: list[Node]) -> None:
+    """Stop every node and wait until its connections and port are closed."""
+    await gatherResults([n.stop() for n in nodes])
+
+
+async def sleep(reactor: IReactorTime, seconds: float) -> None:
+    """Let the reactor run for ``seconds``."""
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_thirty_nodes_put_fifty_and_read_each_from_ten_others(reactor: Any) -> None:
+    """50 items put from random nodes are each read back, verified, from 10 other nodes."""
+    rng = random.Random(2026)
+    nodes = await start_nodes(reactor, NODES)
+    try:
+        assert all(len(n.engine.routing) >= 20 for n in nodes)
+        puts = []
+        for i in range(ITEMS):
+            writer = rng.choice(nodes)
+            value = f"value {i} from {writer.port}".encode()
+            if i % 2:
+                key = await writer.put(f"item-{i}", value)
+            else:
+                key = await writer.put_blob(value)
+            puts.append((writer, key, value))
+        remote_reads = 0
+        for writer, key, value in puts:
+            others = [n for n in nodes if n is not writer]
+            # Readers that do not hold the item first, so gets really cross the network.
+            rng.shuffle(others)
+            others.sort(key=lambda n: n.engine.get(id_from_hex(key), reactor.seconds()) is not None)
+            for reader in others[:READERS]:
+                remote_reads += reader.engine.get(id_from_hex(key), reactor.seconds()) is None
+                assert await reader.get(key) == value
+        assert remote_reads >= ITEMS * 5
+    finally:
+        await stop_nodes(nodes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups_complete_when_some_peers_stop_answering(reactor: Any) -> None:
+    """With a third of the network gone silent, gets still complete through the others."""
+    nodes = await start_nodes(reactor, 12, rpc_timeout=0.5)
+    try:
+        key = await nodes[0].put("still here", b"yes")
+        holders = [n for n in nodes if n.engine.get(id_from_hex(key), reactor.seconds())]
+        silent = [n for n in nodes[1:] if n not in holders[:6]][:4]
+        for node in silent:
+            # Stop reading: the kernel still accepts bytes, but no reply ever comes back.
+            for protocol in node._protocols:
+                protocol.transport.stopReading()  # type: ignore[union-attr]
+            node.factory.buildProtocol = _silent_protocol  # type: ignore[method-assign,assignment]
+        readers = [n for n in nodes if n not in silent and n not in holders]
+        for reader in readers or nodes[1:2]:
+            assert await reader.get(key) == b"yes"
+        with pytest.raises(NotFoundError):
+            await nodes[0].get("ef" * 64)
+    finally:
+        await stop_nodes(nodes)
+
+
+def _silent_protocol(addr: object) -> Protocol:
+    """A protocol that accepts a connection and never says anything."""
+    return Protocol()
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_over_tcp_closes_only_that_connection(reactor: Any) -> None:
+    """A raw TCP client sending garbage is disconnected; the node keeps serving others."""
+    nodes = await start_nodes(reactor, 2)
+    try:
+        closed: Deferred[None] = Deferred()
+
+        class Garbage(Protocol):
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.write(b"this is not a netstring")
+
+            def connectionLost(self, reason: object = None) -> None:
+                closed.callback(None)
+
+        factory = ClientFactory.forProtocol(Garbage)
+        connector = reactor.connectTCP("127.0.0.1", nodes[0].port, factory)
+        await closed
+        connector.disconnect()
+        reply = await nodes[1].call(("127.0.0.1", nodes[0].port), Ping)
+        assert isinstance(reply, Pong)
+    finally:
+        await stop_nodes(nodes)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:  # pragma: no cover - only where the machine has no IPv6 loopback
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest_twisted.ensureDeferred
+async def test_ipv6_loopback(reactor: Any) -> None:
+    """Nodes listening on ::1 join and exchange items over IPv6."""
+    nodes = [Node(reactor) for _ in range(3)]
+    for node in nodes:
+        await node.listen(r"tcp6:0:interface=\:\:1")
+    try:
+        for node in nodes[1:]:
+            await node.join([("::1", nodes[0].port)])
+        key = await nodes[1].put_blob(b"over ipv6")
+        assert await nodes[2].get(key) == b"over ipv6"
+    finally:
+        await stop_nodes(nodes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_releases_the_port(reactor: Any) -> None:
+    """After stop(), the port is free again and nothing is left on the reactor."""
+    node = Node(reactor)
+    port = await node.listen("tcp:0:interface=127.0.0.1")
+    number = port.getHost().port  # type: ignore[attr-defined]
+    await node.stop()
+    again = Node(reactor)
+    await again.listen(f"tcp:{number}:interface=127.0.0.1")
+    assert again.port == number
+    await again.stop()
+    await sleep(reactor, 0)
