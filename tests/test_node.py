@@ -60,9 +60,9 @@ def test_put_again_bumps_the_sequence_and_replaces() -> None:
     nodes = net.create(10)
     key = net.run(nodes[0].put("name", b"first"))
     assert net.run(nodes[0].put("name", b"second")) == key
-    published = nodes[0].engine.storage.published("name")
+    published = nodes[0].engine.storage.published(int(key, 16))
     assert published is not None
-    assert published.seq == 2
+    assert published.item.seq == 2
     assert net.run(nodes[9].get(key)) == b"second"
 
 
@@ -299,8 +299,9 @@ def test_forged_value_is_skipped_and_reported() -> None:
     nodes = net.create(10)
     key = net.run(nodes[0].put("real", b"real value"))
     liar = nodes[9]
-    real = nodes[0].engine.storage.published("real")
-    assert real is not None
+    published = nodes[0].engine.storage.published(int(key, 16))
+    assert published is not None
+    real = published.item
     forged = type(real)(b"forged", real.public_key, real.name, real.seq + 1, real.signature)
     for node in nodes:
         if node is not liar:

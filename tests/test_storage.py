@@ -7,8 +7,9 @@ from collections.abc import Callable
 import pytest
 from zope.interface.verify import verifyObject
 
-from txdht.core.items import Identity, Item, blob
-from txdht.core.storage import MemoryStorage, StoredItem
+from txdht.core.ids import Contact
+from txdht.core.items import Identity, blob
+from txdht.core.storage import MemoryStorage, PublishedItem, StoredItem
 from txdht.interfaces import IStorage
 
 OWNER = Identity.from_private_bytes(bytes(range(32)))
@@ -44,8 +45,10 @@ def test_empty_store(store: IStorage) -> None:
     assert store.get(blob(b"a").key) is None
     assert list(store.records()) == []
     assert store.expire(1e12) == 0
-    assert store.published("n") is None
+    assert store.published(blob(b"a").key) is None
     assert list(store.published_items()) == []
+    assert store.identity() is None
+    assert store.contacts() == []
 
 
 def test_put_then_get(store: IStorage) -> None:
@@ -118,42 +121,63 @@ def test_expire_drops_records_at_or_before_now(store: IStorage) -> None:
     assert store.count() == 0
 
 
-def test_published_keeps_latest_per_name(store: IStorage) -> None:
-    """set_published replaces the item under the same name and keeps other names apart."""
-    first, second = OWNER.sign("a", b"1", 1), OWNER.sign("a", b"2", 2)
-    other = OWNER.sign("b", b"x", 0)
+def test_published_keeps_latest_per_key(store: IStorage) -> None:
+    """set_published replaces the item under the same key and keeps other keys apart."""
+    first = PublishedItem(OWNER.sign("a", b"1", 1), 60.0)
+    second = PublishedItem(OWNER.sign("a", b"2", 2), 30.0)
+    other = PublishedItem(blob(b"x"), 90.0)
     store.set_published(first)
     store.set_published(other)
-    assert store.published("a") == first
+    assert store.published(first.key) == first
     store.set_published(second)
-    assert store.published("a") == second
-    assert store.published("b") == other
-    assert store.published("c") is None
-    assert sorted(store.published_items(), key=lambda i: i.name or "") == [second, other]
+    assert store.published(first.key) == second
+    assert store.published(other.key) == other
+    assert store.published(blob(b"nothing").key) is None
+    assert sorted(store.published_items(), key=lambda p: p.ttl) == [second, other]
 
 
 def test_published_is_separate_from_records(store: IStorage) -> None:
     """Publishing does not store a record, and storing a record does not publish it."""
     item = OWNER.sign("a", b"1", 1)
-    store.set_published(item)
+    store.set_published(PublishedItem(item, 60.0))
     assert store.count() == 0
-    store.put(StoredItem(OWNER.sign("b", b"1", 1), 5.0))
-    assert store.published("b") is None
+    stored = OWNER.sign("b", b"1", 1)
+    store.put(StoredItem(stored, 5.0))
+    assert store.published(stored.key) is None
 
 
 def test_published_items_may_change_during_iteration(store: IStorage) -> None:
     """Publishing while iterating published_items() is safe and sees the snapshot."""
-    store.set_published(OWNER.sign("a", b"1", 1))
-    items: list[Item] = []
-    for item in store.published_items():
-        items.append(item)
-        store.set_published(OWNER.sign("b", b"1", 1))
-    assert len(items) == 1
+    store.set_published(PublishedItem(OWNER.sign("a", b"1", 1), 60.0))
+    seen: list[PublishedItem] = []
+    for published in store.published_items():
+        seen.append(published)
+        store.set_published(PublishedItem(OWNER.sign("b", b"1", 1), 60.0))
+    assert len(seen) == 1
     assert len(list(store.published_items())) == 2
 
 
-def test_set_published_refuses_blob(store: IStorage) -> None:
-    """A blob has no name, so it cannot be recorded as a publication."""
-    with pytest.raises(ValueError, match="mutable item"):
-        store.set_published(blob(b"x"))
-    assert list(store.published_items()) == []
+def test_identity_round_trip(store: IStorage) -> None:
+    """The saved private key is returned as saved, and replaced by a later save."""
+    store.set_identity(b"k" * 32)
+    assert store.identity() == b"k" * 32
+    store.set_identity(b"j" * 32)
+    assert store.identity() == b"j" * 32
+
+
+def test_contacts_are_replaced_whole(store: IStorage) -> None:
+    """set_contacts replaces the saved list; the returned list is a copy."""
+    first = [Contact(1, "127.0.0.1", 4001), Contact(2, "::1", 4002)]
+    store.set_contacts(first)
+    got = store.contacts()
+    assert sorted(got, key=lambda c: c.id) == first
+    got.clear()
+    assert len(store.contacts()) == 2
+    store.set_contacts([Contact(3, "127.0.0.1", 4003)])
+    assert store.contacts() == [Contact(3, "127.0.0.1", 4003)]
+
+
+def test_published_item_key() -> None:
+    """A publication's key is its item's key."""
+    item = OWNER.sign("n", b"v", 1)
+    assert PublishedItem(item, 1.0).key == item.key

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 from zope.interface import Interface
 
 if TYPE_CHECKING:
-    from txdht.core.items import Item
-    from txdht.core.storage import StoredItem
+    from txdht.core.ids import Contact
+    from txdht.core.storage import PublishedItem, StoredItem
 
 __all__ = ["IStorage"]
 
 
 class IStorage(Interface):
-    """Where a node keeps the items it holds for the network, and the items it published itself.
+    """What a node keeps: items it holds for the network, items it published, its key, its peers.
 
     A store is a dumb, durable map: the rules about which item may replace which (signatures,
     sequence numbers) are applied by the core before it calls ``put``. ``put`` returns only once
@@ -44,11 +44,23 @@ class IStorage(Interface):
     def count() -> int:
         """How many records are stored."""
 
-    def published(name: str) -> Item | None:
-        """The latest item this node published under ``name`` (with its sequence number)."""
+    def published(key: int) -> PublishedItem | None:
+        """The latest item this node published under ``key``, with the ttl it asked for."""
 
-    def set_published(item: Item) -> None:
-        """Remember ``item`` as this node's latest publication under its name."""
+    def set_published(record: PublishedItem) -> None:
+        """Remember ``record`` as this node's latest publication under its item's key."""
 
-    def published_items() -> Iterator[Item]:
-        """Every item this node published, one per name: what it republishes."""
+    def published_items() -> Iterator[PublishedItem]:
+        """Every item this node published, one per key: what it republishes."""
+
+    def identity() -> bytes | None:
+        """The node's private key (32 raw Ed25519 bytes) if one was saved: the node's id."""
+
+    def set_identity(private_key: bytes) -> None:
+        """Save the node's private key, so that a restarted node keeps its id."""
+
+    def contacts() -> list[Contact]:
+        """The routing table contacts saved last, to rejoin without a seed after a restart."""
+
+    def set_contacts(contacts: list[Contact]) -> None:
+        """Replace the saved routing table contacts."""

@@ -38,7 +38,7 @@ from txdht.core.errors import (
     RemoteError,
 )
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
+from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob, mutable_key
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     REPLY_TYPES,
@@ -54,7 +54,7 @@ from txdht.core.messages import (
     encode,
 )
 from txdht.core.routing import K
-from txdht.core.storage import MemoryStorage
+from txdht.core.storage import MemoryStorage, PublishedItem
 from txdht.interfaces import IStorage
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]
@@ -288,16 +288,19 @@ class Node:
 
     def put(self, name: str, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
         """Sign ``value`` under ``name`` with this node's key, store it; fires with the key."""
-        published = self.engine.storage.published(name)
-        seq = published.seq + 1 if published is not None else 1
+        key = mutable_key(self.engine.identity.public_bytes, name)
+        published = self.engine.storage.published(key)
+        seq = published.item.seq + 1 if published is not None else 1
         item = self.engine.identity.sign(name, value, seq)
-        self.engine.storage.set_published(item)
-        return self.publish(item, ttl).addCallback(lambda _: id_to_hex(item.key))
+        self.engine.storage.set_published(PublishedItem(item, ttl))
+        return self.publish(item, ttl).addCallback(lambda _: id_to_hex(key))
 
     def put_blob(self, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
         """Store an immutable blob; fires with its key, the sha512 of the value."""
         item = blob(value)
-        return self.publish(item, ttl).addCallback(lambda _: id_to_hex(item.key))
+        d = self.publish(item, ttl)
+        self.engine.storage.set_published(PublishedItem(item, ttl))
+        return d.addCallback(lambda _: id_to_hex(item.key))
 
     def publish(self, item: Item, ttl: float = DEFAULT_TTL) -> Deferred[int]:
         """Store ``item`` on the k closest nodes; fires with how many accepted it."""

@@ -1,10 +1,12 @@
 """Stored records and the in-memory store.
 
-A node keeps two things: the records it holds for the network (each an item plus the time it
-expires), and the latest item it published under each name, which it republishes before those
-records expire elsewhere. ``MemoryStorage`` keeps both in dicts; it is the store for tests and
-for nodes that need not survive a restart. Whether a new item may replace a stored one is decided
-by ``txdht.core.items.accept`` before ``put`` is called, never by the store.
+A node keeps the records it holds for the network (each an item plus the time it expires), the
+latest item it published under each key with the ttl it asked for (it republishes them before
+those records expire elsewhere), its private key, and its routing table contacts.
+``MemoryStorage`` keeps them in memory; it is the store for tests and for nodes that need not
+survive a restart (``txdht.sqlite.SQLiteStorage`` is the durable one). Whether a new item may
+replace a stored one is decided by ``txdht.core.items.accept`` before ``put`` is called, never
+by the store.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass
 
 from zope.interface import implementer
 
+from txdht.core.ids import Contact
 from txdht.core.items import Item
 from txdht.interfaces import IStorage
 
-__all__ = ["MemoryStorage", "StoredItem"]
+__all__ = ["MemoryStorage", "PublishedItem", "StoredItem"]
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,28 @@ class StoredItem:
         return self.item.key
 
 
+@dataclass(frozen=True)
+class PublishedItem:
+    """An item this node published, and the ttl it asked the holders to keep it for."""
+
+    item: Item
+    ttl: float
+
+    @property
+    def key(self) -> int:
+        """The item's key."""
+        return self.item.key
+
+
 @implementer(IStorage)
 class MemoryStorage:
     """An ``IStorage`` in two dicts; everything is lost when the process ends."""
 
     def __init__(self) -> None:
         self._records: dict[int, StoredItem] = {}
-        self._published: dict[str, Item] = {}
+        self._published: dict[int, PublishedItem] = {}
+        self._identity: bytes | None = None
+        self._contacts: list[Contact] = []
 
     def get(self, key: int) -> StoredItem | None:
         """The record stored under ``key``, or None."""
@@ -73,16 +91,30 @@ class MemoryStorage:
         """How many records are stored."""
         return len(self._records)
 
-    def published(self, name: str) -> Item | None:
-        """The latest item this node published under ``name``, or None."""
-        return self._published.get(name)
+    def published(self, key: int) -> PublishedItem | None:
+        """The latest item this node published under ``key``, or None."""
+        return self._published.get(key)
 
-    def set_published(self, item: Item) -> None:
-        """Remember ``item`` as the latest publication under its name (ValueError for a blob)."""
-        if item.name is None:
-            raise ValueError("only a mutable item, which has a name, can be recorded as published")
-        self._published[item.name] = item
+    def set_published(self, record: PublishedItem) -> None:
+        """Remember ``record`` as the latest publication under its key."""
+        self._published[record.key] = record
 
-    def published_items(self) -> Iterator[Item]:
-        """Every published item, one per name, from a snapshot."""
+    def published_items(self) -> Iterator[PublishedItem]:
+        """Every published item, one per key, from a snapshot."""
         return iter(list(self._published.values()))
+
+    def identity(self) -> bytes | None:
+        """The saved private key, or None."""
+        return self._identity
+
+    def set_identity(self, private_key: bytes) -> None:
+        """Save the private key."""
+        self._identity = private_key
+
+    def contacts(self) -> list[Contact]:
+        """The saved contacts."""
+        return list(self._contacts)
+
+    def set_contacts(self, contacts: list[Contact]) -> None:
+        """Replace the saved contacts."""
+        self._contacts = list(contacts)
