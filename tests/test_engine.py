@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from txdht.core.engine import Engine
+from txdht.core.engine import Engine, Seen
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, Identity, blob
@@ -49,7 +49,7 @@ def test_ping_gets_pong_and_adds_the_sender() -> None:
         4000,
     )
     assert engine.routing.contacts() == [Contact(7, "127.0.0.9", 4001)]
-    assert handled.ping is None
+    assert handled.seen.ping is None
 
 
 def test_sender_without_port_is_not_added() -> None:
@@ -197,18 +197,18 @@ def test_full_bucket_asks_the_shell_to_ping() -> None:
     top = 1 << 511
     head = ALICE.node_id ^ top  # the closest id in the half of the clock face opposite ours
     newcomer = ALICE.node_id ^ top ^ 1  # same half, farther from us
-    assert engine.handle(request(Ping, sender=head), "127.0.0.1", 0.0).ping is None
+    assert engine.handle(request(Ping, sender=head), "127.0.0.1", 0.0).seen.ping is None
     handled = engine.handle(request(Ping, sender=newcomer), "127.0.0.1", 0.0)
-    assert handled.ping == Contact(head, "127.0.0.1", 4001)
+    assert handled.seen.ping == Contact(head, "127.0.0.1", 4001)
     assert isinstance(handled.reply, Pong)
     assert newcomer not in engine.routing
 
 
-def test_replied_and_failed_reach_the_routing_table() -> None:
-    """replied() adds a contact, failed() counts against it."""
+def test_seen_and_failed_reach_the_routing_table() -> None:
+    """seen() adds a contact, failed() counts against it."""
     engine = make_engine()
     contact = Contact(5, "127.0.0.1", 4005)
-    assert engine.replied(contact, 0.0) is None
+    assert engine.seen(contact, 0.0) == Seen()
     engine.failed(contact)
     entry = engine.routing.entry(5)
     assert entry is not None
@@ -218,7 +218,7 @@ def test_replied_and_failed_reach_the_routing_table() -> None:
 def test_lookup_is_seeded_from_the_table_and_touches_the_bucket() -> None:
     """lookup() starts from the k closest known contacts and marks the bucket as looked up."""
     engine = make_engine()
-    engine.replied(Contact(5, "127.0.0.1", 4005), 0.0)
+    engine.seen(Contact(5, "127.0.0.1", 4005), 0.0)
     lookup = engine.lookup(5, 100.0, find_value=True)
     assert lookup.find_value
     assert [c.id for c in lookup.next_queries()] == [5]

@@ -330,7 +330,7 @@ def test_unexpected_reply_type_counts_as_a_failed_query() -> None:
         handled = real_handle(request, host, now)
         if isinstance(request, FindNode):
             item = blob(b"not asked for")
-            return type(handled)(odd.engine.message(Value, request.rid, item=item))
+            return type(handled)(odd.engine.message(Value, request.rid, item=item), handled.seen)
         return handled
 
     odd.engine.handle = handle  # type: ignore[assignment,method-assign]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from zope.interface.verify import verifyObject
@@ -11,15 +12,24 @@ from txdht.core.ids import Contact
 from txdht.core.items import Identity, blob
 from txdht.core.storage import MemoryStorage, PublishedItem, StoredItem
 from txdht.interfaces import IStorage
+from txdht.sqlite import SQLiteStorage
 
 OWNER = Identity.from_private_bytes(bytes(range(32)))
 
 
-@pytest.fixture(params=[MemoryStorage])
-def store(request: pytest.FixtureRequest) -> IStorage:
-    """A fresh, empty store of each implementation."""
-    factory: Callable[[], IStorage] = request.param
-    return factory()
+FACTORIES: dict[str, Callable[[Path], IStorage]] = {
+    "memory": lambda tmp_path: MemoryStorage(),
+    "sqlite": lambda tmp_path: SQLiteStorage(tmp_path / "txdht.sqlite3"),
+}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IStorage]:
+    """A fresh, empty store of each implementation, closed after the test when it can be."""
+    made = FACTORIES[request.param](tmp_path)
+    yield made
+    if isinstance(made, SQLiteStorage):
+        made.close()
 
 
 def record(value: bytes, expires_at: float = 100.0) -> StoredItem:

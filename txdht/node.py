@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 
-from txdht.core.engine import Engine
+from txdht.core.engine import Engine, Seen
 from txdht.core.errors import (
     ErrorCode,
     JoinError,
@@ -56,6 +56,7 @@ from txdht.core.messages import (
 from txdht.core.routing import K
 from txdht.core.storage import MemoryStorage, PublishedItem
 from txdht.interfaces import IStorage
+from txdht.metrics import Metrics
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]
 
@@ -64,6 +65,11 @@ __all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]
 DEFAULT_MAX_MESSAGE = 1024 * 1024
 #: Seconds to wait for a connection and a reply before a request counts as failed.
 DEFAULT_RPC_TIMEOUT = 5.0
+#: A bucket no lookup touched for this long is refreshed (the Kademlia paper's hour).
+REFRESH_INTERVAL = 3600.0
+#: Items replicated or republished at once by housekeeping, so a large store cannot flood
+#: the network or the node's own connection table in one go.
+HOUSEKEEPING_CONCURRENCY = 8
 
 Address = tuple[str, int]
 _D = TypeVar("_D", bound="Deferred[Any]")
@@ -151,8 +157,24 @@ class DHTProtocol(NetstringReceiver):
         self.closed.callback(None)
 
 
+def _outcome(result: object) -> str:
+    """The metrics label for how an RPC ended."""
+    if not isinstance(result, Failure):
+        return "ok"
+    if result.check(RemoteError):
+        return "error"
+    if result.check(defer.TimeoutError):
+        return "timeout"
+    if result.check(defer.CancelledError):
+        return "cancelled"
+    return "failed"
+
+
 class DHTFactory(Factory):
     """Builds a ``DHTProtocol`` for every connection of one node, incoming or outgoing."""
+
+    #: One factory serves every connection; do not log each outgoing one.
+    noisy = False
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -174,6 +196,7 @@ class Lookup(Deferred[IterativeLookup]):
         self._node = node
         self._queries: dict[int, Deferred[Message]] = {}
         self._stopped = False
+        self._started = node.reactor.seconds()
         self._step()
 
     def _stop(self) -> None:
@@ -184,6 +207,7 @@ class Lookup(Deferred[IterativeLookup]):
     def _step(self) -> None:
         if self.machine.done:
             self._stop()
+            self._node.metrics.lookup(self._node.reactor.seconds() - self._started)
             self.callback(self.machine)
             return
         for contact in self.machine.next_queries():
@@ -258,6 +282,8 @@ class Node:
         self._running: set[Deferred[Any]] = set()
         self._port: IListeningPort | None = None
         self._stopped = False
+        #: RPC counters and lookup latencies, served at ``/metrics``.
+        self.metrics = Metrics()
 
     @property
     def id(self) -> str:
@@ -288,19 +314,28 @@ class Node:
 
     def put(self, name: str, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
         """Sign ``value`` under ``name`` with this node's key, store it; fires with the key."""
-        key = mutable_key(self.engine.identity.public_bytes, name)
-        published = self.engine.storage.published(key)
-        seq = published.item.seq + 1 if published is not None else 1
-        item = self.engine.identity.sign(name, value, seq)
-        self.engine.storage.set_published(PublishedItem(item, ttl))
-        return self.publish(item, ttl).addCallback(lambda _: id_to_hex(key))
+        item = self.sign(name, value)
+        return self.publish_own(item, ttl).addCallback(lambda _: id_to_hex(item.key))
 
     def put_blob(self, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
         """Store an immutable blob; fires with its key, the sha512 of the value."""
         item = blob(value)
+        return self.publish_own(item, ttl).addCallback(lambda _: id_to_hex(item.key))
+
+    def sign(self, name: str, value: bytes) -> Item:
+        """The next version of ``name``: ``value`` signed with the next sequence number."""
+        published = self.engine.storage.published(
+            mutable_key(self.engine.identity.public_bytes, name)
+        )
+        seq = published.item.seq + 1 if published is not None else 1
+        return self.engine.identity.sign(name, value, seq)
+
+    def publish_own(self, item: Item, ttl: float = DEFAULT_TTL) -> Deferred[int]:
+        """Publish an item of ours: remember it (for republishing) and store it on the k
+        closest nodes; fires with how many accepted it."""
         d = self.publish(item, ttl)
         self.engine.storage.set_published(PublishedItem(item, ttl))
-        return d.addCallback(lambda _: id_to_hex(item.key))
+        return d
 
     def publish(self, item: Item, ttl: float = DEFAULT_TTL) -> Deferred[int]:
         """Store ``item`` on the k closest nodes; fires with how many accepted it."""
@@ -315,6 +350,38 @@ class Node:
         """Start an iterative lookup for ``target`` (an int id)."""
         machine = self.engine.lookup(target, self.reactor.seconds(), find_value)
         return self._track(Lookup(self, machine))
+
+    # -- housekeeping (run by txdht.service on timers) ---------------------------------------
+
+    def refresh(self, interval: float = REFRESH_INTERVAL) -> Deferred[int]:
+        """Look up a random id in every bucket idle for ``interval`` s; fires with how many."""
+        return self._track(Deferred.fromCoroutine(self._refresh(interval)))
+
+    def replicate(self) -> Deferred[int]:
+        """Store every held item again on the k closest nodes, keeping its expiry time.
+
+        Fires with the number of items replicated. Nodes that joined, or that lost their copy,
+        get one; a held item survives its publisher going away until it expires.
+        """
+        now = self.reactor.seconds()
+        records = [r for r in self.engine.storage.records() if r.expires_at > now]
+        jobs = [(r.item, r.expires_at - now) for r in records]
+        return self._track(Deferred.fromCoroutine(self._publish_all(jobs)))
+
+    def republish(self) -> Deferred[int]:
+        """Publish again, with a fresh ttl, every item this node published; fires with how many."""
+        jobs = [(p.item, p.ttl) for p in self.engine.storage.published_items()]
+        return self._track(Deferred.fromCoroutine(self._publish_all(jobs)))
+
+    def expire(self) -> int:
+        """Drop expired items; return how many."""
+        return self.engine.storage.expire(self.reactor.seconds())
+
+    def save_contacts(self) -> int:
+        """Save the routing table's contacts to the store (to rejoin after a restart)."""
+        contacts = self.engine.routing.contacts()
+        self.engine.storage.set_contacts(contacts)
+        return len(contacts)
 
     def stop(self) -> Deferred[None]:
         """Cancel what is running, close every connection and stop listening."""
@@ -351,7 +418,11 @@ class Node:
                 self._seen(to)
             return reply
 
-        return d.addCallback(check)
+        def count(result: Message | Failure) -> Message | Failure:
+            self.metrics.rpc("sent", cls.TYPE, _outcome(result))
+            return result
+
+        return d.addCallback(check).addBoth(count)
 
     def peer_failed(self, contact: Contact, why: Message | Failure) -> None:
         """A request to ``contact`` failed; count it in the routing table."""
@@ -360,9 +431,25 @@ class Node:
         self.engine.failed(contact)
 
     def _seen(self, contact: Contact) -> None:
-        ping = self.engine.replied(contact, self.reactor.seconds())
-        if ping is not None:
-            self._ping_before_evict(ping)
+        self._act(contact, self.engine.seen(contact, self.reactor.seconds()))
+
+    def _act(self, contact: Contact, seen: Seen) -> None:
+        """Do what hearing from ``contact`` asked: ping-before-evict, copies for a newcomer."""
+        if seen.ping is not None:
+            self._ping_before_evict(seen.ping)
+        now = self.reactor.seconds()
+        for record in seen.handoff:
+            d = self._track(
+                self.call(contact, Store, item=record.item, ttl=record.expires_at - now)
+            )
+            d.addErrback(self._handoff_failed, contact)
+
+    def _handoff_failed(self, failure: Failure, contact: Contact) -> None:
+        self.log.info(
+            "could not copy an item to the new contact {peer}: {reason}",
+            peer=str(contact),
+            reason=failure.getErrorMessage(),
+        )
 
     def _ping_before_evict(self, contact: Contact) -> None:
         d = self._track(self.call(contact, Ping))
@@ -431,8 +518,9 @@ class Node:
                 message=reply.message,
             )
         protocol.send(reply)
-        if handled.ping is not None:
-            self._ping_before_evict(handled.ping)
+        self.metrics.rpc("received", request.TYPE, "error" if isinstance(reply, Error) else "ok")
+        if request.port:
+            self._act(Contact(request.sender, protocol.host, request.port), handled.seen)
 
     # -- the operations, as coroutines -----------------------------------------------------
 
@@ -451,7 +539,8 @@ class Node:
         now = self.reactor.seconds()
         for address, (ok, reply) in zip(seeds, results, strict=True):
             if ok:
-                self.engine.replied(Contact(reply.sender, address[0], address[1]), now)
+                contact = Contact(reply.sender, address[0], address[1])
+                self._act(contact, self.engine.seen(contact, now))
             else:
                 self.log.warn(
                     "seed {host}:{port} did not answer: {reason}",
@@ -463,10 +552,20 @@ class Node:
             raise JoinError(f"none of the {len(seeds)} seed nodes answered")
         await self.lookup(self.engine.id)
         # Fill the buckets further away: look up a random id in each one no lookup touched.
-        now = self.reactor.seconds()
-        refresh = self.engine.routing.stale_buckets(now, 0.001)
-        await DeferredList([self.lookup(b.random_id(self._rng)) for b in refresh])
+        await self._refresh(0.001)
         return len(self.engine.routing)
+
+    async def _refresh(self, interval: float) -> int:
+        targets = self.engine.refresh_targets(self.reactor.seconds(), interval, self._rng)
+        await DeferredList([self.lookup(target) for target in targets])
+        return len(targets)
+
+    async def _publish_all(self, jobs: list[tuple[Item, float]]) -> int:
+        limit = DeferredSemaphore(HOUSEKEEPING_CONCURRENCY)
+        results = await DeferredList(
+            [limit.run(self.publish, item, ttl) for item, ttl in jobs], consumeErrors=True
+        )
+        return sum(1 for ok, _ in results if ok)
 
     async def _publish(self, item: Item, ttl: float) -> int:
         machine = await self.lookup(item.key)

@@ -10,6 +10,7 @@ returns that contact and the shell pings it, reporting the outcome like any othe
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass
 
 from txdht.core.errors import ErrorCode, ProtocolError
@@ -33,15 +34,24 @@ from txdht.core.routing import K, RoutingTable
 from txdht.core.storage import StoredItem
 from txdht.interfaces import IStorage
 
-__all__ = ["Engine", "Handled"]
+__all__ = ["Engine", "Handled", "Seen"]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What hearing from a contact asks of the shell: a contact to ping (ping-before-evict),
+    and, for a contact new to the table, the records to copy to it (``handoff``)."""
+
+    ping: Contact | None = None
+    handoff: tuple[StoredItem, ...] = ()
 
 
 @dataclass(frozen=True)
 class Handled:
-    """The outcome of one request: the reply to send, and a contact to ping (or None)."""
+    """The outcome of one request: the reply to send, and what hearing from the sender asks."""
 
     reply: Message
-    ping: Contact | None = None
+    seen: Seen
 
 
 class Engine:
@@ -80,14 +90,41 @@ class Engine:
 
     def handle(self, request: Message, host: str, now: float) -> Handled:
         """Answer ``request``, which came from ``host``; peers' mistakes become error replies."""
-        ping = None
+        seen = Seen()
         if request.port and request.sender != self.id:
-            ping = self.routing.seen(Contact(request.sender, host, request.port), now)
+            seen = self.seen(Contact(request.sender, host, request.port), now)
         try:
             reply = self._answer(request, now)
         except ProtocolError as e:
             reply = self.error(request.rid, e.code, e.message)
-        return Handled(reply, ping)
+        return Handled(reply, seen)
+
+    def seen(self, contact: Contact, now: float) -> Seen:
+        """We heard from ``contact`` (a request, or a reply to ours): update the table.
+
+        A contact new to the table gets a copy of the records it is now among the k closest
+        to, when this node is the closest holder it knows (so that one node, not k, sends it).
+        """
+        known = contact.id in self.routing
+        ping = self.routing.seen(contact, now)
+        if known or contact.id not in self.routing:
+            return Seen(ping)
+        return Seen(ping, tuple(self._handoff(contact, now)))
+
+    def _handoff(self, newcomer: Contact, now: float) -> list[StoredItem]:
+        records = []
+        for record in self.storage.records():
+            if record.expires_at <= now:
+                continue
+            key = record.key
+            mine, theirs = self.id ^ key, newcomer.id ^ key
+            others = [c.id ^ key for c in self.routing.closest(key, exclude=newcomer.id)]
+            if others and others[0] < mine:
+                continue
+            closer = (mine < theirs) + sum(1 for d in others if d < theirs)
+            if closer < self.k:
+                records.append(record)
+        return records
 
     def error(self, rid: int, code: ErrorCode, text: str) -> Message:
         """An error reply."""
@@ -131,13 +168,13 @@ class Engine:
             return None
         return stored.item
 
-    def replied(self, contact: Contact, now: float) -> Contact | None:
-        """``contact`` answered one of our requests; return a contact to ping, if any."""
-        return self.routing.seen(contact, now)
-
     def failed(self, contact: Contact) -> None:
         """A request to ``contact`` failed or timed out."""
         self.routing.failed(contact.id)
+
+    def refresh_targets(self, now: float, interval: float, rng: random.Random) -> list[int]:
+        """A random id in each bucket no lookup has targeted for ``interval`` seconds."""
+        return [b.random_id(rng) for b in self.routing.stale_buckets(now, interval)]
 
     def lookup(self, target: int, now: float, find_value: bool = False) -> IterativeLookup:
         """A new lookup for ``target``, seeded from the routing table."""

@@ -1,0 +1,168 @@
+"""A node as a long-running Twisted service: listen, join, and housekeeping on timers.
+
+``DHTService`` is what ``twistd dht`` runs (``txdht.tap`` builds it), and what a Twisted
+application can add to its own service tree. On start it listens, joins through the given seeds
+(or, after a restart, through the contacts it saved), and starts one ``TimerService`` per
+housekeeping job on the injected clock:
+
+========== ======== ==========================================================================
+job        default  what it does
+========== ======== ==========================================================================
+refresh    10 min   look up a random id in each bucket no lookup touched for an hour; rejoin
+                    through the seeds if the routing table has emptied
+replicate  1 h      store every held item again on the current k closest nodes
+republish  12 h     publish again, with a fresh ttl, what this node published (the default ttl
+                    is 24 h, so every item is renewed well before it expires)
+expire     1 min    drop expired items
+save       5 min    save the routing table's contacts, to rejoin without seeds after a restart
+========== ======== ==========================================================================
+
+Each job is guarded: a failure is logged with its traceback and the timer goes on (a
+``LoopingCall`` whose call fails would otherwise stop for good).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txdht.core.errors import JoinError
+from txdht.node import REFRESH_INTERVAL, Address, Node
+
+__all__ = ["DHTService", "Intervals"]
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Seconds between two runs of each housekeeping job."""
+
+    refresh: float = 600.0
+    replicate: float = 3600.0
+    republish: float = 12 * 3600.0
+    expire: float = 60.0
+    save: float = 300.0
+    #: A bucket untouched by lookups for this long is refreshed.
+    stale_bucket: float = REFRESH_INTERVAL
+
+
+class DHTService(MultiService):
+    """Run ``node``: listen on ``endpoint`` (unless None), join ``seeds``, keep house.
+
+    :param clock: the ``IReactorTime`` the timers run on (the node's reactor by default).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        endpoint: str | None = None,
+        seeds: list[Address] | None = None,
+        intervals: Intervals = Intervals(),
+        clock: Any = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.node = node
+        self.endpoint = endpoint
+        self.seeds = list(seeds or [])
+        self.intervals = intervals
+        #: True once the node listens and has tried to join; jobs wait for it.
+        self.ready = False
+        self._waiting: list[Deferred[None]] = []
+        jobs: list[tuple[str, float, Callable[[], object]]] = [
+            ("refresh", intervals.refresh, self.refresh),
+            ("replicate", intervals.replicate, node.replicate),
+            ("republish", intervals.republish, node.republish),
+            ("expire", intervals.expire, node.expire),
+            ("save", intervals.save, node.save_contacts),
+        ]
+        for name, step, job in jobs:
+            timer = TimerService(step, self._guarded, name, job)
+            timer.clock = clock if clock is not None else node.reactor
+            timer.setName(name)
+            timer.setServiceParent(self)
+
+    def startService(self) -> None:
+        """Listen (raising at once if the endpoint cannot be had), then join in the background."""
+        if self.endpoint is not None:
+            outcome: list[object] = []
+            self.node.listen(self.endpoint).addBoth(outcome.append)
+            if isinstance(outcome[0], Failure):
+                outcome[0].raiseException()
+        super().startService()  # type: ignore[no-untyped-call]
+        self._bootstrap = Deferred.fromCoroutine(self._join())
+        self._bootstrap.addErrback(self._bootstrap_failed)
+
+    def _bootstrap_failed(self, failure: Failure) -> None:
+        if not failure.check(defer.CancelledError):
+            self.log.failure("starting the node failed", failure)
+
+    def when_ready(self) -> Deferred[None]:
+        """A new Deferred that fires once the node listens and has tried to join."""
+        if self.ready:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    async def _join(self) -> None:
+        seeds = self.seeds or [c.address for c in self.node.engine.storage.contacts()]
+        if not seeds:
+            self.log.info(
+                "node {id} listens on port {port}; no --peer and no saved contacts: this is the "
+                "first node of a new network",
+                id=self.node.id[:16],
+                port=self.node.port,
+            )
+        else:
+            await self._try_join(seeds)
+        self.ready = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    async def _try_join(self, seeds: list[Address]) -> None:
+        try:
+            count = await self.node.join(seeds)
+        except JoinError as e:
+            self.log.warn("could not join yet ({error}); retrying at the next refresh", error=e)
+            return
+        self.node.save_contacts()
+        self.log.info(
+            "node {id} on port {port} joined the network; it knows {count} contacts",
+            id=self.node.id[:16],
+            port=self.node.port,
+            count=count,
+        )
+
+    def refresh(self) -> Deferred[Any]:
+        """Refresh idle buckets, or rejoin through the seeds when no contact is left."""
+        if not len(self.node.engine.routing) and self.seeds:
+            return Deferred.fromCoroutine(self._try_join(self.seeds))
+        return self.node.refresh(self.intervals.stale_bucket)
+
+    def _guarded(self, name: str, job: Callable[[], object]) -> Deferred[Any] | None:
+        if not self.ready:
+            return None
+        d = defer.maybeDeferred(job)
+        d.addCallback(
+            lambda result: self.log.debug("{job} done: {result}", job=name, result=result)
+        )
+        d.addErrback(lambda f: self.log.failure("housekeeping job {job} failed", f, job=name))
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the timers, save the contacts, stop the node (its connections and port)."""
+        stopped: Deferred[Any] = defer.maybeDeferred(super().stopService)
+        self._bootstrap.cancel()
+        self.node.save_contacts()
+        return defer.gatherResults([stopped, self.node.stop()]).addCallback(lambda _: None)

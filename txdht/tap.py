@@ -1,0 +1,218 @@
+"""``twistd dht``: the command line options and the service tree of a node.
+
+The plugin file (twisted/plugins/txdht_plugin.py) is one line that points here; Twisted imports
+this module only when ``dht`` is the command, so ``twistd --help`` stays fast. Nothing here
+touches the global reactor unless ``makeService`` is called without one (as twistd does).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.python import usage
+from twisted.web.server import Site
+
+from txdht.core.items import Identity
+from txdht.core.messages import MAX_CONTACTS
+from txdht.node import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Address, Node
+from txdht.service import DHTService, Intervals
+from txdht.sqlite import SQLiteStorage, StorageError
+from txdht.web import APIResource
+
+__all__ = ["Options", "makeService"]
+
+DEFAULT_PORT = "tcp:4000"
+DEFAULT_HTTP = "tcp:8470:interface=127.0.0.1"
+#: The database file in the data directory.
+DATABASE = "node.sqlite3"
+
+
+def default_data_dir(endpoint: str) -> Path:
+    """The per-user data directory of a node: one subdirectory per listening endpoint."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    match = re.match(r"(?:tcp6?:)?(?:port=)?(\d+)", endpoint)
+    name = match.group(1) if match else re.sub(r"[^A-Za-z0-9.-]+", "_", endpoint)
+    return Path(base) / "txdht" / name
+
+
+def _positive(kind: type[float] | type[int]) -> Any:
+    def coerce(text: str) -> float | int:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"must be above 0, got {text}")
+        return value
+
+    coerce.coerceDoc = "Must be above 0."  # type: ignore[attr-defined]
+    return coerce
+
+
+class Options(usage.Options):
+    """The options of ``twistd dht``."""
+
+    synopsis = "[--port ENDPOINT] [--peer HOST:PORT ...] [--data-dir DIR] [--http ENDPOINT]"
+    longdesc = (
+        "Run a txdht node: a Kademlia DHT peer that stores and serves signed items for the "
+        "network. Without --peer it starts a new network, or rejoins through the contacts saved "
+        "in its data directory. Items, the node's identity and its contacts live in an SQLite "
+        "database in the data directory, so a restarted node keeps its id and its items. "
+        "The HTTP JSON API (used by the `txdht` command) listens on 127.0.0.1 by default: "
+        "anyone who can reach it can store through this node."
+    )
+    optParameters = [
+        ["port", "p", DEFAULT_PORT, "Endpoint to listen on for peers (tcp:PORT, tcp6:PORT:...)."],
+        [
+            "data-dir",
+            "d",
+            None,
+            "Where the node keeps its database [default: "
+            "$XDG_DATA_HOME/txdht/PORT, else ~/.local/share/txdht/PORT].",
+        ],
+        ["http", None, DEFAULT_HTTP, "Endpoint of the HTTP JSON API, or 'none' to disable it."],
+        ["k", "k", 20, f"Bucket size and replicas per item (1 to {MAX_CONTACTS}).", int],
+        ["alpha", "a", 3, "Requests in flight per lookup.", _positive(int)],
+        [
+            "rpc-timeout",
+            None,
+            DEFAULT_RPC_TIMEOUT,
+            "Seconds to wait for a peer's reply.",
+            _positive(float),
+        ],
+        [
+            "max-message",
+            None,
+            DEFAULT_MAX_MESSAGE,
+            "Longest message accepted, in bytes.",
+            _positive(int),
+        ],
+        [
+            "refresh-interval",
+            None,
+            Intervals.refresh,
+            "Seconds between bucket refreshes.",
+            _positive(float),
+        ],
+        [
+            "replicate-interval",
+            None,
+            Intervals.replicate,
+            "Seconds between re-stores of held items to the k closest nodes.",
+            _positive(float),
+        ],
+        [
+            "republish-interval",
+            None,
+            Intervals.republish,
+            "Seconds between republishing this node's own items.",
+            _positive(float),
+        ],
+        [
+            "expire-interval",
+            None,
+            Intervals.expire,
+            "Seconds between drops of expired items.",
+            _positive(float),
+        ],
+        [
+            "save-interval",
+            None,
+            Intervals.save,
+            "Seconds between saves of the routing table's contacts.",
+            _positive(float),
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self["peers"] = []
+
+    def opt_peer(self, value: str) -> None:
+        """A node to join through, as HOST:PORT ([::1]:PORT for IPv6); repeat for several."""
+        self["peers"].append(parse_peer(value))
+
+    opt_P = opt_peer
+
+    def postOptions(self) -> None:
+        """Check what one option alone cannot."""
+        if not 1 <= self["k"] <= MAX_CONTACTS:
+            raise usage.UsageError(f"--k must be from 1 to {MAX_CONTACTS}")
+
+
+def parse_peer(text: str) -> Address:
+    """``HOST:PORT`` as an (IP address, port) pair; a host name is resolved once, here."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
+    if not match:
+        raise usage.UsageError(f"--peer {text!r}: expected HOST:PORT (or [IPv6]:PORT)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise usage.UsageError(f"--peer {text!r}: the port must be from 1 to 65535")
+    try:
+        info = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError as e:
+        raise usage.UsageError(f"--peer {text!r}: cannot resolve {host!r}: {e}") from None
+    return (str(info[0][4][0]), port)
+
+
+class _ClosingService(Service):
+    """Closes the database when the node's service tree stops."""
+
+    def __init__(self, storage: SQLiteStorage) -> None:
+        self.storage = storage
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.storage.close()
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """The service tree of one node: the DHT node and, unless disabled, its HTTP API."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    data_dir = Path(options["data-dir"] or default_data_dir(options["port"]))
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        storage = SQLiteStorage(data_dir / DATABASE)
+    except (OSError, StorageError) as e:
+        raise SystemExit(f"txdht: cannot use the data directory {data_dir}: {e}") from None
+    raw = storage.identity()
+    identity = Identity.from_private_bytes(raw) if raw is not None else Identity.generate()
+    if raw is None:
+        storage.set_identity(identity.private_bytes())
+    node = Node(
+        reactor,
+        identity=identity,
+        storage=storage,
+        k=options["k"],
+        alpha=options["alpha"],
+        rpc_timeout=options["rpc-timeout"],
+        max_message=options["max-message"],
+    )
+    intervals = Intervals(
+        refresh=options["refresh-interval"],
+        replicate=options["replicate-interval"],
+        republish=options["republish-interval"],
+        expire=options["expire-interval"],
+        save=options["save-interval"],
+    )
+    root = MultiService()
+    # The first child stops last: the database closes after the node has stopped using it.
+    _ClosingService(storage).setServiceParent(root)  # type: ignore[no-untyped-call]
+    dht = DHTService(node, endpoint=options["port"], seeds=options["peers"], intervals=intervals)
+    dht.setServiceParent(root)  # type: ignore[no-untyped-call]
+    if options["http"].lower() != "none":
+        endpoints = {"dht": options["port"], "http": options["http"]}
+        site = Site(APIResource(node, endpoints))
+        site.displayTracebacks = False
+        http = strports.service(options["http"], site, reactor=reactor)
+        http.setServiceParent(root)
+    return root

@@ -1,0 +1,225 @@
+"""The node's HTTP JSON API (served by ``twistd dht --http``, used by the ``txdht`` command).
+
+======  =====================  ===========================================================
+method  path                   answer
+======  =====================  ===========================================================
+PUT     /v1/names/{name}       body = value; signs and stores it: 201 {"key", "stored_on"}
+POST    /v1/blobs              body = value; stores an immutable blob: 201 {"key", "stored_on"}
+GET     /v1/keys/{key}         200 the value bytes; 404 not found; 400 malformed key
+GET     /v1/status             id, version, endpoints, port, peers, items, uptime
+GET     /v1/peers              the routing table: id, host, port, bucket, last_seen, failures
+GET     /metrics               Prometheus text: RPCs, lookup latency, items, peers
+======  =====================  ===========================================================
+
+Every error is JSON ``{"error": code, "message": text}`` with a 4xx or 5xx status, never a
+traceback page. The API has no authentication: it is bound to 127.0.0.1 by default, and anyone
+who can reach it can store through the node's identity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from txdht.core.errors import ErrorCode, NotFoundError, ProtocolError, PutError
+from txdht.core.ids import bucket_index, id_from_hex, id_to_hex
+from txdht.core.items import Item, blob
+from txdht.node import Node
+
+__all__ = ["APIResource"]
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class APIResource(Resource):
+    """The whole API as one resource; ``endpoints`` are shown by ``/v1/status``."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, node: Node, endpoints: dict[str, str] | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.node = node
+        self.endpoints = endpoints or {}
+        self.started = node.reactor.seconds()
+
+    def render(self, request: Request) -> bytes | int:
+        method = (request.method or b"").decode("ascii", "replace")
+        path = [unquote_to_bytes(segment) for segment in request.postpath or []]
+        try:
+            result = self._route(method, path, request)
+        except _HTTPError as e:
+            return self._error(request, e)
+        if isinstance(result, Deferred):
+            request.notifyFinish().addErrback(lambda _: result.cancel())
+            result.addCallback(self._write, request)
+            result.addErrback(self._failed, request)
+            return NOT_DONE_YET
+        status, body = result
+        return self._body(request, status, body)
+
+    def _route(self, method: str, path: list[bytes], request: Request) -> Any:
+        handler: Callable[[Request], Any]
+        routes: dict[tuple[bytes, ...], tuple[str, Callable[[Request], Any]]] = {
+            (b"v1", b"status"): ("GET", self._status),
+            (b"v1", b"peers"): ("GET", self._peers),
+            (b"metrics",): ("GET", self._metrics),
+            (b"v1", b"blobs"): ("POST", self._put_blob),
+        }
+        if len(path) == 3 and path[:2] == [b"v1", b"keys"]:
+            expected, handler = "GET", lambda r: self._get(path[2])
+        elif len(path) == 3 and path[:2] == [b"v1", b"names"]:
+            expected, handler = "PUT", lambda r: self._put(path[2], r)
+        elif tuple(path) in routes:
+            expected, handler = routes[tuple(path)]
+        else:
+            where = request.uri.decode("ascii", "replace")
+            raise _HTTPError(404, "no_such_path", f"nothing at {where}")
+        if method != expected:
+            request.setHeader(b"allow", expected.encode())
+            raise _HTTPError(405, "method_not_allowed", f"use {expected} here, not {method}")
+        return handler(request)
+
+    # -- the routes --------------------------------------------------------------------------
+
+    def _status(self, request: Request) -> tuple[int, Any]:
+        node = self.node
+        return 200, {
+            "id": node.id,
+            "version": _version(),
+            "endpoints": self.endpoints,
+            "port": node.port,
+            "peers": len(node.engine.routing),
+            "items": node.engine.storage.count(),
+            "uptime": round(node.reactor.seconds() - self.started, 3),
+        }
+
+    def _peers(self, request: Request) -> tuple[int, Any]:
+        engine, now = self.node.engine, self.node.reactor.seconds()
+        peers = []
+        for bucket in engine.routing.buckets:
+            for entry in bucket.entries.values():
+                peers.append(
+                    {
+                        "id": id_to_hex(entry.contact.id),
+                        "host": entry.contact.host,
+                        "port": entry.contact.port,
+                        "bucket": bucket_index(engine.id, entry.contact.id),
+                        "last_seen": round(now - entry.last_seen, 3),
+                        "failures": entry.failures,
+                    }
+                )
+        return 200, {"peers": peers}
+
+    def _metrics(self, request: Request) -> tuple[int, Any]:
+        engine = self.node.engine
+        text = self.node.metrics.render(
+            [
+                (
+                    "txdht_items_stored",
+                    "Items this node holds for the network.",
+                    engine.storage.count(),
+                ),
+                ("txdht_peers", "Contacts in the routing table.", len(engine.routing)),
+                (
+                    "txdht_uptime_seconds",
+                    "Seconds since the API started.",
+                    self.node.reactor.seconds() - self.started,
+                ),
+            ]
+        )
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return 200, text.encode()
+
+    def _get(self, raw_key: bytes) -> Deferred[tuple[int, Any]]:
+        try:
+            key = raw_key.decode("ascii")
+            id_from_hex(key)
+        except ValueError as e:  # UnicodeDecodeError is a ValueError too
+            raise _HTTPError(400, "bad_key", str(e)) from None
+        return self.node.get(key).addCallback(lambda value: (200, value))
+
+    def _put(self, raw_name: bytes, request: Request) -> Deferred[tuple[int, Any]]:
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _HTTPError(400, "bad_name", "a name is UTF-8 text") from None
+        value = self._value(request)
+        try:
+            item = self.node.sign(name, value)
+        except ValueError as e:
+            raise _HTTPError(400, "bad_name", str(e)) from None
+        return self._stored(item)
+
+    def _put_blob(self, request: Request) -> Deferred[tuple[int, Any]]:
+        return self._stored(blob(self._value(request)))
+
+    def _stored(self, item: Item) -> Deferred[tuple[int, Any]]:
+        def done(count: int) -> tuple[int, Any]:
+            return 201, {"key": id_to_hex(item.key), "stored_on": count}
+
+        return self.node.publish_own(item).addCallback(done)
+
+    def _value(self, request: Request) -> bytes:
+        content = request.content
+        value = content.read() if content is not None else b""
+        limit = self.node.engine.max_value
+        if len(value) > limit:
+            raise _HTTPError(413, "value_too_large", f"values are at most {limit} bytes here")
+        return value
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def _write(self, result: tuple[int, Any], request: Request) -> None:
+        if not request.finished and not request._disconnected:
+            request.write(self._body(request, *result))
+            request.finish()
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if failure.check(defer.CancelledError):
+            return
+        if failure.check(NotFoundError):
+            error = _HTTPError(404, "not_found", failure.getErrorMessage())
+        elif failure.check(PutError):
+            error = _HTTPError(503, "put_failed", failure.getErrorMessage())
+        elif failure.check(ProtocolError):
+            code = failure.value.code  # type: ignore[union-attr]
+            status = 413 if code == ErrorCode.VALUE_TOO_LARGE else 400
+            error = _HTTPError(status, code.name.lower(), failure.getErrorMessage())
+        else:
+            self.log.failure("HTTP request {uri} failed", failure, uri=request.uri)
+            error = _HTTPError(500, "internal", "the node failed to answer; see its log")
+        if not request.finished and not request._disconnected:
+            request.write(self._error(request, error))
+            request.finish()
+
+    def _error(self, request: Request, error: _HTTPError) -> bytes:
+        return self._body(request, error.status, {"error": error.code, "message": error.message})
+
+    def _body(self, request: Request, status: int, body: Any) -> bytes:
+        request.setResponseCode(status)
+        if isinstance(body, bytes):
+            if not request.responseHeaders.hasHeader(b"content-type"):
+                request.setHeader(b"content-type", b"application/octet-stream")
+            return body
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode() + b"\n"
+
+
+def _version() -> str:
+    from txdht import __version__
+
+    return __version__
