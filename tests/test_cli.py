@@ -118,6 +118,7 @@ class FakeNodeHandler(BaseHTTPRequestHandler):
         elif isinstance(override, tuple):
             status, content_type, body = override
             self._reply(status, body, content_type)
+        # HANG_UP: return without a reply; the server closes the connection.
         return True
 
     def _store(self, key: str, value: bytes) -> None:
@@ -325,11 +326,14 @@ def test_get_to_an_unwritable_file_exits_2(
     assert capsys.readouterr().err.startswith(f"txdht: cannot write {tmp_path}: ")
 
 
-def test_get_of_an_unknown_key_exits_1(node: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
+def test_get_of_an_unknown_key_exits_1(
+    node: FakeNode, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """A 404 prints the node's message on stderr, exits 1, and writes no output file."""
-    assert run(node, "get", "a" * 128, "-o", "never-written") == 1
+    out = tmp_path / "never-written"
+    assert run(node, "get", "a" * 128, "-o", str(out)) == 1
     assert capsys.readouterr() == ("", "txdht: no value found under aaaaaaaaaaaaaaaa...\n")
-    assert not Path("never-written").exists()
+    assert not out.exists()
 
 
 def test_get_of_a_malformed_key_exits_1(node: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:

@@ -78,12 +78,13 @@ class DHTService(MultiService):
         #: True once the node listens and has tried to join; jobs wait for it.
         self.ready = False
         self._waiting: list[Deferred[None]] = []
+        # Each job is looked up when it runs, so a replaced method (in a test) is the one run.
         jobs: list[tuple[str, float, Callable[[], object]]] = [
-            ("refresh", intervals.refresh, self.refresh),
-            ("replicate", intervals.replicate, node.replicate),
-            ("republish", intervals.republish, node.republish),
-            ("expire", intervals.expire, node.expire),
-            ("save", intervals.save, node.save_contacts),
+            ("refresh", intervals.refresh, lambda: self.refresh()),
+            ("replicate", intervals.replicate, lambda: self.node.replicate()),
+            ("republish", intervals.republish, lambda: self.node.republish()),
+            ("expire", intervals.expire, lambda: self.node.expire()),
+            ("save", intervals.save, lambda: self.node.save_contacts()),
         ]
         for name, step, job in jobs:
             timer = TimerService(step, self._guarded, name, job)

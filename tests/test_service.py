@@ -1,0 +1,220 @@
+"""The node service and its housekeeping, on the in-memory network and a Clock (48 h in seconds)."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.logger import LogEvent, capturedLogs, formatEvent
+
+from txdht.core.errors import NotFoundError
+from txdht.core.ids import id_from_hex
+from txdht.core.items import Identity, blob
+from txdht.node import Node
+from txdht.service import DHTService, Intervals
+from txdht.testing import MemoryNetwork
+
+HOUR = 3600.0
+
+
+def start(net: MemoryNetwork, count: int, **node_options: object) -> list[DHTService]:
+    """``count`` node services on ``net``, each joined through the first, all ready."""
+    services: list[DHTService] = []
+    for _ in range(count):
+        node = net.add_node(**node_options)
+        seeds = [("127.0.0.1", services[0].node.port)] if services else []
+        service = DHTService(node, seeds=seeds)
+        service.startService()
+        net.run(service.when_ready())
+        services.append(service)
+    return services
+
+
+def holders(services: list[DHTService], key: str, now: float) -> int:
+    """How many of the services' nodes hold an unexpired copy of ``key``."""
+    return sum(1 for s in services if s.node.engine.get(id_from_hex(key), now) is not None)
+
+
+def test_first_node_says_it_starts_a_network() -> None:
+    """A node with no seeds and no saved contacts logs that it is the first of a new network."""
+    net = MemoryNetwork()
+    with capturedLogs() as events:
+        (service,) = start(net, 1)
+    assert service.ready
+    assert any("first node of a new network" in formatEvent(e) for e in events)
+    assert net.run(service.when_ready()) is None
+
+
+def test_items_outlive_their_ttl_while_the_publisher_republishes() -> None:
+    """Over 48 simulated hours, items put with the default 24 h ttl stay readable everywhere."""
+    net = MemoryNetwork()
+    services = start(net, 15, k=5)
+    keys = [net.run(services[i].node.put(f"name-{i}", b"value %d" % i)) for i in range(5)]
+    blob_key = net.run(services[7].node.put_blob(b"a blob"))
+    for _hour in range(48):
+        net.advance(HOUR)
+    now = net.clock.seconds()
+    assert now >= 48 * HOUR
+    for i, key in enumerate(keys):
+        assert holders(services, key, now) >= 5
+        assert net.run(services[-1 - i].node.get(key)) == b"value %d" % i
+    assert net.run(services[0].node.get(blob_key)) == b"a blob"
+
+
+def test_items_of_a_stopped_publisher_expire() -> None:
+    """An item whose publisher has stopped is dropped everywhere once its ttl has passed."""
+    net = MemoryNetwork()
+    services = start(net, 10, k=4)
+    key = net.run(services[3].node.put("short", b"lived", ttl=2 * HOUR))
+    services[3].stopService()
+    net.kill(services[3].node)
+    net.advance(HOUR)
+    now = net.clock.seconds()
+    assert holders(services, key, now) >= 3
+    net.advance(HOUR + 61)
+    assert sum(s.node.engine.storage.count() for s in services) == 0
+    with pytest.raises(NotFoundError):
+        net.run(services[0].node.get(key))
+
+
+def test_replication_restores_copies_after_holders_die() -> None:
+    """When holders die, hourly replication puts the item back on k live nodes."""
+    net = MemoryNetwork()
+    services = start(net, 16, k=4)
+    key = net.run(services[0].node.put_blob(b"replicate me"))
+    now = net.clock.seconds()
+    dead = [s for s in services[1:] if s.node.engine.get(id_from_hex(key), now)][:2]
+    for service in dead:
+        service.stopService()
+        net.kill(service.node)
+    alive = [s for s in services if s not in dead]
+    assert holders(alive, key, now) <= 2 + 1
+    net.advance(HOUR + 1)
+    assert holders(alive, key, net.clock.seconds()) >= 4
+
+
+def test_a_new_node_closest_to_a_key_gets_a_copy_at_once() -> None:
+    """A node joining right next to a stored key is handed a copy when it is first seen."""
+    net = MemoryNetwork()
+    services = start(net, 8, k=3)
+    newcomer = Identity.from_private_bytes(b"n" * 32)
+    ids = [s.node.engine.id for s in services]
+    value = next(
+        v
+        for v in (b"item %d" % i for i in range(10_000))
+        if all(newcomer.node_id ^ blob(v).key < i ^ blob(v).key for i in ids)
+    )
+    key = net.run(services[0].node.put_blob(value))
+    node = net.add_node(k=3, identity=newcomer)
+    service = DHTService(node, seeds=[("127.0.0.1", services[0].node.port)])
+    service.startService()
+    net.run(service.when_ready())
+    net.flush()
+    assert node.engine.get(id_from_hex(key), net.clock.seconds()) == blob(value)
+
+
+def test_refresh_looks_up_idle_buckets() -> None:
+    """After an hour without lookups, the refresh job looks up a random id in idle buckets."""
+    net = MemoryNetwork()
+    services = start(net, 6)
+    node = services[-1].node
+    before = node.metrics.lookup_count
+    net.advance(HOUR + 600)
+    assert node.metrics.lookup_count > before
+    assert node.engine.routing.stale_buckets(net.clock.seconds(), HOUR) == []
+
+
+def test_node_whose_seeds_were_down_joins_at_a_later_refresh() -> None:
+    """A node started while its seed was unreachable joins once the seed is up."""
+    net = MemoryNetwork()
+    late = net.add_node()
+    seed_port = 4001
+    service = DHTService(late, seeds=[("127.0.0.1", seed_port)])
+    with capturedLogs() as events:
+        service.startService()
+        net.run(service.when_ready())
+    assert any("could not join yet" in formatEvent(e) for e in events)
+    assert len(late.engine.routing) == 0
+    seed = net.add_node()
+    assert seed.port == seed_port
+    net.advance(600)
+    assert seed.engine.id in late.engine.routing
+
+
+def test_a_failing_job_is_logged_and_the_timer_goes_on(
+    fail_on_logged_errors: list[LogEvent],
+) -> None:
+    """A housekeeping job that raises is logged with its traceback and runs again next time."""
+    net = MemoryNetwork()
+    (service,) = start(net, 1)
+    calls: list[float] = []
+    original = service.node.expire
+
+    def flaky() -> int:
+        calls.append(net.clock.seconds())
+        if len(calls) == 1:
+            raise RuntimeError("disk on fire")
+        return original()
+
+    service.node.expire = flaky  # type: ignore[method-assign]
+    net.advance(60)
+    net.advance(60)
+    assert len(calls) == 2
+    failures = [e for e in fail_on_logged_errors if "housekeeping job" in formatEvent(e)]
+    assert len(failures) == 1
+    assert "expire" in formatEvent(failures[0])
+    fail_on_logged_errors.clear()
+
+
+def test_stop_saves_contacts_and_a_restart_rejoins_without_seeds() -> None:
+    """stopService saves the contacts; a new service on the same store rejoins through them."""
+    net = MemoryNetwork()
+    services = start(net, 5)
+    leaving = services[-1]
+    net.run(leaving.stopService())
+    saved = leaving.node.engine.storage.contacts()
+    assert len(saved) == 4
+    again = Node(
+        net.clock,
+        identity=leaving.node.engine.identity,
+        storage=leaving.node.engine.storage,
+        connect=net._connect,
+    )
+    again.engine.port = 4100
+    net._listeners[("127.0.0.1", 4100)] = again
+    service = DHTService(again)
+    with capturedLogs() as events:
+        service.startService()
+        net.run(service.when_ready())
+    assert len(again.engine.routing) == 4
+    assert any("joined the network" in formatEvent(e) for e in events)
+
+
+def test_stopping_during_the_join_cancels_it_quietly() -> None:
+    """Stopping the service while it is still joining cancels the join without an error."""
+    net = MemoryNetwork()
+    seed = net.add_node()
+    net.silence(seed)
+    node = net.add_node()
+    service = DHTService(node, seeds=[("127.0.0.1", seed.port)])
+    service.startService()
+    assert not service.ready
+    net.run(service.stopService())
+    assert net.clock.getDelayedCalls() == []
+
+
+def test_unexpected_bootstrap_failure_is_logged(fail_on_logged_errors: list[LogEvent]) -> None:
+    """A failure other than JoinError while starting is logged loudly."""
+    net = MemoryNetwork()
+    node = net.add_node()
+
+    def broken(seeds: object) -> object:
+        raise RuntimeError("bug")
+
+    node.join = broken  # type: ignore[assignment,method-assign]
+    DHTService(node, seeds=[("127.0.0.1", 1)]).startService()
+    assert any("starting the node failed" in formatEvent(e) for e in fail_on_logged_errors)
+    fail_on_logged_errors.clear()
+
+
+def test_intervals_have_the_documented_defaults() -> None:
+    """Refresh 10 min, replicate 1 h, republish 12 h, expire 1 min, save 5 min."""
+    assert Intervals() == Intervals(600.0, HOUR, 12 * HOUR, 60.0, 300.0, HOUR)

@@ -1,0 +1,181 @@
+"""``twistd dht`` options and the service tree makeService builds (on a memory reactor)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.application.service import IServiceCollection
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python import usage
+
+from txdht.service import DHTService
+from txdht.sqlite import SQLiteStorage
+from txdht.tap import DATABASE, Options, default_data_dir, makeService, parse_peer
+
+
+def parse(*args: str) -> Options:
+    """Options parsed from ``args``."""
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults() -> None:
+    """Without arguments: port 4000, HTTP on 127.0.0.1:8470, k 20, alpha 3, no peers."""
+    options = parse()
+    assert options["port"] == "tcp:4000"
+    assert options["http"] == "tcp:8470:interface=127.0.0.1"
+    assert (options["k"], options["alpha"], options["peers"]) == (20, 3, [])
+    assert options["data-dir"] is None
+
+
+def test_peers_repeat_and_resolve() -> None:
+    """--peer repeats; IPv4, [IPv6] and host names become (IP, port) pairs."""
+    options = parse("--peer", "127.0.0.1:4000", "-P", "[::1]:4001", "--peer", "localhost:4002")
+    assert options["peers"][:2] == [("127.0.0.1", 4000), ("::1", 4001)]
+    assert options["peers"][2][1] == 4002
+    assert options["peers"][2][0] in {"127.0.0.1", "::1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("127.0.0.1", "expected HOST:PORT"),
+        ("127.0.0.1:0", "from 1 to 65535"),
+        ("127.0.0.1:70000", "from 1 to 65535"),
+        ("::1:4000", "expected HOST:PORT"),
+        ("no-such-host.invalid:4000", "cannot resolve"),
+    ],
+)
+def test_bad_peers_are_usage_errors(text: str, message: str) -> None:
+    """A malformed or unresolvable --peer is a usage error that says what is wrong."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse_peer(text)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--k", "0"], "--k must be from 1 to 64"),
+        (["--k", "65"], "--k must be from 1 to 64"),
+        (["--alpha", "0"], "must be above 0"),
+        (["--rpc-timeout", "-1"], "must be above 0"),
+        (["--refresh-interval", "soon"], "could not convert"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(args: list[str], message: str) -> None:
+    """Out-of-range or non-numeric values are refused with a clear message."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_help_explains_every_option() -> None:
+    """--help text names every option and says what the node does."""
+    text = str(Options())
+    for option in ("--port", "--peer", "--data-dir", "--http", "--k", "--alpha", "--rpc-timeout"):
+        assert option in text
+    assert "SQLite" in text
+    assert "127.0.0.1" in text
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "leaf"),
+    [
+        ("tcp:4000", "4000"),
+        ("tcp:port=4001:interface=::1", "4001"),
+        ("4002", "4002"),
+        ("unix:/tmp/x", "unix_tmp_x"),
+    ],
+)
+def test_default_data_dir_is_per_user_and_per_port(
+    endpoint: str, leaf: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default data dir is $XDG_DATA_HOME/txdht/<port>, else ~/.local/share/txdht/<port>."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_data_dir(endpoint) == tmp_path / "txdht" / leaf
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir(endpoint) == tmp_path / "home" / ".local" / "share" / "txdht" / leaf
+
+
+def test_make_service_builds_node_and_http(tmp_path: Path) -> None:
+    """makeService gives a node service and an HTTP service; the node listens on start."""
+    reactor = MemoryReactorClock()
+    options = parse("--port", "tcp:4123", "--data-dir", str(tmp_path), "--http", "tcp:8123")
+    root = makeService(options, reactor)
+    assert IServiceCollection.providedBy(root)
+    services = list(root)  # type: ignore[call-overload]
+    dht = next(s for s in services if isinstance(s, DHTService))
+    assert dht.endpoint == "tcp:4123"
+    root.privilegedStartService()
+    root.startService()
+    assert sorted(port for port, *_ in reactor.tcpServers) == [4123, 8123]
+    assert (tmp_path / DATABASE).exists()
+    root.stopService()
+
+
+def test_identity_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    """Two services on the same data dir have the same node id (the key is saved once)."""
+    first = makeService(parse("--data-dir", str(tmp_path), "--http", "none"), MemoryReactorClock())
+    ids = []
+    for root in (
+        first,
+        makeService(parse("--data-dir", str(tmp_path), "--http", "none"), MemoryReactorClock()),
+    ):
+        dht = next(s for s in root if isinstance(s, DHTService))  # type: ignore[attr-defined]
+        ids.append(dht.node.id)
+        assert not any(s.name == "http" for s in root)  # type: ignore[attr-defined]
+        root.startService()
+        root.stopService()
+    assert ids[0] == ids[1]
+
+
+def test_http_none_disables_the_api(tmp_path: Path) -> None:
+    """--http none starts no HTTP server."""
+    reactor = MemoryReactorClock()
+    root = makeService(
+        parse("--port", "tcp:4124", "--data-dir", str(tmp_path), "--http", "none"), reactor
+    )
+    root.startService()
+    assert [port for port, *_ in reactor.tcpServers] == [4124]
+    root.stopService()
+
+
+def test_damaged_database_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    """A damaged database stops the start with one line naming the file, never an empty store."""
+    (tmp_path / DATABASE).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(SystemExit) as caught:
+        makeService(parse("--data-dir", str(tmp_path)), MemoryReactorClock())
+    message = str(caught.value)
+    assert message.startswith("txdht: cannot use the data directory")
+    assert DATABASE in message
+    assert (tmp_path / DATABASE).read_bytes() == b"this is not sqlite" * 100
+
+
+def test_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    """A data dir that is a file is refused with a message naming it."""
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(SystemExit, match="cannot use the data directory"):
+        makeService(parse("--data-dir", str(target)), MemoryReactorClock())
+
+
+def test_database_is_closed_when_the_service_stops(tmp_path: Path) -> None:
+    """After stopService the database is closed and can be opened by the next node."""
+    root = makeService(parse("--data-dir", str(tmp_path), "--http", "none"), MemoryReactorClock())
+    root.startService()
+    root.stopService()
+    SQLiteStorage(tmp_path / DATABASE).close()
+
+
+def test_plugin_is_found_and_points_at_tap() -> None:
+    """twistd finds the dht plugin, whose options and service maker are txdht.tap's."""
+    from twisted.application.service import IServiceMaker
+
+    makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+    assert "dht" in makers
+    assert makers["dht"].options is Options
+    assert IPlugin.providedBy(makers["dht"])
+    assert makers["dht"].description == "Run a txdht Kademlia DHT node."
