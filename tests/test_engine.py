@@ -239,3 +239,37 @@ def test_bad_parameters_are_refused(k: int, alpha: int) -> None:
     """k outside 1..64 (what a nodes reply may carry) or alpha below 1 raises ValueError."""
     with pytest.raises(ValueError, match=r"(k|alpha) must be"):
         Engine(ALICE, MemoryStorage(), now=0.0, k=k, alpha=alpha)
+
+
+def test_handoff_goes_to_a_newcomer_among_the_k_closest_when_we_are_closest() -> None:
+    """A new contact gets the records it is now among the k closest to, if we hold them best."""
+    engine = make_engine(k=2)
+    item = blob(b"held")
+    engine.store(item, 60.0, 0.0)
+    key = item.key
+    newcomer = Contact(key ^ 1, "127.0.0.1", 4100)
+    assert engine.seen(newcomer, 1.0).handoff == (engine.storage.get(key),)
+    # Seen again, it is not new: nothing to hand off.
+    assert engine.seen(newcomer, 2.0).handoff == ()
+
+
+def test_no_handoff_when_another_known_node_is_closer_than_us() -> None:
+    """When a known contact is closer to the key than we are, it does the handing off."""
+    engine = make_engine(k=3)
+    item = blob(b"held")
+    engine.store(item, 60.0, 0.0)
+    engine.seen(Contact(item.key ^ 1, "127.0.0.1", 4100), 0.0)
+    assert engine.seen(Contact(item.key ^ 2, "127.0.0.1", 4101), 0.0).handoff == ()
+
+
+def test_no_handoff_of_expired_records_or_to_far_newcomers() -> None:
+    """Expired records are never handed off, nor records the newcomer is not near."""
+    engine = make_engine(k=1)
+    item = blob(b"held")
+    engine.store(item, 60.0, 0.0)
+    far = Contact(item.key ^ ALICE.node_id ^ (1 << 511), "127.0.0.1", 4100)
+    assert far.id ^ item.key > ALICE.node_id ^ item.key
+    assert engine.seen(far, 1.0).handoff == ()
+    engine.routing.remove(far.id)
+    near = Contact(item.key ^ 1, "127.0.0.1", 4101)
+    assert engine.seen(near, 61.0).handoff == ()

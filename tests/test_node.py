@@ -464,3 +464,17 @@ def test_node_defaults_to_the_global_reactor() -> None:
     assert node.reactor is reactor
     assert node.port == 0
     assert len(node.id) == 128
+
+
+def test_handoff_that_fails_is_only_logged() -> None:
+    """A copy a newcomer refuses is logged and changes nothing else."""
+    net = MemoryNetwork()
+    holder = net.add_node(k=2)
+    item = blob(b"held" * 10)
+    holder.engine.store(item, 600.0, 0.0)
+    newcomer = net.add_node(k=2, max_value=4)
+    with capturedLogs() as events:
+        net.run(newcomer.join([("127.0.0.1", holder.port)]))
+        net.flush()
+    assert any("could not copy an item" in e["log_format"] for e in events)
+    assert newcomer.engine.storage.count() == 0

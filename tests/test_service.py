@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from txdht.core.errors import NotFoundError
@@ -218,3 +222,35 @@ def test_unexpected_bootstrap_failure_is_logged(fail_on_logged_errors: list[LogE
 def test_intervals_have_the_documented_defaults() -> None:
     """Refresh 10 min, replicate 1 h, republish 12 h, expire 1 min, save 5 min."""
     assert Intervals() == Intervals(600.0, HOUR, 12 * HOUR, 60.0, 300.0, HOUR)
+
+
+def test_a_busy_port_fails_the_start_at_once(reactor: object) -> None:
+    """Starting on a port already in use raises right away (twistd then exits with the reason)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = DHTService(Node(reactor), endpoint=f"tcp:{port}:interface=127.0.0.1")
+        with pytest.raises(CannotListenError):
+            service.startService()
+
+
+def test_stopping_during_the_first_lookup_is_quiet() -> None:
+    """Stopping while the join's lookup is still running cancels it without logging an error."""
+    net = MemoryNetwork()
+    seed = net.add_node()
+    node = net.add_node()
+    waiting: list[Deferred[object]] = []
+
+    def never(target: int, find_value: bool = False) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        waiting.append(d)
+        return d
+
+    node.lookup = never  # type: ignore[assignment,method-assign]
+    service = DHTService(node, seeds=[("127.0.0.1", seed.port)])
+    service.startService()
+    net.flush()
+    assert waiting
+    net.run(service.stopService())
+    assert not service.ready

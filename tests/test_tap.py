@@ -18,7 +18,7 @@ from txdht.tap import DATABASE, Options, default_data_dir, makeService, parse_pe
 def parse(*args: str) -> Options:
     """Options parsed from ``args``."""
     options = Options()
-    options.parseOptions(list(args))
+    options.parseOptions(list(args))  # type: ignore[no-untyped-call]
     return options
 
 
@@ -106,7 +106,7 @@ def test_make_service_builds_node_and_http(tmp_path: Path) -> None:
     options = parse("--port", "tcp:4123", "--data-dir", str(tmp_path), "--http", "tcp:8123")
     root = makeService(options, reactor)
     assert IServiceCollection.providedBy(root)
-    services = list(root)  # type: ignore[call-overload]
+    services = list(root)
     dht = next(s for s in services if isinstance(s, DHTService))
     assert dht.endpoint == "tcp:4123"
     root.privilegedStartService()
@@ -124,9 +124,9 @@ def test_identity_is_kept_in_the_data_dir(tmp_path: Path) -> None:
         first,
         makeService(parse("--data-dir", str(tmp_path), "--http", "none"), MemoryReactorClock()),
     ):
-        dht = next(s for s in root if isinstance(s, DHTService))  # type: ignore[attr-defined]
+        dht = next(s for s in root if isinstance(s, DHTService))
         ids.append(dht.node.id)
-        assert not any(s.name == "http" for s in root)  # type: ignore[attr-defined]
+        assert not any(s.name == "http" for s in root)
         root.startService()
         root.stopService()
     assert ids[0] == ids[1]
@@ -179,3 +179,19 @@ def test_plugin_is_found_and_points_at_tap() -> None:
     assert makers["dht"].options is Options
     assert IPlugin.providedBy(makers["dht"])
     assert makers["dht"].description == "Run a txdht Kademlia DHT node."
+
+
+def test_good_numbers_are_taken() -> None:
+    """Valid numbers are converted to their types."""
+    options = parse("--alpha", "5", "--rpc-timeout", "2.5", "--k", "8")
+    assert (options["alpha"], options["rpc-timeout"], options["k"]) == (5, 2.5, 8)
+
+
+def test_make_service_defaults_to_the_global_reactor(tmp_path: Path) -> None:
+    """Without a reactor argument (as twistd calls it), the global reactor is used."""
+    from twisted.internet import reactor
+
+    root = makeService(parse("--data-dir", str(tmp_path), "--http", "none"))
+    dht = next(s for s in root if isinstance(s, DHTService))
+    assert dht.node.reactor is reactor
+    dht.node.engine.storage.close()  # type: ignore[attr-defined]

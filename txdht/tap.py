@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -172,7 +172,7 @@ class _ClosingService(Service):
         self.storage.close()
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The service tree of one node: the DHT node and, unless disabled, its HTTP API."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor

@@ -145,10 +145,10 @@ class APIResource(Resource):
         return 200, text.encode()
 
     def _get(self, raw_key: bytes) -> Deferred[tuple[int, Any]]:
+        key = raw_key.decode("ascii", "replace")
         try:
-            key = raw_key.decode("ascii")
             id_from_hex(key)
-        except ValueError as e:  # UnicodeDecodeError is a ValueError too
+        except ValueError as e:
             raise _HTTPError(400, "bad_key", str(e)) from None
         return self.node.get(key).addCallback(lambda value: (200, value))
 

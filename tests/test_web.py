@@ -1,0 +1,332 @@
+"""The HTTP JSON API over real loopback HTTP: every route's success and error paths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import ClientCreator, Protocol
+from twisted.logger import LogEvent
+from twisted.python.failure import Failure
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from twisted.web.server import Site
+
+from txdht.core.errors import NotFoundError
+from txdht.core.ids import id_to_hex
+from txdht.core.items import blob
+from txdht.node import Node
+from txdht.web import APIResource
+
+
+class _Collect(Protocol):
+    """Collects a response body (readBody warns on this transport in Twisted 26)."""
+
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self.done = done
+        self.parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done.callback(b"".join(self.parts))
+
+
+class API:
+    """Three TCP nodes; node 0 serves the API on a loopback port."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.nodes: list[Node] = []
+        self.port: Any = None
+
+    async def start(self, **options: Any) -> None:
+        """Start the nodes and the HTTP server."""
+        self.nodes = [Node(self.reactor, **options) for _ in range(3)]
+        for node in self.nodes:
+            await node.listen()
+        for node in self.nodes[1:]:
+            await node.join([("127.0.0.1", self.nodes[0].port)])
+        self.resource = APIResource(self.nodes[0], {"dht": "tcp:0", "http": "tcp:0"})
+        site = Site(self.resource)
+        site.displayTracebacks = False
+        self.port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+
+    async def stop(self) -> None:
+        """Stop the HTTP server and the nodes."""
+        await self.port.stopListening()
+        await gatherResults([n.stop() for n in self.nodes])
+
+    async def request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, bytes, IResponse]:
+        """One HTTP request; the status, the body and the response."""
+        from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer
+
+        agent = Agent(self.reactor)
+        producer = FileBodyProducer(BytesIO(body)) if body is not None else None
+        url = f"http://127.0.0.1:{self.port.getHost().port}{path}".encode()
+        response = await agent.request(method.encode(), url, Headers(), producer)
+        body_read: Deferred[bytes] = Deferred()
+        response.deliverBody(_Collect(body_read))
+        data = await body_read
+        return response.code, data, response
+
+    async def json(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        """One request whose answer is JSON."""
+        status, data, response = await self.request(method, path, body)
+        assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+        return status, json.loads(data)
+
+
+@pytest_twisted.async_yield_fixture()
+async def api(reactor: Any) -> AsyncIterator[API]:
+    """A started API over a 3-node network; stopped after the test."""
+    server = API(reactor)
+    await server.start(max_value=1000)
+    yield server
+    await server.stop()
+
+
+def error_of(status: int, body: Any, expected_status: int, code: str) -> str:
+    """Check an error answer's status and code; its message."""
+    assert status == expected_status
+    assert body["error"] == code
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    return str(body["message"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_name_then_get_from_another_node(api: API) -> None:
+    """PUT /v1/names/{name} stores a signed item (201) that any node then reads."""
+    status, body = await api.json(
+        "PUT", "/v1/names/" + quote("my name/ü", safe=""), b"\x00value\xff"
+    )
+    assert status == 201
+    assert body["stored_on"] == 3
+    assert await api.nodes[2].get(body["key"]) == b"\x00value\xff"
+    status, data, response = await api.request("GET", f"/v1/keys/{body['key']}")
+    assert (status, data) == (200, b"\x00value\xff")
+    assert response.headers.getRawHeaders(b"content-type") == [b"application/octet-stream"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_again_replaces(api: API) -> None:
+    """A second PUT under the same name gets the same key and the new value."""
+    _, first = await api.json("PUT", "/v1/names/n", b"one")
+    _, second = await api.json("PUT", "/v1/names/n", b"two")
+    assert first["key"] == second["key"]
+    assert await api.nodes[1].get(first["key"]) == b"two"
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_blob(api: API) -> None:
+    """POST /v1/blobs stores an immutable blob under the sha512 of its value."""
+    status, body = await api.json("POST", "/v1/blobs", b"blob bytes")
+    assert status == 201
+    assert body == {"key": id_to_hex(blob(b"blob bytes").key), "stored_on": 3}
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_missing_key_is_404(api: API) -> None:
+    """GET of a key nobody holds answers 404 not_found."""
+    status, body = await api.json("GET", "/v1/keys/" + "ab" * 64)
+    error_of(status, body, 404, "not_found")
+
+
+@pytest.mark.parametrize("key", ["short", "AB" * 64, "%FF" * 64, "zz" * 64])
+@pytest_twisted.ensureDeferred
+async def test_get_malformed_key_is_400(api: API, key: str) -> None:
+    """GET of something that is not 128 lowercase hex answers 400 bad_key."""
+    status, body = await api.json("GET", "/v1/keys/" + key)
+    assert "hex" in error_of(status, body, 400, "bad_key")
+
+
+@pytest_twisted.ensureDeferred
+async def test_value_too_large_is_413(api: API) -> None:
+    """A value over the node's limit answers 413 value_too_large, for names and blobs."""
+    for method, path in (("PUT", "/v1/names/big"), ("POST", "/v1/blobs")):
+        status, body = await api.json(method, path, b"x" * 1001)
+        assert "1000 bytes" in error_of(status, body, 413, "value_too_large")
+
+
+@pytest.mark.parametrize("name", [quote("x" * 300), "%FF%FE", pytest.param("", id="empty")])
+@pytest_twisted.ensureDeferred
+async def test_bad_names_are_400(api: API, name: str) -> None:
+    """A name that is too long, not UTF-8 or empty answers 400 bad_name."""
+    status, body = await api.json("PUT", "/v1/names/" + name, b"v")
+    error_of(status, body, 400, "bad_name")
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_nobody_accepts_is_503(api: API) -> None:
+    """When no node stores the item, the answer is 503 put_failed."""
+
+    async def refuse(item: Any, ttl: float) -> int:
+        from txdht.core.errors import PutError
+
+        raise PutError("no node stored the item (2 were asked)")
+
+    api.nodes[0]._publish = refuse  # type: ignore[method-assign]
+    status, body = await api.json("POST", "/v1/blobs", b"v")
+    assert "no node stored" in error_of(status, body, 503, "put_failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_item_is_400(api: API) -> None:
+    """An item the node itself refuses (stale sequence) answers 400 with the protocol code."""
+    _, first = await api.json("PUT", "/v1/names/n", b"one")
+    stored = api.nodes[0].engine.storage.published(int(first["key"], 16))
+    assert stored is not None
+    api.nodes[0].engine.storage.delete(0)
+    from txdht.core.storage import PublishedItem
+
+    api.nodes[0].engine.storage.set_published(
+        PublishedItem(
+            stored.item.__class__(
+                stored.item.value,
+                stored.item.public_key,
+                stored.item.name,
+                0,
+                stored.item.signature,
+            ),
+            60.0,
+        )
+    )
+    status, body = await api.json("PUT", "/v1/names/n", b"older")
+    assert "sequence number" in error_of(status, body, 400, "stale_sequence")
+
+
+@pytest_twisted.ensureDeferred
+async def test_status(api: API) -> None:
+    """GET /v1/status shows id, version, endpoints, port, peers, items and uptime."""
+    await api.json("POST", "/v1/blobs", b"v")
+    status, body = await api.json("GET", "/v1/status")
+    assert status == 200
+    node = api.nodes[0]
+    assert body["id"] == node.id
+    assert body["port"] == node.port
+    assert (body["peers"], body["items"]) == (2, 1)
+    assert body["endpoints"] == {"dht": "tcp:0", "http": "tcp:0"}
+    assert body["version"] == "0.1.0"
+    assert body["uptime"] >= 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_peers(api: API) -> None:
+    """GET /v1/peers lists every contact with address, bucket, last seen and failures."""
+    status, body = await api.json("GET", "/v1/peers")
+    assert status == 200
+    assert sorted(p["port"] for p in body["peers"]) == sorted(n.port for n in api.nodes[1:])
+    for peer in body["peers"]:
+        assert peer["host"] == "127.0.0.1"
+        assert 0 <= peer["bucket"] <= 511
+        assert peer["last_seen"] >= 0
+        assert peer["failures"] == 0
+        assert len(peer["id"]) == 128
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics(api: API) -> None:
+    """GET /metrics is Prometheus text with RPC counters, lookup latency, items and peers."""
+    await api.json("POST", "/v1/blobs", b"v")
+    status, data, response = await api.request("GET", "/metrics")
+    assert status == 200
+    assert response.headers.getRawHeaders(b"content-type") == [
+        b"text/plain; version=0.0.4; charset=utf-8"
+    ]
+    text = data.decode()
+    assert 'txdht_rpcs_total{direction="sent",type="store",outcome="ok"} 2' in text
+    assert "txdht_lookup_duration_seconds_count" in text
+    assert "txdht_items_stored 1" in text
+    assert "txdht_peers 2" in text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/", 404, "no_such_path"),
+        ("GET", "/v1", 404, "no_such_path"),
+        ("GET", "/v1/keys", 404, "no_such_path"),
+        ("GET", "/etc/passwd", 404, "no_such_path"),
+        ("DELETE", "/v1/status", 405, "method_not_allowed"),
+        ("POST", "/v1/keys/" + "ab" * 64, 405, "method_not_allowed"),
+        ("GET", "/v1/names/x", 405, "method_not_allowed"),
+        ("GET", "/v1/blobs", 405, "method_not_allowed"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_unknown_paths_and_methods(
+    api: API, method: str, path: str, status: int, code: str
+) -> None:
+    """Unknown paths answer 404 and wrong methods 405 (with Allow), as JSON."""
+    got, body = await api.json(method, path)
+    error_of(got, body, status, code)
+
+
+@pytest_twisted.ensureDeferred
+async def test_internal_failure_is_500_without_traceback(
+    api: API, fail_on_logged_errors: list[LogEvent]
+) -> None:
+    """An unexpected failure answers 500 with a plain message and logs the traceback."""
+
+    async def broken(key: int) -> bytes:
+        raise RuntimeError("a bug")
+
+    api.nodes[0]._get = broken  # type: ignore[method-assign]
+    status, body = await api.json("GET", "/v1/keys/" + "ab" * 64)
+    message = error_of(status, body, 500, "internal")
+    assert "a bug" not in message
+    assert "Traceback" not in json.dumps(body)
+    assert len(fail_on_logged_errors) == 1
+    fail_on_logged_errors.clear()
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "late value", "late error"])
+@pytest_twisted.ensureDeferred
+async def test_client_going_away_cancels_the_work(api: API, reactor: Any, ending: str) -> None:
+    """When the HTTP client disconnects mid-request, its get is cancelled and nothing is written.
+
+    The get may end as cancelled, or (if it ignores cancellation) with a late value or error.
+    """
+    cancelled: list[bool] = []
+
+    def cancel(d: Deferred[bytes]) -> None:
+        cancelled.append(True)
+        if ending == "late value":
+            d.callback(b"too late")
+        elif ending == "late error":
+            d.errback(NotFoundError("too late"))
+
+    api.nodes[0].get = lambda key: Deferred(cancel)  # type: ignore[method-assign]
+    lost: Deferred[None] = Deferred()
+
+    class Impatient(Protocol):
+        def connectionMade(self) -> None:
+            assert self.transport is not None
+            path = "/v1/keys/" + "ab" * 64
+            self.transport.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            reactor.callLater(0.05, self.transport.loseConnection)
+
+        def connectionLost(self, reason: Failure | None = None) -> None:
+            lost.callback(None)
+
+    await ClientCreator(reactor, Impatient).connectTCP("127.0.0.1", api.port.getHost().port)
+    await lost
+    for _ in range(50):
+        if cancelled:
+            break
+        pause: Deferred[None] = Deferred()
+        reactor.callLater(0.01, pause.callback, None)
+        await pause
+    assert cancelled == [True]
