@@ -1,0 +1,301 @@
+"""Real processes: `twistd -n dht` nodes on loopback, driven with the `txdht` command.
+
+These tests start real node processes; every process is killed at the end, pass or fail, and
+every wait is bounded. They run once, on the default reactor's pass of the suite (the nodes are
+other processes, so the test process's reactor does not matter to them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 30.0
+
+
+@pytest.fixture(autouse=True)
+def _once(request: pytest.FixtureRequest) -> None:
+    """Skip on the asyncio pass: the processes do not depend on this process's reactor."""
+    if request.config.getoption("reactor") != "default":
+        pytest.skip("real-process tests run on the default reactor pass only")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def environment() -> dict[str, str]:
+    """The environment for child processes: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class NodeProcess:
+    """One `twistd -n dht` process with its own data dir, DHT port and HTTP port."""
+
+    def __init__(self, data_dir: Path, reactor: str = "default") -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.http = free_port()
+        self.reactor = reactor
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "twistd.log"
+
+    @property
+    def url(self) -> str:
+        """The node's HTTP API."""
+        return f"http://127.0.0.1:{self.http}"
+
+    def start(self, peers: list[NodeProcess] = (), k: int = 5) -> None:  # type: ignore[assignment]
+        """Start the process (it joins through ``peers``, or its saved contacts)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(BIN / "twistd"), "-n", "--pidfile=", f"--reactor={self.reactor}", "dht"]
+        args += ["--port", f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.data_dir)]
+        args += ["--http", f"tcp:{self.http}:interface=127.0.0.1", "--k", str(k)]
+        args += ["--rpc-timeout", "2"]
+        for peer in peers:
+            args += ["--peer", f"127.0.0.1:{peer.port}"]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=environment(), cwd=self.data_dir
+            )
+
+    def status(self) -> dict[str, object]:
+        """The node's /v1/status."""
+        with urllib.request.urlopen(self.url + "/v1/status", timeout=5) as answer:
+            return dict(json.loads(answer.read()))
+
+    def wait_ready(self, peers: int = 0) -> dict[str, object]:
+        """Wait (bounded) until the API answers and the node knows at least ``peers`` contacts."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"node exited: {self.log.read_text()[-3000:]}")
+            try:
+                status = self.status()
+                if int(status["peers"]) >= peers:  # type: ignore[call-overload]
+                    return status
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"node not ready in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no clean shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def terminate(self) -> int:
+        """SIGTERM and wait (bounded) for a clean exit; the exit code."""
+        assert self.process is not None
+        self.process.terminate()
+        return self.process.wait(timeout=20)
+
+
+def txdht(
+    node: NodeProcess, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the `txdht` command against ``node``."""
+    script = BIN / "txdht"
+    command = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "import sys; from txdht.cli import main; sys.exit(main())"]
+    )
+    return subprocess.run(
+        [*command, "--node", node.url, *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env=environment(),
+        check=False,
+    )
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    """Ten node processes (two on asyncioreactor); all are killed at the end."""
+    started = [
+        NodeProcess(tmp_path / f"node{i}", reactor="asyncio" if i in (4, 7) else "default")
+        for i in range(10)
+    ]
+    try:
+        started[0].start()
+        started[0].wait_ready()
+        for node in started[1:]:
+            node.start(peers=[started[0]])
+        for node in started[1:]:
+            node.wait_ready(peers=1)
+        yield started
+    finally:
+        for node in started:
+            node.kill()
+
+
+def test_put_get_kill_restart(nodes: list[NodeProcess]) -> None:
+    """20 values put through one node are read through another, survive SIGKILL of three
+    nodes (the writer among them), and the restarted nodes serve their items again."""
+    writer, reader = nodes[1], nodes[8]
+    values = {f"name-{i}": f"value {i} \u2603".encode() * (i + 1) for i in range(20)}
+    keys = {}
+    for name, value in values.items():
+        result = txdht(writer, "put", name, "-", stdin=value)
+        assert result.returncode == 0, result.stderr
+        keys[name] = result.stdout.decode().strip()
+        assert len(keys[name]) == 128
+    for name, key in keys.items():
+        result = txdht(reader, "get", key)
+        assert (result.returncode, result.stdout) == (0, values[name])
+    killed = [writer, nodes[4], nodes[6]]
+    before = {id(n): n.status() for n in killed}
+    for node in killed:
+        node.kill()
+    for name, key in keys.items():
+        result = txdht(reader, "get", key)
+        assert (result.returncode, result.stdout) == (0, values[name]), result.stderr
+    for node in killed:
+        node.start()  # no --peer: it rejoins through the contacts it saved
+    for node in killed:
+        status = node.wait_ready(peers=1)
+        assert status["id"] == before[id(node)]["id"]
+        # Nothing lost; a node may hold more after rejoining (newcomers are handed copies).
+        assert int(status["items"]) >= int(before[id(node)]["items"])  # type: ignore[call-overload]
+    held = 0
+    for node in killed:
+        for name, key in keys.items():
+            result = txdht(node, "get", key)
+            assert (result.returncode, result.stdout) == (0, values[name]), result.stderr
+        held += int(node.status()["items"])  # type: ignore[call-overload]
+    assert held > 0
+    missing = txdht(reader, "get", "ab" * 64)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(b"txdht: ")
+
+
+def test_status_peers_and_blob_from_the_command_line(nodes: list[NodeProcess]) -> None:
+    """put-blob, status and peers work against a real node."""
+    blob_file = nodes[0].data_dir / "blob.bin"
+    blob_file.write_bytes(bytes(range(256)))
+    result = txdht(nodes[2], "put-blob", str(blob_file))
+    assert result.returncode == 0, result.stderr
+    got = txdht(nodes[5], "get", result.stdout.decode().strip())
+    assert got.stdout == bytes(range(256))
+    status = txdht(nodes[3], "status", "--json")
+    assert json.loads(status.stdout)["peers"] >= 1
+    peers = txdht(nodes[3], "peers")
+    assert peers.returncode == 0
+    assert b"127.0.0.1:" in peers.stdout
+
+
+def test_sigterm_stops_cleanly_and_keeps_the_data(tmp_path: Path) -> None:
+    """SIGTERM stops a node cleanly; it restarts with the same id and items."""
+    node = NodeProcess(tmp_path / "solo")
+    try:
+        node.start()
+        node.wait_ready()
+        assert txdht(node, "put", "kept", "v", stdin=None).returncode == 0
+        first = node.status()
+        # twistd shuts down cleanly, then reports the signal as its exit status.
+        assert node.terminate() in (0, -signal.SIGTERM)
+        assert "Main loop terminated." in node.log.read_text()
+        node.start()
+        again = node.wait_ready()
+        assert (again["id"], again["items"]) == (first["id"], first["items"])
+    finally:
+        node.kill()
+
+
+def test_damaged_database_stops_the_node_with_a_clear_message(tmp_path: Path) -> None:
+    """A damaged database makes `twistd dht` exit non-zero with one line naming the file."""
+    node = NodeProcess(tmp_path / "bad")
+    node.data_dir.mkdir()
+    (node.data_dir / "node.sqlite3").write_bytes(b"garbage" * 1000)
+    try:
+        node.start()
+        assert node.process is not None
+        code = node.process.wait(timeout=START_TIMEOUT)
+        output = node.log.read_text()
+        assert code != 0
+        assert "node.sqlite3" in output
+        assert "not a txdht database or is damaged" in output
+    finally:
+        node.kill()
+
+
+def test_busy_port_stops_the_node_with_a_clear_message(tmp_path: Path) -> None:
+    """A DHT port already in use makes the node exit non-zero, saying so."""
+    node = NodeProcess(tmp_path / "busy")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", node.port))
+        taken.listen()
+        try:
+            node.start()
+            assert node.process is not None
+            assert node.process.wait(timeout=START_TIMEOUT) != 0
+            assert "Address already in use" in node.log.read_text()
+        finally:
+            node.kill()
+
+
+def test_plugin_is_found_after_a_plain_pip_install(tmp_path: Path) -> None:
+    """After a plain (non-editable) `pip install` in a fresh venv, `twistd --help` lists dht."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(ROOT)]
+    subprocess.run(pip, check=True, timeout=600, cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    help_text = subprocess.run(
+        [str(venv / "bin" / "twistd"), "--help"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout.decode()
+    assert any(line.split()[:1] == ["dht"] for line in help_text.splitlines())
+    site = next((venv / "lib").glob("python*/site-packages"))
+    assert (site / "twisted" / "plugins" / "txdht_plugin.py").exists()
+    assert (site / "twisted" / "__init__.py").exists()  # Twisted's own, not overwritten by us
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    names = zipfile.ZipFile(next(wheel_dir.glob("txdht-*.whl"))).namelist()
+    assert "twisted/plugins/txdht_plugin.py" in names
+    assert "twisted/__init__.py" not in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert "txdht/py.typed" in names
