@@ -45,7 +45,7 @@ examples:
   txdht put greeting "hello world"        store a value under a name, print its key
   txdht put-blob photo.jpg                store a file under its own hash, print its key
   txdht get KEY -o copy.jpg               fetch a value into a file
-  txdht --node http://10.0.0.5:8470 status
+  txdht --node http://127.0.0.1:8471 status  talk to another node on this machine
 
 The node is {DEFAULT_NODE} unless --node (before or after the command) or
 the {NODE_ENV} environment variable names another.
