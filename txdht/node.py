@@ -38,7 +38,7 @@ from txdht.core.errors import (
     RemoteError,
 )
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob, mutable_key
+from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     REPLY_TYPES,
@@ -54,7 +54,7 @@ from txdht.core.messages import (
     encode,
 )
 from txdht.core.routing import K
-from txdht.core.storage import MemoryStorage, PublishedItem
+from txdht.core.storage import MemoryStorage
 from txdht.interfaces import IStorage
 from txdht.metrics import Metrics
 
@@ -324,17 +324,13 @@ class Node:
 
     def sign(self, name: str, value: bytes) -> Item:
         """The next version of ``name``: ``value`` signed with the next sequence number."""
-        published = self.engine.storage.published(
-            mutable_key(self.engine.identity.public_bytes, name)
-        )
-        seq = published.item.seq + 1 if published is not None else 1
-        return self.engine.identity.sign(name, value, seq)
+        return self.engine.next_version(name, value)
 
     def publish_own(self, item: Item, ttl: float = DEFAULT_TTL) -> Deferred[int]:
         """Publish an item of ours: remember it (for republishing) and store it on the k
         closest nodes; fires with how many accepted it."""
         d = self.publish(item, ttl)
-        self.engine.storage.set_published(PublishedItem(item, ttl))
+        self.engine.remember(item, ttl)
         return d
 
     def publish(self, item: Item, ttl: float = DEFAULT_TTL) -> Deferred[int]:
@@ -363,14 +359,12 @@ class Node:
         Fires with the number of items replicated. Nodes that joined, or that lost their copy,
         get one; a held item survives its publisher going away until it expires.
         """
-        now = self.reactor.seconds()
-        records = [r for r in self.engine.storage.records() if r.expires_at > now]
-        jobs = [(r.item, r.expires_at - now) for r in records]
+        jobs = self.engine.replication_jobs(self.reactor.seconds())
         return self._track(Deferred.fromCoroutine(self._publish_all(jobs)))
 
     def republish(self) -> Deferred[int]:
         """Publish again, with a fresh ttl, every item this node published; fires with how many."""
-        jobs = [(p.item, p.ttl) for p in self.engine.storage.published_items()]
+        jobs = self.engine.republish_jobs()
         return self._track(Deferred.fromCoroutine(self._publish_all(jobs)))
 
     def expire(self) -> int:
@@ -569,14 +563,11 @@ class Node:
 
     async def _publish(self, item: Item, ttl: float) -> int:
         machine = await self.lookup(item.key)
-        targets = machine.closest()
-        own_distance = self.engine.id ^ item.key
+        keep, targets = self.engine.placement(item.key, machine.closest())
         stored = 0
-        if sum(1 for c in targets if c.id ^ item.key < own_distance) < self.engine.k:
-            # This node is itself among the k closest: it keeps a copy too.
+        if keep:
             self.engine.store(item, ttl, self.reactor.seconds())
             stored += 1
-            targets = targets[: self.engine.k - 1]
         calls = [self.call(c, Store, item=item, ttl=ttl) for c in targets]
         for contact, (ok, result) in zip(
             targets, await DeferredList(calls, consumeErrors=True), strict=True

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
-from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, accept
+from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, accept, mutable_key
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     MAX_CONTACTS,
@@ -31,7 +31,7 @@ from txdht.core.messages import (
     Value,
 )
 from txdht.core.routing import K, RoutingTable
-from txdht.core.storage import StoredItem
+from txdht.core.storage import PublishedItem, StoredItem
 from txdht.interfaces import IStorage
 
 __all__ = ["Engine", "Handled", "Seen"]
@@ -175,6 +175,31 @@ class Engine:
     def refresh_targets(self, now: float, interval: float, rng: random.Random) -> list[int]:
         """A random id in each bucket no lookup has targeted for ``interval`` seconds."""
         return [b.random_id(rng) for b in self.routing.stale_buckets(now, interval)]
+
+    def next_version(self, name: str, value: bytes) -> Item:
+        """``value`` signed under ``name`` with the sequence number after our last one."""
+        published = self.storage.published(mutable_key(self.identity.public_bytes, name))
+        return self.identity.sign(name, value, published.item.seq + 1 if published else 1)
+
+    def remember(self, item: Item, ttl: float) -> None:
+        """Record ``item`` as published by us, to republish it before it expires."""
+        self.storage.set_published(PublishedItem(item, ttl))
+
+    def placement(self, key: int, answered: list[Contact]) -> tuple[bool, list[Contact]]:
+        """Where an item under ``key`` goes, given the closest contacts a lookup found: whether
+        this node keeps a copy (it is itself among the k closest), and the peers to store on."""
+        mine = self.id ^ key
+        if sum(1 for c in answered if c.id ^ key < mine) < self.k:
+            return True, answered[: self.k - 1]
+        return False, answered[: self.k]
+
+    def replication_jobs(self, now: float) -> list[tuple[Item, float]]:
+        """Every held item with the time it has left: what replication stores again."""
+        return [(r.item, r.expires_at - now) for r in self.storage.records() if r.expires_at > now]
+
+    def republish_jobs(self) -> list[tuple[Item, float]]:
+        """Every item this node published, with its ttl: what republishing stores again."""
+        return [(p.item, p.ttl) for p in self.storage.published_items()]
 
     def lookup(self, target: int, now: float, find_value: bool = False) -> IterativeLookup:
         """A new lookup for ``target``, seeded from the routing table."""
