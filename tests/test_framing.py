@@ -31,7 +31,7 @@ def twisted_frames(chunks: list[bytes]) -> tuple[list[bytes], bool]:
     """What NetstringReceiver makes of ``chunks``: payloads, and whether it closed."""
     receiver = Collecting()
     transport = StringTransport()
-    receiver.makeConnection(transport)
+    receiver.makeConnection(transport)  # type: ignore[no-untyped-call]
     for chunk in chunks:
         receiver.dataReceived(chunk)  # type: ignore[no-untyped-call]
         if transport.disconnecting:

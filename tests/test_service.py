@@ -12,8 +12,9 @@ from twisted.logger import LogEvent, capturedLogs, formatEvent
 from txdht.core.errors import NotFoundError
 from txdht.core.ids import id_from_hex
 from txdht.core.items import Identity, blob
+from txdht.intervals import Intervals
 from txdht.node import Node
-from txdht.service import DHTService, Intervals
+from txdht.service import DHTService
 from txdht.testing import MemoryNetwork
 
 HOUR = 3600.0

@@ -56,6 +56,7 @@ from txdht.core.messages import (
 from txdht.core.routing import K
 from txdht.core.storage import MemoryStorage
 from txdht.interfaces import IStorage
+from txdht.intervals import REFRESH_INTERVAL
 from txdht.metrics import Metrics
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]
@@ -65,8 +66,6 @@ __all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]
 DEFAULT_MAX_MESSAGE = 1024 * 1024
 #: Seconds to wait for a connection and a reply before a request counts as failed.
 DEFAULT_RPC_TIMEOUT = 5.0
-#: A bucket no lookup touched for this long is refreshed (the Kademlia paper's hour).
-REFRESH_INTERVAL = 3600.0
 #: Items replicated or republished at once by housekeeping, so a large store cannot flood
 #: the network or the node's own connection table in one go.
 HOUSEKEEPING_CONCURRENCY = 8

@@ -24,7 +24,6 @@ Each job is guarded: a failure is logged with its traceback and the timer goes o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -35,22 +34,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txdht.core.errors import JoinError
-from txdht.node import REFRESH_INTERVAL, Address, Node
+from txdht.intervals import Intervals
+from txdht.node import Address, Node
 
-__all__ = ["DHTService", "Intervals"]
-
-
-@dataclass(frozen=True)
-class Intervals:
-    """Seconds between two runs of each housekeeping job."""
-
-    refresh: float = 600.0
-    replicate: float = 3600.0
-    republish: float = 12 * 3600.0
-    expire: float = 60.0
-    save: float = 300.0
-    #: A bucket untouched by lookups for this long is refreshed.
-    stale_bucket: float = REFRESH_INTERVAL
+__all__ = ["DHTService"]
 
 
 class DHTService(MultiService):
@@ -67,14 +54,14 @@ class DHTService(MultiService):
         *,
         endpoint: str | None = None,
         seeds: list[Address] | None = None,
-        intervals: Intervals = Intervals(),
+        intervals: Intervals | None = None,
         clock: Any = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.node = node
         self.endpoint = endpoint
         self.seeds = list(seeds or [])
-        self.intervals = intervals
+        self.intervals = intervals = intervals or Intervals()
         #: True once the node listens and has tried to join; jobs wait for it.
         self.ready = False
         self._waiting: list[Deferred[None]] = []

@@ -20,8 +20,9 @@ from twisted.web.server import Site
 
 from txdht.core.items import Identity
 from txdht.core.messages import MAX_CONTACTS
+from txdht.intervals import Intervals
 from txdht.node import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Address, Node
-from txdht.service import DHTService, Intervals
+from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage, StorageError
 from txdht.web import APIResource
 

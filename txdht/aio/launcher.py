@@ -1,0 +1,121 @@
+"""``python -m txdht.aio``: run a native asyncio node until SIGINT or SIGTERM.
+
+It keeps its items, identity and contacts in SQLite in ``--data-dir`` (like ``twistd dht``), so a
+restarted node keeps its id and rejoins through its saved contacts when no ``--peer`` is given.
+Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Node, run
+from txdht.core.errors import JoinError
+from txdht.core.items import Identity
+from txdht.sqlite import SQLiteStorage, StorageError
+
+__all__ = ["main", "parse_args"]
+
+log = logging.getLogger("txdht.aio")
+
+
+def _peer(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The launcher's options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m txdht.aio",
+        description="Run a txdht node on asyncio (the native twin of `twistd dht`).",
+    )
+    parser.add_argument(
+        "--port", type=int, default=4000, help="TCP port to listen on (default 4000)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--peer",
+        type=_peer,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a node to join through; repeat for several (default: the saved contacts)",
+    )
+    parser.add_argument("--data-dir", type=Path, required=True, help="where the database lives")
+    parser.add_argument("--k", type=int, default=20, help="bucket size and replicas (default 20)")
+    parser.add_argument("--alpha", type=int, default=3, help="lookup parallelism (default 3)")
+    parser.add_argument(
+        "--rpc-timeout", type=float, default=DEFAULT_RPC_TIMEOUT, help="seconds to wait for a reply"
+    )
+    parser.add_argument(
+        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the event loop to run on"
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
+    """Run one node until ``stop`` is set (or SIGINT/SIGTERM arrives)."""
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = SQLiteStorage(args.data_dir / "node.sqlite3")
+    try:
+        raw = storage.identity()
+        identity = Identity.from_private_bytes(raw) if raw else Identity.generate()
+        storage.set_identity(identity.private_bytes())
+        node = Node(
+            identity=identity,
+            storage=storage,
+            k=args.k,
+            alpha=args.alpha,
+            rpc_timeout=args.rpc_timeout,
+        )
+        await node.start(args.host, args.port)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("node %s listens on %s:%d", node.id[:16], args.host, node.port)
+        seeds = args.peer or [c.address for c in storage.contacts()]
+        if seeds:
+            try:
+                count = await node.join(seeds)
+                node.save_contacts()
+                log.info("joined the network; %d contacts", count)
+            except JoinError as e:
+                log.warning("could not join yet (%s); retrying at the next refresh", e)
+        else:
+            log.info("no --peer and no saved contacts: this is the first node of a new network")
+        node.start_housekeeping()
+        await stop.wait()
+        log.info("stopping")
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        node.save_contacts()
+        await node.stop()
+    finally:
+        storage.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options, run the node; the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        run(serve(args), loop=args.loop)
+    except (StorageError, OSError) as e:
+        print(f"txdht: {e}", file=sys.stderr)
+        return 1
+    return 0
