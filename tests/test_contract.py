@@ -1,0 +1,350 @@
+"""One contract, three implementations: the Twisted node, the Twisted node through the asyncio
+adapter (on asyncioreactor), and the native asyncio twin. The same scenarios with the same
+assertions run against each, over real loopback TCP.
+
+Each implementation lives in its own concurrency world, so each gets a ``Kit`` that makes its
+nodes and turns its waiting into something a scenario can ``await``: Deferreds for Twisted,
+asyncio coroutines for the other two. The adapter runs only on the ``--reactor=asyncio`` pass
+(it needs asyncioreactor); the native twin runs on its own loop in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+
+from txdht.core.errors import JoinError, NotFoundError
+from txdht.core.framing import netstring
+from txdht.core.messages import Ping, encode
+
+KINDS = ["twisted", "adapter", "aio"]
+PING = netstring(encode(Ping(rid=1, sender=1, port=0)))
+Scenario = Callable[["Kit"], Awaitable[None]]
+
+
+class Kit:
+    """What a scenario needs from one implementation."""
+
+    cancelled: type[BaseException]
+
+    async def start(self, **options: Any) -> Any:
+        """A started (listening) node."""
+        raise NotImplementedError
+
+    async def network(self, count: int, **options: Any) -> list[Any]:
+        """``count`` started nodes, each joined through the first."""
+        nodes = [await self.start(**options) for _ in range(count)]
+        for node in nodes[1:]:
+            await node.join([("127.0.0.1", nodes[0].port)])
+        return nodes
+
+    def spawn(self, awaitable: Any) -> Any:
+        """Run ``awaitable`` concurrently; the handle can be cancelled and awaited."""
+        raise NotImplementedError
+
+    async def sleep(self, seconds: float) -> None:
+        """Let the world run for ``seconds``."""
+        raise NotImplementedError
+
+    async def silent_address(self, port: int = 0) -> tuple[str, int]:
+        """An address (on ``port``, or any free one) that accepts connections, never answers."""
+        raise NotImplementedError
+
+    async def raw(self, port: int, data: bytes) -> tuple[bytes, bool]:
+        """Send ``data`` on a raw connection; what came back in 0.3 s, and whether it closed."""
+        raise NotImplementedError
+
+    async def stop(self, nodes: list[Any]) -> None:
+        """Stop every node."""
+        for node in nodes:
+            await node.stop()
+
+
+class TwistedKit(Kit):
+    """The Twisted node, with Deferreds, on whatever reactor the test process runs."""
+
+    cancelled = defer.CancelledError
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.listening: list[Any] = []
+
+    async def start(self, **options: Any) -> Any:
+        from txdht.node import Node
+
+        node = Node(self.reactor, **options)
+        await node.listen()
+        return node
+
+    def spawn(self, awaitable: Any) -> Any:
+        return awaitable
+
+    async def sleep(self, seconds: float) -> None:
+        await defer.Deferred.fromCoroutine(_twisted_sleep(self.reactor, seconds))
+
+    async def silent_address(self, port: int = 0) -> tuple[str, int]:
+        factory = Factory.forProtocol(Protocol)
+        listening = self.reactor.listenTCP(port, factory, interface="127.0.0.1")
+        self.listening.append(listening)
+        return ("127.0.0.1", listening.getHost().port)
+
+    async def raw(self, port: int, data: bytes) -> tuple[bytes, bool]:
+        from twisted.internet.protocol import ClientCreator
+
+        class Raw(Protocol):
+            received = b""
+            lost = False
+
+            def dataReceived(self, chunk: bytes) -> None:
+                self.received += chunk
+
+            def connectionLost(self, reason: object = None) -> None:
+                self.lost = True
+
+        protocol = await ClientCreator(self.reactor, Raw).connectTCP("127.0.0.1", port)
+        protocol.transport.write(data)
+        await self.sleep(0.3)
+        result = (protocol.received, protocol.lost)
+        protocol.transport.loseConnection()
+        await self.sleep(0)
+        return result
+
+    async def stop(self, nodes: list[Any]) -> None:
+        await defer.gatherResults([n.stop() for n in nodes])
+        for port in self.listening:
+            await port.stopListening()
+
+
+async def _twisted_sleep(reactor: Any, seconds: float) -> None:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+class AsyncioKit(Kit):
+    """Shared by the adapter and the native twin: asyncio waiting, asyncio sockets."""
+
+    cancelled = asyncio.CancelledError
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.Server] = []
+
+    def spawn(self, awaitable: Any) -> Any:
+        return asyncio.ensure_future(awaitable)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def silent_address(self, port: int = 0) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", port)
+        self.servers.append(server)
+        return ("127.0.0.1", int(server.sockets[0].getsockname()[1]))
+
+    async def raw(self, port: int, data: bytes) -> tuple[bytes, bool]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        received = b""
+        closed = False
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        return received, closed
+
+    async def stop(self, nodes: list[Any]) -> None:
+        await super().stop(nodes)
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+
+
+class AdapterKit(AsyncioKit):
+    """The Twisted node through txdht.asyncio_adapter, on the reactor's own asyncio loop."""
+
+    async def start(self, **options: Any) -> Any:
+        from txdht.asyncio_adapter import AsyncioNode
+
+        node = AsyncioNode(**options)
+        await node.start()
+        return node
+
+
+class AioKit(AsyncioKit):
+    """The native asyncio twin, on a loop of its own."""
+
+    async def start(self, **options: Any) -> Any:
+        from txdht.aio import Node
+
+        node = Node(**options)
+        await node.start()
+        return node
+
+
+def _in_thread(scenario: Scenario, kit: Kit, timeout: float = 120.0) -> None:
+    """Run the scenario with ``asyncio.run`` in a worker thread (the main thread's loop, if
+    any, belongs to pytest-twisted's reactor)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(scenario(kit))  # type: ignore[arg-type]
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the scenario did not finish in time"
+    if errors:
+        raise errors[0]
+
+
+async def run(kind: str, scenario: Scenario, request: pytest.FixtureRequest) -> None:
+    """Run ``scenario`` against the implementation ``kind``."""
+    reactor_name = request.config.getoption("reactor")
+    if kind == "twisted":
+        from twisted.internet import reactor
+
+        await scenario(TwistedKit(reactor))
+    elif kind == "adapter":
+        if reactor_name != "asyncio":
+            pytest.skip("the adapter runs on the --reactor=asyncio pass")
+        await Deferred.fromFuture(asyncio.ensure_future(scenario(AdapterKit())))
+    else:
+        _in_thread(scenario, AioKit())
+
+
+# -- the scenarios -------------------------------------------------------------------------------
+
+
+async def join_put_get(kit: Kit) -> None:
+    nodes = await kit.network(6)
+    try:
+        key = await nodes[1].put("greeting", b"hello")
+        assert len(key) == 128
+        for node in nodes:
+            assert await node.get(key) == b"hello"
+        assert await nodes[1].put("greeting", b"hello again") == key
+        assert await nodes[5].get(key) == b"hello again"
+        blob_key = await nodes[4].put_blob(b"\x00binary\xff")
+        assert await nodes[0].get(blob_key) == b"\x00binary\xff"
+    finally:
+        await kit.stop(nodes)
+
+
+async def not_found(kit: Kit) -> None:
+    nodes = await kit.network(4)
+    try:
+        with pytest.raises(NotFoundError):
+            await nodes[2].get("cd" * 64)
+        with pytest.raises(ValueError, match="hex"):
+            await nodes[2].get("not a key")
+    finally:
+        await kit.stop(nodes)
+
+
+async def join_fails_without_seeds(kit: Kit) -> None:
+    node = await kit.start(rpc_timeout=0.3)
+    silent = await kit.silent_address()
+    started = time.monotonic()
+    try:
+        with pytest.raises(JoinError):
+            await node.join([("127.0.0.1", 1), silent])
+        assert time.monotonic() - started < 5
+    finally:
+        await kit.stop([node])
+
+
+async def timeouts_end_a_get(kit: Kit) -> None:
+    nodes = await kit.network(3, rpc_timeout=0.3)
+    try:
+        # Every contact of nodes[0] now accepts connections and never answers.
+        for node in nodes[1:]:
+            port = node.port
+            await node.stop()
+            await kit.silent_address(port)
+        started = time.monotonic()
+        with pytest.raises(NotFoundError):
+            await nodes[0].get("ab" * 64)
+        assert 0.3 <= time.monotonic() - started < 5
+    finally:
+        await kit.stop(nodes[:1])
+
+
+async def cancellation(kit: Kit) -> None:
+    nodes = await kit.network(3, rpc_timeout=5.0)
+    try:
+        for node in nodes[1:]:
+            port = node.port
+            await node.stop()
+            await kit.silent_address(port)
+        # The get now waits on peers that never answer, and is cancelled.
+        pending = kit.spawn(nodes[0].get("ef" * 64))
+        await kit.sleep(0.1)
+        pending.cancel()
+        started = time.monotonic()
+        with pytest.raises(kit.cancelled):
+            await pending
+        assert time.monotonic() - started < 1
+        # The node still serves: a ping on a fresh connection gets its pong.
+        received, _ = await kit.raw(nodes[0].port, PING)
+        assert b'"type":"pong"' in received
+    finally:
+        await kit.stop(nodes[:1])
+
+
+async def bad_input(kit: Kit) -> None:
+    nodes = await kit.network(2)
+    try:
+        port = nodes[0].port
+        received, closed = await kit.raw(port, b"8:not json,")
+        assert not closed
+        assert b'"type":"error"' in received
+        assert b'"code":100' in received
+        received, closed = await kit.raw(port, b"this is no netstring")
+        assert closed
+        assert received == b""
+        received, closed = await kit.raw(port, b"99999999:")
+        assert closed
+        key = await nodes[1].put("still", b"serving")
+        assert await nodes[0].get(key) == b"serving"
+    finally:
+        await kit.stop(nodes)
+
+
+SCENARIOS = [
+    join_put_get,
+    not_found,
+    join_fails_without_seeds,
+    timeouts_end_a_get,
+    cancellation,
+    bad_input,
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest_twisted.ensureDeferred
+async def test_contract(kind: str, scenario: Scenario, request: pytest.FixtureRequest) -> None:
+    """Every implementation passes every scenario with the same assertions."""
+    await run(kind, scenario, request)
