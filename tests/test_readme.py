@@ -28,3 +28,17 @@ def test_testing_example_runs() -> None:
     """The txdht.testing example runs in-process, assertions included."""
     (code,) = [b for b in BLOCKS if "MemoryNetwork()" in b]
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_asyncio_examples_run() -> None:
+    """Both asyncio examples (native twin and adapter) put and get a value."""
+    blocks = [b for b in BLOCKS if "asyncio.run(main())" in b]
+    assert len(blocks) == 2
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, timeout=60, env=env, check=True
+        ).stdout
+        for code in blocks
+    ]
+    assert outputs == [b"b'hello from asyncio'\n", b"b'hello from the Twisted node'\n"]

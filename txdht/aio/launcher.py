@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Node, run
@@ -81,7 +82,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         await node.start(args.host, args.port)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # Signal handlers can only be set in the main thread (tests run serve() in others).
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+        for signum in signals:
             loop.add_signal_handler(signum, stop.set)
         log.info("node %s listens on %s:%d", node.id[:16], args.host, node.port)
         seeds = args.peer or [c.address for c in storage.contacts()]
@@ -97,7 +101,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         node.start_housekeeping()
         await stop.wait()
         log.info("stopping")
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signals:
             loop.remove_signal_handler(signum)
         node.save_contacts()
         await node.stop()

@@ -100,14 +100,15 @@ class NetstringProtocol(asyncio.Protocol):
         except ProtocolError as e:
             log.warning("bad message from %s: %s", self.host, e)
             waiting = self.pending.pop(e.request_id or 0, None) if e.in_reply else None
-            if waiting is not None:
+            # A waiter cancelled an instant ago is still listed until its callback runs.
+            if waiting is not None and not waiting.done():
                 waiting.set_exception(e)
             elif not e.in_reply:
                 self.send(self.node.engine.error(e.request_id or 0, e.code, e.message))
             return
         if isinstance(message, REPLY_TYPES):
             waiting = self.pending.pop(message.rid, None)
-            if waiting is None:
+            if waiting is None or waiting.done():
                 log.info(
                     "ignored a %s reply from %s to request %d, which nobody awaits",
                     message.TYPE,
@@ -135,7 +136,8 @@ class NetstringProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         pending, self.pending = self.pending, {}
         for waiting in pending.values():
-            waiting.set_exception(ConnectionResetError(f"connection to {self.host} lost"))
+            if not waiting.done():
+                waiting.set_exception(ConnectionResetError(f"connection to {self.host} lost"))
         self.node.connection_lost(self)
         self.closed.set_result(None)
 
