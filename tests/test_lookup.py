@@ -393,3 +393,24 @@ def test_simulated_network_with_dead_nodes() -> None:
         # Live nodes crowded out of every answer by dead ones can be missed, but only a few.
         assert len(set(found) & set(truth)) >= K - 4
         assert lookup.queries <= 2 * K
+
+
+def test_trace_records_what_happened_in_order() -> None:
+    """The trace lists each query sent, answered and failed, in order (forgeries as failed)."""
+    target = ITEM.key
+    peers = near(target, 1, 2, 3)
+    lookup = IterativeLookup(target, peers, own_id=OWN, find_value=True, alpha=3)
+    lookup.next_queries()
+    lookup.query_failed(peers[2])
+    forged = OWNER.sign("profile", b"forged", 3)
+    forged = replace(forged, value=b"tampered")
+    assert not lookup.value_received(peers[1], forged)
+    assert lookup.value_received(peers[0], ITEM)
+    assert lookup.trace == [
+        ("sent", peers[0]),
+        ("sent", peers[1]),
+        ("sent", peers[2]),
+        ("failed", peers[2]),
+        ("failed", peers[1]),
+        ("answered", peers[0]),
+    ]

@@ -478,3 +478,15 @@ def test_handoff_that_fails_is_only_logged() -> None:
         net.flush()
     assert any("could not copy an item" in e["log_format"] for e in events)
     assert newcomer.engine.storage.count() == 0
+
+
+def test_lookup_observers_see_each_finished_lookup() -> None:
+    """Observers get the finished state machine and its duration."""
+    net = MemoryNetwork()
+    nodes = net.create(5)
+    seen: list[tuple[int, float]] = []
+    nodes[0].lookup_observers.append(
+        lambda machine, seconds: seen.append((machine.target, seconds))
+    )
+    net.run(nodes[0].lookup(123))
+    assert seen == [(123, 0.0)]

@@ -206,7 +206,10 @@ class Lookup(Deferred[IterativeLookup]):
     def _step(self) -> None:
         if self.machine.done:
             self._stop()
-            self._node.metrics.lookup(self._node.reactor.seconds() - self._started)
+            elapsed = self._node.reactor.seconds() - self._started
+            self._node.metrics.lookup(elapsed)
+            for observer in list(self._node.lookup_observers):
+                observer(self.machine, elapsed)
             self.callback(self.machine)
             return
         for contact in self.machine.next_queries():
@@ -283,6 +286,8 @@ class Node:
         self._stopped = False
         #: RPC counters and lookup latencies, served at ``/metrics``.
         self.metrics = Metrics()
+        #: Called with (state machine, seconds) when a lookup finishes (the dashboard's feed).
+        self.lookup_observers: list[Callable[[IterativeLookup, float], None]] = []
 
     @property
     def id(self) -> str:

@@ -69,6 +69,8 @@ class IterativeLookup:
         self.bad_values: list[tuple[Contact, ProtocolError]] = []
         #: How many queries the lookup sent.
         self.queries = 0
+        #: What happened, in order: ("sent" | "answered" | "failed", contact) (for display).
+        self.trace: list[tuple[str, Contact]] = []
         self._contacts: dict[int, Contact] = {}
         self._state: dict[int, _State] = {}
         self._add(seeds)
@@ -88,6 +90,7 @@ class IterativeLookup:
         chosen = self._to_ask()[: max(room, 0)]
         for contact in chosen:
             self._state[contact.id] = _State.IN_FLIGHT
+            self.trace.append(("sent", contact))
         self.queries += len(chosen)
         return chosen
 
@@ -104,6 +107,7 @@ class IterativeLookup:
             item.verify_for(self.target)
         except ProtocolError as e:
             self._state[peer.id] = _State.FAILED
+            self.trace[-1] = ("failed", peer)  # it answered, but with a forgery
             self.bad_values.append((peer, e))
             return False
         self.value = item
@@ -113,6 +117,7 @@ class IterativeLookup:
         """The query to ``peer`` failed: timeout, lost connection, error reply or garbage."""
         if self._state.get(peer.id) is _State.IN_FLIGHT:
             self._state[peer.id] = _State.FAILED
+            self.trace.append(("failed", peer))
 
     def closest(self) -> list[Contact]:
         """The k closest contacts that answered, nearest first."""
@@ -123,6 +128,7 @@ class IterativeLookup:
         if self._state.get(peer.id) is not _State.IN_FLIGHT:
             return False
         self._state[peer.id] = _State.ANSWERED
+        self.trace.append(("answered", peer))
         return True
 
     def _add(self, contacts: Iterable[Contact]) -> None:
