@@ -212,11 +212,22 @@ def test_broken_unsolicited_reply_is_only_logged() -> None:
 
 
 def test_garbage_then_valid_request_on_one_connection() -> None:
-    """Many bad messages on one connection are each answered, then a good one is served."""
+    """Bad messages on one connection are each answered, then a good one is served."""
     setup = Setup()
-    raw, _ = setup.send_raw(b"".join(netstring(b"junk %d" % i) for i in range(20)) + message())
+    raw, _ = setup.send_raw(b"".join(netstring(b"junk %d" % i) for i in range(9)) + message())
     replies = raw.messages()
-    assert [type(r) for r in replies] == [Error] * 20 + [Pong]
+    assert [type(r) for r in replies] == [Error] * 9 + [Pong]
+    assert not raw.lost
+    setup.still_serving()
+
+
+def test_a_peer_sending_too_much_garbage_is_disconnected() -> None:
+    """After max_bad_messages malformed messages, the connection is closed and logged."""
+    setup = Setup()
+    raw, events = setup.send_raw(b"".join(netstring(b"junk %d" % i) for i in range(12)))
+    assert [type(r) for r in raw.messages()] == [Error] * 10
+    assert raw.lost
+    assert logged(events, "10 malformed messages")
     setup.still_serving()
 
 

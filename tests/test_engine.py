@@ -33,9 +33,13 @@ def make_engine(k: int = 20, max_value: int = 1000) -> Engine:
     return engine
 
 
-def request(cls: type[Message], sender: int = 7, port: int = 4001, **fields: object) -> Message:
-    """A request from a peer with id ``sender``."""
-    return cls(rid=42, sender=sender, port=port, **fields)
+def request(
+    cls: type[Message], sender: int = 7, port: int | None = None, **fields: object
+) -> Message:
+    """A request from a peer with id ``sender`` (listening on a port derived from it)."""
+    return cls(
+        rid=42, sender=sender, port=1024 + sender % 60000 if port is None else port, **fields
+    )
 
 
 def test_ping_gets_pong_and_adds_the_sender() -> None:
@@ -48,7 +52,7 @@ def test_ping_gets_pong_and_adds_the_sender() -> None:
         ALICE.node_id,
         4000,
     )
-    assert engine.routing.contacts() == [Contact(7, "127.0.0.9", 4001)]
+    assert engine.routing.contacts() == [Contact(7, "127.0.0.9", 1031)]
     assert handled.seen.ping is None
 
 
@@ -70,8 +74,10 @@ def test_store_then_find_value() -> None:
     """A stored item is kept and returned by find_value, with a fresh reply per request."""
     engine = make_engine()
     item = PUBLISHER.sign("name", b"value", 1)
-    assert isinstance(engine.handle(request(Store, item=item, ttl=60.0), "h", 0.0).reply, Ok)
-    reply = engine.handle(request(FindValue, key=item.key), "h", 10.0).reply
+    assert isinstance(
+        engine.handle(request(Store, item=item, ttl=60.0), "127.0.0.1", 0.0).reply, Ok
+    )
+    reply = engine.handle(request(FindValue, key=item.key), "127.0.0.1", 10.0).reply
     assert isinstance(reply, Value)
     assert reply.item == item
 
@@ -90,7 +96,7 @@ def test_find_node_answers_k_closest() -> None:
     """find_node answers at most k contacts, nearest to the target first."""
     engine = make_engine(k=2)
     for ident in (8, 9, 12, 1):
-        engine.handle(request(Ping, sender=ident, port=5000), "127.0.0.1", 0.0)
+        engine.handle(request(Ping, sender=ident), "127.0.0.1", 0.0)
     reply = engine.handle(request(FindNode, sender=99, target=8), "127.0.0.1", 0.0).reply
     assert isinstance(reply, Nodes)
     assert [c.id for c in reply.nodes] == [8, 9]
@@ -100,10 +106,12 @@ def test_item_expires() -> None:
     """An item is gone at its expiry time: find_value then answers nodes."""
     engine = make_engine()
     item = blob(b"short lived")
-    engine.handle(request(Store, item=item, ttl=60.0), "h", 100.0)
+    engine.handle(request(Store, item=item, ttl=60.0), "127.0.0.1", 100.0)
     assert engine.get(item.key, 159.9) == item
     assert engine.get(item.key, 160.0) is None
-    assert isinstance(engine.handle(request(FindValue, key=item.key), "h", 160.0).reply, Nodes)
+    assert isinstance(
+        engine.handle(request(FindValue, key=item.key), "127.0.0.1", 160.0).reply, Nodes
+    )
 
 
 def test_ttl_is_capped() -> None:
@@ -150,7 +158,7 @@ def test_stale_store_is_refused_and_keeps_the_stored_item(
     current = PUBLISHER.sign("n", b"current", 2)
     engine.store(current, 60.0, 0.0)
     stale = PUBLISHER.sign("n", value, item_seq)
-    reply = engine.handle(request(Store, item=stale, ttl=60.0), "h", 1.0).reply
+    reply = engine.handle(request(Store, item=stale, ttl=60.0), "127.0.0.1", 1.0).reply
     assert isinstance(reply, Error)
     assert (reply.code, reply.rid) == (code, 42)
     assert engine.get(current.key, 1.0) == current
@@ -169,7 +177,7 @@ def test_bad_signature_is_refused() -> None:
     engine = make_engine()
     good = PUBLISHER.sign("n", b"v", 1)
     forged = type(good)(good.value + b"!", good.public_key, good.name, good.seq, good.signature)
-    reply = engine.handle(request(Store, item=forged, ttl=60.0), "h", 0.0).reply
+    reply = engine.handle(request(Store, item=forged, ttl=60.0), "127.0.0.1", 0.0).reply
     assert isinstance(reply, Error)
     assert reply.code == ErrorCode.BAD_SIGNATURE
     assert engine.storage.count() == 0
@@ -186,7 +194,7 @@ def test_value_too_large_is_refused() -> None:
 def test_reply_sent_as_request_is_refused() -> None:
     """A reply type arriving where a request is due gets an UNEXPECTED error reply."""
     engine = make_engine()
-    reply = engine.handle(request(Pong), "h", 0.0).reply
+    reply = engine.handle(request(Pong), "127.0.0.1", 0.0).reply
     assert isinstance(reply, Error)
     assert reply.code == ErrorCode.UNEXPECTED
 
@@ -199,7 +207,7 @@ def test_full_bucket_asks_the_shell_to_ping() -> None:
     newcomer = ALICE.node_id ^ top ^ 1  # same half, farther from us
     assert engine.handle(request(Ping, sender=head), "127.0.0.1", 0.0).seen.ping is None
     handled = engine.handle(request(Ping, sender=newcomer), "127.0.0.1", 0.0)
-    assert handled.seen.ping == Contact(head, "127.0.0.1", 4001)
+    assert handled.seen.ping == Contact(head, "127.0.0.1", 1024 + head % 60000)
     assert isinstance(handled.reply, Pong)
     assert newcomer not in engine.routing
 

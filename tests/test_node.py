@@ -11,9 +11,10 @@ from twisted.python.failure import Failure
 
 from txdht import JoinError, NotFoundError, PutError, RemoteError
 from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.framing import netstring
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import Identity, blob
-from txdht.core.messages import FindNode, Message, Ping, Pong, Store, Value
+from txdht.core.messages import FindNode, Message, Ping, Pong, Store, Value, encode
 from txdht.node import Lookup, Node
 from txdht.testing import MemoryNetwork
 
@@ -438,6 +439,9 @@ def test_run_gives_up_after_max_seconds() -> None:
         net.run(Deferred(), max_seconds=1.0)
 
 
+PING = netstring(encode(Ping(rid=1, sender=1, port=0)))
+
+
 def test_flush_is_bounded() -> None:
     """A network that never goes quiet makes flush raise instead of looping forever."""
     net = MemoryNetwork(max_events=1000)
@@ -447,10 +451,10 @@ def test_flush_is_bounded() -> None:
 
     def echo(data: bytes) -> None:
         original(data)
-        raw.send(b'3:"x",')
+        raw.send(PING)
 
     raw.dataReceived = echo  # type: ignore[method-assign]
-    raw.send(b'3:"x",')
+    raw.send(PING)
     with pytest.raises(RuntimeError, match="did not settle"):
         net.flush()
     del b

@@ -39,6 +39,7 @@ from txdht.core.errors import (
 )
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
+from txdht.core.limits import Limits, Verdict, is_loopback, peer_key
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     REPLY_TYPES,
@@ -88,10 +89,14 @@ class DHTProtocol(NetstringReceiver):
         self.address: Address | None = None
         self.pending: dict[int, Deferred[Message]] = {}
         self.closed: Deferred[None] = Deferred()
+        self.peer_port = 0
+        #: Malformed messages received on this connection.
+        self.bad_messages = 0
         self._framing_reported = False
 
     def connectionMade(self) -> None:
-        self.host = self.transport.getPeer().host  # type: ignore[union-attr]
+        peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
+        self.host, self.peer_port = peer.host, peer.port
         self.node.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -115,6 +120,14 @@ class DHTProtocol(NetstringReceiver):
                 waiting.errback(e)
             elif not e.in_reply:
                 self.send(self.node.engine.error(e.request_id or 0, e.code, e.message))
+            self.bad_messages += 1
+            if self.bad_messages >= self.node.engine.limits.max_bad_messages:
+                self.log.warn(
+                    "closing connection from {host}: {count} malformed messages",
+                    host=self.host,
+                    count=self.bad_messages,
+                )
+                self.transport.loseConnection()  # type: ignore[union-attr]
             return
         if isinstance(message, REPLY_TYPES):
             self._reply_received(message)
@@ -259,6 +272,7 @@ class Node:
         max_value: int = MAX_VALUE_BYTES,
         connect: Connector | None = None,
         rng: random.Random | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -272,6 +286,7 @@ class Node:
             k=k,
             alpha=alpha,
             max_value=max_value,
+            limits=limits,
         )
         self.rpc_timeout = rpc_timeout
         self.max_message = max_message
@@ -372,8 +387,10 @@ class Node:
         return self._track(Deferred.fromCoroutine(self._publish_all(jobs)))
 
     def expire(self) -> int:
-        """Drop expired items; return how many."""
-        return self.engine.storage.expire(self.reactor.seconds())
+        """Drop expired items (and ended rate-limit cool-offs); return how many items."""
+        now = self.reactor.seconds()
+        self.engine.rate_limiter.forget(now)
+        return self.engine.expire(now)
 
     def save_contacts(self) -> int:
         """Save the routing table's contacts to the store (to rejoin after a restart)."""
@@ -490,9 +507,16 @@ class Node:
     # -- events from connections -----------------------------------------------------------
 
     def connection_made(self, protocol: DHTProtocol) -> None:
-        """A connection (either direction) is up."""
+        """A connection (either direction) is up; refused if stopped or too many from its IP."""
         self._protocols.add(protocol)
-        if self._stopped:
+        limit = self.engine.limits.max_connections_per_ip
+        same = sum(1 for p in self._protocols if p.host == protocol.host)
+        crowded = same > limit and not is_loopback(protocol.host)
+        if crowded:
+            self.log.warn(
+                "closing connection from {host}: over {limit}", host=protocol.host, limit=limit
+            )
+        if self._stopped or crowded:
             protocol.transport.loseConnection()  # type: ignore[union-attr]
 
     def connection_lost(self, protocol: DHTProtocol) -> None:
@@ -502,8 +526,20 @@ class Node:
             del self._connections[protocol.address]
 
     def request_received(self, protocol: DHTProtocol, request: Message) -> None:
-        """A peer's request came in on ``protocol``: answer it."""
-        handled = self.engine.handle(request, protocol.host, self.reactor.seconds())
+        """A peer's request came in on ``protocol``: answer it (or refuse it, if it is over
+        its rate)."""
+        now = self.reactor.seconds()
+        verdict = self.engine.admit(peer_key(protocol.host, protocol.peer_port), now)
+        if verdict != Verdict.SERVE:
+            self.metrics.rpc("received", request.TYPE, verdict)
+            if verdict == Verdict.REFUSE:
+                self.log.warn(
+                    "{host} is over its request rate: ignored for a while", host=protocol.host
+                )
+                text = "too many requests: ignored for a while"
+                protocol.send(self.engine.error(request.rid, ErrorCode.RATE_LIMITED, text))
+            return
+        handled = self.engine.handle(request, protocol.host, now)
         if request.port and protocol.address is None:
             protocol.address = (protocol.host, request.port)
             self._connections.setdefault(protocol.address, protocol)

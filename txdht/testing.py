@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txdht.core.items import Identity
+from txdht.core.limits import Limits
 from txdht.core.messages import Message, decode
 from txdht.node import DHTFactory, DHTProtocol, Node
 
@@ -47,6 +48,8 @@ T = TypeVar("T")
 MAX_EVENTS_PER_FLUSH = 1_000_000
 #: Ports are given out from here, one per node, all on 127.0.0.1.
 FIRST_PORT = 4000
+#: Limits with request rates too high to matter (see ``add_node``).
+UNLIMITED = Limits(peer_rate=1e12, peer_burst=1e12, global_rate=1e12, global_burst=1e12)
 
 
 @implementer(ITransport)
@@ -142,6 +145,9 @@ class MemoryNetwork:
         label = f"txdht.testing:{self._seed}:{len(self.nodes)}".encode()
         options.setdefault("identity", Identity.from_private_bytes(hashlib.sha256(label).digest()))
         options.setdefault("rng", random.Random(self._seed + len(self.nodes)))
+        # The clock stands still while the network flushes, so rate limits would never refill:
+        # they are off unless a test passes its own ``limits``.
+        options.setdefault("limits", UNLIMITED)
         node = Node(self.clock, connect=self._connect, **options)
         node.engine.port = FIRST_PORT + len(self.nodes)
         self._listeners[("127.0.0.1", node.port)] = node

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, accept, mutable_key
+from txdht.core.limits import Limits, RateLimiter
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     MAX_CONTACTS,
@@ -66,6 +68,7 @@ class Engine:
         k: int = K,
         alpha: int = ALPHA,
         max_value: int = MAX_VALUE_BYTES,
+        limits: Limits | None = None,
     ) -> None:
         if not 1 <= k <= MAX_CONTACTS:
             raise ValueError(f"k must be from 1 to {MAX_CONTACTS} (what a nodes reply may carry)")
@@ -79,7 +82,10 @@ class Engine:
         self.max_value = max_value
         #: The port this node listens on, sent in every message (0 until it listens).
         self.port = 0
-        self.routing = RoutingTable(self.id, k, now)
+        self.limits = limits = limits or Limits()
+        self.routing = RoutingTable(self.id, k, now, max_per_subnet=limits.max_per_subnet)
+        self.rate_limiter = RateLimiter(limits, now)
+        self._count_publishers()
         self._rids = itertools.count(1)
 
     def message(self, cls: type[Message], rid: int | None = None, **fields: object) -> Message:
@@ -135,7 +141,7 @@ class Engine:
         if isinstance(request, Ping):
             return self.message(Pong, rid)
         if isinstance(request, Store):
-            self.store(request.item, request.ttl, now)
+            self.store(request.item, request.ttl, now, request.cas)
             return self.message(Ok, rid)
         if isinstance(request, FindValue):
             item = self.get(request.key, now)
@@ -149,17 +155,50 @@ class Engine:
     def _nodes(self, rid: int, target: int, asker: int) -> Message:
         return self.message(Nodes, rid, nodes=tuple(self.routing.closest(target, exclude=asker)))
 
-    def store(self, item: Item, ttl: float, now: float) -> None:
-        """Keep ``item`` for ``ttl`` seconds if it verifies and may replace what is stored."""
+    def store(self, item: Item, ttl: float, now: float, cas: int | None = None) -> None:
+        """Keep ``item`` for ``ttl`` seconds if it verifies and may replace what is stored;
+        with ``cas``, only if the stored sequence number (0 for none) is ``cas``."""
         item.verify(self.max_value)
         stored = self.storage.get(item.key)
         if stored is not None and stored.expires_at <= now:
             stored = None
+        if cas is not None and (stored.item.seq if stored else 0) != cas:
+            current = stored.item.seq if stored else 0
+            raise ProtocolError(ErrorCode.CAS_MISMATCH, f"expected sequence {cas}, have {current}")
         accept(stored.item if stored else None, item)
+        if stored is None:
+            self._check_quota(item)
         expires = now + min(ttl, MAX_TTL)
         if stored is not None and stored.item == item:
             expires = max(expires, stored.expires_at)
         self.storage.put(StoredItem(item, expires))
+        if stored is None:
+            self._by_publisher[item.public_key or b""] += 1
+
+    def _check_quota(self, item: Item) -> None:
+        limits = self.limits
+        if self.storage.count() >= limits.max_items:
+            raise ProtocolError(ErrorCode.STORAGE_FULL, f"this node holds {limits.max_items} items")
+        held = self._by_publisher[item.public_key or b""]
+        if item.public_key is not None and held >= limits.max_items_per_publisher:
+            raise ProtocolError(
+                ErrorCode.STORAGE_FULL,
+                f"this node holds {held} items of this publisher, the most it accepts",
+            )
+
+    def expire(self, now: float) -> int:
+        """Drop expired items; return how many."""
+        dropped = self.storage.expire(now)
+        if dropped:
+            self._count_publishers()
+        return dropped
+
+    def _count_publishers(self) -> None:
+        self._by_publisher = Counter(r.item.public_key or b"" for r in self.storage.records())
+
+    def admit(self, peer: object, now: float) -> str:
+        """Whether to serve, refuse or drop a request from ``peer`` (see ``core.limits``)."""
+        return self.rate_limiter.check(peer, now)
 
     def get(self, key: int, now: float) -> Item | None:
         """The item stored here under ``key``, if it has not expired."""

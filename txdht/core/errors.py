@@ -44,6 +44,12 @@ class ErrorCode(IntEnum):
     KEY_MISMATCH = 202
     #: The item's value is larger than this node accepts.
     VALUE_TOO_LARGE = 203
+    #: The node holds as many items as it accepts (in all, or from this publisher).
+    STORAGE_FULL = 204
+    #: A compare-and-swap store found another sequence number than the one expected.
+    CAS_MISMATCH = 205
+    #: The peer sends requests faster than this node serves it; it is ignored for a while.
+    RATE_LIMITED = 300
     #: The node failed while handling a valid request (its fault, not the peer's).
     INTERNAL = 500
 

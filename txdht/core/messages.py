@@ -21,7 +21,7 @@ from typing import Any, ClassVar, NoReturn
 
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import MAX_TTL, Item
+from txdht.core.items import MAX_SEQ, MAX_TTL, Item
 
 __all__ = [
     "MAX_CONTACTS",
@@ -84,14 +84,17 @@ class Pong(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Store(Message):
-    """Keep ``item`` for ``ttl`` seconds. Answered by ``ok`` or an ``error``."""
+    """Keep ``item`` for ``ttl`` seconds; with ``cas``, only if the stored sequence number is
+    ``cas`` (0: nothing stored). Answered by ``ok`` or an ``error``."""
 
     TYPE = "store"
     item: Item
     ttl: float
+    cas: int | None = None
 
     def body(self) -> dict[str, Any]:
-        return {"item": self.item.to_json(), "ttl": self.ttl}
+        body = {"item": self.item.to_json(), "ttl": self.ttl}
+        return body if self.cas is None else {**body, "cas": self.cas}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,7 +278,8 @@ def _store_body(f: _Fields) -> dict[str, Any]:
     ttl = f.get("ttl", float)
     if not 0 < ttl <= MAX_TTL:
         f.fail(ErrorCode.BAD_FIELD, f"field 'ttl' must be above 0 and at most {MAX_TTL:g}")
-    return {"item": f.item(), "ttl": float(ttl)}
+    cas = f.int_in("cas", 0, MAX_SEQ) if "cas" in f.obj else None
+    return {"item": f.item(), "ttl": float(ttl), "cas": cas}
 
 
 def _error_body(f: _Fields) -> dict[str, Any]:

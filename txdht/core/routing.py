@@ -22,6 +22,11 @@ Every failed request counts against a contact (``failed``); with a replacement w
 is dropped after ``max_failures`` failures in a row. With no replacement it stays, marked stale,
 because losing every contact during our own network outage would be worse.
 
+Two hygiene rules come before all of this for a new contact: a live contact at an address (host
+and port) keeps it against a second id claiming the same address, and at most
+``max_per_subnet`` contacts of one /24 (IPv4) or /48 (IPv6) share a bucket (loopback exempt, so
+that local test networks work). One host or one network cannot fill a bucket with ids it chose.
+
 Each bucket remembers when a lookup last targeted its range; ``stale_buckets`` names those idle
 for longer than the refresh interval so the node can look up a random id in them.
 """
@@ -29,6 +34,7 @@ for longer than the refresh interval so the node can look up a random id in them
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -94,11 +100,18 @@ class RoutingTable:
     """The k-buckets of one node; see the module docstring for the rules."""
 
     def __init__(
-        self, own_id: int, k: int = K, now: float = 0.0, max_failures: int = MAX_FAILURES
+        self,
+        own_id: int,
+        k: int = K,
+        now: float = 0.0,
+        max_failures: int = MAX_FAILURES,
+        max_per_subnet: int = 0,
     ) -> None:
         self.own_id = own_id
         self.k = k
         self.max_failures = max_failures
+        #: Contacts of one /24 (IPv4) or /48 (IPv6) per bucket; 0 for no limit.
+        self.max_per_subnet = max_per_subnet
         self.buckets = [KBucket(0, 1 << ID_BITS, now)]
 
     def bucket_for(self, ident: int) -> KBucket:
@@ -138,6 +151,8 @@ class RoutingTable:
             bucket.entries.move_to_end(contact.id)
             if bucket.pinging == contact.id:
                 bucket.pinging = None
+            return None
+        if not self._admissible(bucket, contact):
             return None
         while len(bucket.entries) >= self.k and self._may_split(bucket, contact.id):
             bucket = self._split(bucket, contact.id)
@@ -193,6 +208,22 @@ class RoutingTable:
         """Buckets no lookup has targeted for ``interval`` seconds."""
         return [b for b in self.buckets if now - b.last_lookup >= interval]
 
+    def _admissible(self, bucket: KBucket, contact: Contact) -> bool:
+        """Hygiene: one live contact per address, and few per subnet in a bucket, so that one
+        host or one network cannot fill a bucket with ids of its choosing."""
+        for other in self.contacts():
+            if other.address == contact.address:
+                entry = self.entry(other.id)
+                assert entry is not None
+                if entry.failures < self.max_failures:
+                    return False
+                self.remove(other.id)
+        subnet = _subnet(contact.host)
+        if subnet is None or not self.max_per_subnet:
+            return True
+        same = sum(1 for e in bucket.entries.values() if _subnet(e.contact.host) == subnet)
+        return same < self.max_per_subnet
+
     def _may_split(self, bucket: KBucket, newcomer: int) -> bool:
         if bucket.covers(self.own_id):
             return True
@@ -205,3 +236,11 @@ class RoutingTable:
         halves = bucket.split()
         self.buckets[index : index + 1] = halves
         return halves[0] if halves[0].covers(newcomer) else halves[1]
+
+
+def _subnet(host: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The /24 or /48 of a non-loopback address (None for loopback, exempt from the rule)."""
+    address = ipaddress.ip_address(host)
+    if address.is_loopback:
+        return None
+    return ipaddress.ip_network(f"{host}/{24 if address.version == 4 else 48}", strict=False)

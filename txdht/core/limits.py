@@ -1,0 +1,128 @@
+"""Limits on what peers may ask of a node: token buckets per peer and overall, time passed in.
+
+A DHT is open to anyone who can reach it, so every resource a peer can consume has a named
+bound (docs/security.md lists them all). Requests are paced with token buckets: a peer may
+send ``burst`` requests at once and ``rate`` per second after that. A peer over its rate gets
+an error reply (RATE_LIMITED) for that request and is then ignored for ``cool_off`` seconds (no
+reply at all, which costs it a timeout per request); a global bucket caps the node's total.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+
+__all__ = ["Limits", "RateLimiter", "TokenBucket", "Verdict", "is_loopback", "peer_key"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every configurable bound of a node, with its default."""
+
+    #: Requests per second a peer may send once its burst is spent.
+    peer_rate: float = 50.0
+    #: Requests a peer may send at once.
+    peer_burst: float = 100.0
+    #: Seconds a peer over its rate is ignored.
+    cool_off: float = 10.0
+    #: Requests per second the node serves in all.
+    global_rate: float = 5000.0
+    #: Requests the node serves at once in all.
+    global_burst: float = 10000.0
+    #: Peers whose buckets are remembered; the least recently seen are forgotten beyond this.
+    tracked_peers: int = 10000
+    #: Items the node holds for the network.
+    max_items: int = 100_000
+    #: Items the node holds from one publisher (one public key).
+    max_items_per_publisher: int = 1000
+    #: Connections from one IP address (loopback excepted).
+    max_connections_per_ip: int = 16
+    #: Malformed messages one connection may send before it is closed.
+    max_bad_messages: int = 10
+    #: Contacts from one /24 (IPv4) or /48 (IPv6) per bucket (loopback excepted).
+    max_per_subnet: int = 2
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (exempt from per-address rules)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def peer_key(host: str, port: int) -> object:
+    """Whom a request counts against: its IP address, or on loopback (where every local
+    process shares one address) the connection's own port."""
+    return (host, port) if is_loopback(host) else host
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; one token per request."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        """Spend a token if there is one; whether there was."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Verdict:
+    """What to do with a request: serve it, refuse it with an error, or drop it silently."""
+
+    SERVE = "serve"
+    REFUSE = "refuse"
+    DROP = "drop"
+
+
+class RateLimiter:
+    """A token bucket per peer key (bounded in number) and one for the whole node."""
+
+    def __init__(self, limits: Limits, now: float) -> None:
+        self.limits = limits
+        self._global = TokenBucket(limits.global_rate, limits.global_burst, now)
+        self._peers: OrderedDict[object, TokenBucket] = OrderedDict()
+        self._cooling: dict[object, float] = {}
+        #: Requests refused and dropped so far (for metrics).
+        self.refused = 0
+        self.dropped = 0
+
+    def check(self, peer: object, now: float) -> str:
+        """The ``Verdict`` for one request from ``peer`` at ``now``."""
+        until = self._cooling.get(peer)
+        if until is not None:
+            if now < until:
+                self.dropped += 1
+                return Verdict.DROP
+            del self._cooling[peer]
+        bucket = self._peers.pop(peer, None) or TokenBucket(
+            self.limits.peer_rate, self.limits.peer_burst, now
+        )
+        self._peers[peer] = bucket
+        while len(self._peers) > self.limits.tracked_peers:
+            self._peers.popitem(last=False)
+        if not bucket.take(now):
+            self._cooling[peer] = now + self.limits.cool_off
+            if len(self._cooling) > self.limits.tracked_peers:
+                del self._cooling[next(iter(self._cooling))]
+            self.refused += 1
+            return Verdict.REFUSE
+        if not self._global.take(now):
+            self.refused += 1
+            return Verdict.REFUSE
+        return Verdict.SERVE
+
+    def forget(self, now: float) -> None:
+        """Drop cool-off entries that have ended (called from housekeeping)."""
+        for peer in [p for p, until in self._cooling.items() if until <= now]:
+            del self._cooling[peer]
