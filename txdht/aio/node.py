@@ -28,6 +28,7 @@ from txdht.core.errors import (
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
+from txdht.core.limits import Limits, Verdict, is_loopback, peer_key
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     REPLY_TYPES,
@@ -75,10 +76,14 @@ class NetstringProtocol(asyncio.Protocol):
         self.address: Address | None = None
         self.pending: dict[int, asyncio.Future[Message]] = {}
         self.closed: asyncio.Future[None] = node.loop.create_future()
+        self.peer_port = 0
+        #: Malformed messages received on this connection.
+        self.bad_messages = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.host = str(transport.get_extra_info("peername")[0])
+        peer = transport.get_extra_info("peername")
+        self.host, self.peer_port = str(peer[0]), int(peer[1])
         self.node.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -105,6 +110,15 @@ class NetstringProtocol(asyncio.Protocol):
                 waiting.set_exception(e)
             elif not e.in_reply:
                 self.send(self.node.engine.error(e.request_id or 0, e.code, e.message))
+            self.bad_messages += 1
+            if self.bad_messages >= self.node.engine.limits.max_bad_messages:
+                log.warning(
+                    "closing connection from %s: %d malformed messages",
+                    self.host,
+                    self.bad_messages,
+                )
+                assert self.transport is not None
+                self.transport.close()
             return
         if isinstance(message, REPLY_TYPES):
             waiting = self.pending.pop(message.rid, None)
@@ -212,6 +226,7 @@ class Node:
         max_value: int = MAX_VALUE_BYTES,
         rng: random.Random | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self.engine = Engine(
@@ -221,6 +236,7 @@ class Node:
             k=k,
             alpha=alpha,
             max_value=max_value,
+            limits=limits,
         )
         self.rpc_timeout = rpc_timeout
         self.max_message = max_message
@@ -368,8 +384,9 @@ class Node:
         return await self._publish_all(self.engine.republish_jobs())
 
     def expire(self) -> int:
-        """Drop expired items; return how many."""
-        return self.engine.storage.expire(self.now())
+        """Drop expired items (and ended rate-limit cool-offs); return how many items."""
+        self.engine.rate_limiter.forget(self.now())
+        return self.engine.expire(self.now())
 
     def save_contacts(self) -> int:
         """Save the routing table's contacts to the store (to rejoin after a restart)."""
@@ -502,9 +519,16 @@ class Node:
     # -- events from connections -------------------------------------------------------------
 
     def connection_made(self, protocol: NetstringProtocol) -> None:
-        """A connection (either direction) is up."""
+        """A connection (either direction) is up; refused if stopped or too many from its IP."""
         self._protocols.add(protocol)
-        if self._stopped and protocol.transport is not None:
+        limit = self.engine.limits.max_connections_per_ip
+        same = sum(1 for p in self._protocols if p.host == protocol.host)
+        crowded = same > limit and not is_loopback(protocol.host)
+        if crowded:
+            log.warning(
+                "closing connection from %s: over %d connections from it", protocol.host, limit
+            )
+        if (self._stopped or crowded) and protocol.transport is not None:
             protocol.transport.close()
 
     def connection_lost(self, protocol: NetstringProtocol) -> None:
@@ -514,7 +538,16 @@ class Node:
             del self._connections[protocol.address]
 
     def request_received(self, protocol: NetstringProtocol, request: Message) -> None:
-        """A peer's request came in on ``protocol``: answer it."""
+        """A peer's request came in on ``protocol``: answer it (or refuse it, if it is over
+        its rate)."""
+        verdict = self.engine.admit(peer_key(protocol.host, protocol.peer_port), self.now())
+        if verdict != Verdict.SERVE:
+            self.metrics.rpc("received", request.TYPE, verdict)
+            if verdict == Verdict.REFUSE:
+                log.warning("%s is over its request rate: ignored a while", protocol.host)
+                text = "too many requests: ignored for a while"
+                protocol.send(self.engine.error(request.rid, ErrorCode.RATE_LIMITED, text))
+            return
         handled = self.engine.handle(request, protocol.host, self.now())
         if request.port and protocol.address is None:
             protocol.address = (protocol.host, request.port)
