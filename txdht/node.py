@@ -514,7 +514,9 @@ class Node:
         crowded = same > limit and not is_loopback(protocol.host)
         if crowded:
             self.log.warn(
-                "closing connection from {host}: over {limit}", host=protocol.host, limit=limit
+                "closing connection from {host}: over {limit} connections from it",
+                host=protocol.host,
+                limit=limit,
             )
         if self._stopped or crowded:
             protocol.transport.loseConnection()  # type: ignore[union-attr]

@@ -171,10 +171,10 @@ class MemoryNetwork:
         node.stop()
         self.flush()
 
-    def open_raw(self, node: Node) -> RawConnection:
-        """A raw connection to ``node``, for feeding it arbitrary bytes."""
+    def open_raw(self, node: Node, host: str = "127.0.0.1") -> RawConnection:
+        """A raw connection to ``node`` from ``host``, for feeding it arbitrary bytes."""
         raw = RawConnection()
-        self._link(raw, node.factory.buildProtocol(None))
+        self._link(raw, node.factory.buildProtocol(None), host=host)
         return raw
 
     def flush(self) -> None:
@@ -216,9 +216,15 @@ class MemoryNetwork:
         self._link(client, target.factory.buildProtocol(None), client_node=factory.node)
         return defer.succeed(client)
 
-    def _link(self, client: Protocol, server: DHTProtocol, client_node: Node | None = None) -> None:
+    def _link(
+        self,
+        client: Protocol,
+        server: DHTProtocol,
+        client_node: Node | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self._next_client_port += 1
-        client_address = IPv4Address("TCP", "127.0.0.1", self._next_client_port)
+        client_address = IPv4Address("TCP", host, self._next_client_port)
         server_address = IPv4Address("TCP", "127.0.0.1", server.node.port)
         a = _Pipe(self, client, client_node, client_address, server_address)
         b = _Pipe(self, server, server.node, server_address, client_address)

@@ -1,0 +1,219 @@
+"""Limits on what peers may ask: rate limits, quotas, compare-and-swap, routing hygiene."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.logger import capturedLogs, formatEvent
+
+from txdht.core.engine import Engine
+from txdht.core.errors import ErrorCode, ProtocolError, RemoteError
+from txdht.core.framing import netstring
+from txdht.core.ids import Contact
+from txdht.core.items import Identity, blob
+from txdht.core.limits import Limits, RateLimiter, TokenBucket, Verdict, is_loopback, peer_key
+from txdht.core.messages import Error, Ping, Pong, Store, decode, encode
+from txdht.core.routing import RoutingTable
+from txdht.core.storage import MemoryStorage
+from txdht.testing import MemoryNetwork
+
+PUBLISHER = Identity.from_private_bytes(b"p" * 32)
+OTHER = Identity.from_private_bytes(b"o" * 32)
+
+
+def test_token_bucket_spends_and_refills() -> None:
+    """A bucket gives its burst at once, then one token per 1/rate seconds, never above burst."""
+    bucket = TokenBucket(rate=2.0, burst=3.0, now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(0.5)
+    assert not bucket.take(0.5)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_rate_limiter_refuses_then_drops_then_forgives() -> None:
+    """Over its burst a peer is refused once, dropped during the cool-off, then served again."""
+    limiter = RateLimiter(Limits(peer_rate=1.0, peer_burst=2.0, cool_off=5.0), now=0.0)
+    verdicts = [limiter.check("peer", 0.0) for _ in range(4)]
+    assert verdicts == [Verdict.SERVE, Verdict.SERVE, Verdict.REFUSE, Verdict.DROP]
+    assert limiter.check("other", 0.0) == Verdict.SERVE
+    assert limiter.check("peer", 4.9) == Verdict.DROP
+    assert limiter.check("peer", 5.0) == Verdict.SERVE
+    assert (limiter.refused, limiter.dropped) == (1, 2)
+
+
+def test_global_cap_refuses_everyone() -> None:
+    """When the node's overall bucket is empty, every peer is refused."""
+    limiter = RateLimiter(Limits(global_rate=1.0, global_burst=2.0), now=0.0)
+    assert [limiter.check(i, 0.0) for i in range(3)] == [
+        Verdict.SERVE,
+        Verdict.SERVE,
+        Verdict.REFUSE,
+    ]
+
+
+def test_rate_limiter_memory_is_bounded() -> None:
+    """It remembers at most tracked_peers buckets and cool-offs, forgetting the oldest."""
+    limiter = RateLimiter(Limits(peer_burst=1.0, peer_rate=0.001, tracked_peers=3), now=0.0)
+    for peer in range(10):
+        limiter.check(peer, 0.0)
+        limiter.check(peer, 0.0)
+    assert len(limiter._peers) == 3
+    assert len(limiter._cooling) == 3
+    limiter.forget(1000.0)
+    assert limiter._cooling == {}
+
+
+def test_loopback_and_peer_keys() -> None:
+    """Loopback peers count per connection, others per address; bad hosts are not loopback."""
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert not is_loopback("192.0.2.1")
+    assert not is_loopback("not an ip")
+    assert peer_key("127.0.0.1", 5555) == ("127.0.0.1", 5555)
+    assert peer_key("192.0.2.1", 5555) == "192.0.2.1"
+
+
+def make_engine(**limits: int) -> Engine:
+    """An engine with the given limits."""
+    return Engine(OTHER, MemoryStorage(), now=0.0, limits=Limits(**limits))
+
+
+def test_max_items_in_all() -> None:
+    """Past max_items a new item is refused with STORAGE_FULL; refreshing a held one is not."""
+    engine = make_engine(max_items=2)
+    engine.store(blob(b"1"), 60.0, 0.0)
+    engine.store(blob(b"2"), 60.0, 0.0)
+    with pytest.raises(ProtocolError) as caught:
+        engine.store(blob(b"3"), 60.0, 0.0)
+    assert caught.value.code == ErrorCode.STORAGE_FULL
+    engine.store(blob(b"2"), 60.0, 1.0)
+    assert engine.storage.count() == 2
+
+
+def test_max_items_per_publisher_and_recount_on_expiry() -> None:
+    """One publisher may fill only its share; others still get in; expiry frees the share."""
+    engine = make_engine(max_items_per_publisher=2)
+    engine.store(PUBLISHER.sign("a", b"v", 1), 10.0, 0.0)
+    engine.store(PUBLISHER.sign("b", b"v", 1), 60.0, 0.0)
+    with pytest.raises(ProtocolError, match="items of this publisher") as caught:
+        engine.store(PUBLISHER.sign("c", b"v", 1), 60.0, 0.0)
+    assert caught.value.code == ErrorCode.STORAGE_FULL
+    engine.store(PUBLISHER.sign("a", b"newer", 2), 10.0, 0.0)
+    engine.store(OTHER.sign("c", b"v", 1), 60.0, 0.0)
+    engine.store(blob(b"anonymous"), 60.0, 0.0)
+    assert engine.expire(5.0) == 0
+    assert engine.expire(10.0) == 1
+    engine.store(PUBLISHER.sign("c", b"v", 1), 60.0, 11.0)
+
+
+def test_quota_counts_survive_a_restart() -> None:
+    """A new engine on a store that already holds items counts them against the quotas."""
+    storage = MemoryStorage()
+    first = Engine(OTHER, storage, now=0.0, limits=Limits(max_items_per_publisher=1))
+    first.store(PUBLISHER.sign("a", b"v", 1), 60.0, 0.0)
+    again = Engine(OTHER, storage, now=0.0, limits=Limits(max_items_per_publisher=1))
+    with pytest.raises(ProtocolError):
+        again.store(PUBLISHER.sign("b", b"v", 1), 60.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("stored_seq", "cas", "accepted"),
+    [(None, 0, True), (None, 1, False), (1, 1, True), (1, 0, False), (2, 1, False)],
+)
+def test_compare_and_swap(stored_seq: int | None, cas: int, accepted: bool) -> None:
+    """A store with cas succeeds only when the stored sequence (0 for none) equals cas."""
+    engine = make_engine()
+    if stored_seq is not None:
+        engine.store(PUBLISHER.sign("n", b"old", stored_seq), 60.0, 0.0)
+    new = PUBLISHER.sign("n", b"new", 5)
+    if accepted:
+        engine.store(new, 60.0, 0.0, cas=cas)
+        assert engine.get(new.key, 0.0) == new
+    else:
+        with pytest.raises(ProtocolError, match=f"expected sequence {cas}") as caught:
+            engine.store(new, 60.0, 0.0, cas=cas)
+        assert caught.value.code == ErrorCode.CAS_MISMATCH
+
+
+def test_cas_travels_on_the_wire() -> None:
+    """A store's cas field round-trips, and is absent when not set."""
+    item = PUBLISHER.sign("n", b"v", 1)
+    with_cas = Store(rid=1, sender=2, port=3, item=item, ttl=60.0, cas=0)
+    assert decode(encode(with_cas)) == with_cas
+    assert b'"cas"' not in encode(Store(rid=1, sender=2, port=3, item=item, ttl=60.0))
+
+
+def test_one_live_contact_per_address() -> None:
+    """A second id at a live contact's address is refused; a stale contact's is taken over."""
+    table = RoutingTable(0, k=20)
+    table.seen(Contact(1, "192.0.2.1", 4000), 0.0)
+    table.seen(Contact(2, "192.0.2.1", 4000), 0.0)
+    assert [c.id for c in table.contacts()] == [1]
+    for _ in range(3):
+        table.failed(1)
+    table.seen(Contact(2, "192.0.2.1", 4000), 0.0)
+    assert [c.id for c in table.contacts()] == [2]
+
+
+def test_few_contacts_per_subnet_in_a_bucket() -> None:
+    """At most max_per_subnet contacts of one /24 share a bucket; loopback is exempt."""
+    table = RoutingTable(0, k=20, max_per_subnet=2)
+    for i in range(1, 5):
+        table.seen(Contact(1 << 500 | i, f"198.51.100.{i}", 4000), 0.0)
+        table.seen(Contact(1 << 501 | i, "127.0.0.1", 4000 + i), 0.0)
+        table.seen(Contact(1 << 502 | i, f"2001:db8::{i}", 4000), 0.0)
+    hosts = [c.host for c in table.contacts()]
+    assert sum(h.startswith("198.51.100.") for h in hosts) == 2
+    assert sum(h.startswith("2001:db8") for h in hosts) == 2
+    assert hosts.count("127.0.0.1") == 4
+
+
+def test_flooding_peer_is_refused_then_ignored_and_others_are_served() -> None:
+    """A raw connection over its burst gets RATE_LIMITED once, then silence; others are served."""
+    net = MemoryNetwork()
+    limits = Limits(peer_rate=1.0, peer_burst=5.0, cool_off=30.0)
+    node = net.add_node(limits=limits)
+    other = net.add_node()
+    flood = net.open_raw(node)
+    ping = netstring(encode(Ping(rid=7, sender=1, port=0)))
+    with capturedLogs() as events:
+        flood.send(ping * 20)
+        net.flush()
+    replies = flood.messages()
+    assert [type(r) for r in replies] == [Pong] * 5 + [Error]
+    assert isinstance(replies[-1], Error)
+    assert replies[-1].code == ErrorCode.RATE_LIMITED
+    assert any("over its request rate" in formatEvent(e) for e in events)
+    assert isinstance(net.run(other.call(("127.0.0.1", node.port), Ping)), Pong)
+    rates = {k: v for k, v in node.metrics.rpcs.items() if k[0] == "received"}
+    assert rates[("received", "ping", "refuse")] == 1
+    assert rates[("received", "ping", "drop")] == 14
+    net.clock.advance(31)
+    node.expire()
+    flood.send(ping)
+    net.flush()
+    assert isinstance(flood.messages()[-1], Pong)
+
+
+def test_rate_limit_error_reaches_the_caller() -> None:
+    """A node's request refused for its rate fails with RemoteError RATE_LIMITED."""
+    net = MemoryNetwork()
+    node = net.add_node(limits=Limits(peer_burst=1.0, peer_rate=0.001))
+    caller = net.add_node()
+    net.run(caller.call(("127.0.0.1", node.port), Ping))
+    with pytest.raises(RemoteError) as caught:
+        net.run(caller.call(("127.0.0.1", node.port), Ping))
+    assert caught.value.code == ErrorCode.RATE_LIMITED
+
+
+def test_too_many_connections_from_one_address_are_closed() -> None:
+    """Connections from one non-loopback address beyond the limit are closed at once."""
+    net = MemoryNetwork()
+    node = net.add_node(limits=Limits(max_connections_per_ip=2))
+    with capturedLogs() as events:
+        raws = [net.open_raw(node, host="203.0.113.9") for _ in range(4)]
+        net.flush()
+    assert [r.lost for r in raws] == [False, False, True, True]
+    assert any("over 2 connections" in formatEvent(e) for e in events)
+    local = [net.open_raw(node) for _ in range(4)]
+    net.flush()
+    assert not any(r.lost for r in local)
