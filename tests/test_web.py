@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -172,7 +174,7 @@ async def test_bad_names_are_400(api: API, name: str) -> None:
 async def test_put_nobody_accepts_is_503(api: API) -> None:
     """When no node stores the item, the answer is 503 put_failed."""
 
-    async def refuse(item: Any, ttl: float) -> int:
+    async def refuse(item: Any, ttl: float, cas: int | None = None) -> int:
         from txdht.core.errors import PutError
 
         raise PutError("no node stored the item (2 were asked)")
@@ -255,7 +257,9 @@ async def test_metrics(api: API) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
     [
-        ("GET", "/", 404, "no_such_path"),
+        ("GET", "/index.html", 404, "no_such_path"),
+        ("POST", "/", 405, "method_not_allowed"),
+        ("PUT", "/static/app.js", 405, "method_not_allowed"),
         ("GET", "/v1", 404, "no_such_path"),
         ("GET", "/v1/keys", 404, "no_such_path"),
         ("GET", "/etc/passwd", 404, "no_such_path"),
@@ -330,3 +334,207 @@ async def test_client_going_away_cancels_the_work(api: API, reactor: Any, ending
         reactor.callLater(0.01, pause.callback, None)
         await pause
     assert cancelled == [True]
+
+
+# -- the dashboard's page and routes ----------------------------------------------------------
+
+STATIC = Path(__file__).resolve().parent.parent / "txdht" / "static"
+
+
+async def raw_request(reactor: Any, port: int, request: bytes) -> bytes:
+    """Send ``request`` as it is (no client normalises its path); the whole answer."""
+    done: Deferred[bytes] = Deferred()
+
+    class Raw(Protocol):
+        def connectionMade(self) -> None:
+            assert self.transport is not None
+            self.parts: list[bytes] = []
+            self.transport.write(request)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.parts.append(data)
+
+        def connectionLost(self, reason: Failure | None = None) -> None:
+            done.callback(b"".join(self.parts))
+
+    await ClientCreator(reactor, Raw).connectTCP("127.0.0.1", port)
+    return await done
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_page(api: API) -> None:
+    """GET / serves the page as UTF-8 HTML with a same-origin Content-Security-Policy."""
+    status, data, response = await api.request("GET", "/")
+    assert status == 200
+    headers = response.headers
+    assert headers.getRawHeaders(b"content-type") == [b"text/html; charset=utf-8"]
+    (policy,) = headers.getRawHeaders(b"content-security-policy")
+    assert policy.startswith(b"default-src 'self';")
+    assert b"frame-ancestors 'none'" in policy
+    assert headers.getRawHeaders(b"x-content-type-options") == [b"nosniff"]
+    assert data == (STATIC / "index.html").read_bytes()
+    page = data.decode()
+    assert 'src="static/app.js"' in page
+    assert 'href="static/style.css"' in page
+    assert '<svg id="face"' in page
+    assert "node unreachable — retrying" in page
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/static/app.js", b"text/javascript; charset=utf-8"),
+        ("/static/style.css", b"text/css; charset=utf-8"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_static_files(api: API, path: str, content_type: bytes) -> None:
+    """The script and the style sheet are served with their content type and no CSP."""
+    status, data, response = await api.request("GET", path)
+    assert status == 200
+    assert response.headers.getRawHeaders(b"content-type") == [content_type]
+    assert response.headers.getRawHeaders(b"x-content-type-options") == [b"nosniff"]
+    assert not response.headers.hasHeader(b"content-security-policy")
+    assert data == (STATIC / path.rsplit("/", 1)[1]).read_bytes()
+
+
+def test_static_files_load_nothing_from_elsewhere() -> None:
+    """The page, script and style refer to no other site (no CDN, no web fonts)."""
+    for name in ("index.html", "app.js", "style.css"):
+        text = (STATIC / name).read_text()
+        # The only address is the SVG namespace, which is a name, not something fetched.
+        assert set(re.findall(r"(?:https?:)?//[\w.-]+", text)) <= {"http://www.w3.org"}
+        assert "@import" not in text
+        assert "url(" not in text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static",
+        "/static/",
+        "/static/index.html",
+        "/static/APP.JS",
+        "/static/app.js/",
+        "/static/py.typed",
+        "/static/../web.py",
+        "/static/%2e%2e/web.py",
+        "/static/..%2fweb.py",
+        "/static/../../setup.cfg",
+        "/txdht/static/app.js",
+        "//static/app.js",
+        "/static//app.js",
+        "/favicon.ico",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_only_the_three_files_are_served(api: API, reactor: Any, path: str) -> None:
+    """Any path but /, /static/app.js and /static/style.css is a 404 JSON error, unnormalised."""
+    answer = await raw_request(
+        reactor,
+        api.port.getHost().port,
+        f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode(),
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 404 ")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body)["error"] == "no_such_path"
+
+
+@pytest_twisted.ensureDeferred
+async def test_items(api: API, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /v1/items lists the held items by key: kind, name, seq, size and time to expiry."""
+    status, body = await api.json("GET", "/v1/items")
+    assert (status, body) == (200, {"count": 0, "items": []})
+    _, named = await api.json("PUT", "/v1/names/greeting", b"hello")
+    _, blob_key = await api.json("POST", "/v1/blobs", b"blob!!")
+    status, body = await api.json("GET", "/v1/items")
+    assert status == 200
+    assert body["count"] == 2
+    assert [i["key"] for i in body["items"]] == sorted([named["key"], blob_key["key"]])
+    by_key = {i["key"]: i for i in body["items"]}
+    assert by_key[named["key"]]["kind"] == "named"
+    assert by_key[named["key"]]["name"] == "greeting"
+    assert by_key[named["key"]]["seq"] == 1
+    assert by_key[named["key"]]["size"] == 5
+    assert by_key[blob_key["key"]]["kind"] == "blob"
+    assert by_key[blob_key["key"]]["name"] is None
+    assert by_key[blob_key["key"]]["size"] == 6
+    for item in body["items"]:
+        assert 86000 < item["expires_in"] <= 86400
+    monkeypatch.setattr("txdht.web.MAX_LISTED_ITEMS", 1)
+    _, body = await api.json("GET", "/v1/items")
+    assert body["count"] == 2
+    assert [i["key"] for i in body["items"]] == [min(named["key"], blob_key["key"])]
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups(api: API) -> None:
+    """GET /v1/lookups shows the node's finished lookups, newest first, with their traces."""
+    status, body = await api.json("GET", "/v1/lookups")
+    assert (status, body) == (200, {"count": 0, "lookups": []})
+    _, stored = await api.json("POST", "/v1/blobs", b"far away")
+    api.nodes[0].engine.storage.delete(int(stored["key"], 16))  # so the get has to look
+    status, data, _ = await api.request("GET", f"/v1/keys/{stored['key']}")
+    assert (status, data) == (200, b"far away")
+    await api.json("GET", "/v1/keys/" + "cd" * 64)  # 404: a lookup that found nothing
+    status, body = await api.json("GET", "/v1/lookups")
+    assert status == 200
+    assert body["count"] == 3
+    missing, found, put = body["lookups"]
+    assert [lookup["number"] for lookup in body["lookups"]] == [3, 2, 1]
+    assert (put["kind"], put["target"], put["found"]) == ("find_node", stored["key"], False)
+    assert (found["kind"], found["target"], found["found"]) == ("find_value", stored["key"], True)
+    assert (missing["kind"], missing["target"], missing["found"]) == (
+        "find_value",
+        "cd" * 64,
+        False,
+    )
+    ports = {node.id: node.port for node in api.nodes[1:]}
+    for lookup in body["lookups"]:
+        assert lookup["seconds"] >= 0
+        assert lookup["age"] >= 0
+        assert lookup["trace"]
+        assert lookup["hops"] == sum(1 for step in lookup["trace"] if step["event"] == "sent")
+        for step in lookup["trace"]:
+            assert step["event"] in ("sent", "answered")
+            assert (step["host"], step["port"]) == ("127.0.0.1", ports[step["id"]])
+    assert put["trace"][0]["event"] == "sent"
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups_show_failures_and_keep_the_last_twenty(api: API) -> None:
+    """A peer that is gone shows as failed in the trace; only the last 20 lookups are kept."""
+    gone = api.nodes[2]
+    await gone.stop()
+    await api.nodes[0].lookup(api.nodes[0].engine.id)
+    _, body = await api.json("GET", "/v1/lookups")
+    events = {(step["event"], step["id"]) for step in body["lookups"][0]["trace"]}
+    assert ("sent", gone.id) in events
+    assert ("failed", gone.id) in events
+    for _ in range(24):
+        await api.nodes[0].lookup(api.nodes[1].engine.id)
+    _, body = await api.json("GET", "/v1/lookups")
+    assert body["count"] == 25
+    assert [lookup["number"] for lookup in body["lookups"]] == list(range(25, 5, -1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_stats(api: API) -> None:
+    """GET /v1/stats counts RPCs sent, received and failed, by type, and the lookups."""
+    await api.json("POST", "/v1/blobs", b"v")
+    api.nodes[0].metrics.rpc("sent", "ping", "timeout")
+    api.nodes[0].metrics.rpc("sent", "find_value", "cancelled")  # not a failure
+    status, body = await api.json("GET", "/v1/stats")
+    assert status == 200
+    metrics = api.nodes[0].metrics
+    sent = sum(n for (direction, _, _), n in metrics.rpcs.items() if direction == "sent")
+    received = sum(n for (direction, _, _), n in metrics.rpcs.items() if direction == "received")
+    assert body["rpcs"] == {"sent": sent, "received": received, "failed": 1}
+    assert {"direction": "sent", "type": "store", "outcome": "ok", "count": 2} in body["by_type"]
+    assert {"direction": "sent", "type": "ping", "outcome": "timeout", "count": 1} in body[
+        "by_type"
+    ]
+    assert received > 0
+    assert body["lookups"] == {"count": 1, "seconds": round(metrics.lookup_sum, 6)}
+    assert body["uptime"] >= 0

@@ -331,10 +331,15 @@ class Node:
         """Join the network through ``seeds``; fires with the number of contacts then known."""
         return self._track(Deferred.fromCoroutine(self._join(list(seeds))))
 
-    def put(self, name: str, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
-        """Sign ``value`` under ``name`` with this node's key, store it; fires with the key."""
-        item = self.sign(name, value)
-        return self.publish_own(item, ttl).addCallback(lambda _: id_to_hex(item.key))
+    def put(
+        self, name: str, value: bytes, ttl: float = DEFAULT_TTL, cas: int | None = None
+    ) -> Deferred[str]:
+        """Sign ``value`` under ``name`` with this node's key, store it; fires with the key.
+
+        With ``cas``, only nodes holding sequence number ``cas`` (0: none) store it.
+        """
+        item = self.engine.next_version(name, value, cas)
+        return self.publish_own(item, ttl, cas).addCallback(lambda _: id_to_hex(item.key))
 
     def put_blob(self, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
         """Store an immutable blob; fires with its key, the sha512 of the value."""
@@ -345,17 +350,24 @@ class Node:
         """The next version of ``name``: ``value`` signed with the next sequence number."""
         return self.engine.next_version(name, value)
 
-    def publish_own(self, item: Item, ttl: float = DEFAULT_TTL) -> Deferred[int]:
-        """Publish an item of ours: remember it (for republishing) and store it on the k
-        closest nodes; fires with how many accepted it."""
-        d = self.publish(item, ttl)
-        self.engine.remember(item, ttl)
-        return d
+    def publish_own(
+        self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
+    ) -> Deferred[int]:
+        """Publish an item of ours: store it on the k closest nodes and, once stored,
+        remember it for republishing; fires with how many accepted it."""
 
-    def publish(self, item: Item, ttl: float = DEFAULT_TTL) -> Deferred[int]:
+        def remember(stored: int) -> int:
+            self.engine.remember(item, ttl)
+            return stored
+
+        return self.publish(item, ttl, cas).addCallback(remember)
+
+    def publish(
+        self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
+    ) -> Deferred[int]:
         """Store ``item`` on the k closest nodes; fires with how many accepted it."""
         item.verify(self.engine.max_value)
-        return self._track(Deferred.fromCoroutine(self._publish(item, ttl)))
+        return self._track(Deferred.fromCoroutine(self._publish(item, ttl, cas)))
 
     def get(self, key: str) -> Deferred[bytes]:
         """The value under ``key`` (hex), verified; fails with ``NotFoundError`` if none."""
@@ -603,28 +615,40 @@ class Node:
         )
         return sum(1 for ok, _ in results if ok)
 
-    async def _publish(self, item: Item, ttl: float) -> int:
+    async def _publish(self, item: Item, ttl: float, cas: int | None = None) -> int:
         machine = await self.lookup(item.key)
         keep, targets = self.engine.placement(item.key, machine.closest())
-        stored = 0
+        stored, reasons, codes = 0, [], set()
         if keep:
-            self.engine.store(item, ttl, self.reactor.seconds())
-            stored += 1
-        calls = [self.call(c, Store, item=item, ttl=ttl) for c in targets]
+            try:
+                self.engine.store(item, ttl, self.reactor.seconds(), cas)
+                stored += 1
+            except ProtocolError as e:
+                reasons.append(f"this node: {e}")
+                codes.add(int(e.code))
+        calls = [self.call(c, Store, item=item, ttl=ttl, cas=cas) for c in targets]
         for contact, (ok, result) in zip(
             targets, await DeferredList(calls, consumeErrors=True), strict=True
         ):
             if ok:
                 stored += 1
             else:
+                failure = cast(Failure, result)
+                reason = failure.getErrorMessage()
+                reasons.append(f"{contact}: {reason}")
+                if failure.check(RemoteError):
+                    codes.add(failure.value.code)  # type: ignore[union-attr]
+                key = id_to_hex(item.key)[:12]
                 self.log.info(
                     "{peer} did not store {key}: {reason}",
                     peer=str(contact),
-                    key=id_to_hex(item.key)[:12],
-                    reason=cast(Failure, result).getErrorMessage(),
+                    key=key,
+                    reason=reason,
                 )
         if not stored:
-            raise PutError(f"no node stored the item ({len(targets)} were asked)")
+            first = f"; first refusal: {reasons[0]}" if reasons else ""
+            message = f"no node stored the item ({len(targets)} were asked){first}"
+            raise PutError(message, frozenset(codes))
         return stored
 
     async def _get(self, key: int) -> bytes:

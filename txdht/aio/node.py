@@ -311,10 +311,15 @@ class Node:
         await self.refresh(0.001)
         return len(self.engine.routing)
 
-    async def put(self, name: str, value: bytes, ttl: float = DEFAULT_TTL) -> str:
-        """Sign ``value`` under ``name`` with this node's key and store it; return the key."""
-        item = self.engine.next_version(name, value)
-        await self.publish_own(item, ttl)
+    async def put(
+        self, name: str, value: bytes, ttl: float = DEFAULT_TTL, cas: int | None = None
+    ) -> str:
+        """Sign ``value`` under ``name`` with this node's key and store it; return the key.
+
+        With ``cas``, only nodes holding sequence number ``cas`` (0: none) store it.
+        """
+        item = self.engine.next_version(name, value, cas)
+        await self.publish_own(item, ttl, cas)
         return id_to_hex(item.key)
 
     async def put_blob(self, value: bytes, ttl: float = DEFAULT_TTL) -> str:
@@ -323,31 +328,44 @@ class Node:
         await self.publish_own(item, ttl)
         return id_to_hex(item.key)
 
-    async def publish_own(self, item: Item, ttl: float = DEFAULT_TTL) -> int:
-        """Publish an item of ours (remembered for republishing); return how many stored it."""
-        item.verify(self.engine.max_value)
+    async def publish_own(
+        self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
+    ) -> int:
+        """Publish an item of ours: store it on the k closest nodes and, once stored, remember
+        it for republishing; return how many accepted it."""
+        stored = await self.publish(item, ttl, cas)
         self.engine.remember(item, ttl)
-        return await self.publish(item, ttl)
+        return stored
 
-    async def publish(self, item: Item, ttl: float = DEFAULT_TTL) -> int:
+    async def publish(self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None) -> int:
         """Store ``item`` on the k closest nodes; return how many accepted it."""
         item.verify(self.engine.max_value)
         machine = await self.lookup(item.key)
         keep, targets = self.engine.placement(item.key, machine.closest())
-        stored = 0
+        stored, reasons, codes = 0, [], set()
         if keep:
-            self.engine.store(item, ttl, self.now())
-            stored += 1
+            try:
+                self.engine.store(item, ttl, self.now(), cas)
+                stored += 1
+            except ProtocolError as e:
+                reasons.append(f"this node: {e}")
+                codes.add(int(e.code))
         results = await asyncio.gather(
-            *(self.call(c, Store, item=item, ttl=ttl) for c in targets), return_exceptions=True
+            *(self.call(c, Store, item=item, ttl=ttl, cas=cas) for c in targets),
+            return_exceptions=True,
         )
         for contact, result in zip(targets, results, strict=True):
             if isinstance(result, Message):
                 stored += 1
             else:
+                reasons.append(f"{contact}: {result}")
+                if isinstance(result, RemoteError):
+                    codes.add(result.code)
                 log.info("%s did not store %s: %s", contact, id_to_hex(item.key)[:12], result)
         if not stored:
-            raise PutError(f"no node stored the item ({len(targets)} were asked)")
+            first = f"; first refusal: {reasons[0]}" if reasons else ""
+            message = f"no node stored the item ({len(targets)} were asked){first}"
+            raise PutError(message, frozenset(codes))
         return stored
 
     async def get(self, key: str) -> bytes:

@@ -215,10 +215,13 @@ class Engine:
         """A random id in each bucket no lookup has targeted for ``interval`` seconds."""
         return [b.random_id(rng) for b in self.routing.stale_buckets(now, interval)]
 
-    def next_version(self, name: str, value: bytes) -> Item:
-        """``value`` signed under ``name`` with the sequence number after our last one."""
-        published = self.storage.published(mutable_key(self.identity.public_bytes, name))
-        return self.identity.sign(name, value, published.item.seq + 1 if published else 1)
+    def next_version(self, name: str, value: bytes, cas: int | None = None) -> Item:
+        """``value`` signed under ``name`` with the sequence number after our last one (or
+        after ``cas``, for a compare-and-swap put)."""
+        if cas is None:
+            published = self.storage.published(mutable_key(self.identity.public_bytes, name))
+            cas = published.item.seq if published else 0
+        return self.identity.sign(name, value, cas + 1)
 
     def remember(self, item: Item, ttl: float) -> None:
         """Record ``item`` as published by us, to republish it before it expires."""

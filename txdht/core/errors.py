@@ -96,4 +96,12 @@ class JoinError(Exception):
 
 
 class PutError(Exception):
-    """No node accepted the item, so nothing was stored."""
+    """No node accepted the item, so nothing was stored.
+
+    ``codes`` holds the error codes of the refusals (empty when nodes failed to answer): all
+    ``STALE_SEQUENCE`` or ``CAS_MISMATCH`` means a newer version is out there.
+    """
+
+    def __init__(self, message: str, codes: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.codes = codes
