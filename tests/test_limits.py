@@ -6,7 +6,7 @@ import pytest
 from twisted.logger import capturedLogs, formatEvent
 
 from txdht.core.engine import Engine
-from txdht.core.errors import ErrorCode, ProtocolError, RemoteError
+from txdht.core.errors import ErrorCode, ProtocolError, PutError, RemoteError
 from txdht.core.framing import netstring
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, blob
@@ -217,3 +217,37 @@ def test_too_many_connections_from_one_address_are_closed() -> None:
     local = [net.open_raw(node) for _ in range(4)]
     net.flush()
     assert not any(r.lost for r in local)
+
+
+def test_put_with_cas_through_the_network() -> None:
+    """A put with cas succeeds only over the expected version, and says why when refused."""
+    net = MemoryNetwork()
+    nodes = net.create(6, k=3)
+    writer = nodes[2]
+    key = net.run(writer.put("counter", b"1", cas=0))
+    assert net.run(nodes[4].get(key)) == b"1"
+    with pytest.raises(PutError, match="expected sequence 0") as caught:
+        net.run(writer.put("counter", b"lost update", cas=0))
+    assert caught.value.codes == {ErrorCode.CAS_MISMATCH}
+    assert net.run(writer.put("counter", b"2", cas=1)) == key
+    assert net.run(nodes[5].get(key)) == b"2"
+    published = writer.engine.storage.published(int(key, 16))
+    assert published is not None
+    assert published.item.value == b"2"
+
+
+def test_put_refused_as_stale_everywhere_reports_the_codes() -> None:
+    """When every holder has a newer version, the put fails with STALE_SEQUENCE among its codes."""
+    net = MemoryNetwork()
+    nodes = net.create(5, k=3)
+    key = net.run(nodes[1].put("n", b"v1"))
+    net.run(nodes[1].put("n", b"v2"))
+    nodes[1].engine.storage.set_published(
+        type(nodes[1].engine.storage.published(int(key, 16)))(  # type: ignore[misc]
+            nodes[1].engine.identity.sign("n", b"v0", 0), 60.0
+        )
+    )
+    with pytest.raises(PutError) as caught:
+        net.run(nodes[1].put("n", b"older"))
+    assert caught.value.codes == {ErrorCode.STALE_SEQUENCE}
+    assert "first refusal" in str(caught.value)
