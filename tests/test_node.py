@@ -15,7 +15,7 @@ from txdht.core.framing import netstring
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import Identity, blob
 from txdht.core.messages import FindNode, Message, Ping, Pong, Store, Value, encode
-from txdht.node import Lookup, Node
+from txdht.node import DHTProtocol, Lookup, Node
 from txdht.testing import MemoryNetwork
 
 
@@ -353,6 +353,29 @@ def test_put_fails_when_no_node_accepts() -> None:
     with capturedLogs() as events, pytest.raises(PutError, match="no node stored"):
         net.run(a.put_blob(value))
     assert any("did not store" in e["log_format"] for e in events)
+
+
+def test_put_whose_store_is_never_answered_fails_without_codes() -> None:
+    """A store that times out (not refused) fails the put with no refusal codes."""
+    net = MemoryNetwork()
+    a = net.add_node(k=1)
+    b = net.add_node(k=1)
+    net.run(a.join([("127.0.0.1", b.port)]))
+    value = next(
+        v
+        for v in (str(i).encode() * 2 for i in range(1000))
+        if blob(v).key ^ b.engine.id < blob(v).key ^ a.engine.id
+    )
+    real = b.request_received
+
+    def no_stores(protocol: DHTProtocol, request: Message) -> None:
+        if not isinstance(request, Store):
+            real(protocol, request)
+
+    b.request_received = no_stores  # type: ignore[method-assign]
+    with pytest.raises(PutError, match="no node stored") as caught:
+        net.run(a.put_blob(value))
+    assert caught.value.codes == frozenset()
 
 
 def test_publish_refuses_an_invalid_item_at_once() -> None:

@@ -1,0 +1,1 @@
+"""txdht benchmarks and fuzz targets (see benchmarks/README.md)."""
