@@ -47,7 +47,6 @@ from txdht.core.errors import (
 from txdht.core.framing import NetstringDecoder
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import Identity, Item, blob
-from txdht.core.limits import Limits
 from txdht.core.messages import (
     Error,
     FindNode,
@@ -61,6 +60,7 @@ from txdht.core.messages import (
 )
 from txdht.core.storage import StoredItem
 from txdht.intervals import Intervals
+from txdht.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The rpc_timeout of tests that wait for requests to time out.

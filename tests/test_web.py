@@ -20,7 +20,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.server import Site
 
-from txdht.core.errors import NotFoundError
+from txdht.core.errors import ErrorCode, NotFoundError, PutError
 from txdht.core.ids import id_to_hex
 from txdht.core.items import blob
 from txdht.node import Node
@@ -182,6 +182,47 @@ async def test_put_nobody_accepts_is_503(api: API) -> None:
     api.nodes[0]._publish = refuse  # type: ignore[method-assign]
     status, body = await api.json("POST", "/v1/blobs", b"v")
     assert "no node stored" in error_of(status, body, 503, "put_failed")
+
+
+@pytest.mark.parametrize(
+    ("codes", "status", "code"),
+    [
+        ({ErrorCode.CAS_MISMATCH}, 409, "cas_mismatch"),
+        ({ErrorCode.VALUE_TOO_LARGE}, 413, "value_too_large"),
+        ({ErrorCode.STALE_SEQUENCE, ErrorCode.CAS_MISMATCH}, 503, "put_failed"),
+        ({ErrorCode.STORAGE_FULL}, 503, "put_failed"),
+        ({999}, 503, "put_failed"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_put_refused_by_every_node(api: API, codes: set[int], status: int, code: str) -> None:
+    """A put every node refused for one reason answers with that reason; mixed ones are 503."""
+
+    async def refuse(item: Any, ttl: float, cas: int | None = None) -> int:
+        raise PutError(
+            "no node stored the item (2 were asked); first refusal: ...", frozenset(codes)
+        )
+
+    api.nodes[0]._publish = refuse  # type: ignore[method-assign]
+    got, body = await api.json("PUT", "/v1/names/n", b"v")
+    assert "first refusal" in error_of(got, body, status, code)
+
+
+@pytest.mark.parametrize(
+    ("error_code", "status"), [(ErrorCode.BAD_SIGNATURE, 400), (ErrorCode.VALUE_TOO_LARGE, 413)]
+)
+@pytest_twisted.ensureDeferred
+async def test_protocol_error_from_the_node(api: API, error_code: ErrorCode, status: int) -> None:
+    """A ProtocolError out of the node answers 400 (413 for a size) with the code's name."""
+    from twisted.internet import defer
+
+    from txdht.core.errors import ProtocolError
+
+    api.nodes[0].get = lambda key: defer.fail(  # type: ignore[method-assign]
+        ProtocolError(error_code, "refused")
+    )
+    got, body = await api.json("GET", "/v1/keys/" + "ab" * 64)
+    assert "refused" in error_of(got, body, status, error_code.name.lower())
 
 
 @pytest_twisted.ensureDeferred

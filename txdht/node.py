@@ -39,7 +39,6 @@ from txdht.core.errors import (
 )
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
-from txdht.core.limits import Limits, Verdict, is_loopback, peer_key
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     REPLY_TYPES,
@@ -58,6 +57,7 @@ from txdht.core.routing import K
 from txdht.core.storage import MemoryStorage
 from txdht.interfaces import IStorage
 from txdht.intervals import REFRESH_INTERVAL
+from txdht.limits import Limits, Verdict, is_loopback, peer_key
 from txdht.metrics import Metrics
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]

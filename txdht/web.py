@@ -8,18 +8,28 @@ POST    /v1/blobs              body = value; stores an immutable blob: 201 {"key
 GET     /v1/keys/{key}         200 the value bytes; 404 not found; 400 malformed key
 GET     /v1/status             id, version, endpoints, port, peers, items, uptime
 GET     /v1/peers              the routing table: id, host, port, bucket, last_seen, failures
+GET     /v1/items              the items held: key, kind, name, seq, size, expires_in
+GET     /v1/lookups            the last lookups: target, kind, seconds, age, trace of queries
+GET     /v1/stats              RPC counts (sent, received, failed, by type), lookups, uptime
 GET     /metrics               Prometheus text: RPCs, lookup latency, items, peers
+GET     /                      the dashboard page (with /static/app.js, /static/style.css)
 ======  =====================  ===========================================================
 
 Every error is JSON ``{"error": code, "message": text}`` with a 4xx or 5xx status, never a
 traceback page. The API has no authentication: it is bound to 127.0.0.1 by default, and anyone
 who can reach it can store through the node's identity.
+
+The dashboard is three static files shipped in ``txdht/static``; only the paths listed above
+are served (no directory listing, nothing else from the file system), the page with a
+Content-Security-Policy that lets it load nothing but its own script, style and API.
 """
 
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -33,9 +43,33 @@ from twisted.web.server import NOT_DONE_YET, Request
 from txdht.core.errors import ErrorCode, NotFoundError, ProtocolError, PutError
 from txdht.core.ids import bucket_index, id_from_hex, id_to_hex
 from txdht.core.items import Item, blob
+from txdht.core.lookup import IterativeLookup
 from txdht.node import Node
 
 __all__ = ["APIResource"]
+
+#: How many finished lookups ``/v1/lookups`` remembers, newest first.
+RECENT_LOOKUPS = 20
+#: At most this many items are listed by ``/v1/items`` (``count`` is always the total).
+MAX_LISTED_ITEMS = 2000
+#: A put every node refused with one of these codes answers this status with the code's name
+#: (a newer version is out there, or the item is too large), not 503 ``put_failed``.
+REFUSED_PUT_STATUS = {
+    ErrorCode.STALE_SEQUENCE: 400,
+    ErrorCode.CAS_MISMATCH: 409,
+    ErrorCode.VALUE_TOO_LARGE: 413,
+}
+#: The dashboard's files: URL path -> (file in ``txdht/static``, content type).
+STATIC_FILES: dict[tuple[bytes, ...], tuple[str, bytes]] = {
+    (b"",): ("index.html", b"text/html; charset=utf-8"),
+    (b"static", b"app.js"): ("app.js", b"text/javascript; charset=utf-8"),
+    (b"static", b"style.css"): ("style.css", b"text/css; charset=utf-8"),
+}
+#: The page may load its own script, style and API, and a data: favicon; nothing else.
+CONTENT_SECURITY_POLICY = (
+    b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    b"form-action 'none'; frame-ancestors 'none'"
+)
 
 
 class _HTTPError(Exception):
@@ -55,6 +89,28 @@ class APIResource(Resource):
         self.node = node
         self.endpoints = endpoints or {}
         self.started = node.reactor.seconds()
+        #: The last lookups, newest first: (when it finished, what ``/v1/lookups`` shows).
+        self.lookups: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT_LOOKUPS)
+        self._lookup_count = 0
+        node.lookup_observers.append(self._lookup_finished)
+
+    def _lookup_finished(self, machine: IterativeLookup, seconds: float) -> None:
+        """Keep a snapshot of a finished lookup (not the machine: it holds every contact)."""
+        self._lookup_count += 1
+        trace = [
+            {"event": event, "id": id_to_hex(c.id), "host": c.host, "port": c.port}
+            for event, c in machine.trace
+        ]
+        summary = {
+            "number": self._lookup_count,
+            "target": id_to_hex(machine.target),
+            "kind": "find_value" if machine.find_value else "find_node",
+            "found": machine.value is not None,
+            "seconds": round(seconds, 6),
+            "hops": sum(1 for event in trace if event["event"] == "sent"),
+            "trace": trace,
+        }
+        self.lookups.appendleft((self.node.reactor.seconds(), summary))
 
     def render(self, request: Request) -> bytes | int:
         method = (request.method or b"").decode("ascii", "replace")
@@ -76,6 +132,9 @@ class APIResource(Resource):
         routes: dict[tuple[bytes, ...], tuple[str, Callable[[Request], Any]]] = {
             (b"v1", b"status"): ("GET", self._status),
             (b"v1", b"peers"): ("GET", self._peers),
+            (b"v1", b"items"): ("GET", self._items),
+            (b"v1", b"lookups"): ("GET", self._recent_lookups),
+            (b"v1", b"stats"): ("GET", self._stats),
             (b"metrics",): ("GET", self._metrics),
             (b"v1", b"blobs"): ("POST", self._put_blob),
         }
@@ -83,6 +142,8 @@ class APIResource(Resource):
             expected, handler = "GET", lambda r: self._get(path[2])
         elif len(path) == 3 and path[:2] == [b"v1", b"names"]:
             expected, handler = "PUT", lambda r: self._put(path[2], r)
+        elif tuple(path) in STATIC_FILES:
+            expected, handler = "GET", lambda r: self._static(tuple(path), r)
         elif tuple(path) in routes:
             expected, handler = routes[tuple(path)]
         else:
@@ -123,6 +184,55 @@ class APIResource(Resource):
                     }
                 )
         return 200, {"peers": peers}
+
+    def _items(self, request: Request) -> tuple[int, Any]:
+        storage, now = self.node.engine.storage, self.node.reactor.seconds()
+        records = sorted(storage.records(), key=lambda record: record.key)
+        items = [
+            {
+                "key": id_to_hex(record.key),
+                "kind": "named" if record.item.mutable else "blob",
+                "name": record.item.name,
+                "seq": record.item.seq,
+                "size": len(record.item.value),
+                "expires_in": round(record.expires_at - now, 3),
+            }
+            for record in records[:MAX_LISTED_ITEMS]
+        ]
+        return 200, {"count": len(records), "items": items}
+
+    def _recent_lookups(self, request: Request) -> tuple[int, Any]:
+        now = self.node.reactor.seconds()
+        lookups = [
+            {**summary, "age": round(now - finished, 3)} for finished, summary in self.lookups
+        ]
+        return 200, {"count": self._lookup_count, "lookups": lookups}
+
+    def _stats(self, request: Request) -> tuple[int, Any]:
+        metrics = self.node.metrics
+        totals = {"sent": 0, "received": 0, "failed": 0}
+        rpcs = []
+        for (direction, kind, outcome), count in sorted(metrics.rpcs.items()):
+            totals[direction] = totals.get(direction, 0) + count  # "sent" or "received"
+            if direction == "sent" and outcome not in ("ok", "cancelled"):
+                totals["failed"] += count
+            rpcs.append({"direction": direction, "type": kind, "outcome": outcome, "count": count})
+        return 200, {
+            "rpcs": totals,
+            "by_type": rpcs,
+            "lookups": {"count": metrics.lookup_count, "seconds": round(metrics.lookup_sum, 6)},
+            "uptime": round(self.node.reactor.seconds() - self.started, 3),
+        }
+
+    def _static(self, path: tuple[bytes, ...], request: Request) -> tuple[int, Any]:
+        name, content_type = STATIC_FILES[path]
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        if name == "index.html":
+            request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY)
+        return 200, (resources.files("txdht") / "static" / name).read_bytes()
 
     def _metrics(self, request: Request) -> tuple[int, Any]:
         engine = self.node.engine
@@ -194,7 +304,14 @@ class APIResource(Resource):
         if failure.check(NotFoundError):
             error = _HTTPError(404, "not_found", failure.getErrorMessage())
         elif failure.check(PutError):
-            error = _HTTPError(503, "put_failed", failure.getErrorMessage())
+            codes = failure.value.codes  # type: ignore[union-attr]
+            code = next(iter(codes)) if len(codes) == 1 else None
+            if code in REFUSED_PUT_STATUS:
+                # Every node refused it for the same reason: say which, as a client error.
+                name = ErrorCode(code).name.lower()
+                error = _HTTPError(REFUSED_PUT_STATUS[code], name, failure.getErrorMessage())
+            else:
+                error = _HTTPError(503, "put_failed", failure.getErrorMessage())
         elif failure.check(ProtocolError):
             code = failure.value.code  # type: ignore[union-attr]
             status = 413 if code == ErrorCode.VALUE_TOO_LARGE else 400

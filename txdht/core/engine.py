@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, accept, mutable_key
-from txdht.core.limits import Limits, RateLimiter
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     MAX_CONTACTS,
@@ -35,6 +34,7 @@ from txdht.core.messages import (
 from txdht.core.routing import K, RoutingTable
 from txdht.core.storage import PublishedItem, StoredItem
 from txdht.interfaces import IStorage
+from txdht.limits import Limits, RateLimiter
 
 __all__ = ["Engine", "Handled", "Seen"]
 

@@ -1,0 +1,415 @@
+"""The dashboard in a real browser: headless Chromium, driven by Selenium, against real nodes.
+
+Five `twistd -n dht` processes on loopback (k = 3, so not every node holds every item) serve
+the page from their real ``APIResource``. The tests open it, count the dots on the clock face,
+put and get through the form, watch a lookup's path appear, stop a node to see the page say so
+and recover, check the phone-width layout, and fail on any error in the browser's console.
+Screenshots go to ``$TXDHT_ARTIFACTS`` (default: the test's tmp_path).
+
+They need Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package (all
+installed by ``.ci/run``); without them they are skipped, saying what is missing. Like the other
+real-process tests they run on the default reactor's pass only, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+
+if TYPE_CHECKING:
+    from selenium.webdriver.chrome.webdriver import WebDriver
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = Path(sys.executable).parent / "twistd"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+START_TIMEOUT = 30.0
+#: Bound on every wait for the page: a few poll periods (1.5 s) plus a lookup.
+PAGE_TIMEOUT = 20.0
+NETWORK_SIZE = 5
+UNREACHABLE = "node unreachable — retrying"
+T = TypeVar("T")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _requirements(request: pytest.FixtureRequest) -> None:
+    """Skip, before any node starts, on the asyncio pass or without a browser to drive."""
+    if request.config.getoption("reactor") != "default":
+        pytest.skip("browser tests run on the default reactor pass only")
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        if not binary.exists():
+            pytest.skip(f"{binary} is missing: apt-get install chromium chromium-driver")
+    pytest.importorskip("selenium", reason="selenium is missing: pip install '.[test]'")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def until(what: str, check: Callable[[], T | None], timeout: float = PAGE_TIMEOUT) -> T:
+    """Poll ``check`` until it returns something other than None or False; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class NodeProcess:
+    """One `twistd -n dht` node with its own data dir, DHT port and HTTP port on loopback."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.http = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The node's HTTP endpoint: the API and the dashboard."""
+        return f"http://127.0.0.1:{self.http}"
+
+    def start(self, seed: NodeProcess | None = None) -> None:
+        """Start the process, joining through ``seed`` if given (else its saved contacts)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(TWISTD), "-n", "--pidfile=", "dht", "--k", "3", "--rpc-timeout", "2"]
+        args += ["--port", f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.data_dir)]
+        args += ["--http", f"tcp:{self.http}:interface=127.0.0.1"]
+        if seed is not None:
+            args += ["--peer", f"127.0.0.1:{seed.port}"]
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with (self.data_dir / "twistd.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.data_dir
+            )
+
+    def api(self, path: str, method: str = "GET", body: bytes | None = None) -> Any:
+        """One JSON answer from the node's API."""
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def wait_ready(self, peers: int = 0) -> None:
+        """Wait (bounded) until the API answers and the node knows at least ``peers`` contacts."""
+
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                log = (self.data_dir / "twistd.log").read_text()[-3000:]
+                raise AssertionError(f"node exited: {log}")
+            try:
+                return int(self.api("/v1/status")["peers"]) >= peers
+            except OSError:
+                return False
+
+        until(f"the node at {self.url}", ready, START_TIMEOUT)
+
+    def kill(self) -> None:
+        """SIGKILL, and wait (bounded) for the process to go."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    """Five node processes joined through the first; all are killed at the end."""
+    base = tmp_path_factory.mktemp("dashboard")
+    nodes = [NodeProcess(base / f"node{i}") for i in range(NETWORK_SIZE)]
+    try:
+        nodes[0].start()
+        nodes[0].wait_ready()
+        for node in nodes[1:]:
+            node.start(seed=nodes[0])
+        for node in nodes:
+            node.wait_ready(peers=1)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """Where screenshots go: $TXDHT_ARTIFACTS, else the test's tmp_path."""
+    where = Path(os.environ.get("TXDHT_ARTIFACTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+class Browser:
+    """A headless Chromium and the console messages it logged so far."""
+
+    def __init__(self, driver: WebDriver) -> None:
+        self.driver = driver
+        self.console: list[dict[str, Any]] = []
+
+    def log(self) -> list[dict[str, Any]]:
+        """Every console entry so far (the driver hands each one out once)."""
+        self.console += self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+        return self.console
+
+    def severe(self, allow_network: bool = False) -> list[dict[str, Any]]:
+        """The SEVERE console entries (without failed requests, when they are expected)."""
+        return [
+            entry
+            for entry in self.log()
+            if entry["level"] == "SEVERE" and not (allow_network and entry["source"] == "network")
+        ]
+
+    def js(self, script: str, *args: Any) -> Any:
+        """Run a script in the page; its result."""
+        return self.driver.execute_script(script, *args)
+
+    def text(self, element_id: str) -> str:
+        """The text of the element with this id ("" if there is none)."""
+        return str(
+            self.js(
+                "const e = document.getElementById(arguments[0]); return e ? e.textContent : ''",
+                element_id,
+            )
+        )
+
+    def count(self, selector: str) -> int:
+        """How many elements match a CSS selector."""
+        return int(self.js("return document.querySelectorAll(arguments[0]).length", selector))
+
+    def open(self, node: NodeProcess) -> None:
+        """Load the node's dashboard and wait until it has drawn the node's contacts once."""
+        self.driver.get(node.url + "/")
+        until("the first update", lambda: "live" in self.text("live"))
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Headless Chromium at 1280x800 (Debian's binaries, named explicitly); quit at the end."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,800",
+        # Nothing but the page under test goes on the network.
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--disable-sync",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--metrics-recording-only",
+        "--disable-features=Translate,OptimizationHints,MediaRouter",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        # A --window-size window has a smaller viewport in new headless: set the viewport.
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
+        driver.set_page_load_timeout(PAGE_TIMEOUT)
+        driver.set_script_timeout(PAGE_TIMEOUT)
+        yield Browser(driver)
+    finally:
+        driver.quit()
+
+
+def hex_key(text: str) -> str | None:
+    """``text`` if it is a 128-character hex key."""
+    return text if re.fullmatch(r"[0-9a-f]{128}", text) else None
+
+
+def test_face_shows_every_contact(
+    network: list[NodeProcess], browser: Browser, artifacts: Path
+) -> None:
+    """The face has one dot per routing table contact, the node itself, and hover details."""
+    node = network[0]
+    browser.open(node)
+
+    def dots_match() -> int | None:
+        peers = len(node.api("/v1/peers")["peers"])
+        return peers if browser.count("#contacts circle.contact") == peers else None
+
+    assert until("one dot per contact", dots_match) >= 1
+    assert browser.count("#self circle.self-dot") == 1
+    status = node.api("/v1/status")
+    until("the panels", lambda: browser.text("stat-peers") == str(status["peers"]))
+    assert browser.js("return document.getElementById('stat-id').title") == status["id"]
+    first = node.api("/v1/peers")["peers"][0]
+    title = browser.js(
+        "return document.querySelector(`#contacts circle[data-id='${arguments[0]}'] title`)"
+        ".textContent",
+        first["id"],
+    )
+    assert first["id"] in title
+    assert f"127.0.0.1:{first['port']}" in title
+    assert "last seen" in title
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    dot = browser.driver.find_element(By.CSS_SELECTOR, f"#contacts circle[data-id='{first['id']}']")
+    ActionChains(browser.driver).move_to_element(dot).perform()
+    until("the hover details", lambda: first["id"] in browser.text("hover"))
+    items = len(node.api("/v1/items")["items"])
+    until("the items", lambda: browser.count("#items rect.item") == items)
+    assert browser.js("return [window.innerWidth, window.innerHeight]") == [1280, 800]
+    assert browser.js("return document.documentElement.scrollWidth") <= 1280
+    for element_id in ("face", "put-form", "get-form"):  # all on the first screen
+        box = browser.js(f"return document.getElementById('{element_id}').getBoundingClientRect()")
+        assert 0 <= box["top"] < box["bottom"] <= 800, element_id
+    browser.driver.save_screenshot(str(artifacts / "dashboard-1280x800.png"))
+    assert not browser.severe(), browser.severe()
+
+
+def test_put_then_get_through_the_form(network: list[NodeProcess], browser: Browser) -> None:
+    """A value put through the form is read back through the form, with its key and copies."""
+    from selenium.webdriver.common.by import By
+
+    browser.open(network[1])
+    find = browser.driver.find_element
+    find(By.ID, "put-name").send_keys("dashboard greeting")
+    find(By.ID, "put-value").send_keys("hello from the browser ☃")
+    find(By.ID, "put-button").click()
+    key = until("the put's key", lambda: hex_key(browser.text("put-key")))
+    stored_on = int(browser.text("put-count"))
+    assert 1 <= stored_on <= 3
+    assert "stored on" in browser.text("put-result")
+    assert find(By.ID, "get-key").get_attribute("value") == key
+    find(By.ID, "get-button").click()
+    until("the value", lambda: browser.text("get-value") == "hello from the browser ☃")
+    with urllib.request.urlopen(f"{network[3].url}/v1/keys/{key}", timeout=10) as answer:
+        assert answer.read().decode() == "hello from the browser ☃"
+    assert not browser.severe(), browser.severe()
+
+
+def test_get_draws_the_lookup_path(network: list[NodeProcess], browser: Browser) -> None:
+    """A get for a key held elsewhere shows its lookup: listed, and drawn as lines on the face."""
+    from selenium.webdriver.common.by import By
+
+    viewer, writer = network[2], network[4]
+    held = {item["key"] for item in viewer.api("/v1/items")["items"]}
+    for attempt in range(40):
+        key = writer.api(f"/v1/names/elsewhere-{attempt}", "PUT", f"far {attempt}".encode())["key"]
+        if key not in held and key not in {i["key"] for i in viewer.api("/v1/items")["items"]}:
+            break
+    else:
+        pytest.fail("every key landed on the viewing node")
+    before = viewer.api("/v1/lookups")["count"]
+    browser.open(viewer)
+    find = browser.driver.find_element
+    find(By.ID, "get-key").send_keys(key)
+    find(By.ID, "get-button").click()
+    until("the value", lambda: browser.text("get-value") == f"far {attempt}")
+    lookup = viewer.api("/v1/lookups")["lookups"][0]
+    assert lookup["number"] > before
+    assert (lookup["kind"], lookup["target"], lookup["found"]) == ("find_value", key, True)
+    selector = f"#paths g.path[data-lookup='{lookup['number']}']"
+    until(
+        "the lookup in the list",
+        lambda: browser.count(f"#lookup-list li[data-number='{lookup['number']}']") == 1,
+    )
+    until(
+        "the path on the face",
+        lambda: browser.count(f"{selector}:not(.old) line.hop") == lookup["hops"],
+    )
+    assert lookup["hops"] >= 1
+    assert browser.count(f"{selector} line.hop.answered") >= 1
+    assert browser.count(f"{selector} path.target") == 1
+    listed = browser.js(
+        "return document.querySelector(`#lookup-list li[data-number='${arguments[0]}']`)"
+        ".textContent",
+        lookup["number"],
+    )
+    assert f"{lookup['hops']} hops" in listed
+    assert "found" in listed
+    assert not browser.severe(), browser.severe()
+
+
+def test_narrow_width_stacks_without_horizontal_scroll(
+    network: list[NodeProcess], browser: Browser, artifacts: Path
+) -> None:
+    """At a phone's 390x844 the panels stack under the face and nothing scrolls sideways."""
+    browser.driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+    node = network[3]
+    browser.open(node)
+    peers = len(node.api("/v1/peers")["peers"])
+    until("the dots", lambda: browser.count("#contacts circle.contact") == peers)
+    assert browser.js("return window.innerWidth") == 390
+    assert browser.js("return document.documentElement.scrollWidth") <= 390
+    assert browser.js("return document.body.scrollWidth") <= 390
+    face = browser.js("return document.getElementById('face').getBoundingClientRect().toJSON()")
+    side = browser.js("return document.querySelector('.side').getBoundingClientRect().toJSON()")
+    assert side["top"] >= face["bottom"]  # stacked, not side by side
+    assert 300 <= face["width"] <= 390
+    wide = browser.js(
+        "return [...document.querySelectorAll('body *')]"
+        ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)"
+        ".map(e => e.tagName + '#' + e.id + '.' + e.className)"
+    )
+    assert wide == []
+    browser.driver.save_screenshot(str(artifacts / "dashboard-390x844.png"))
+    assert not browser.severe(), browser.severe()
+
+
+def test_unreachable_node_then_recovery(tmp_path: Path, browser: Browser) -> None:
+    """When the node stops answering the page says so and keeps trying; it recovers after."""
+    node = NodeProcess(tmp_path / "solo")
+    try:
+        node.start()
+        node.wait_ready()
+        browser.open(node)
+        assert browser.js("return document.getElementById('unreachable').hidden") is True
+        node.kill()
+
+        def banner() -> bool:
+            shown = browser.js(
+                "const b = document.getElementById('unreachable');"
+                "return !b.hidden && b.getBoundingClientRect().height > 0"
+            )
+            return bool(shown) and browser.text("unreachable") == UNREACHABLE
+
+        until("the unreachable message", banner)
+        assert browser.js("return document.body.classList.contains('offline')") is True
+        node.start()  # same ports, same data dir: the same node comes back
+        node.wait_ready()
+        until(
+            "the recovery",
+            lambda: browser.js("return document.getElementById('unreachable').hidden"),
+        )
+        until("fresh data", lambda: "live" in browser.text("live"))
+        assert browser.js("return document.body.classList.contains('offline')") is False
+        # Refused connections are logged by the browser itself; the page's code logged nothing.
+        assert not browser.severe(allow_network=True), browser.severe(allow_network=True)
+    finally:
+        node.kill()
