@@ -543,7 +543,7 @@ class Node:
         """A peer's request came in on ``protocol``: answer it (or refuse it, if it is over
         its rate)."""
         now = self.reactor.seconds()
-        verdict = self.engine.admit(peer_key(protocol.host, protocol.peer_port), now)
+        verdict = self.engine.rate_limiter.check(peer_key(protocol.host, protocol.peer_port), now)
         if verdict != Verdict.SERVE:
             self.metrics.rpc("received", request.TYPE, verdict)
             if verdict == Verdict.REFUSE:

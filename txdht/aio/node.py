@@ -558,7 +558,9 @@ class Node:
     def request_received(self, protocol: NetstringProtocol, request: Message) -> None:
         """A peer's request came in on ``protocol``: answer it (or refuse it, if it is over
         its rate)."""
-        verdict = self.engine.admit(peer_key(protocol.host, protocol.peer_port), self.now())
+        verdict = self.engine.rate_limiter.check(
+            peer_key(protocol.host, protocol.peer_port), self.now()
+        )
         if verdict != Verdict.SERVE:
             self.metrics.rpc("received", request.TYPE, verdict)
             if verdict == Verdict.REFUSE:

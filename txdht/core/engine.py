@@ -2,7 +2,7 @@
 
 The engine owns the routing table and the store. A shell hands it each decoded request with the
 host it came from and the time, and sends back the reply the engine returns; it tells the engine
-when a peer answered (``replied``) or failed (``failed``) one of our requests; it starts lookups
+when a peer answered (``seen``) or failed (``failed``) one of our requests; it starts lookups
 with ``lookup``. Whenever the routing table wants a contact pinged before evicting it, the engine
 returns that contact and the shell pings it, reporting the outcome like any other request.
 """
@@ -14,23 +14,11 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from txdht.core import messages as m
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, accept, mutable_key
 from txdht.core.lookup import ALPHA, IterativeLookup
-from txdht.core.messages import (
-    MAX_CONTACTS,
-    Error,
-    FindNode,
-    FindValue,
-    Message,
-    Nodes,
-    Ok,
-    Ping,
-    Pong,
-    Store,
-    Value,
-)
 from txdht.core.routing import K, RoutingTable
 from txdht.core.storage import PublishedItem, StoredItem
 from txdht.interfaces import IStorage
@@ -52,7 +40,7 @@ class Seen:
 class Handled:
     """The outcome of one request: the reply to send, and what hearing from the sender asks."""
 
-    reply: Message
+    reply: m.Message
     seen: Seen
 
 
@@ -70,8 +58,8 @@ class Engine:
         max_value: int = MAX_VALUE_BYTES,
         limits: Limits | None = None,
     ) -> None:
-        if not 1 <= k <= MAX_CONTACTS:
-            raise ValueError(f"k must be from 1 to {MAX_CONTACTS} (what a nodes reply may carry)")
+        if not 1 <= k <= m.MAX_CONTACTS:
+            raise ValueError(f"k must be from 1 to {m.MAX_CONTACTS} (what a nodes reply may carry)")
         if alpha < 1:
             raise ValueError("alpha must be at least 1")
         self.identity = identity
@@ -88,13 +76,13 @@ class Engine:
         self._count_publishers()
         self._rids = itertools.count(1)
 
-    def message(self, cls: type[Message], rid: int | None = None, **fields: object) -> Message:
+    def message(self, cls: type[m.Message], rid: int | None = None, **fields: object) -> m.Message:
         """A message from this node; a request gets a fresh request id."""
         if rid is None:
             rid = next(self._rids)
         return cls(rid=rid, sender=self.id, port=self.port, **fields)
 
-    def handle(self, request: Message, host: str, now: float) -> Handled:
+    def handle(self, request: m.Message, host: str, now: float) -> Handled:
         """Answer ``request``, which came from ``host``; peers' mistakes become error replies."""
         seen = Seen()
         if request.port and request.sender != self.id:
@@ -132,28 +120,28 @@ class Engine:
                 records.append(record)
         return records
 
-    def error(self, rid: int, code: ErrorCode, text: str) -> Message:
+    def error(self, rid: int, code: ErrorCode, text: str) -> m.Message:
         """An error reply."""
-        return self.message(Error, rid, code=int(code), message=text)
+        return self.message(m.Error, rid, code=int(code), message=text)
 
-    def _answer(self, request: Message, now: float) -> Message:
+    def _answer(self, request: m.Message, now: float) -> m.Message:
         rid = request.rid
-        if isinstance(request, Ping):
-            return self.message(Pong, rid)
-        if isinstance(request, Store):
+        if isinstance(request, m.Ping):
+            return self.message(m.Pong, rid)
+        if isinstance(request, m.Store):
             self.store(request.item, request.ttl, now, request.cas)
-            return self.message(Ok, rid)
-        if isinstance(request, FindValue):
+            return self.message(m.Ok, rid)
+        if isinstance(request, m.FindValue):
             item = self.get(request.key, now)
             if item is not None:
-                return self.message(Value, rid, item=item)
+                return self.message(m.Value, rid, item=item)
             return self._nodes(rid, request.key, request.sender)
-        if isinstance(request, FindNode):
+        if isinstance(request, m.FindNode):
             return self._nodes(rid, request.target, request.sender)
         raise ProtocolError(ErrorCode.UNEXPECTED, f"a {request.TYPE!r} message is not a request")
 
-    def _nodes(self, rid: int, target: int, asker: int) -> Message:
-        return self.message(Nodes, rid, nodes=tuple(self.routing.closest(target, exclude=asker)))
+    def _nodes(self, rid: int, target: int, asker: int) -> m.Message:
+        return self.message(m.Nodes, rid, nodes=tuple(self.routing.closest(target, exclude=asker)))
 
     def store(self, item: Item, ttl: float, now: float, cas: int | None = None) -> None:
         """Keep ``item`` for ``ttl`` seconds if it verifies and may replace what is stored;
@@ -168,12 +156,11 @@ class Engine:
         accept(stored.item if stored else None, item)
         if stored is None:
             self._check_quota(item)
+            self._by_publisher[item.public_key or b""] += 1
         expires = now + min(ttl, MAX_TTL)
         if stored is not None and stored.item == item:
             expires = max(expires, stored.expires_at)
         self.storage.put(StoredItem(item, expires))
-        if stored is None:
-            self._by_publisher[item.public_key or b""] += 1
 
     def _check_quota(self, item: Item) -> None:
         limits = self.limits
@@ -181,10 +168,8 @@ class Engine:
             raise ProtocolError(ErrorCode.STORAGE_FULL, f"this node holds {limits.max_items} items")
         held = self._by_publisher[item.public_key or b""]
         if item.public_key is not None and held >= limits.max_items_per_publisher:
-            raise ProtocolError(
-                ErrorCode.STORAGE_FULL,
-                f"this node holds {held} items of this publisher, the most it accepts",
-            )
+            text = f"this node holds {held} items of this publisher, the most it accepts"
+            raise ProtocolError(ErrorCode.STORAGE_FULL, text)
 
     def expire(self, now: float) -> int:
         """Drop expired items; return how many."""
@@ -195,10 +180,6 @@ class Engine:
 
     def _count_publishers(self) -> None:
         self._by_publisher = Counter(r.item.public_key or b"" for r in self.storage.records())
-
-    def admit(self, peer: object, now: float) -> str:
-        """Whether to serve, refuse or drop a request from ``peer`` (see ``core.limits``)."""
-        return self.rate_limiter.check(peer, now)
 
     def get(self, key: int, now: float) -> Item | None:
         """The item stored here under ``key``, if it has not expired."""

@@ -127,24 +127,24 @@ def _encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _bad(text: str, code: ErrorCode = ErrorCode.BAD_FIELD) -> ProtocolError:
+    return ProtocolError(code, text)
+
+
 def _field(obj: dict[str, object], name: str) -> object:
     if name not in obj:
-        raise ProtocolError(ErrorCode.MISSING_FIELD, f"the item has no {name!r} field")
+        raise _bad(f"the item has no {name!r} field", ErrorCode.MISSING_FIELD)
     return obj[name]
 
 
 def _decode(obj: dict[str, object], name: str) -> bytes:
     text = _field(obj, name)
     if not isinstance(text, str):
-        raise ProtocolError(
-            ErrorCode.BAD_FIELD, f"the item's {name!r} must be a base64 string, not {text!r:.40}"
-        )
+        raise _bad(f"the item's {name!r} must be a base64 string, not {text!r:.40}")
     try:
         return base64.b64decode(text, validate=True)
     except ValueError:  # binascii.Error for bad data, ValueError for non-ASCII text
-        raise ProtocolError(
-            ErrorCode.BAD_FIELD, f"the item's {name!r} is not valid base64: {text!r:.40}"
-        ) from None
+        raise _bad(f"the item's {name!r} is not valid base64: {text!r:.40}") from None
 
 
 @dataclass(frozen=True)
@@ -188,21 +188,17 @@ class Item:
     def verify(self, max_value: int = MAX_VALUE_BYTES) -> None:
         """Check the item is well formed and, if mutable, signed by its key; else ProtocolError."""
         if len(self.value) > max_value:
-            raise ProtocolError(
+            size = len(self.value)
+            raise _bad(
+                f"the value is {size} bytes, over the {max_value} accepted",
                 ErrorCode.VALUE_TOO_LARGE,
-                f"the value is {len(self.value)} bytes long, more than the {max_value} accepted",
             )
         if self.public_key is None:
             if self.name is not None or self.signature is not None or self.seq != 0:
-                raise ProtocolError(
-                    ErrorCode.BAD_FIELD,
-                    "an item without a public key is a blob and has no name, seq or signature",
-                )
+                raise _bad("an item without a public key is a blob: no name, seq or signature")
             return
         if self.name is None or self.signature is None:
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD, "a mutable item needs both a name and a signature"
-            )
+            raise _bad("a mutable item needs both a name and a signature")
         problem = (
             _size_problem("public key", self.public_key, PUBLIC_KEY_BYTES)
             or _size_problem("signature", self.signature, SIGNATURE_BYTES)
@@ -210,16 +206,13 @@ class Item:
             or _seq_problem(self.seq)
         )
         if problem is not None:
-            raise ProtocolError(ErrorCode.BAD_FIELD, problem)
+            raise _bad(problem)
         payload = signed_payload(self.name, self.seq, self.value)
         try:
             Ed25519PublicKey.from_public_bytes(self.public_key).verify(self.signature, payload)
         except InvalidSignature:
-            raise ProtocolError(
-                ErrorCode.BAD_SIGNATURE,
-                f"the signature of item {self.name!r:.60} (seq {self.seq}) "
-                "does not match its public key",
-            ) from None
+            text = f"the signature of item {self.name!r:.60} (seq {self.seq}) is not its key's"
+            raise _bad(text, ErrorCode.BAD_SIGNATURE) from None
 
     def verify_for(self, key: int, max_value: int = MAX_VALUE_BYTES) -> None:
         """``verify`` the item, then check it is the one stored under ``key`` (KEY_MISMATCH).
@@ -228,9 +221,7 @@ class Item:
         """
         self.verify(max_value)
         if self.key != key:
-            raise ProtocolError(
-                ErrorCode.KEY_MISMATCH, "the item returned is not the one stored under that key"
-            )
+            raise _bad("the item returned is not the one under that key", ErrorCode.KEY_MISMATCH)
 
     def to_json(self) -> dict[str, object]:
         """The wire form: base64 bytes, with the mutable fields only when they are set."""
@@ -252,20 +243,16 @@ class Item:
         Unknown keys are ignored.
         """
         if not isinstance(obj, dict):
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"an item is a JSON object, not {obj!r:.40}")
+            raise _bad(f"an item is a JSON object, not {obj!r:.40}")
         value = _decode(obj, "value")
         if not any(field in obj for field in _MUTABLE_FIELDS):
             return Item(value)
         public_key = _decode(obj, "public_key")
         name, seq = _field(obj, "name"), _field(obj, "seq")
         if not isinstance(name, str):
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD, f"the item's name must be a string: {name!r:.40}"
-            )
+            raise _bad(f"the item's name must be a string: {name!r:.40}")
         if isinstance(seq, bool) or not isinstance(seq, int):
-            raise ProtocolError(
-                ErrorCode.BAD_FIELD, f"the item's seq must be an integer: {seq!r:.40}"
-            )
+            raise _bad(f"the item's seq must be an integer: {seq!r:.40}")
         return Item(value, public_key, name, seq, _decode(obj, "signature"))
 
 

@@ -202,16 +202,20 @@ def decode(data: bytes) -> Message:
     # From here on a broken message is known to be a reply or a request: the shell must not
     # answer a broken reply with an error reply, but fail the request that awaits it.
     fields.in_reply = cls in REPLY_TYPES
-    head = {
-        "rid": fields.int_in("rid", 0, MAX_REQUEST_ID),
-        "sender": fields.id("sender"),
-        "port": fields.int_in("port", 0, 65535),
-    }
-    return cls(**head, **_BODY_PARSERS[kind](fields))
+    rid, sender = fields.int_in("rid", 0, MAX_REQUEST_ID), fields.id("sender")
+    port = fields.int_in("port", 0, 65535)
+    return cls(rid=rid, sender=sender, port=port, **_BODY_PARSERS.get(kind, _no_body)(fields))
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: JSON has one number type: an int field takes no bool (nor float), a float field takes ints.
+_TYPE_CHECKS: dict[type, Callable[[object], bool]] = {
+    int: _is_int,
+    float: lambda v: _is_int(v) or isinstance(v, float),
+}
 
 
 class _Fields:
@@ -229,13 +233,8 @@ class _Fields:
         if name not in self.obj:
             self.fail(ErrorCode.MISSING_FIELD, f"field {name!r} is missing")
         value = self.obj[name]
-        if kind is int:
-            ok = _is_int(value)
-        elif kind is float:
-            ok = _is_int(value) or isinstance(value, float)
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
+        check = _TYPE_CHECKS.get(kind)
+        if not (check(value) if check else isinstance(value, kind)):
             self.fail(ErrorCode.BAD_FIELD, f"field {name!r} must be a {kind.__name__}")
         return value
 
@@ -286,10 +285,12 @@ def _error_body(f: _Fields) -> dict[str, Any]:
     return {"code": f.get("code", int), "message": f.get("message", str)[:MAX_ERROR_TEXT]}
 
 
+def _no_body(f: _Fields) -> dict[str, Any]:
+    return {}
+
+
+#: How to read each type's body (ping, pong and ok have none).
 _BODY_PARSERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
-    "ping": lambda f: {},
-    "pong": lambda f: {},
-    "ok": lambda f: {},
     "store": _store_body,
     "find_node": lambda f: {"target": f.id("target")},
     "find_value": lambda f: {"key": f.id("key")},
