@@ -240,7 +240,7 @@ async def test_txdht_errors_pass_through(reactor: Any) -> None:
                 await nodes[1].get(MISSING)
             with pytest.raises(ValueError, match="lowercase hex"):
                 await nodes[1].get("not a key")
-            with pytest.raises(ProtocolError, match="more than the 10 accepted"):
+            with pytest.raises(ProtocolError, match="over the 10 accepted"):
                 await nodes[1].put_blob(b"eleven byte")
         finally:
             await stop_all(nodes)
