@@ -1,0 +1,276 @@
+"""The measures, written once against a "shell" (see ``benchmarks.shells``) and run on any loop.
+
+Each measure is a coroutine taking a shell and the parameters of one configuration, and
+returning a flat dict of metrics (JSON-ready). Every load phase is bounded in count and in time
+(``benchmarks.common.drive``), every wait has a deadline, and every socket is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import pstats
+import random
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks.common import drive, open_fds, rss_kib
+
+__all__ = ["memory", "network", "profile", "rpc", "serving"]
+
+
+async def rpc(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Ping round trips between two endpoints on one loop, at one concurrency."""
+    ping, close = await shell.rpc_pair()
+    concurrency = int(params["concurrency"])
+    try:
+
+        async def op(index: int) -> bool:
+            await ping()
+            return True
+
+        await drive(
+            op,
+            shell.gather,
+            count=10**9,
+            concurrency=concurrency,
+            duration=float(params["warmup"]),
+        )
+        result = await drive(
+            op,
+            shell.gather,
+            count=int(params["max_ops"]),
+            concurrency=concurrency,
+            duration=float(params["duration"]),
+        )
+    finally:
+        await close()
+    return {"concurrency": concurrency, **result}
+
+
+async def serving(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """find_node replies per second from one server, driven by a pipelining raw client process."""
+    port, served, close = await shell.serving_server(int(params["contacts"]))
+    before = served()
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.rawclient",
+        "--port",
+        str(port),
+        "--connections",
+        str(params["connections"]),
+        "--in-flight",
+        str(params["in_flight"]),
+        "--warmup",
+        str(params["warmup"]),
+        "--duration",
+        str(params["duration"]),
+    ]
+    limit = time.monotonic() + float(params["warmup"]) + float(params["duration"]) + 30.0
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while client.poll() is None and time.monotonic() < limit:
+            await shell.sleep(0.05)
+        if client.poll() is None:
+            client.kill()
+            raise RuntimeError("the raw client did not finish in time")
+        out, err = client.communicate(timeout=10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=10)
+        await close()
+    if client.returncode != 0:
+        raise RuntimeError(f"the raw client failed: {err.decode(errors='replace')[-500:]}")
+    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    report["server_replies"] = served() - before
+    return report
+
+
+async def _build(shell: Any, count: int, k: int, light: bool) -> tuple[list[Any], float, bool]:
+    """``count`` nodes joined one after another through the first; returns the nodes, the
+    seconds the joins (and the shell's settling, for OpenDHT) took, and whether it settled."""
+    nodes = [await shell.new_node(k)]
+    seed = ("127.0.0.1", shell.port(nodes[0]))
+    started = time.perf_counter()
+    for _ in range(count - 1):
+        node = await shell.new_node(k)
+        nodes.append(node)
+        await (shell.light_join(node, seed) if light else shell.join(node, seed))
+    settled = await shell.settle(nodes)
+    return nodes, time.perf_counter() - started, settled
+
+
+async def network(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """A loopback network in one process: join, then put and get, sequential and concurrent.
+
+    Gets are issued from nodes that do not hold the key (a get that could only be served
+    locally is counted in ``get_local``), and every get is checked: it succeeds when it
+    returns exactly the value put.
+    """
+    count, k = int(params["nodes"]), int(params["k"])
+    rng = random.Random(int(params.get("seed", 0)))
+    rss_before = rss_kib()
+    nodes, join_s, settled = await _build(shell, count, k, light=False)
+    rss_after = rss_kib()
+    result: dict[str, Any] = {
+        "nodes": count,
+        "k": shell.replicas(k),
+        "join_s": join_s,
+        "join_settled": settled,
+        "rss_per_node_kib": (rss_after - rss_before) / count,
+        "open_fds": open_fds(),
+        "concurrency": int(params["concurrency"]),
+    }
+    profiler = cProfile.Profile() if params.get("profile_path") else None
+    tally = {"gets_ok": 0, "gets": 0, "local": 0}
+    try:
+        for phase, concurrency in (("seq", 1), ("conc", int(params["concurrency"]))):
+            result.update(
+                await _phase(shell, nodes, params, phase, concurrency, rng, tally, profiler)
+            )
+    finally:
+        await shell.stop_all(nodes)
+    result["get_success"] = tally["gets_ok"] / tally["gets"] if tally["gets"] else 0.0
+    result["get_local"] = tally["local"]
+    result["msgs_per_put"] = _mean(result["msgs_per_put_seq"], result["msgs_per_put_conc"])
+    result["msgs_per_get"] = _mean(result["msgs_per_get_seq"], result["msgs_per_get_conc"])
+    if profiler is not None:
+        _write_profile(profiler, str(params["profile_path"]), params)
+    return result
+
+
+async def _phase(
+    shell: Any,
+    nodes: list[Any],
+    params: dict[str, Any],
+    phase: str,
+    concurrency: int,
+    rng: random.Random,
+    tally: dict[str, int],
+    profiler: cProfile.Profile | None,
+) -> dict[str, Any]:
+    """``ops`` puts from random nodes, then a get of each stored value from a random node that
+    does not hold it; at ``concurrency``. Returns the phase's metrics, suffixed by ``phase``."""
+    ops, count = int(params["ops"]), len(nodes)
+    values = [rng.randbytes(int(params["value_size"])) for _ in range(ops)]
+    writers = [rng.randrange(count) for _ in range(ops)]
+    keys: list[str | None] = [None] * ops
+    timeout = float(params["phase_timeout"])
+
+    async def put_op(i: int) -> Any:
+        key, finished = await shell.put(nodes[writers[i]], values[i])
+        keys[i] = key
+        return True if finished is None else (True, finished)
+
+    await shell.quiesce()
+    sent = shell.sent_total(nodes)
+    if profiler is not None:
+        profiler.enable()
+    put = await drive(put_op, shell.gather, count=ops, concurrency=concurrency, duration=timeout)
+    if profiler is not None:
+        profiler.disable()
+    await shell.quiesce()
+    put_msgs = _per_op(shell.sent_total(nodes), sent, put["count"])
+
+    stored = [i for i in range(ops) if keys[i] is not None]
+    readers = []
+    for i in stored:
+        others = [j for j, node in enumerate(nodes) if not shell.holds(node, keys[i])]
+        if others:
+            readers.append(rng.choice(others))
+        else:
+            tally["local"] += 1
+            readers.append(rng.randrange(count))
+
+    async def get_op(n: int) -> Any:
+        i = stored[n]
+        value, finished = await shell.get(nodes[readers[n]], keys[i])
+        success = value == values[i]
+        return success if finished is None else (success, finished)
+
+    sent = shell.sent_total(nodes)
+    if profiler is not None:
+        profiler.enable()
+    get = await drive(
+        get_op, shell.gather, count=len(stored), concurrency=concurrency, duration=timeout
+    )
+    if profiler is not None:
+        profiler.disable()
+    await shell.quiesce()
+    get_msgs = _per_op(shell.sent_total(nodes), sent, get["count"])
+    tally["gets_ok"] += get["ok"]
+    tally["gets"] += get["count"]
+    result: dict[str, Any] = {}
+    for name, measured, wanted in (("put", put, ops), ("get", get, len(stored))):
+        result[f"{name}_{phase}_ops_per_s"] = measured["ops_per_s"]
+        result[f"{name}_{phase}_p50_ms"] = measured["p50_ms"]
+        result[f"{name}_{phase}_p99_ms"] = measured["p99_ms"]
+        result[f"{name}_{phase}_count"] = measured["count"]
+        result[f"{name}_{phase}_failed"] = measured["failed"]
+        # Operations not started before the phase's time ran out (a slow contender's).
+        result[f"{name}_{phase}_not_started"] = wanted - measured["count"]
+    result[f"msgs_per_put_{phase}"] = put_msgs
+    result[f"msgs_per_get_{phase}"] = get_msgs
+    return result
+
+
+def _per_op(after: int | None, before: int | None, ops: int) -> float | None:
+    if after is None or before is None or not ops:
+        return None
+    return (after - before) / ops
+
+
+def _mean(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return (a + b) / 2
+
+
+def _write_profile(profiler: cProfile.Profile, path: str, params: dict[str, Any]) -> None:
+    out = io.StringIO()
+    out.write(
+        f"cProfile of the put and get phases (sequential and at concurrency "
+        f"{params['concurrency']}, {params['ops']} operations each) on a {params['nodes']}-node "
+        "twisted-epoll network in one process.\n\n"
+        "== top 15 by cumulative time ==\n"
+    )
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(15)
+    out.write("\n== top 15 by own time (tottime) ==\n")
+    stats.sort_stats("tottime").print_stats(15)
+    out.write("\n== top 15 functions of txdht by cumulative time ==\n")
+    stats.sort_stats("cumulative").print_stats(r"txdht[/\\]", 15)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(out.getvalue())
+
+
+async def profile(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The network workload under cProfile; the statistics go to ``params['profile_path']``."""
+    result = await network(shell, params)
+    return {"profile_path": params["profile_path"], **result}
+
+
+async def memory(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """RSS per idle node: the process's RSS before and after creating and joining N nodes."""
+    count, k = int(params["nodes"]), int(params["k"])
+    light = params.get("join", "light") == "light"
+    before = rss_kib()
+    nodes, join_s, settled = await _build(shell, count, k, light=light)
+    after = rss_kib()
+    fds = open_fds()
+    await shell.stop_all(nodes)
+    return {
+        "nodes": count,
+        "join": "light" if light else "full",
+        "join_s": join_s,
+        "join_settled": settled,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "rss_per_node_kib": (after - before) / count,
+        "open_fds": fds,
+    }

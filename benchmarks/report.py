@@ -1,0 +1,654 @@
+"""Medians, ratios, targets, and the JSON, Markdown and PNG outputs of one benchmark run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks import CONTENDERS, FLOOR_OF, FLOORS, OURS
+
+__all__ = ["TARGETS", "build", "markdown", "targets", "write"]
+
+#: The issue's targets, as (id, text).
+TARGETS = (
+    ("ping-p50-vs-floor", "ping p50 at concurrency 1 at most 1.5x the floor of the same loop"),
+    ("uvloop-2x-twisted", "uvloop twin at least 2x twisted-epoll's ping throughput at c=1"),
+    ("serving-15k", "at least 15,000 find_node replies per second from one node"),
+    (
+        "ahead-of-kademlia",
+        "ahead of kademlia on put and get throughput and p50 latency (50 nodes), "
+        "with 100% get success",
+    ),
+    ("stretch-half-opendht", "stretch: at least half of OpenDHT's put and get throughput"),
+)
+
+
+def _median(values: list[Any]) -> Any:
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers and len(numbers) == len(values):
+        return statistics.median(numbers)
+    if values and all(isinstance(v, bool) for v in values):
+        return all(values)
+    return values[0] if values else None
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of every metric over the successful runs (a boolean: all of them)."""
+    good = [r["metrics"] for r in runs if r.get("ok")]
+    names: list[str] = []
+    for metrics in good:
+        names += [n for n in metrics if n not in names]
+    merged = {name: _median([m[name] for m in good if m.get(name) is not None]) for name in names}
+    merged["runs_ok"] = len(good)
+    merged["runs"] = len(runs)
+    return merged
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return None
+    return float(a) / float(b)
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Ratios to the floor of the same loop (rpc, serving) and to OpenDHT (network, memory)."""
+    out: dict[str, dict[str, Any]] = {}
+    opendht = results.get("opendht", {})
+    for contender, measures in results.items():
+        mine: dict[str, Any] = {}
+        floor = results.get(FLOOR_OF.get(contender, ""), {})
+        for rpc in ("rpc-c1", "rpc-c32"):
+            ours, base = measures.get(rpc, {}), floor.get(rpc, {})
+            if ours and base:
+                mine[rpc] = {
+                    "floor": FLOOR_OF[contender],
+                    "ops_vs_floor": _ratio(ours.get("ops_per_s"), base.get("ops_per_s")),
+                    "p50_vs_floor": _ratio(ours.get("p50_ms"), base.get("p50_ms")),
+                    "p99_vs_floor": _ratio(ours.get("p99_ms"), base.get("p99_ms")),
+                }
+        ours, base = measures.get("serving", {}), floor.get("serving", {})
+        if ours and base:
+            mine["serving"] = {
+                "floor": FLOOR_OF[contender],
+                "replies_vs_floor": _ratio(ours.get("replies_per_s"), base.get("replies_per_s")),
+            }
+        net, base = measures.get("network", {}), opendht.get("network", {})
+        if net and base and contender != "opendht":
+            mine["network"] = {
+                f"{name}_vs_opendht": _ratio(net.get(name), base.get(name))
+                for name in (
+                    "put_seq_ops_per_s",
+                    "get_seq_ops_per_s",
+                    "put_conc_ops_per_s",
+                    "get_conc_ops_per_s",
+                    "put_seq_p50_ms",
+                    "get_seq_p50_ms",
+                    "put_conc_p50_ms",
+                    "get_conc_p50_ms",
+                    "rss_per_node_kib",
+                )
+            }
+        mem, base = measures.get("memory", {}), opendht.get("memory", {})
+        if mem and base and contender != "opendht":
+            mine["memory"] = {
+                "rss_per_node_vs_opendht": _ratio(
+                    mem.get("rss_per_node_kib"), base.get("rss_per_node_kib")
+                )
+            }
+        if mine:
+            out[contender] = mine
+    return out
+
+
+def _target(
+    ident: str, contender: str, value: float | None, threshold: str, met: bool | None, detail: str
+) -> dict[str, Any]:
+    status = "n/a" if met is None else "met" if met else "missed"
+    return {
+        "id": ident,
+        "contender": contender,
+        "value": value,
+        "threshold": threshold,
+        "status": status,
+        "detail": detail,
+    }
+
+
+def targets(results: dict[str, dict[str, Any]], rat: dict[str, dict[str, Any]]) -> list[Any]:
+    """Every target, per contender where it applies, as met, missed or n/a (no data)."""
+    found = []
+    for contender in OURS:
+        if contender not in results:
+            continue
+        r = rat.get(contender, {}).get("rpc-c1", {}).get("p50_vs_floor")
+        found.append(
+            _target(
+                "ping-p50-vs-floor",
+                contender,
+                r,
+                "<= 1.5x",
+                None if r is None else r <= 1.5,
+                f"p50 {_x(r, '.2f')} {FLOOR_OF[contender]}'s",
+            )
+        )
+    uv = results.get("uvloop", {}).get("rpc-c1", {}).get("ops_per_s")
+    tw = results.get("twisted-epoll", {}).get("rpc-c1", {}).get("ops_per_s")
+    r = _ratio(uv, tw)
+    if "uvloop" in results or "twisted-epoll" in results:
+        found.append(
+            _target(
+                "uvloop-2x-twisted",
+                "uvloop",
+                r,
+                ">= 2x",
+                None if r is None else r >= 2.0,
+                f"{_fmt(uv, ',.0f')} vs {_fmt(tw, ',.0f')} pings/s",
+            )
+        )
+    for contender in OURS:
+        replies = results.get(contender, {}).get("serving", {}).get("replies_per_s")
+        if contender in results:
+            found.append(
+                _target(
+                    "serving-15k",
+                    contender,
+                    replies,
+                    ">= 15,000/s",
+                    None if replies is None else replies >= 15000,
+                    f"{_fmt(replies, ',.0f')} replies/s ({_x(_ratio(replies, 15000), '.2f')})",
+                )
+            )
+    kad = results.get("kademlia", {}).get("network", {})
+    od = results.get("opendht", {}).get("network", {})
+    for contender in OURS:
+        net = results.get(contender, {}).get("network", {})
+        if contender not in results:
+            continue
+        found.append(_versus_kademlia(contender, net, kad))
+        found.append(_versus_opendht(contender, net, od))
+    return found
+
+
+def _versus_kademlia(contender: str, net: dict[str, Any], kad: dict[str, Any]) -> dict[str, Any]:
+    """Ahead on every throughput (ours / kademlia > 1) and every p50 (kademlia / ours > 1)."""
+    if not net or not kad:
+        return _target("ahead-of-kademlia", contender, None, "> 1x", None, "no data")
+    margins = {}
+    for op in ("put", "get"):
+        for phase in ("seq", "conc"):
+            margins[f"{op} {phase} ops"] = _ratio(
+                net.get(f"{op}_{phase}_ops_per_s"), kad.get(f"{op}_{phase}_ops_per_s")
+            )
+            margins[f"{op} {phase} p50"] = _ratio(
+                kad.get(f"{op}_{phase}_p50_ms"), net.get(f"{op}_{phase}_p50_ms")
+            )
+    known = [v for v in margins.values() if v is not None]
+    if not known:
+        return _target("ahead-of-kademlia", contender, None, "> 1x", None, "no data")
+    worst_name = min((k for k, v in margins.items() if v is not None), key=lambda k: margins[k])
+    worst = margins[worst_name]
+    success = net.get("get_success")
+    met = all(v > 1 for v in known) and success == 1.0
+    detail = (
+        f"worst margin {_x(worst, '.2f')} ({worst_name}); get success "
+        f"{_fmt(success, '.1%')}; " + ", ".join(f"{k} {_x(v, '.2f')}" for k, v in margins.items())
+    )
+    return _target("ahead-of-kademlia", contender, worst, "> 1x", met, detail)
+
+
+def _versus_opendht(contender: str, net: dict[str, Any], od: dict[str, Any]) -> dict[str, Any]:
+    if not net or not od:
+        return _target("stretch-half-opendht", contender, None, ">= 0.5x", None, "no data")
+    margins = {
+        f"{op} {phase}": _ratio(
+            net.get(f"{op}_{phase}_ops_per_s"), od.get(f"{op}_{phase}_ops_per_s")
+        )
+        for op in ("put", "get")
+        for phase in ("seq", "conc")
+    }
+    known = {k: v for k, v in margins.items() if v is not None}
+    if not known:
+        return _target("stretch-half-opendht", contender, None, ">= 0.5x", None, "no data")
+    worst_name = min(known, key=lambda k: known[k])
+    worst = known[worst_name]
+    detail = f"worst {_x(worst, '.3f')} ({worst_name}); " + ", ".join(
+        f"{k} {_x(v, '.3f')}" for k, v in margins.items()
+    )
+    return _target("stretch-half-opendht", contender, worst, ">= 0.5x", worst >= 0.5, detail)
+
+
+def build(
+    *,
+    mode: str,
+    stamp: str,
+    started_at: str,
+    wall_s: float,
+    repeat: int,
+    budget: float,
+    settings: dict[str, Any],
+    machine: dict[str, Any],
+    configs: list[Any],
+    unavailable: dict[str, str | None],
+) -> dict[str, Any]:
+    """The whole result document (what the JSON file holds)."""
+    results: dict[str, dict[str, Any]] = {}
+    runs = []
+    for config in configs:
+        for run in config.runs:
+            runs.append({"contender": config.contender, "measure": config.measure, **run})
+        if unavailable.get(config.contender) is None and config.runs:
+            results.setdefault(config.contender, {})[config.measure] = aggregate(config.runs)
+    with contextlib.suppress(OSError):
+        machine = {**machine, "loadavg_end": list(os.getloadavg())}
+    rat = ratios(results)
+    return {
+        "schema": 1,
+        "stamp": stamp,
+        "started_at": started_at,
+        "mode": mode,
+        "wall_s": wall_s,
+        "repeat": repeat,
+        "budget_s": budget,
+        "machine": machine,
+        "settings": settings,
+        "notes": {
+            "rate_limits": "off for every contender (ours: Limits with huge rates; OpenDHT: "
+            "setRateLimit(-1, -1); kademlia has none): every peer shares 127.0.0.1",
+            "put": "our put is put_blob (unsigned, key = sha512(value)); kademlia's set and "
+            "OpenDHT's put are unsigned as well",
+            "memory": "RSS per node at 50 nodes comes from the network run (full join); at the "
+            "memory measure's node count, nodes join lightly (ping the seed, one lookup of "
+            "their own id, no bucket refresh; kademlia's bootstrap is exactly that; OpenDHT "
+            "bootstraps in the background)",
+        },
+        "contenders": {
+            name: {
+                "available": unavailable.get(name) is None,
+                "reason": unavailable.get(name),
+                "measures": sorted({c.measure for c in configs if c.contender == name}),
+            }
+            for name in CONTENDERS
+            if any(c.contender == name for c in configs)
+        },
+        "runs": runs,
+        "results": results,
+        "ratios": rat,
+        "targets": targets(results, rat),
+    }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _x(value: Any, spec: str) -> str:
+    """A ratio as "1.23x", or "n/a"."""
+    return "n/a" if value is None else f"{_fmt(value, spec)}x"
+
+
+def _errors(doc: dict[str, Any], contender: str, measure: str) -> str:
+    errors = [
+        str(r.get("error"))
+        for r in doc["runs"]
+        if r["contender"] == contender and r["measure"] == measure and not r.get("ok")
+    ]
+    return f" ({len(errors)} failed: {errors[0][:120]})" if errors else ""
+
+
+def _rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(measure, contender, result, vs floor, vs OpenDHT) rows, grouped by measure."""
+    results = doc["results"]
+    rat = doc["ratios"]
+    rows: list[tuple[str, str, str, str, str]] = []
+    order = [c for c in CONTENDERS if c in doc["contenders"]]
+
+    def get(contender: str, measure: str) -> dict[str, Any]:
+        return dict(results.get(contender, {}).get(measure, {}))
+
+    def ran(contender: str, measure: str) -> bool:
+        return measure in doc["contenders"][contender]["measures"]
+
+    def missing(contender: str, measure: str) -> str:
+        reason = doc["contenders"][contender]["reason"]
+        return reason or f"no successful run{_errors(doc, contender, measure)}"
+
+    for rpc, label in (("rpc-c1", "ping c=1"), ("rpc-c32", "ping c=32")):
+        for contender in order:
+            if not ran(contender, rpc):
+                continue
+            m = get(contender, rpc)
+            if not m.get("runs_ok"):
+                rows.append((label, contender, missing(contender, rpc), "", ""))
+                continue
+            r = rat.get(contender, {}).get(rpc, {})
+            versus = (
+                f"{_x(r.get('ops_vs_floor'), '.2f')} ops, {_x(r.get('p50_vs_floor'), '.2f')} p50"
+                if r
+                else ("(floor)" if contender in FLOORS else "")
+            )
+            rows.append(
+                (
+                    label,
+                    contender,
+                    f"{_fmt(m.get('ops_per_s'), ',.0f')} pings/s, p50 "
+                    f"{_fmt(m.get('p50_ms'), '.3f')} ms, p99 {_fmt(m.get('p99_ms'), '.3f')} ms"
+                    + _errors(doc, contender, rpc),
+                    versus,
+                    "",
+                )
+            )
+    for contender in order:
+        if not ran(contender, "serving"):
+            continue
+        m = get(contender, "serving")
+        if not m.get("runs_ok"):
+            rows.append(("serving", contender, missing(contender, "serving"), "", ""))
+            continue
+        r = rat.get(contender, {}).get("serving", {})
+        rows.append(
+            (
+                "serving",
+                contender,
+                f"{_fmt(m.get('replies_per_s'), ',.0f')} find_node replies/s "
+                f"({_fmt(m.get('contacts_per_reply'), 'd')} contacts each)"
+                + _errors(doc, contender, "serving"),
+                f"{_x(r.get('replies_vs_floor'), '.2f')}"
+                if r
+                else ("(floor)" if contender in FLOORS else ""),
+                "",
+            )
+        )
+    for contender in order:
+        if not ran(contender, "network"):
+            continue
+        m = get(contender, "network")
+        if not m.get("runs_ok"):
+            rows.append(("network", contender, missing(contender, "network"), "", ""))
+            continue
+        r = rat.get(contender, {}).get("network", {})
+        n = m.get("nodes")
+        settled = "" if m.get("join_settled", True) else " (not settled)"
+        rows.append(
+            (
+                f"join ({n} nodes)",
+                contender,
+                f"{_fmt(m.get('join_s'), '.2f')} s{settled}" + _errors(doc, contender, "network"),
+                "",
+                "",
+            )
+        )
+        conc = m.get("concurrency")
+        for op in ("put", "get"):
+            for phase, label in (("seq", "sequential"), ("conc", f"c={conc}")):
+                ops = m.get(f"{op}_{phase}_ops_per_s")
+                versus = (
+                    f"{_x(r.get(f'{op}_{phase}_ops_per_s_vs_opendht'), '.3f')} ops, "
+                    f"{_x(r.get(f'{op}_{phase}_p50_ms_vs_opendht'), '.2f')} p50"
+                    if r
+                    else ""
+                )
+                count = m.get(f"{op}_{phase}_count")
+                failed = m.get(f"{op}_{phase}_failed") or 0
+                skipped = m.get(f"{op}_{phase}_not_started") or 0
+                rows.append(
+                    (
+                        f"{op} {label}",
+                        contender,
+                        f"{_fmt(ops, ',.1f')} ops/s, "
+                        f"p50 {_fmt(m.get(f'{op}_{phase}_p50_ms'), '.2f')} ms, "
+                        f"p99 {_fmt(m.get(f'{op}_{phase}_p99_ms'), '.2f')} ms"
+                        f" ({_fmt(count, ',.0f')} ops)"
+                        + (f", {failed} failed" if failed else "")
+                        + (f", {skipped} not started in time" if skipped else ""),
+                        "",
+                        versus,
+                    )
+                )
+        rows.append(
+            (
+                "get success",
+                contender,
+                f"{_fmt(m.get('get_success'), '.1%')} ({_fmt(m.get('get_local'), 'd')} "
+                f"served locally; k={m.get('k')})",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "messages",
+                contender,
+                f"{_fmt(m.get('msgs_per_put'), '.1f')} per put, "
+                f"{_fmt(m.get('msgs_per_get'), '.1f')} per get",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"RSS/node ({n} nodes)",
+                contender,
+                f"{_fmt(m.get('rss_per_node_kib'), ',.1f')} KiB (full join)",
+                "",
+                f"{_x(r.get('rss_per_node_kib_vs_opendht'), '.2f')}" if r else "",
+            )
+        )
+    for contender in order:
+        if not ran(contender, "memory"):
+            continue
+        m = get(contender, "memory")
+        if not m.get("runs_ok"):
+            rows.append(("memory", contender, missing(contender, "memory"), "", ""))
+            continue
+        r = rat.get(contender, {}).get("memory", {})
+        settled = "" if m.get("join_settled", True) else ", not settled"
+        rows.append(
+            (
+                f"RSS/node ({m.get('nodes')} nodes)",
+                contender,
+                f"{_fmt(m.get('rss_per_node_kib'), ',.1f')} KiB ({m.get('join')} join "
+                f"{_fmt(m.get('join_s'), '.1f')} s{settled}; {m.get('open_fds')} fds)"
+                + _errors(doc, contender, "memory"),
+                "",
+                f"{_x(r.get('rss_per_node_vs_opendht'), '.2f')}" if r else "",
+            )
+        )
+    for contender in order:
+        if doc["contenders"][contender]["reason"] and not any(row[1] == contender for row in rows):
+            rows.append(("-", contender, str(doc["contenders"][contender]["reason"]), "", ""))
+    return rows
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The Markdown report: machine, the results table, the targets."""
+    m = doc["machine"]
+    load = m.get("loadavg_start")
+    lines = [
+        f"# txdht benchmarks, {doc['stamp']} ({doc['mode']})",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores ({m.get('usable_cores')} usable), "
+        f"Python {m['python']} ({m['platform']}); load average at start "
+        f"{', '.join(f'{x:.2f}' for x in load) if load else 'n/a'}, at end "
+        f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_end') or []) or 'n/a'}. "
+        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)}.",
+        "",
+        f"Each configuration ran {doc['repeat']} times in a fresh process; the table shows "
+        f"medians. Wall time {doc['wall_s']:.0f} s (budget {doc['budget_s']:.0f} s). "
+        'Ratios: "vs floor" is against the bare netstring echo on the same loop (ops: '
+        'ours / floor, higher is better; p50: ours / floor, lower is better); "vs OpenDHT" '
+        "is ours / OpenDHT (ops: higher is better; p50: lower is better). Rate limits are off "
+        "for every contender; our put is put_blob (unsigned, like the others').",
+        "",
+        "| measure | contender | result (median) | vs floor (same loop) | vs OpenDHT |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in _rows(doc):
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | contender | measured | threshold | status | detail |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    texts = dict(TARGETS)
+    for t in doc["targets"]:
+        value = t["value"]
+        shown = _fmt(value, ",.0f") if t["id"] == "serving-15k" else f"{_x(value, '.2f')}"
+        lines.append(
+            f"| {texts[t['id']]} | {t['contender']} | {shown} | {t['threshold']} | "
+            f"**{t['status']}** | {t['detail']} |"
+        )
+    met = sum(1 for t in doc["targets"] if t["status"] == "met")
+    missed = sum(1 for t in doc["targets"] if t["status"] == "missed")
+    lines += ["", f"{met} met, {missed} missed, {len(doc['targets']) - met - missed} n/a."]
+    profiles = [
+        r["metrics"].get("profile_path")
+        for r in doc["runs"]
+        if r["measure"] == "profile" and r.get("ok")
+    ]
+    if profiles:
+        lines += ["", f"CPU profile (twisted-epoll): `{Path(profiles[0]).name}`."]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(doc: dict[str, Any], out: Path, stamp: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = doc["results"]
+    written = []
+
+    def bars(ax: Any, names: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+        width = 0.8 / max(1, len(series))
+        for i, (label, values) in enumerate(series.items()):
+            xs = [x + i * width for x in range(len(names))]
+            ax.bar(xs, values, width, label=label)
+        ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(names))])
+        ax.set_xticklabels(names, rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize="small", framealpha=0.7)
+
+    def value(contender: str, measure: str, name: str) -> float:
+        v = results.get(contender, {}).get(measure, {}).get(name)
+        return float(v) if isinstance(v, int | float) else 0.0
+
+    rpc_names = [c for c in CONTENDERS if "rpc-c1" in results.get(c, {})]
+    if rpc_names:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+        bars(
+            left,
+            rpc_names,
+            {f"c={c}": [value(n, f"rpc-c{c}", "ops_per_s") for n in rpc_names] for c in (1, 32)},
+            "pings per second",
+        )
+        left.set_title("ping throughput")
+        bars(
+            right,
+            rpc_names,
+            {
+                "p50 c=1": [value(n, "rpc-c1", "p50_ms") for n in rpc_names],
+                "p99 c=1": [value(n, "rpc-c1", "p99_ms") for n in rpc_names],
+            },
+            "milliseconds",
+        )
+        right.set_yscale("log")
+        right.set_title("ping latency at c=1 (log scale)")
+        fig.tight_layout()
+        path = out / f"{stamp}-rpc.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(str(path))
+    serving_names = [c for c in CONTENDERS if "serving" in results.get(c, {})]
+    if serving_names:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        bars(
+            ax,
+            serving_names,
+            {"replies/s": [value(n, "serving", "replies_per_s") for n in serving_names]},
+            "find_node replies per second",
+        )
+        ax.axhline(15000, color="red", linestyle="--", linewidth=1)
+        ax.set_title("serving: one node, pipelined raw clients (red: 15,000/s target)")
+        fig.tight_layout()
+        path = out / f"{stamp}-serving.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(str(path))
+    net_names = [c for c in CONTENDERS if "network" in results.get(c, {})]
+    if net_names:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+        series = {
+            f"{op} {phase}": [value(n, "network", f"{op}_{phase}_ops_per_s") for n in net_names]
+            for op in ("put", "get")
+            for phase in ("seq", "conc")
+        }
+        bars(left, net_names, series, "operations per second")
+        left.set_yscale("log")
+        left.set_title("network throughput (log scale)")
+        series = {
+            f"{op} {phase}": [value(n, "network", f"{op}_{phase}_p50_ms") for n in net_names]
+            for op in ("put", "get")
+            for phase in ("seq", "conc")
+        }
+        bars(right, net_names, series, "p50 milliseconds")
+        right.set_yscale("log")
+        right.set_title("network p50 latency (log scale)")
+        fig.tight_layout()
+        path = out / f"{stamp}-network.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(str(path))
+    mem_names = [
+        c for c in CONTENDERS if "memory" in results.get(c, {}) or "network" in results.get(c, {})
+    ]
+    if mem_names:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        bars(
+            ax,
+            mem_names,
+            {
+                "network (full join)": [value(n, "network", "rss_per_node_kib") for n in mem_names],
+                "memory (light join)": [value(n, "memory", "rss_per_node_kib") for n in mem_names],
+            },
+            "KiB of RSS per idle node",
+        )
+        ax.set_title("memory per node")
+        fig.tight_layout()
+        path = out / f"{stamp}-memory.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def write(doc: dict[str, Any], out: Path, stamp: str, plots: bool = True) -> dict[str, str]:
+    """Write the JSON, the Markdown and (unless ``plots`` is false) the PNG files."""
+    paths: dict[str, str] = {}
+    if plots:
+        try:
+            doc["plots"] = [Path(p).name for p in _plots(doc, out, stamp)]
+        except Exception as e:  # plots are a bonus: never lose the numbers for them
+            doc["plots_error"] = f"{type(e).__name__}: {e}"
+    json_path = out / f"{stamp}.json"
+    json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    paths["json"] = str(json_path)
+    md_path = out / f"{stamp}.md"
+    md_path.write_text(markdown(doc), encoding="utf-8")
+    paths["markdown"] = str(md_path)
+    for name in doc.get("plots", []):
+        paths[name] = str(out / name)
+    return paths

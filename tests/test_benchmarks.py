@@ -1,0 +1,172 @@
+"""Smoke test of ``python -m benchmarks``: a tiny run in a subprocess writes complete results.
+
+No timing is asserted: the test checks that every contender run produced every field, that the
+Markdown table, the plots and the profile were written, and that unavailable contenders are
+reported as such. It needs the ``bench`` extra's rich and matplotlib, which the ``test`` extra
+does not install: without them it is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+MISSING = [name for name in ("rich", "matplotlib") if importlib.util.find_spec(name) is None]
+
+CONTENDERS = [
+    "twisted-epoll",
+    "twisted-asyncio",
+    "asyncio",
+    "uvloop",
+    "kademlia",
+    "floor-epoll",
+    "floor-asyncioreactor",
+    "floor-uvloop",
+]
+MEASURES = ["rpc-c1", "serving", "network", "memory", "profile"]
+
+RPC = {"concurrency", "count", "ok", "failed", "seconds", "ops_per_s", "p50_ms", "p99_ms"}
+SERVING = {
+    "replies_per_s",
+    "replies",
+    "seconds",
+    "connections",
+    "in_flight",
+    "contacts_per_reply",
+    "server_replies",
+}
+NETWORK = {
+    "nodes",
+    "k",
+    "join_s",
+    "join_settled",
+    "rss_per_node_kib",
+    "open_fds",
+    "concurrency",
+    "get_success",
+    "get_local",
+    "msgs_per_put",
+    "msgs_per_get",
+    *(
+        f"{op}_{phase}_{metric}"
+        for op in ("put", "get")
+        for phase in ("seq", "conc")
+        for metric in ("ops_per_s", "p50_ms", "p99_ms", "count", "failed", "not_started")
+    ),
+    *(f"msgs_per_{op}_{phase}" for op in ("put", "get") for phase in ("seq", "conc")),
+}
+MEMORY = {
+    "nodes",
+    "join",
+    "join_s",
+    "join_settled",
+    "rss_before_kib",
+    "rss_after_kib",
+    "rss_per_node_kib",
+    "open_fds",
+}
+FIELDS = {
+    "rpc-c1": RPC,
+    "serving": SERVING,
+    "network": NETWORK,
+    "memory": MEMORY,
+    "profile": NETWORK | {"profile_path"},
+}
+#: What each contender is measured on (the others are skipped by --only or do not apply).
+APPLIES = {
+    **{name: ["rpc-c1", "serving", "network", "memory"] for name in CONTENDERS[:4]},
+    "twisted-epoll": ["rpc-c1", "serving", "network", "memory", "profile"],
+    "kademlia": ["network", "memory"],
+    **{name: ["rpc-c1", "serving"] for name in CONTENDERS[5:]},
+}
+
+
+def _run(out: Path) -> tuple[str, dict[str, Any]]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    only = ["--only", ",".join(CONTENDERS), "--only", ",".join(MEASURES)]
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--tiny", "--out", str(out)]
+    done = subprocess.run(
+        [*command, *only, "--budget", "90"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = sorted(out.glob("*.json"))
+    assert len(written) == 1, written
+    document: dict[str, Any] = json.loads(written[0].read_text(encoding="utf-8"))
+    return done.stdout, document
+
+
+@pytest.mark.skipif(bool(MISSING), reason=f"the bench extra is not installed: no {MISSING}")
+def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
+    stdout, document = _run(tmp_path)
+    machine = document["machine"]
+    assert machine["cpu_model"]
+    assert machine["cores"] >= 1
+    assert machine["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert document["mode"] == "tiny"
+
+    available = {}
+    for name in CONTENDERS:
+        entry = document["contenders"][name]
+        available[name] = entry["available"]
+        if not entry["available"]:
+            assert entry["reason"].startswith("unavailable: "), entry
+    assert available["twisted-epoll"], document["contenders"]
+    assert available["floor-epoll"], document["contenders"]
+
+    runs = {(run["contender"], run["measure"]): run for run in document["runs"]}
+    for name in CONTENDERS:
+        for measure in APPLIES[name]:
+            if not available[name]:
+                assert (name, measure) not in runs
+                continue
+            run = runs[(name, measure)]
+            assert run["ok"], f"{name} {measure}: {run.get('error')}"
+            metrics = run["metrics"]
+            assert FIELDS[measure] <= set(metrics), (name, measure, FIELDS[measure] - set(metrics))
+            empty = sorted(f for f in FIELDS[measure] if metrics[f] is None)
+            assert not empty, (name, measure, empty)
+            assert set(document["results"][name][measure]) >= FIELDS[measure]
+            if measure in ("network", "profile"):
+                assert metrics["get_success"] == 1.0, (name, measure)
+            if measure == "serving":
+                assert metrics["contacts_per_reply"] == 20, (name, measure)
+    assert {(r["contender"], r["measure"]) for r in document["runs"]} <= {
+        (name, measure) for name in CONTENDERS for measure in APPLIES[name]
+    }
+
+    statuses = {target["status"] for target in document["targets"]}
+    assert statuses <= {"met", "missed", "n/a"}
+    assert {target["id"] for target in document["targets"]} >= {
+        "ping-p50-vs-floor",
+        "uvloop-2x-twisted",
+        "serving-15k",
+        "ahead-of-kademlia",
+    }
+    assert document["ratios"]["twisted-epoll"]["rpc-c1"]["floor"] == "floor-epoll"
+
+    stamp = document["stamp"]
+    markdown = (tmp_path / f"{stamp}.md").read_text(encoding="utf-8")
+    assert "| measure | contender |" in markdown
+    assert machine["cpu_model"] in markdown
+    assert "| measure | contender |" in stdout
+    for plot in ("rpc", "serving", "network", "memory"):
+        assert (tmp_path / f"{stamp}-{plot}.png").stat().st_size > 0
+    profile = (tmp_path / f"{stamp}-profile-twisted-epoll.txt").read_text(encoding="utf-8")
+    assert "cumulative" in profile
