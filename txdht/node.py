@@ -97,6 +97,10 @@ class DHTProtocol(NetstringReceiver):
     def connectionMade(self) -> None:
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
         self.host, self.peer_port = peer.host, peer.port
+        # Requests and replies are small and wait on each other: do not let Nagle hold them.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self.node.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:

@@ -77,6 +77,7 @@ class NetstringProtocol(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Message]] = {}
         self.closed: asyncio.Future[None] = node.loop.create_future()
         self.peer_port = 0
+        self._outbox: list[bytes] | None = None
         #: Malformed messages received on this connection.
         self.bad_messages = 0
 
@@ -87,8 +88,14 @@ class NetstringProtocol(asyncio.Protocol):
         self.node.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
-        for payload in self.decoder.feed(data):
-            self._message_received(payload)
+        # Replies to everything that arrived together leave together: one send(), not one
+        # per message (a pipelining peer sends many requests per segment).
+        self._outbox = []
+        try:
+            for payload in self.decoder.feed(data):
+                self._message_received(payload)
+        finally:
+            self._flush()
         if self.decoder.error is not None and self.transport is not None:
             if not self.transport.is_closing():
                 log.warning(
@@ -118,6 +125,7 @@ class NetstringProtocol(asyncio.Protocol):
                     self.bad_messages,
                 )
                 assert self.transport is not None
+                self._flush()
                 self.transport.close()
             return
         if isinstance(message, REPLY_TYPES):
@@ -135,9 +143,18 @@ class NetstringProtocol(asyncio.Protocol):
             self.node.request_received(self, message)
 
     def send(self, message: Message) -> None:
-        """Send one message."""
+        """Send one message (batched with the others answering the same incoming data)."""
         assert self.transport is not None
-        self.transport.write(netstring(encode(message)))
+        data = netstring(encode(message))
+        if self._outbox is None:
+            self.transport.write(data)
+        else:
+            self._outbox.append(data)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, None
+        if outbox and self.transport is not None:
+            self.transport.write(b"".join(outbox))
 
     def request(self, message: Message) -> asyncio.Future[Message]:
         """Send a request; the future resolves to the reply (cancel it to stop waiting)."""

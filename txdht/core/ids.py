@@ -13,6 +13,7 @@ Ids are plain ``int`` values in memory (XOR and comparison are then single opera
 from __future__ import annotations
 
 import hashlib
+import heapq
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def bucket_index(own: int, other: int) -> int:
 
 def closest(target: int, entries: Iterable[T], count: int) -> list[T]:
     """The ``count`` entries closest to ``target``, nearest first (distinct ids never tie)."""
-    return sorted(entries, key=lambda entry: entry.id ^ target)[:count]
+    return heapq.nsmallest(count, entries, key=lambda entry: entry.id ^ target)
 
 
 def id_to_hex(ident: int) -> str:

@@ -13,6 +13,7 @@ the shell can answer with an ``error`` reply. docs/protocol.md is the specificat
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Callable
@@ -207,6 +208,13 @@ def decode(data: bytes) -> Message:
     return cls(rid=rid, sender=sender, port=port, **_BODY_PARSERS.get(kind, _no_body)(fields))
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip(host: str) -> str:
+    """``host`` as a canonical IP address (``ValueError`` if it is none); peers repeat the same
+    few addresses in every reply, so the parse is cached."""
+    return str(ipaddress.ip_address(host))
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -267,7 +275,7 @@ class _Fields:
             ident, host, port = entry
             if not (isinstance(host, str) and _is_int(port) and 1 <= port <= 65535):
                 raise ValueError(f"bad host or port {host!r:.40}, {port!r:.10}")
-            return Contact(id_from_hex(ident), str(ipaddress.ip_address(host)), port)
+            return Contact(id_from_hex(ident), _ip(host), port)
         except (TypeError, ValueError) as e:
             self.fail(ErrorCode.BAD_FIELD, f"a contact is [id, ip, port]: {e}")
 
