@@ -80,17 +80,11 @@ class KBucket:
 
     def split(self) -> tuple[KBucket, KBucket]:
         """Two buckets covering the two halves of this one, sharing out its contacts."""
-        middle = (self.low + self.high) // 2
-        halves = (
-            KBucket(self.low, middle, self.last_lookup),
-            KBucket(middle, self.high, self.last_lookup),
-        )
+        middle, lookup = (self.low + self.high) // 2, self.last_lookup
+        halves = (KBucket(self.low, middle, lookup), KBucket(middle, self.high, lookup))
         for half in halves:
-            for source, target in (
-                (self.entries, half.entries),
-                (self.replacements, half.replacements),
-            ):
-                target.update((i, e) for i, e in source.items() if half.covers(i))
+            half.entries.update((i, e) for i, e in self.entries.items() if half.covers(i))
+            half.replacements.update((i, e) for i, e in self.replacements.items() if half.covers(i))
             if self.pinging is not None and half.covers(self.pinging):
                 half.pinging = self.pinging
         return halves
@@ -211,13 +205,11 @@ class RoutingTable:
     def _admissible(self, bucket: KBucket, contact: Contact) -> bool:
         """Hygiene: one live contact per address, and few per subnet in a bucket, so that one
         host or one network cannot fill a bucket with ids of its choosing."""
-        for other in self.contacts():
-            if other.address == contact.address:
-                entry = self.entry(other.id)
-                assert entry is not None
-                if entry.failures < self.max_failures:
+        for other in [e for b in self.buckets for e in b.entries.values()]:
+            if other.contact.address == contact.address:
+                if other.failures < self.max_failures:
                     return False
-                self.remove(other.id)
+                self.remove(other.contact.id)
         subnet = _subnet(contact.host)
         if subnet is None or not self.max_per_subnet:
             return True
