@@ -1,0 +1,782 @@
+"""The network simulator: clock, bus, the simulated shell on the real engine, scenarios, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import runpy
+import subprocess
+import sys
+from collections.abc import Callable, Sized
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from txdht.core.engine import Engine
+from txdht.core.ids import Contact
+from txdht.core.items import Identity, Item, blob
+from txdht.core.messages import FindNode, Message, Ping, Pong, Store
+from txdht.core.storage import StoredItem
+from txdht.intervals import Intervals
+from txdht.limits import Limits
+from txdht.sim import Network, Report, Settings, SimLookup, SimNode, SimulationError, run
+from txdht.sim.cli import main
+from txdht.sim.ideal import PerfectTables, ideal_lookup
+from txdht.sim.network import PORT, Clock, Result, _Pool, closest_ids
+from txdht.sim.report import Table, Target, mean, percentile
+from txdht.sim.scenarios import (
+    _Writer,
+    grow,
+    items_for,
+    live_holders,
+    read,
+    replicas,
+    run_jobs,
+    store,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def network(count: int, **options: Any) -> Network:
+    """A network of ``count`` nodes that have all joined."""
+    net = Network(**options)
+    grow(net, count)
+    return net
+
+
+def wait(net: Network, results: Sized, count: int = 1, limit: float = 600.0) -> None:
+    """Run the clock until ``results`` holds ``count`` entries."""
+    net.clock.run_until(lambda: len(results) >= count, limit, "the test")
+
+
+def lookup(node: SimNode, target: int, find_value: bool = False) -> SimLookup:
+    """Run one lookup from ``node`` to its end."""
+    done: list[SimLookup] = []
+    node.lookup(target, done.append, find_value)
+    wait(node.network, done)
+    return done[0]
+
+
+def call(
+    node: SimNode, to: Contact | tuple[str, int], cls: type[Message], **fields: object
+) -> Result:
+    """Send one request from ``node`` and wait for its outcome."""
+    done: list[Result] = []
+    node.call(to, cls, done.append, **fields)
+    wait(node.network, done)
+    return done[0]
+
+
+# -- the clock and the pool ---------------------------------------------------------------
+
+
+def test_clock_runs_events_by_time_then_by_scheduling_order() -> None:
+    """Events run in time order, ties in the order they were scheduled, and time ends at until."""
+    clock = Clock(max_events=100)
+    seen: list[str] = []
+    clock.at(2.0, seen.append, "late")
+    clock.at(1.0, seen.append, "first")
+    clock.at(1.0, seen.append, "second")
+    clock.later(0.5, seen.append, "early")
+    assert not clock.run(1.5)
+    assert (seen, clock.now) == (["early", "first", "second"], 1.5)
+    assert clock.run(10.0, lambda: len(seen) == 4)
+    assert (seen[-1], clock.now, clock.events) == ("late", 2.0, 4)
+
+
+def test_clock_bounds_every_run() -> None:
+    """More events than allowed, or a condition unmet by the limit, raise SimulationError."""
+    clock = Clock(max_events=3)
+
+    def again() -> None:
+        clock.later(1.0, again)
+
+    clock.later(0.0, again)
+    with pytest.raises(SimulationError, match="more than 3 events"):
+        clock.run(100.0)
+    idle = Clock(max_events=10)
+    with pytest.raises(SimulationError, match="waiting did not finish within 5"):
+        idle.run_until(lambda: False, 5.0, "waiting")
+    assert idle.now == 5.0
+
+
+def test_pool_chooses_uniformly_and_removes_in_constant_time() -> None:
+    """The pool hands out its members, forgets removed ones, and ignores strangers."""
+    net = Network()
+    nodes = [net.add_node() for _ in range(4)]
+    pool = _Pool()
+    for node in nodes:
+        pool.add(node)
+    pool.discard(nodes[1])
+    pool.discard(nodes[3])  # the last one
+    pool.discard(nodes[1])  # not there any more
+    assert len(pool) == 2
+    assert sorted(n.index for n in pool) == [0, 2]
+    rng = random.Random(1)
+    assert {pool.choice(rng).index for _ in range(50)} == {0, 2}
+
+
+def test_closest_ids_agrees_with_sorting_everything() -> None:
+    """The block search gives the same ids as sorting all of them by XOR distance."""
+    rng = random.Random(3)
+    ids = sorted({rng.getrandbits(512) for _ in range(300)} | {0, 1, 2**512 - 1})
+    for target in [0, 2**512 - 1, *(rng.getrandbits(512) for _ in range(40)), ids[7]]:
+        for count in (1, 5, 20, 400):
+            expected = sorted(ids, key=lambda i: i ^ target)[:count]
+            assert closest_ids(ids, target, count) == expected
+    assert closest_ids([], 5, 3) == []
+
+
+def test_network_refuses_impossible_parameters() -> None:
+    """Loss must be a probability below one, latency and jitter not negative."""
+    with pytest.raises(ValueError, match="loss"):
+        Network(loss=1.0)
+    with pytest.raises(ValueError, match="latency"):
+        Network(latency=-1)
+    with pytest.raises(ValueError, match="rpc_timeout"):
+        Network(rpc_timeout=0)
+
+
+# -- the bus ------------------------------------------------------------------------------
+
+
+def test_nodes_have_real_identities_distinct_addresses_and_the_real_engine() -> None:
+    """Each node is an Engine with a seeded Ed25519 identity and a loopback host of its own."""
+    net = Network(seed=5)
+    a, b = net.add_node(), net.add_node()
+    assert isinstance(a.engine, Engine)
+    assert a.engine.id == Identity.from_private_bytes(net.identity(0).private_bytes()).node_id
+    assert a.engine.id == Network(seed=5).add_node().engine.id
+    assert a.engine.id != Network(seed=6).add_node().engine.id
+    assert (a.host, b.host, a.address) == ("127.0.0.0", "127.0.0.1", ("127.0.0.0", PORT))
+    assert str(b) == "n1"
+
+
+def test_every_request_goes_through_engine_handle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator answers every delivered request with Engine.handle, and counts them."""
+    calls: list[str] = []
+    handle = Engine.handle
+
+    def counting(self: Engine, request: Message, host: str, now: float) -> object:
+        calls.append(request.TYPE)
+        return handle(self, request, host, now)
+
+    monkeypatch.setattr(Engine, "handle", counting)
+    net = network(30)
+    store(net, items_for(net, 5))
+    assert calls
+    assert len(calls) == net.counts["handled"] == sum(net.sent.values())
+    assert {"ping", "find_node", "store"} <= set(calls)
+
+
+def test_a_request_takes_half_the_round_trip_each_way() -> None:
+    """A reply arrives one RTT after the request left; the receiver learns of the sender."""
+    net = network(2, latency=0.2)
+    a, b = net.nodes
+    start = net.clock.now
+    reply = call(a, b.contact, Ping)
+    assert isinstance(reply, Pong)
+    assert net.clock.now == pytest.approx(start + 0.2)
+    assert a.engine.id in b.engine.routing
+
+
+def test_jitter_adds_seeded_delay() -> None:
+    """Jitter lengthens each trip by a random amount, the same for the same seed."""
+    times = []
+    for seed in (1, 1, 2):
+        net = network(2, latency=0.1, jitter=0.05, seed=seed)
+        start = net.clock.now
+        call(net.nodes[0], net.nodes[1].contact, Ping)
+        times.append(net.clock.now - start)
+    assert 0.1 < times[0] < 0.2
+    assert times[0] == times[1] != times[2]
+
+
+def test_a_late_reply_is_a_timeout() -> None:
+    """A reply that would arrive after rpc_timeout counts as a timeout, at the timeout."""
+    net = network(2, latency=0.0, jitter=1.0, rpc_timeout=1.0, seed=2)
+    a, b = net.nodes
+    before = net.counts["timeouts"]
+    outcomes = []
+    for _ in range(20):
+        start = net.clock.now
+        outcomes.append(call(a, b.contact, Ping))
+        took = net.clock.now - start
+        assert took == pytest.approx(1.0) if outcomes[-1] == "timeout" else took < 1.0
+    assert 0 < outcomes.count("timeout") < 20
+    assert net.counts["timeouts"] - before == outcomes.count("timeout")
+
+
+def test_dead_and_partitioned_nodes_time_out() -> None:
+    """Requests to a dead node, or across a partition, fail after rpc_timeout."""
+    net = network(3, rpc_timeout=2.0)
+    a, b, c = net.nodes
+    net.kill(c)
+    start = net.clock.now
+    assert call(a, c.contact, Ping) == "timeout"
+    assert net.clock.now == pytest.approx(start + 2.0)
+    net.split({a.index: 0, b.index: 1})
+    assert call(a, b.contact, Ping) == "timeout"
+    net.heal()
+    assert isinstance(call(a, b.contact, Ping), Pong)
+    assert net.counts["unreachable"] == 2
+
+
+def test_a_dead_node_sends_nothing_and_hears_nothing() -> None:
+    """After kill, a node's requests never leave and replies to it are dropped."""
+    net = network(2)
+    a, b = net.nodes
+    done: list[Result] = []
+    a.call(b.contact, Ping, done.append)
+    net.kill(a)
+    before = dict(net.sent)
+    a.call(b.contact, Ping, done.append)
+    net.clock.run(net.clock.now + 30)
+    assert not done
+    assert net.sent == before
+    assert a not in net.live.items
+
+
+def test_loss_drops_requests_and_replies() -> None:
+    """With loss, some requests fail by timeout, deterministically for a seed."""
+    outcomes = []
+    for _ in range(2):
+        net = network(2, loss=0.5, seed=4, rpc_timeout=1.0)
+        a, b = net.nodes
+        outcomes.append([call(a, b.contact, Ping) for _ in range(20)])
+    kinds = [o if isinstance(o, str) else "ok" for o in outcomes[0]]
+    assert 0 < kinds.count("timeout") < 20
+    assert kinds == [o if isinstance(o, str) else "ok" for o in outcomes[1]]
+
+
+def test_rate_limits_refuse_then_drop() -> None:
+    """A peer over its rate gets a RATE_LIMITED error, then no answer while it cools off."""
+    net = network(2, limits=Limits(peer_rate=0.001, peer_burst=3, cool_off=60))
+    a, b = net.nodes
+    done: list[Result] = []
+    for _ in range(6):
+        a.call(b.contact, Ping, done.append)
+    wait(net, done, 6)
+    errors = [r for r in done if isinstance(r, str) and r.startswith("error 300")]
+    assert len(errors) == 1
+    assert done.count("timeout") >= 2
+    assert net.counts["refused"] == 1
+    assert net.counts["unanswered"] >= 2
+
+
+def test_a_reply_from_another_id_is_a_failure() -> None:
+    """A contact whose address answers with another id fails the request, as in Node.call."""
+    net = network(2)
+    a, b = net.nodes
+    impostor = Contact(12345, b.host, PORT)
+    assert call(a, impostor, Ping) == f"{impostor} answered with another id"
+    assert 12345 not in a.engine.routing
+
+
+def test_an_error_reply_is_a_failure() -> None:
+    """An error reply (here: a stale sequence number) fails the request with its code."""
+    net = network(2)
+    a, b = net.nodes
+    owner = Identity.from_private_bytes(bytes(32))
+    assert isinstance(call(a, b.contact, Store, item=owner.sign("x", b"2", 2), ttl=60.0), Message)
+    outcome = call(a, b.contact, Store, item=owner.sign("x", b"1", 1), ttl=60.0)
+    assert isinstance(outcome, str)
+    assert outcome.startswith("error 201")
+
+
+def far_pair(net: Network, own: SimNode) -> tuple[SimNode, SimNode]:
+    """Two nodes in the half of the id space away from ``own``, the nearer one first: with
+    k=1, ``own`` keeps one contact there and does not split that bucket for the other."""
+    top = own.engine.id >> 511
+    others: list[SimNode] = []
+    for _ in range(200):  # each new node is in the other half with probability 1/2
+        node = net.add_node()
+        net.start(node, [])
+        if node.engine.id >> 511 != top:
+            others.append(node)
+        if len(others) == 2:
+            break
+    first, second = sorted(others, key=lambda n: n.engine.id ^ own.engine.id)
+    return first, second
+
+
+@pytest.mark.parametrize("head_alive", [False, True])
+def test_a_full_bucket_pings_its_head(head_alive: bool) -> None:
+    """Ping-before-evict: a dead head is evicted for the newcomer; a live one stays."""
+    net = Network(k=1)
+    a = net.add_node()
+    net.start(a, [])
+    b, c = far_pair(net, a)
+    a.engine.seen(b.contact, net.clock.now)
+    if not head_alive:
+        net.kill(b)
+    pings = net.sent.get("ping", 0)
+    assert isinstance(call(c, a.contact, Ping), Pong)
+    net.clock.run(net.clock.now + 10)
+    assert net.sent["ping"] == pings + 2  # c's, then a's ping to its head b
+    assert (b.engine.id in a.engine.routing) is head_alive
+    assert (c.engine.id in a.engine.routing) is not head_alive
+
+
+# -- the operations -----------------------------------------------------------------------
+
+
+def test_lookups_find_the_closest_nodes() -> None:
+    """A FIND_NODE lookup ends with the k closest live nodes, recording depth and latency."""
+    net = network(60, k=8)
+    target = net.rng.getrandbits(512)
+    source = net.nodes[5]
+    found = lookup(source, target)
+    truth = [i for i in net.closest_live(target, 9) if i != source.engine.id][:8]
+    assert [c.id for c in found.machine.closest()] == truth
+    assert found.hops() >= 1
+    assert found.latency > 0
+
+
+def test_a_lookup_from_a_lonely_node_ends_at_once() -> None:
+    """A node with no contacts finishes its lookup at once, with nothing found."""
+    net = Network()
+    node = net.add_node()
+    net.start(node, [])
+    found = lookup(node, 42)
+    assert (found.hops(), found.latency, found.machine.closest()) == (0, 0.0, [])
+
+
+def test_publish_get_and_find_value() -> None:
+    """An item put on the k closest is read back through another node, and by FIND_VALUE."""
+    net = network(40, k=5)
+    item = blob(b"hello")
+    assert store(net, [item]) == [5]
+    holders = live_holders(net)
+    assert holders[item.key] == replicas(net, item.key) == 5
+    assert read(net, [item.key]) == [item]
+    reader = next(n for n in net.nodes if n.engine.get(item.key, net.clock.now) is None)
+    found = lookup(reader, item.key, find_value=True)
+    assert found.machine.value == item
+    assert found.value_depth >= 1
+    assert found.hops() == found.value_depth
+    got: list[Item | None] = []
+    holder = next(n for n in net.nodes if n.engine.get(item.key, net.clock.now) is not None)
+    holder.get(item.key, lambda value, how: got.append(value if how is None else None))
+    assert got == [item]
+
+
+def test_a_forged_value_counts_as_a_failure() -> None:
+    """A peer that returns an item that does not verify is failed; the lookup goes on."""
+    net = network(20, k=20)
+    owner = Identity.from_private_bytes(bytes(range(32)))
+    real = owner.sign("name", b"real", 1)
+    forged = Item(b"forged", real.public_key, "name", 2, bytes(64))
+    liar = net.nodes[3]
+    liar.engine.storage.put(StoredItem(forged, net.clock.now + 3600))
+    found = lookup(net.nodes[7], real.key, find_value=True)
+    assert found.machine.value is None
+    assert [peer.id for peer, _ in found.machine.bad_values] == [liar.engine.id]
+    entry = net.nodes[7].engine.routing.entry(liar.engine.id)
+    assert entry is not None
+    assert entry.failures == 1
+
+
+def test_publish_keeps_a_copy_and_fails_on_a_stale_version() -> None:
+    """A publisher among the k closest keeps a copy; an older version than it holds fails."""
+    net = network(5, k=20)
+    node = net.nodes[0]
+    owner = Identity.from_private_bytes(bytes(32))
+    newer, older = owner.sign("n", b"2", 2), owner.sign("n", b"1", 1)
+    done: list[int] = []
+    node.publish_own(newer, 60.0, done.append)
+    wait(net, done)
+    assert done == [5]
+    node.publish_own(older, 60.0, done.append)
+    wait(net, done, 2)
+    assert done[1] == 0
+    published = node.engine.storage.published(newer.key)
+    assert published is not None
+    assert published.item == newer  # a failed put is not remembered for republishing
+
+
+def test_a_newcomer_is_handed_copies() -> None:
+    """A node new to a holder's table gets the records it is now among the k closest to."""
+    net = network(10, k=20)
+    item = blob(b"handed over")
+    store(net, [item])
+    newcomer = net.add_node()
+    net.start(newcomer, [net.nodes[0].address])
+    net.clock.run(net.clock.now + 60)
+    assert newcomer.ready
+    assert newcomer.engine.get(item.key, net.clock.now) == item
+
+
+def test_join_through_a_dead_seed_fails_then_retries_on_refresh() -> None:
+    """A JoinError leaves the node ready with an empty table; the refresh job joins again."""
+    net = network(3, intervals=Intervals(refresh=50.0))
+    seed = net.nodes[0]
+    net.kill(seed)
+    node = net.add_node()
+    joined: list[SimNode] = []
+    net.start(node, [seed.address], joined.append)
+    wait(net, joined)
+    assert node.ready
+    assert not len(node.engine.routing)
+    pings = net.sent["ping"]
+    net.clock.run(net.clock.now + 60)
+    assert net.sent["ping"] > pings
+    results: list[int | None] = []
+    node.join([], results.append)
+    assert results == [None]
+
+
+def test_housekeeping_runs_on_the_intervals_of_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replicate, republish and expire run on their timers; a node killed mid-job stops it."""
+    intervals = Intervals(refresh=100.0, replicate=200.0, republish=300.0, expire=50.0)
+    net = network(12, k=4, intervals=intervals)
+    items = items_for(net, 3)
+    store(net, items, [net.nodes[1]])
+    start = net.clock.now
+    stores = net.sent["store"]
+    net.clock.run(start + 650)
+    assert net.sent["store"] > stores  # replicated and republished
+    short = blob(b"short-lived")
+    net.nodes[2].engine.store(short, 10.0, net.clock.now)
+    net.clock.run(net.clock.now + 5)
+    assert short.key in live_holders(net)
+    net.clock.run(net.clock.now + 60)
+    assert net.nodes[2].engine.storage.get(short.key) is None  # expired and dropped
+    node = net.nodes[1]
+    replicate = node.replicate
+
+    def replicate_and_die(done: Callable[[int], None]) -> None:
+        replicate(done)
+        assert node.running("replicate")
+        net.kill(node)
+
+    monkeypatch.setattr(node, "replicate", replicate_and_die)
+    net.clock.run(net.clock.now + 400)
+    assert not node.alive
+    assert net.running["replicate"] == sum(n.running("replicate") for n in net.live) == 0
+
+
+def test_timers_wait_for_the_join(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A housekeeping timer that fires while its node is still joining does nothing."""
+    ready: list[bool] = []
+    expire = SimNode.expire
+
+    def watched(self: SimNode) -> int:
+        ready.append(self.ready)
+        return expire(self)
+
+    monkeypatch.setattr(SimNode, "expire", watched)
+    net = network(3, intervals=Intervals(expire=0.01, refresh=1.0))
+    assert ready
+    assert all(ready)
+    assert len(ready) < 3 * net.clock.now / 0.01 - 3  # the ticks during the joins were skipped
+
+
+def test_an_expired_record_is_not_counted() -> None:
+    """Holder counts skip records that have expired but are not dropped yet."""
+    net = network(3, intervals=Intervals(expire=10_000.0))
+    item = blob(b"brief")
+    net.nodes[1].engine.store(item, 1.0, net.clock.now)
+    assert live_holders(net) == {item.key: 1}
+    net.clock.run(net.clock.now + 5)
+    assert live_holders(net) == {}
+
+
+def test_a_long_batch_of_instant_jobs_does_not_nest() -> None:
+    """Thousands of jobs that finish at once run from the clock, not by recursion."""
+    net = Network()
+
+    def job(value: int, done: Callable[[int], None]) -> None:
+        done(value)
+
+    jobs = [partial(job, i) for i in range(3000)]
+    assert run_jobs(net, jobs, "instant") == list(range(3000))
+
+
+def test_the_trace_notes_every_event() -> None:
+    """With a trace, each send, reply and timeout is a line stamped with the virtual time."""
+    out = io.StringIO()
+    net = Network(trace=out, rpc_timeout=1.0)
+    grow(net, 2)
+    net.kill(net.nodes[1])
+    call(net.nodes[0], net.nodes[1].contact, FindNode, target=1)
+    net.split({0: 0})
+    net.heal()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "0.000000 start n0 seeds=0"
+    assert any(" send n1>n0 ping 1" in line for line in lines)
+    assert any(" reply n0>n1 pong 1" in line for line in lines)
+    assert any(" timeout n0>n1 find_node" in line for line in lines)
+    assert any(line.endswith(" kill n1") for line in lines)
+    assert lines[-2:] == [lines[-2].split()[0] + " split 1 sides", lines[-1].split()[0] + " heal"]
+
+
+# -- the ideal lookup ---------------------------------------------------------------------
+
+
+def test_perfect_tables_hold_the_closest_nodes_and_k_per_bucket() -> None:
+    """A perfect table holds a node's k closest, and at most k per bucket range."""
+    rng = random.Random(9)
+    ids = sorted(rng.getrandbits(512) for _ in range(500))
+    tables = PerfectTables(ids, 10, seed=1)
+    own = ids[100]
+    table = tables.table(own)
+    assert tables.table(own) is table
+    assert own not in table
+    assert set(closest_ids(ids, own, 11)) - {own} <= set(table)
+    for bit in range(512):
+        in_bucket = [i for i in table if (i ^ own).bit_length() - 1 == bit]
+        assert len(in_bucket) <= 10
+    answer = tables.answer(own, 77, asker=ids[0])
+    assert ids[0] not in answer
+    assert answer == sorted(answer, key=lambda i: i ^ 77)
+
+
+def test_ideal_lookup_finds_the_k_closest() -> None:
+    """On perfect tables a lookup finds the true k closest, in few RTTs; alone, nothing."""
+    rng = random.Random(2)
+    ids = sorted(rng.getrandbits(512) for _ in range(300))
+    tables = PerfectTables(ids, 8, seed=1)
+
+    def contact(ident: int) -> Contact:
+        return Contact(ident, "127.0.0.1", PORT)
+
+    target = rng.getrandbits(512)
+    best = ideal_lookup(tables, contact, ids[0], target, alpha=3, rtt=0.05)
+    assert best.closest == [i for i in closest_ids(ids, target, 9) if i != ids[0]][:8]
+    assert best.queries >= 8
+    assert best.latency >= 0.05 * 3
+    assert best.hops >= 1
+    lonely = ideal_lookup(PerfectTables([5], 8, 1), contact, 5, 9, alpha=3, rtt=0.05)
+    assert (lonely.queries, lonely.hops, lonely.closest) == (0, 0, [])
+
+
+# -- reports ------------------------------------------------------------------------------
+
+
+def test_percentiles_means_and_tables() -> None:
+    """Nearest-rank percentiles, means, and aligned text tables."""
+    assert percentile([], 0.5) == mean([]) == 0.0
+    assert percentile([3, 1, 2], 0.5) == 2.0
+    assert percentile([5], 0.0) == 5.0
+    assert mean([1, 2]) == 1.5
+    table = Table("t", ["name", "n", "x"], [["a", 1234, 0.5], ["bb", 1, 123.456]])
+    assert table.render() == [
+        "t",
+        "  name      n      x",
+        "  ----  -----  -----",
+        "  a     1,234    0.5",
+        "  bb        1  123.5",
+    ]
+
+
+def test_a_report_renders_as_text_and_json() -> None:
+    """Reports list targets met and missed; JSON rounds floats; no targets, no section."""
+    report = Report("x", {"nodes": 3}, [Table("t", ["a"], [[1.23456789]])])
+    report.targets = [Target("good", "all", "all", True), Target("bad", "all", "some", False)]
+    report.notes = ["a note"]
+    report.counters = {"ping": 2}
+    text = report.render()
+    assert "  met     good: all (goal: all)" in text
+    assert "  MISSED  bad: some (goal: all)" in text
+    assert "note: a note" in text
+    assert not report.met
+    data = report.to_json()
+    assert data["tables"] == [{"title": "t", "columns": ["a"], "rows": [[1.2346]]}]
+    bare = Report("y", {})
+    assert "targets" not in bare.render()
+    assert bare.met
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+
+def test_lookup_scenario_meets_its_targets_on_a_small_network() -> None:
+    """The lookup scenario measures FIND_NODE against the ideal, and FIND_VALUE."""
+    report = run("lookup", Settings(nodes=60, keys=5, lookups=20))
+    rows = report.tables[0].rows
+    assert [row[0] for row in rows] == ["FIND_NODE", "FIND_NODE ideal", "FIND_VALUE"]
+    assert [row[1] for row in rows] == [20, 20, 20]
+    assert report.met, report.render()
+    assert report.wall_seconds > 0
+    assert report.cpu_seconds > 0
+    assert report.peak_rss_mib > 0
+    assert report.counters["handled"] > 0
+
+
+def test_lookup_scenario_without_latency_has_no_latency_target() -> None:
+    """With zero latency there is no RTT to measure against."""
+    report = run("lookup", Settings(nodes=20, keys=2, lookups=5, latency=0.0))
+    assert [t.name for t in report.targets] == [
+        "FIND_NODE RPCs against the ideal",
+        "FIND_VALUE finds every stored value",
+    ]
+
+
+def test_loss_makes_lookups_slower_but_they_still_succeed() -> None:
+    """With 10% of messages lost, lookups take longer; every one ends, values are found."""
+    settings = Settings(nodes=60, keys=5, lookups=30)
+    clean = run("lookup", settings)
+    settings.loss = 0.1
+    lossy = run("lookup", settings)
+    assert lossy.counters["lost"] > 0
+    assert lossy.counters["timeouts"] > 0
+    find_node, _, find_value = lossy.tables[0].rows
+    assert (find_node[1], find_value[1]) == (30, 30)  # every lookup ended
+    assert find_value[2] == 100.0  # and every value was found
+    assert float(find_node[3]) > 50.0  # most of the k closest were found all the same
+    assert float(find_node[10]) > float(clean.tables[0].rows[0][10])  # median latency
+
+
+def test_latency_scales_lookup_time() -> None:
+    """Doubling the round-trip time doubles the lookup latency, with the same messages."""
+    fast = run("lookup", Settings(nodes=40, keys=3, lookups=10, latency=50.0))
+    slow = run("lookup", Settings(nodes=40, keys=3, lookups=10, latency=100.0))
+    assert slow.tables[0].rows[0][10] == pytest.approx(2 * float(fast.tables[0].rows[0][10]))
+    assert slow.tables[0].rows[0][12] == pytest.approx(fast.tables[0].rows[0][12])
+
+
+def test_crash_scenario_reads_after_killing_and_counts_replicas() -> None:
+    """The crash scenario kills each fraction in its own network and reports both phases."""
+    report = run("crash", Settings(nodes=40, keys=30, k=8, kill=(0.5, 0.9)))
+    rows = report.tables[0].rows
+    assert [row[:3] for row in rows] == [["50%", 20, 30], ["90%", 4, 30]]
+    assert len(report.targets) == 4
+    assert report.targets[0].met  # every key readable after losing half the nodes
+    assert "4 closest live nodes" in report.targets[3].name
+
+
+def test_churn_scenario_replaces_nodes_and_probes() -> None:
+    """The churn scenario replaces nodes, probes lookups and gets, and counts replicas."""
+    report = run("churn", Settings(nodes=30, keys=10, k=8, hours=2.0))
+    rows = report.tables[0].rows
+    assert [row[0] for row in rows] == ["0-1", "1-2"]
+    assert sum(int(row[2]) for row in rows) > 10
+    assert all(row[3] and row[5] for row in rows)
+    assert len(report.targets) == 3
+
+
+def test_churn_scenario_without_churn_is_steady() -> None:
+    """With nobody replaced, every probe succeeds."""
+    report = run("churn", Settings(nodes=20, keys=5, k=5, hours=1.5, churn=0.0))
+    assert [row[2] for row in report.tables[0].rows] == [0, 0]
+    assert report.met, report.render()
+
+
+def test_partition_scenario_writes_heals_and_reads() -> None:
+    """The partition scenario writes during a split and checks reads after healing."""
+    report = run("partition", Settings(nodes=30, keys=2, k=8, minutes=12.0))
+    writes, checks = report.tables
+    assert writes.rows == [["before the split", 2, 2], ["during the split", 4, 4]]
+    assert [row[0] for row in checks.rows] == ["0 min", "60 min", "120 min"]
+    assert report.targets[1].measured == "0 names"
+
+
+def test_a_write_nobody_took_is_not_acknowledged() -> None:
+    """A put that no node stored does not raise the acknowledged sequence number."""
+    net = network(3)
+    writer = _Writer(net, net.nodes[0], ["a"])
+    writer._stored("a", 3, None, 0)
+    assert (writer.written, writer.acknowledged, writer.acked) == (1, 0, {"a": 0})
+    seqs: list[int] = []
+    writer.read("a", net.nodes[1], seqs.append)
+    wait(net, seqs)
+    assert seqs == [-1]
+
+
+# -- determinism and the command line -----------------------------------------------------
+
+SMALL = ["lookup", "--nodes", "25", "--keys", "3", "--lookups", "5", "--loss", "0.05"]
+
+
+def test_the_same_seed_gives_the_same_trace(tmp_path: Path) -> None:
+    """Two runs with one seed write byte-identical traces; another seed, another trace."""
+    traces = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        path = tmp_path / f"{name}.trace"
+        assert main([*SMALL, "--jitter", "10", "--seed", seed, "--trace", str(path)]) == 0
+        traces.append(path.read_bytes())
+    assert len(traces[0]) > 10_000
+    assert traces[0] == traces[1]
+    assert traces[0] != traces[2]
+
+
+def test_the_trace_does_not_depend_on_hash_randomization(tmp_path: Path) -> None:
+    """A run in another process, with another string hash seed, writes the same trace."""
+    here, there = tmp_path / "here.trace", tmp_path / "there.trace"
+    assert main([*SMALL, "--trace", str(here)]) == 0
+    env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(ROOT))
+    subprocess.run(
+        [sys.executable, "-m", "txdht.sim", *SMALL, "--trace", str(there)],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert here.read_bytes() == there.read_bytes()
+
+
+def test_main_prints_a_table_or_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """The command prints the report as text, or as JSON with --json."""
+    assert main(SMALL) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("scenario lookup: nodes=25, keys=3, seed=1")
+    assert "FIND_NODE ideal" in text
+    assert main([*SMALL, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["parameters"]["loss"] == 0.05
+    assert data["tables"][0]["rows"][0][0] == "FIND_NODE"
+
+
+def test_check_exits_1_when_a_target_is_missed(capsys: pytest.CaptureFixture[str]) -> None:
+    """--check turns a missed target into exit status 1."""
+    argv = ["crash", "--nodes", "12", "--keys", "20", "--k", "4", "--kill", "0.9", "--check"]
+    assert main(argv) == 1
+    assert "MISSED" in capsys.readouterr().out
+    assert main(["churn", "--nodes", "10", "--keys", "2", "--hours", "1", "--churn", "0"]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nope"],
+        ["crash", "--kill", "0.5,x"],
+        ["crash", "--kill", "1.5"],
+        ["lookup", "--loss", "1"],
+        ["lookup", "--nodes", "0"],
+    ],
+)
+def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown scenarios and out-of-range options stop with status 2 and a message."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_python_m_runs_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m txdht.sim` runs main with the command line and exits with its status."""
+    monkeypatch.setattr(sys, "argv", ["python -m txdht.sim", *SMALL])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_module("txdht.sim", run_name="__main__")
+    assert stopped.value.code == 0
+    assert "FIND_VALUE" in capsys.readouterr().out
+
+
+def test_settings_take_scenario_defaults_and_options() -> None:
+    """Options override a scenario's defaults, which override the general ones."""
+    from txdht.sim.cli import parser, settings
+
+    chosen = settings(parser().parse_args(["churn", "--keys", "7", "--seed", "3"]))
+    assert (chosen.nodes, chosen.keys, chosen.hours, chosen.seed) == (100, 7, 12.0, 3)
+    assert chosen.describe("hours")["hours"] == 12.0
+    assert isinstance(chosen.network(), Network)

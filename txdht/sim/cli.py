@@ -1,0 +1,98 @@
+"""``python -m txdht.sim SCENARIO [options]``: run one scenario, print its report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+
+from txdht.sim.scenarios import DEFAULTS, SCENARIOS, Settings, run
+
+__all__ = ["main", "parser"]
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of fractions: {text!r}") from None
+    if not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError("each fraction must be above 0 and below 1")
+    return values
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError("a probability from 0 up to (not including) 1")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    defaults = "; ".join(
+        f"{name}: " + ", ".join(f"--{k} {v}" for k, v in values.items())
+        for name, values in DEFAULTS.items()
+    )
+    p = argparse.ArgumentParser(
+        prog="python -m txdht.sim",
+        description="Run many txdht nodes (the real core) on a simulated network with a "
+        "virtual clock, and report how lookups and stored values fare.",
+        epilog=f"Defaults per scenario: {defaults}.",
+    )
+    p.add_argument("scenario", choices=sorted(SCENARIOS), help="what to simulate")
+    p.add_argument("--nodes", type=_positive, help="nodes in the network")
+    p.add_argument("--seed", type=int, default=1, help="seed of every random choice (1)")
+    p.add_argument("--keys", type=_positive, help="items stored (partition: names written)")
+    p.add_argument("--latency", type=float, default=50.0, help="round-trip time in ms (50)")
+    p.add_argument("--jitter", type=float, default=0.0, help="up to this many ms more each way")
+    p.add_argument("--loss", type=_probability, default=0.0, help="chance a message is lost (0)")
+    p.add_argument("--k", type=_positive, default=20, help="bucket size and replicas (20)")
+    p.add_argument("--alpha", type=_positive, default=3, help="lookup parallelism (3)")
+    p.add_argument("--rpc-timeout", type=float, default=5.0, help="seconds to a timeout (5)")
+    p.add_argument("--lookups", type=_positive, help="lookup: lookups measured of each kind")
+    p.add_argument("--hours", type=float, help="churn: simulated hours")
+    p.add_argument("--churn", type=float, help="churn: fraction of nodes replaced per hour")
+    p.add_argument("--kill", type=_fractions, help="crash: fractions killed, e.g. 0.5,0.9")
+    p.add_argument("--minutes", type=float, help="partition: minutes split")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--trace", metavar="FILE", help="write every event to FILE")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    return p
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    """The settings the options ask for, the scenario's defaults filling the gaps."""
+    values = dict(DEFAULTS[args.scenario])
+    for f in fields(Settings):
+        given = getattr(args, f.name, None)
+        if given is not None and f.name != "trace":
+            values[f.name] = given
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the scenario; 0, or 1 with ``--check`` when a target was missed."""
+    args = parser().parse_args(argv)
+    chosen = settings(args)
+    if args.trace:
+        with open(args.trace, "w", encoding="utf-8") as trace:
+            chosen.trace = trace
+            report = run(args.scenario, chosen)
+    else:
+        report = run(args.scenario, chosen)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(report.render())
+    return 1 if args.check and not report.met else 0

@@ -1,0 +1,714 @@
+"""The four scenarios of the simulator: lookup, crash, churn and partition.
+
+Each takes ``Settings`` and returns a ``Report``. Every one of them grows its network the way a
+real one grows: nodes start one after another and join through a random node already in the
+network (ping, lookup of their own id, refresh of every bucket: ``Node.join``), each with the
+housekeeping timers of ``txdht.service`` (refresh, replicate, republish, expire). Items are
+stored and read through ``publish_own`` and ``get``, as the API does. All choices (which node,
+which target, which victims) come from the network's seeded RNG.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from functools import partial
+from typing import IO, TypeVar
+
+from txdht.core.ids import Contact
+from txdht.core.items import DEFAULT_TTL, Item, blob, mutable_key
+from txdht.core.lookup import ALPHA
+from txdht.core.routing import K
+from txdht.node import DEFAULT_RPC_TIMEOUT
+from txdht.sim.ideal import PerfectTables, ideal_lookup
+from txdht.sim.network import Network, SimLookup, SimNode, _Pool
+from txdht.sim.report import (
+    Cell,
+    Report,
+    Table,
+    Target,
+    cpu_seconds,
+    mean,
+    peak_rss_mib,
+    percentile,
+)
+
+__all__ = ["DEFAULTS", "SCENARIOS", "Settings", "run"]
+
+R = TypeVar("R")
+Job = Callable[[Callable[[R], None]], None]
+
+#: Seconds between two nodes starting while a network grows.
+SPACING = 0.1
+#: Operations (stores, reads, measured lookups) a scenario keeps running at once.
+CONCURRENCY = 50
+#: Churn: seconds between two rounds of probes, and probes of each kind per round.
+PROBE_INTERVAL = 300.0
+PROBES = 10
+#: Partition: seconds between two writes of every name, and reads of each name per check.
+WRITE_INTERVAL = 300.0
+READERS = 10
+
+
+@dataclass
+class Settings:
+    """The parameters of a run (the command line's options)."""
+
+    nodes: int = 1000
+    seed: int = 1
+    #: Items stored (lookup, crash, churn), or names written (partition).
+    keys: int = 100
+    #: Round-trip time and jitter added to each one-way trip, in milliseconds.
+    latency: float = 50.0
+    jitter: float = 0.0
+    loss: float = 0.0
+    k: int = K
+    alpha: int = ALPHA
+    rpc_timeout: float = DEFAULT_RPC_TIMEOUT
+    #: Lookups measured (lookup), of each kind.
+    lookups: int = 200
+    #: Churn: simulated hours, and the fraction of the nodes replaced per hour.
+    hours: float = 48.0
+    churn: float = 0.5
+    #: Crash: the fractions of the network killed at once, each in a network of its own.
+    kill: tuple[float, ...] = (0.5, 0.9)
+    #: Partition: minutes the network stays split.
+    minutes: float = 30.0
+    trace: IO[str] | None = None
+
+    def network(self) -> Network:
+        """A new network with these settings."""
+        return Network(
+            seed=self.seed,
+            k=self.k,
+            alpha=self.alpha,
+            latency=self.latency / 1000,
+            jitter=self.jitter / 1000,
+            loss=self.loss,
+            rpc_timeout=self.rpc_timeout,
+            trace=self.trace,
+        )
+
+    def describe(self, *names: str) -> dict[str, object]:
+        """The common parameters, and the scenario's own ``names``."""
+        common = ("nodes", "keys", "seed", "k", "alpha", "latency", "jitter", "loss")
+        wanted = (*common, "rpc_timeout", *names)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in wanted}
+        return {name: values[name] for name in wanted}
+
+
+#: Each scenario's defaults, where they differ from ``Settings``' own (sized to run in a few
+#: minutes on a laptop; the issue's sizes are given on the command line).
+DEFAULTS: dict[str, dict[str, object]] = {
+    "lookup": {"nodes": 1000, "keys": 100, "lookups": 200},
+    "crash": {"nodes": 200, "keys": 1000},
+    "churn": {"nodes": 100, "keys": 100, "hours": 12.0},
+    "partition": {"nodes": 200, "keys": 20},
+}
+
+
+# -- building blocks ------------------------------------------------------------------------
+
+
+def grow(net: Network, count: int) -> list[SimNode]:
+    """Start ``count`` nodes, one every ``SPACING`` s, each joining through a random member of
+    the network; run until all have joined, then for one refresh interval more (a node whose
+    join failed, say on a lost message, tries again then, as ``DHTService`` does)."""
+    new: list[SimNode] = []
+    joined: list[SimNode] = []
+
+    def launch() -> None:
+        node = net.add_node()
+        new.append(node)
+        net.start(node, net.seeds(), joined.append)
+
+    for i in range(count):
+        net.clock.later(i * SPACING, launch)
+    limit = count * SPACING + 3600
+    net.clock.run_until(lambda: len(joined) == count, limit, "growing the network")
+    net.clock.run(net.clock.now + net.intervals.refresh)
+    return new
+
+
+def run_jobs(net: Network, jobs: Sequence[Job[R]], what: str, limit: float = 7200.0) -> list[R]:
+    """Run ``jobs`` (each calls its argument with its result), ``CONCURRENCY`` at a time; the
+    results in order. ``SimulationError`` if they are not all done within ``limit`` seconds."""
+    results: dict[int, R] = {}
+    waiting = iter(range(len(jobs)))
+
+    def launch() -> None:
+        index = next(waiting, None)
+        if index is not None:
+            jobs[index](partial(finished, index))
+
+    def finished(index: int, result: R) -> None:
+        results[index] = result
+        net.clock.later(0.0, launch)  # from the clock: quick jobs never nest
+
+    for _ in range(CONCURRENCY):
+        launch()
+    net.clock.run_until(lambda: len(results) == len(jobs), limit, what)
+    return [results[i] for i in range(len(jobs))]
+
+
+def items_for(net: Network, count: int) -> list[Item]:
+    """``count`` distinct blobs."""
+    return [blob(f"txdht.sim {net.seed} value {i}".encode()) for i in range(count)]
+
+
+def store(net: Network, items: list[Item], publishers: list[SimNode] | None = None) -> list[int]:
+    """Publish each item (``publish_own``) from a random node, or from ``publishers`` in turn;
+    how many nodes took each (0: the put failed)."""
+
+    def job(i: int, done: Callable[[int], None]) -> None:
+        node = publishers[i % len(publishers)] if publishers else net.ready.choice(net.rng)
+        node.publish_own(items[i], DEFAULT_TTL, done)
+
+    return run_jobs(net, [partial(job, i) for i in range(len(items))], "storing")
+
+
+def read(net: Network, keys: list[int]) -> list[Item | None]:
+    """Get each key (``get``) through a random ready node."""
+
+    def job(key: int, done: Callable[[Item | None], None]) -> None:
+        net.ready.choice(net.rng).get(key, lambda item, _: done(item))
+
+    return run_jobs(net, [partial(job, key) for key in keys], "reading")
+
+
+def live_holders(net: Network) -> dict[int, int]:
+    """How many live nodes hold each key (unexpired)."""
+    now = net.clock.now
+    held: dict[int, int] = {}
+    for node in net.live:
+        for record in node.engine.storage.records():
+            if record.expires_at > now:
+                held[record.key] = held.get(record.key, 0) + 1
+    return held
+
+
+def replicas(net: Network, key: int) -> int:
+    """How many of the k live nodes closest to ``key`` hold it."""
+    now = net.clock.now
+    closest = net.closest_live(key, net.k)
+    return sum(1 for i in closest if net.by_id[i].engine.get(key, now) is not None)
+
+
+def run(name: str, settings: Settings) -> Report:
+    """Run scenario ``name``; the report, with wall time and peak memory filled in."""
+    started, cpu = time.perf_counter(), cpu_seconds()
+    report = SCENARIOS[name](settings)
+    report.wall_seconds = time.perf_counter() - started
+    report.cpu_seconds = cpu_seconds() - cpu
+    report.peak_rss_mib = peak_rss_mib()
+    return report
+
+
+def _counters(nets: list[Network]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for net in nets:
+        for kind, count in [*net.sent.items(), *net.counts.items()]:
+            totals[kind] = totals.get(kind, 0) + count
+    totals["events"] = sum(net.clock.events for net in nets)
+    return totals
+
+
+def _percent(part: int, whole: int) -> float:
+    return 100.0 * part / whole if whole else 100.0
+
+
+# -- lookup ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one lookup took, and whether it found what it should."""
+
+    queries: int
+    hops: int
+    latency: float
+    success: bool
+    #: The fraction of the true k closest among the k it returned (FIND_NODE).
+    precision: float = 1.0
+
+
+def _truth(net: Network, target: int, source: int) -> list[int]:
+    """The k live nodes closest to ``target``, the lookup's own node left out."""
+    return [i for i in net.closest_live(target, net.k + 1) if i != source][: net.k]
+
+
+def _find_node(net: Network, node: SimNode, target: int, done: Callable[[Measured], None]) -> None:
+    truth = _truth(net, target, node.engine.id)
+
+    def finished(found: SimLookup) -> None:
+        got = [c.id for c in found.machine.closest()]
+        hits = len(set(got) & set(truth))
+        done(
+            Measured(
+                found.machine.queries,
+                found.hops(),
+                found.latency,
+                truth[0] in got,
+                hits / len(truth),
+            )
+        )
+
+    node.lookup(target, finished)
+
+
+def _find_value(node: SimNode, key: int, done: Callable[[Measured], None]) -> None:
+    def finished(found: SimLookup) -> None:
+        ok = found.machine.value is not None
+        done(Measured(found.machine.queries, found.hops(), found.latency, ok))
+
+    node.lookup(key, finished, find_value=True)
+
+
+def _lookup_row(label: str, runs: list[Measured], rtt: float) -> list[Cell]:
+    queries = [m.queries for m in runs]
+    hops = [m.hops for m in runs]
+    ms = [m.latency * 1000 for m in runs]
+    return [
+        label,
+        len(runs),
+        _percent(sum(m.success for m in runs), len(runs)),
+        100 * mean([m.precision for m in runs]),
+        mean(queries),
+        percentile(queries, 0.5),
+        percentile(queries, 0.9),
+        max(queries),
+        percentile(hops, 0.5),
+        percentile(hops, 0.9),
+        percentile(ms, 0.5),
+        percentile(ms, 0.9),
+        percentile([m.latency for m in runs], 0.5) / rtt if rtt else 0.0,
+    ]
+
+
+def lookup(s: Settings) -> Report:
+    """FIND_NODE and FIND_VALUE lookups in a grown network, against ideal lookups."""
+    net = s.network()
+    grow(net, s.nodes)
+    items = items_for(net, s.keys)
+    store(net, items)
+    rng = net.rng
+    pairs = [(net.ready.choice(rng), rng.getrandbits(512)) for _ in range(s.lookups)]
+    found = run_jobs(net, [partial(_find_node, net, n, t) for n, t in pairs], "FIND_NODE lookups")
+    reads = [(net.ready.choice(rng), rng.choice(items).key) for _ in range(s.lookups)]
+    values = run_jobs(net, [partial(_find_value, n, key) for n, key in reads], "FIND_VALUE lookups")
+    rtt = s.latency / 1000
+    tables = PerfectTables(list(net.live_ids), s.k, s.seed)
+
+    def contact(ident: int) -> Contact:
+        return net.by_id[ident].contact
+
+    ideal_runs = []
+    for node, target in pairs:
+        truth = _truth(net, target, node.engine.id)
+        best = ideal_lookup(tables, contact, node.engine.id, target, alpha=s.alpha, rtt=rtt)
+        hits = len(set(best.closest) & set(truth))
+        ideal_runs.append(
+            Measured(
+                best.queries, best.hops, best.latency, truth[0] in best.closest, hits / len(truth)
+            )
+        )
+    columns = ["lookup", "count", "ok %", "k-closest %", "RPCs mean", "p50", "p90", "max"]
+    columns += ["hops p50", "p90", "ms p50", "ms p90", "p50 / RTT"]
+    table = Table(f"lookups in a network of {s.nodes} nodes", columns)
+    table.rows = [
+        _lookup_row("FIND_NODE", found, rtt),
+        _lookup_row("FIND_NODE ideal", ideal_runs, rtt),
+        _lookup_row("FIND_VALUE", values, rtt),
+    ]
+    report = Report("lookup", s.describe("lookups"), [table])
+    ratio = mean([m.queries for m in found]) / mean([m.queries for m in ideal_runs])
+    report.targets.append(
+        Target("FIND_NODE RPCs against the ideal", "at most 1.1x", f"{ratio:.3f}x", ratio <= 1.1)
+    )
+    if rtt:
+        floor = math.ceil(s.k / s.alpha)
+        median = percentile([m.latency for m in found], 0.5) / rtt
+        report.targets.append(
+            Target(
+                "FIND_NODE median latency",
+                f"at most {floor + 3} RTT (the floor is k/alpha = {floor} RTT)",
+                f"{median:.1f} RTT",
+                median <= floor + 3,
+            )
+        )
+    missing = sum(not m.success for m in values)
+    report.targets.append(
+        Target(
+            "FIND_VALUE finds every stored value",
+            "all",
+            f"{len(values) - missing} of {len(values)}",
+            not missing,
+        )
+    )
+    report.notes.append(
+        "hops: depth of the closest contact found (FIND_NODE) or of the peer that returned the "
+        "value (FIND_VALUE); the seeds from the node's own table are depth 1"
+    )
+    report.counters = _counters([net])
+    report.simulated_seconds = net.clock.now
+    return report
+
+
+# -- crash ----------------------------------------------------------------------------------
+
+
+def _crash_once(s: Settings, fraction: float, report: Report, table: Table) -> Network:
+    """One crash: grow, store, kill ``fraction``, read every key, replicate for an interval."""
+    net = s.network()  # the same seed: the same network, grown and filled the same way
+    grow(net, s.nodes)
+    items = items_for(net, s.keys)
+    stored = store(net, items)
+    keys = [item.key for item, n in zip(items, stored, strict=True) if n]
+    for node in net.rng.sample(net.live.items, round(fraction * s.nodes)):
+        net.kill(node)
+    killed_at = net.clock.now
+    got = read(net, keys)
+    readable = sum(1 for item in got if item is not None)
+    net.clock.run(killed_at + net.intervals.replicate)
+    # the nodes whose replication started before the interval was over finish it
+    running = net.running
+    net.clock.run_until(lambda: not running["replicate"], net.intervals.replicate, "replication")
+    held = live_holders(net)
+    counts = [replicas(net, key) for key in keys if key in held]
+    closest = min(s.k, len(net.live))
+    floor = math.ceil(0.8 * closest)
+    below = sum(1 for c in counts if c < floor)
+    table.rows.append(
+        [
+            f"{fraction:.0%}",
+            len(net.live),
+            len(keys),
+            readable,
+            _percent(readable, len(keys)),
+            len(keys) - len(counts),
+            (net.clock.now - killed_at) / 60,
+            min(counts, default=0),
+            percentile(counts, 0.1),
+            percentile(counts, 0.25),
+            percentile(counts, 0.5),
+            below,
+        ]
+    )
+    goal = 1.0 if fraction <= 0.5 else 0.85
+    report.targets += [
+        Target(
+            f"keys readable right after a {fraction:.0%} crash",
+            "all" if goal == 1.0 else f"at least {goal:.0%}",
+            f"{readable} of {len(keys)} ({_percent(readable, len(keys)):.2f}%)",
+            readable >= goal * len(keys),
+        ),
+        Target(
+            f"{fraction:.0%} crash, one replication interval later: surviving keys on at least "
+            f"{floor} of their {closest} closest live nodes",
+            "every key",
+            f"{len(counts) - below} of {len(counts)} (min {min(counts, default=0)})",
+            not below,
+        ),
+    ]
+    return net
+
+
+def crash(s: Settings) -> Report:
+    """Kill a fraction of the network at once; read every key; replicate for one interval."""
+    columns = ["killed", "alive", "keys", "readable", "readable %", "lost", "after (min)"]
+    columns += ["replicas min", "p10", "p25", "p50", "< 80%"]
+    table = Table(
+        f"{s.nodes} nodes, {s.keys} keys at k={s.k}: reads right after the crash; replicas on "
+        f"the {s.k} closest live nodes (all, when fewer are alive) one replication interval later",
+        columns,
+    )
+    report = Report("crash", s.describe("kill"), [table])
+    nets = [_crash_once(s, fraction, report, table) for fraction in s.kill]
+    report.notes.append(
+        "each fraction runs in a network of its own, grown and filled identically (same seed); "
+        "a dead node never answers: requests to it time out after rpc_timeout; lost: stored "
+        "keys no live node holds any more"
+    )
+    report.counters = _counters(nets)
+    report.simulated_seconds = sum(net.clock.now for net in nets)
+    return report
+
+
+# -- churn ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Hour:
+    """What one hour of churn saw."""
+
+    alive: int = 0
+    replaced: int = 0
+    lookups: int = 0
+    lookups_ok: int = 0
+    gets: int = 0
+    gets_ok: int = 0
+    replicas: list[int] = field(default_factory=list)
+
+
+class _Churn:
+    """The churn scenario's moving parts: replacements, probes, and what they found."""
+
+    def __init__(self, s: Settings, net: Network, publishers: list[SimNode], keys: list[int]):
+        self.s = s
+        self.net = net
+        self.keys = keys
+        self.churnable = _Pool()
+        protected = {p.index for p in publishers}
+        for node in net.live:
+            if node.index not in protected:
+                self.churnable.add(node)
+        self.start = net.clock.now
+        self.end = self.start + s.hours * 3600
+        self.hours = [_Hour() for _ in range(math.ceil(s.hours))]
+        self.probes = 0
+
+    def hour(self) -> _Hour:
+        """The hour now is in."""
+        return self.hours[min(int((self.net.clock.now - self.start) // 3600), len(self.hours) - 1)]
+
+    def begin(self) -> None:
+        """Schedule the replacements, probes and hourly snapshots."""
+        clock, rng = self.net.clock, self.net.rng
+        rate = self.s.churn * self.s.nodes / 3600
+        if rate > 0:
+            clock.later(rng.expovariate(rate), self.replace, rate)
+        for step in range(1, int(self.s.hours * 3600 / PROBE_INTERVAL) + 1):
+            clock.at(self.start + step * PROBE_INTERVAL - 1, self.probe)
+        for hour in range(len(self.hours)):
+            clock.at(min(self.start + (hour + 1) * 3600, self.end) - 0.5, self.snapshot)
+
+    def replace(self, rate: float) -> None:
+        """A random node leaves without a goodbye; a new one joins through a random node."""
+        net = self.net
+        victim = self.churnable.choice(net.rng)
+        net.kill(victim)
+        self.churnable.discard(victim)
+        newcomer = net.add_node()
+        net.start(newcomer, net.seeds())
+        self.churnable.add(newcomer)
+        self.hour().replaced += 1
+        following = net.clock.now + net.rng.expovariate(rate)
+        if following < self.end:
+            net.clock.at(following, self.replace, rate)
+
+    def probe(self) -> None:
+        """Lookups of random ids and gets of random keys, from random nodes."""
+        net, hour = self.net, self.hour()
+        for _ in range(PROBES):
+            self.probes += 2
+            node = net.ready.choice(net.rng)
+            target = net.rng.getrandbits(512)
+            truth = _truth(net, target, node.engine.id)[:3]
+            node.lookup(target, partial(self.looked_up, hour, truth))
+            reader = net.ready.choice(net.rng)
+            reader.get(net.rng.choice(self.keys), partial(self.got, hour))
+
+    def looked_up(self, hour: _Hour, truth: list[int], found: SimLookup) -> None:
+        """A probe lookup ended: it succeeded if it found the closest node still alive."""
+        live = [i for i in truth if self.net.by_id[i].alive]
+        hour.lookups += 1
+        hour.lookups_ok += not live or live[0] in {c.id for c in found.machine.closest()}
+
+    def got(self, hour: _Hour, item: Item | None, found: SimLookup | None) -> None:
+        """A probe get ended."""
+        hour.gets += 1
+        hour.gets_ok += item is not None
+
+    def snapshot(self) -> None:
+        """Count each key's replicas on its k closest live nodes."""
+        hour = self.hour()
+        hour.alive = len(self.net.live)
+        hour.replicas = [replicas(self.net, key) for key in self.keys]
+
+
+def churn(s: Settings) -> Report:
+    """Replace a fraction of the nodes every hour, with the housekeeping of the real node."""
+    net = s.network()
+    grow(net, s.nodes)
+    publishers = net.nodes[: max(1, s.nodes // 20)]
+    items = items_for(net, s.keys)
+    stored = store(net, items, publishers)
+    keys = [item.key for item, n in zip(items, stored, strict=True) if n]
+    churning = _Churn(s, net, publishers, keys)
+    churning.begin()
+    net.clock.run(churning.end + 2 * s.rpc_timeout * s.k)  # the last probes end (or die)
+    columns = ["hour", "alive", "replaced", "lookups", "ok %", "gets", "ok %"]
+    columns += ["replicas min", "p25", "p50"]
+    table = Table(
+        f"{s.nodes} nodes ({len(publishers)} publishers stay up), {s.churn:.0%} replaced per "
+        f"hour, {len(keys)} keys at k={s.k}",
+        columns,
+    )
+    for number, hour in enumerate(churning.hours):
+        table.rows.append(
+            [
+                f"{number}-{number + 1}",
+                hour.alive,
+                hour.replaced,
+                hour.lookups,
+                _percent(hour.lookups_ok, hour.lookups),
+                hour.gets,
+                _percent(hour.gets_ok, hour.gets),
+                min(hour.replicas, default=0),
+                percentile(hour.replicas, 0.25),
+                percentile(hour.replicas, 0.5),
+            ]
+        )
+    hours = churning.hours
+    looked, found = sum(h.lookups for h in hours), sum(h.lookups_ok for h in hours)
+    gets, got = sum(h.gets for h in hours), sum(h.gets_ok for h in hours)
+    samples = [count for h in hours for count in h.replicas]
+    quartile = percentile(samples, 0.25)
+    floor = math.ceil(0.7 * s.k)
+    report = Report("churn", s.describe("hours", "churn"), [table])
+    report.targets += [
+        Target(
+            "lookup success (finds the closest live node)",
+            "at least 99.5%",
+            f"{found} of {looked} ({_percent(found, looked):.2f}%)",
+            _percent(found, looked) >= 99.5,
+        ),
+        Target(
+            "value availability (a get of a stored key returns it)",
+            "at least 99.9%",
+            f"{got} of {gets} ({_percent(got, gets):.2f}%)",
+            _percent(got, gets) >= 99.9,
+        ),
+        Target(
+            f"live replicas on a key's {s.k} closest live nodes (hourly), lower quartile",
+            f"at least {floor}",
+            f"{quartile:g} (min {min(samples, default=0)}, median {percentile(samples, 0.5):g})",
+            quartile >= floor,
+        ),
+    ]
+    replaced = sum(h.replaced for h in hours)
+    report.notes += [
+        f"{replaced} nodes replaced (killed without a goodbye; a new one joined through a random "
+        f"node); every {PROBE_INTERVAL:g} s, {PROBES} FIND_NODE lookups of random ids and "
+        f"{PROBES} gets of random keys, each from a random node; {churning.probes - looked - gets}"
+        " probes ended with their own node",
+        "the publishers (the oldest nodes) stay up and republish every 12 h, as the owner of "
+        "data keeps a node up; replicas are counted at the end of each hour",
+    ]
+    report.counters = _counters([net])
+    report.simulated_seconds = net.clock.now
+    return report
+
+
+# -- partition ------------------------------------------------------------------------------
+
+
+class _Writer:
+    """The publisher of the partition scenario, and the newest version of each name it got
+    acknowledged (stored by at least one node)."""
+
+    def __init__(self, net: Network, node: SimNode, names: list[str]) -> None:
+        self.net = net
+        self.node = node
+        self.keys = {name: mutable_key(node.engine.identity.public_bytes, name) for name in names}
+        self.acked = dict.fromkeys(names, 0)
+        self.written = 0
+        self.acknowledged = 0
+
+    def write(self, name: str, done: Callable[[int], None] | None = None) -> None:
+        """Publish the next version of ``name``."""
+        value = f"{name} at {self.net.clock.now:.0f}".encode()
+        item = self.node.engine.next_version(name, value)
+        self.node.publish_own(item, DEFAULT_TTL, partial(self._stored, name, item.seq, done))
+
+    def _stored(self, name: str, seq: int, done: Callable[[int], None] | None, count: int) -> None:
+        self.written += 1
+        if count:
+            self.acknowledged += 1
+            self.acked[name] = max(self.acked[name], seq)
+        if done is not None:
+            done(count)
+
+    def read(self, name: str, reader: SimNode, done: Callable[[int], None]) -> None:
+        """Get ``name`` through ``reader``: the sequence number found (-1: none)."""
+        reader.get(self.keys[name], lambda item, _: done(item.seq if item is not None else -1))
+
+
+def partition(s: Settings) -> Report:
+    """Split the network in two while a publisher writes on one side; heal; read everywhere."""
+    net = s.network()
+    grow(net, s.nodes)
+    names = [f"name-{i}" for i in range(s.keys)]
+    writer = _Writer(net, net.ready.choice(net.rng), names)
+    run_jobs(net, [partial(writer.write, name) for name in names], "writing")
+    before = (writer.written, writer.acknowledged)
+    sides = {node.index: net.rng.randrange(2) for node in net.live}
+    sides[writer.node.index] = 0
+    net.split(sides)
+    split_at = net.clock.now
+    heal_at = split_at + s.minutes * 60
+    for step in range(1, int(s.minutes * 60 / WRITE_INTERVAL) + 1):
+        for name in names:
+            net.clock.at(split_at + step * WRITE_INTERVAL - 1, writer.write, name)
+    net.clock.run(heal_at)
+    net.heal()
+    interval = net.intervals.replicate
+    columns = ["after healing", "gets", "newest %", "older", "none"]
+    checks = Table(f"{s.nodes} nodes split in two for {s.minutes:g} min; {s.keys} names", columns)
+    newest = total = 0
+    for check in range(3):
+        net.clock.run(heal_at + check * interval)
+        readers = [(name, net.ready.choice(net.rng)) for name in names for _ in range(READERS)]
+        seqs = run_jobs(net, [partial(writer.read, n, r) for n, r in readers], "reading")
+        newest = sum(
+            seq == writer.acked[name] for (name, _), seq in zip(readers, seqs, strict=True)
+        )
+        total = len(seqs)
+        none = seqs.count(-1)
+        checks.rows.append(
+            [
+                f"{check * interval / 60:g} min",
+                total,
+                _percent(newest, total),
+                total - newest - none,
+                none,
+            ]
+        )
+    lost = 0
+    for name, key in writer.keys.items():
+        seqs = [r.item.seq for node in net.live if (r := node.engine.storage.get(key)) is not None]
+        lost += max(seqs, default=0) < writer.acked[name]
+    writes = Table("writes", ["phase", "written", "acknowledged"])
+    writes.rows = [
+        ["before the split", *before],
+        ["during the split", writer.written - before[0], writer.acknowledged - before[1]],
+    ]
+    report = Report("partition", s.describe("minutes"), [writes, checks])
+    report.targets += [
+        Target(
+            "gets return the newest acknowledged version two replication intervals after healing",
+            "every get",
+            f"{newest} of {total}",
+            newest == total,
+        ),
+        Target("acknowledged writes lost", "none", f"{lost} names", not lost),
+    ]
+    report.notes.append(
+        f"the publisher is on side 0 with {sum(1 for v in sides.values() if not v)} nodes "
+        f"(side 1: {sum(1 for v in sides.values() if v)}); it writes a new version of every name "
+        f"every {WRITE_INTERVAL:g} s during the split; {READERS} gets per name, each through a "
+        "random node, at each check"
+    )
+    report.counters = _counters([net])
+    report.simulated_seconds = net.clock.now
+    return report
+
+
+SCENARIOS: dict[str, Callable[[Settings], Report]] = {
+    "lookup": lookup,
+    "crash": crash,
+    "churn": churn,
+    "partition": partition,
+}
