@@ -751,6 +751,9 @@ def test_check_exits_1_when_a_target_is_missed(capsys: pytest.CaptureFixture[str
         ["crash", "--kill", "1.5"],
         ["lookup", "--loss", "1"],
         ["lookup", "--nodes", "0"],
+        ["lookup", "--latency", "-1"],
+        ["lookup", "--rpc-timeout", "0"],
+        ["lookup", "--k", "65"],
     ],
 )
 def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

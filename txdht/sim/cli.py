@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
+from txdht.core.messages import MAX_CONTACTS
 from txdht.sim.scenarios import DEFAULTS, SCENARIOS, Settings, run
 
 __all__ = ["main", "parser"]
@@ -30,10 +31,31 @@ def _probability(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _above_zero(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be above 0")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _k(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_CONTACTS:
+        raise argparse.ArgumentTypeError(f"k is from 1 to {MAX_CONTACTS}")
     return value
 
 
@@ -53,17 +75,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=_positive, help="nodes in the network")
     p.add_argument("--seed", type=int, default=1, help="seed of every random choice (1)")
     p.add_argument("--keys", type=_positive, help="items stored (partition: names written)")
-    p.add_argument("--latency", type=float, default=50.0, help="round-trip time in ms (50)")
-    p.add_argument("--jitter", type=float, default=0.0, help="up to this many ms more each way")
+    p.add_argument("--latency", type=_non_negative, default=50.0, help="round-trip time, ms (50)")
+    p.add_argument("--jitter", type=_non_negative, default=0.0, help="up to this many ms more")
     p.add_argument("--loss", type=_probability, default=0.0, help="chance a message is lost (0)")
-    p.add_argument("--k", type=_positive, default=20, help="bucket size and replicas (20)")
+    p.add_argument("--k", type=_k, default=20, help="bucket size and replicas (20)")
     p.add_argument("--alpha", type=_positive, default=3, help="lookup parallelism (3)")
-    p.add_argument("--rpc-timeout", type=float, default=5.0, help="seconds to a timeout (5)")
+    p.add_argument("--rpc-timeout", type=_above_zero, default=5.0, help="seconds to a timeout (5)")
     p.add_argument("--lookups", type=_positive, help="lookup: lookups measured of each kind")
-    p.add_argument("--hours", type=float, help="churn: simulated hours")
-    p.add_argument("--churn", type=float, help="churn: fraction of nodes replaced per hour")
+    p.add_argument("--hours", type=_above_zero, help="churn: simulated hours")
+    p.add_argument("--churn", type=_non_negative, help="churn: fraction replaced per hour")
     p.add_argument("--kill", type=_fractions, help="crash: fractions killed, e.g. 0.5,0.9")
-    p.add_argument("--minutes", type=float, help="partition: minutes split")
+    p.add_argument("--minutes", type=_above_zero, help="partition: minutes split")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--trace", metavar="FILE", help="write every event to FILE")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
