@@ -1,12 +1,22 @@
-"""Suite-wide rules: a test fails if it logs an error, or leaves timers on the global reactor."""
+"""Suite-wide rules: a test fails if it logs an error, or leaves timers on the global reactor.
+
+Hypothesis runs derandomized (the same examples every run, no example database), so a CI run
+and its coverage are reproducible; ``HYPOTHESIS_PROFILE=explore`` searches afresh each run.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from zope.interface import provider
+
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ import pytest
 from tests.test_aio import free_port, in_thread, logged, network, run_async, until
 from txdht.aio import launcher
 from txdht.aio.launcher import main, parse_args, serve
+from txdht.aio.node import Node
 from txdht.core.ids import id_to_hex
 from txdht.core.items import Identity
 from txdht.sqlite import SQLiteStorage
@@ -157,18 +158,69 @@ def test_serve_alone_is_the_first_node(tmp_path: Path, caplog: pytest.LogCapture
     assert saved(tmp_path)[1] == []
 
 
-def test_serve_that_cannot_join_keeps_running(
+def test_serve_that_cannot_join_keeps_running_and_retries(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A join that fails is logged, and the node serves on until it is stopped."""
+    """A join that fails is logged and retried after 1 s, then 2 s; the node serves on until
+    it is stopped, and stopping ends the retries."""
     caplog.set_level(logging.INFO, logger="txdht.aio")
-    args = options(tmp_path, "--peer", f"127.0.0.1:{free_port()}")
+    args = options(tmp_path, "--peer", f"127.0.0.1:{free_port()}", "--rpc-timeout", "0.5")
 
     async def scenario() -> None:
-        await serving(args, lambda: logged(caplog, "could not join yet") == 1)
+        await serving(args, lambda: logged(caplog, "could not join yet") == 2)
 
     run_async(scenario)
+    assert logged(caplog, "retrying in 1 s") == 1
+    assert logged(caplog, "retrying in 2 s") == 1
     assert logged(caplog, "stopping") == 1
+    assert logged(caplog, "joined the network") == 0
+
+
+def test_serve_alone_joins_through_the_first_node_that_contacts_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first node of a network joins through the first node that contacts it and saves
+    its contacts, so that it can rejoin after a crash."""
+    caplog.set_level(logging.INFO, logger="txdht.aio")
+    args = options(tmp_path)
+
+    async def scenario() -> None:
+        async with network() as net:
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(args, stop))
+            await until(lambda: logged(caplog, "first node of a new network") == 1, 5.0)
+            other = await net.add()
+            await other.join([("127.0.0.1", args.port)])
+            await until(lambda: logged(caplog, "joined the network; 1 contacts") == 1, 5.0)
+            stop.set()
+            await asyncio.wait_for(task, 5.0)
+            assert saved(tmp_path)[1] == [other.engine.id]
+
+    run_async(scenario)
+
+
+def test_serve_joins_once_its_peer_comes_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node whose peer is down at start joins at a retry once the peer listens."""
+    caplog.set_level(logging.INFO, logger="txdht.aio")
+    port = free_port()
+    args = options(tmp_path, "--peer", f"127.0.0.1:{port}", "--rpc-timeout", "0.5")
+
+    async def scenario() -> None:
+        async with network() as net:
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(args, stop))
+            await until(lambda: logged(caplog, "could not join yet") == 1, 5.0)
+            peer = Node(rpc_timeout=0.5)
+            await peer.start("127.0.0.1", port)
+            net.nodes.append(peer)
+            await until(lambda: logged(caplog, "joined the network; 1 contacts") == 1, 5.0)
+            assert len(peer.engine.routing) == 1
+            stop.set()
+            await asyncio.wait_for(task, 5.0)
+
+    run_async(scenario)
 
 
 def test_serve_in_the_main_thread_handles_sigint_and_sigterm(

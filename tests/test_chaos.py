@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_processes import NodeProcess
+from tests.test_processes import START_TIMEOUT, NodeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -56,6 +56,11 @@ def network(tmp_path: Path) -> Iterator[list[NodeProcess]]:
             node.start(peers=[started[0]], k=K)
         for node in started[1:]:
             node.wait_ready(peers=1)
+        # The first node joins through those that contacted it (and saves them) within seconds.
+        deadline = time.monotonic() + START_TIMEOUT
+        while "joined the network" not in started[0].log.read_text():
+            assert time.monotonic() < deadline, started[0].log_tail()
+            time.sleep(0.1)
         yield started
     finally:
         for node in started:
@@ -117,9 +122,7 @@ def test_half_the_processes_killed_every_item_read_then_the_killed_rejoin(
         status = node.wait_ready(peers=1)
         assert status["id"] == before[id(node)]["id"]
         assert int(status["items"]) >= int(before[id(node)]["items"])  # type: ignore[call-overload]
-    # Every node is back in one network: each knows peers (the first node, started without
-    # --peer, saves its contacts only on the save timer, so after an early kill it relearns
-    # them as the others contact it).
+    # Every node is back in one network: each knows peers.
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while min(peers(node) for node in network) < 2:
         assert time.monotonic() < deadline, [peers(node) for node in network]

@@ -25,7 +25,9 @@ from twisted.internet.protocol import Factory, Protocol
 
 from txdht.core.errors import JoinError, NotFoundError
 from txdht.core.framing import netstring
+from txdht.core.ids import id_from_hex
 from txdht.core.messages import Ping, encode
+from txdht.core.storage import StoredItem
 
 KINDS = ["twisted", "adapter", "aio"]
 PING = netstring(encode(Ping(rid=1, sender=1, port=0)))
@@ -252,6 +254,33 @@ async def join_put_get(kit: Kit) -> None:
         await kit.stop(nodes)
 
 
+def _held(node: Any, key: str) -> StoredItem:
+    """The record ``node`` (any kind) holds under ``key``."""
+    record = getattr(node, "node", node).engine.storage.get(id_from_hex(key))
+    assert isinstance(record, StoredItem)
+    return record
+
+
+async def stale_copies_are_repaired(kit: Kit) -> None:
+    nodes = await kit.network(4)
+    try:
+        key = await nodes[1].put("doc", b"v1")
+        first = _held(nodes[0], key).item
+        assert await nodes[1].put("doc", b"v2") == key
+        newest = _held(nodes[0], key)
+        assert newest.item.seq == first.seq + 1
+        # Two nodes missed the second write (a partition, a restart from an old backup).
+        for node in nodes[2:]:
+            getattr(node, "node", node).engine.storage.put(StoredItem(first, newest.expires_at))
+        # A holder of an old copy reads the newest from the network and keeps it, and gives
+        # it to the peer that sent it an old one (read repair).
+        assert await nodes[2].get(key) == b"v2"
+        assert _held(nodes[2], key).item == newest.item
+        assert _held(nodes[3], key).item == newest.item
+    finally:
+        await kit.stop(nodes)
+
+
 async def not_found(kit: Kit) -> None:
     nodes = await kit.network(4)
     try:
@@ -334,6 +363,7 @@ async def bad_input(kit: Kit) -> None:
 
 SCENARIOS = [
     join_put_get,
+    stale_copies_are_repaired,
     not_found,
     join_fails_without_seeds,
     timeouts_end_a_get,

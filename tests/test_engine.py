@@ -7,7 +7,8 @@ import pytest
 from txdht.core.engine import Engine, Seen
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
-from txdht.core.items import MAX_TTL, Identity, blob
+from txdht.core.items import MAX_TTL, Identity, Item, blob
+from txdht.core.lookup import IterativeLookup
 from txdht.core.messages import (
     Error,
     FindNode,
@@ -100,6 +101,78 @@ def test_find_node_answers_k_closest() -> None:
     reply = engine.handle(request(FindNode, sender=99, target=8), "127.0.0.1", 0.0).reply
     assert isinstance(reply, Nodes)
     assert [c.id for c in reply.nodes] == [8, 9]
+
+
+def test_replies_leave_out_contacts_whose_last_two_requests_failed() -> None:
+    """A contact that failed our last two requests is not handed to askers until it answers
+    again (one failure may be a lost message), while our own lookups still start from it (it
+    may be our network that failed)."""
+    engine = make_engine(k=3)
+    for ident in (1, 2, 3):
+        engine.seen(Contact(ident, "127.0.0.1", 4000 + ident), 0.0)
+    engine.failed(Contact(2, "127.0.0.1", 4002))
+    reply = engine.handle(request(FindNode, sender=99, target=0), "127.0.0.1", 0.0).reply
+    assert isinstance(reply, Nodes)
+    assert [c.id for c in reply.nodes] == [1, 2, 3]
+    engine.failed(Contact(2, "127.0.0.1", 4002))
+    reply = engine.handle(request(FindNode, sender=99, target=0), "127.0.0.1", 0.0).reply
+    assert isinstance(reply, Nodes)
+    assert [c.id for c in reply.nodes] == [1, 3]
+    assert [c.id for c in engine.lookup(0, 0.0).next_queries()] == [1, 2, 3]
+    engine.seen(Contact(2, "127.0.0.1", 4002), 1.0)
+    reply = engine.handle(request(FindNode, sender=99, target=0), "127.0.0.1", 1.0).reply
+    assert isinstance(reply, Nodes)
+    assert [c.id for c in reply.nodes] == [1, 2, 3]
+
+
+def _found(key: int, *items: Item) -> IterativeLookup:
+    """A finished FIND_VALUE lookup for ``key`` in which the peer with id ``n`` sent
+    ``items[n - 1]`` (at most alpha of them)."""
+    peers = [Contact(n, "127.0.0.1", 5000 + n) for n in range(1, len(items) + 1)]
+    lookup = IterativeLookup(key, peers, own_id=ALICE.node_id, find_value=True)
+    for peer in lookup.next_queries():
+        assert lookup.value_received(peer, items[peer.id - 1])
+    assert lookup.done
+    return lookup
+
+
+def test_newest_picks_the_highest_sequence_and_names_the_stale_peers() -> None:
+    """After a mutable get, the newest version wins and the peers with older ones are named."""
+    engine = make_engine()
+    v1, v2, v3 = (PUBLISHER.sign("name", b"v%d" % s, s) for s in (1, 2, 3))
+    lookup = _found(v1.key, v2, v3, v1)
+    best, stale = engine.newest(v1.key, lookup, 0.0, 60.0)
+    assert best == v3
+    assert [c.id for c in stale] == [1, 3]
+    assert engine.get(v1.key, 0.0) is None  # nothing held here: nothing to repair here
+
+
+def test_newest_replaces_an_older_copy_held_here() -> None:
+    """Our own stale copy is replaced by the newest version found, for the ttl given."""
+    engine = make_engine()
+    old, new = PUBLISHER.sign("name", b"old", 1), PUBLISHER.sign("name", b"new", 2)
+    engine.store(old, 3600.0, 0.0)
+    best, stale = engine.newest(old.key, _found(old.key, new), 10.0, 60.0)
+    assert (best, stale) == (new, [])
+    assert engine.get(old.key, 10.0) == new
+    assert engine.get(old.key, 70.0) is None
+
+
+def test_newest_keeps_our_copy_when_it_is_the_newest() -> None:
+    """When we hold a newer version than the network, ours wins and the peers are stale."""
+    engine = make_engine()
+    old, new = PUBLISHER.sign("name", b"old", 1), PUBLISHER.sign("name", b"new", 2)
+    engine.store(new, 3600.0, 0.0)
+    best, stale = engine.newest(old.key, _found(old.key, old), 10.0, 60.0)
+    assert best == new
+    assert [c.id for c in stale] == [1]
+    assert engine.get(old.key, 100.0) == new  # our expiry is untouched
+
+
+def test_newest_of_nothing_is_none() -> None:
+    """No copy here and nothing found: no value and nobody to repair."""
+    engine = make_engine()
+    assert engine.newest(5, _found(5), 0.0, 60.0) == (None, [])
 
 
 def test_item_expires() -> None:

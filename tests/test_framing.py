@@ -68,6 +68,8 @@ def test_round_trip() -> None:
         (b"ab", "at most 4 digits"),
         (b"12345", "at most 4 digits"),
         (b"01:a,", "no leading zero"),
+        (b"01", "no leading zero"),
+        (b"1001", "1001\\+ bytes is over the limit"),
         (b"-1:", "no leading zero"),
         (b":", "no leading zero"),
         (b"1001:", "over the 1000 limit"),

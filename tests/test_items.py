@@ -43,7 +43,6 @@ def test_blob_key_is_sha512_of_value() -> None:
     item = blob(b"some data")
     expected = int.from_bytes(hashlib.sha512(b"some data").digest(), "big")
     assert item.key == expected
-    assert item.id == expected
     assert not item.mutable
     assert (item.public_key, item.name, item.seq, item.signature) == (None, None, 0, None)
 
@@ -52,7 +51,7 @@ def test_mutable_key_hashes_public_key_then_name() -> None:
     """A mutable item lives at sha512(public key + UTF-8 name), independent of its value."""
     expected = sha512_id(OWNER.public_bytes + b"profile")
     assert mutable_key(OWNER.public_bytes, "profile") == expected
-    assert SIGNED.key == SIGNED.id == expected
+    assert SIGNED.key == expected
     assert SIGNED.mutable
     assert OWNER.sign("profile", b"other value", 8).key == expected
     assert mutable_key(OWNER.public_bytes, "é") == sha512_id(OWNER.public_bytes + b"\xc3\xa9")

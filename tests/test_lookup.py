@@ -208,16 +208,19 @@ def test_events_about_contacts_not_in_flight_are_ignored() -> None:
     assert lookup.queries == 3
 
 
-def test_find_value_ends_at_the_first_value_that_verifies() -> None:
-    """A signed item that verifies against the key ends a FIND_VALUE lookup."""
-    target = ITEM.key
+BLOB = blob(b"some data")
+
+
+def test_find_value_ends_at_the_first_blob_that_verifies() -> None:
+    """A blob that verifies against the key ends a FIND_VALUE lookup: a blob never changes."""
+    target = BLOB.key
     lookup = IterativeLookup(target, near(target, 1, 2, 3, 4), own_id=OWN, find_value=True)
     assert lookup.find_value
     assert lookup.next_queries() == near(target, 1, 2, 3)
     lookup.nodes_received(near(target, 1)[0], near(target, 5))
     assert not finished(lookup)
-    assert lookup.value_received(near(target, 2)[0], ITEM)
-    assert lookup.value is ITEM
+    assert lookup.value_received(near(target, 2)[0], BLOB)
+    assert lookup.value is BLOB
     assert finished(lookup)
     assert lookup.next_queries() == []
     assert lookup.bad_values == []
@@ -225,15 +228,58 @@ def test_find_value_ends_at_the_first_value_that_verifies() -> None:
     assert lookup.closest() == near(target, 1, 2)
 
 
-def test_a_late_second_value_never_replaces_the_first() -> None:
-    """Once a value is found, a value from a peer still in flight is ignored."""
-    target = ITEM.key
+def test_a_late_copy_of_the_blob_changes_nothing() -> None:
+    """A copy of the blob from a peer still in flight when the lookup ended is the same value."""
+    target = BLOB.key
     lookup = IterativeLookup(target, near(target, 1, 2), own_id=OWN, find_value=True)
     lookup.next_queries()
-    assert lookup.value_received(near(target, 1)[0], ITEM)
-    newer = OWNER.sign("profile", b"newer", 4)
-    assert not lookup.value_received(near(target, 2)[0], newer)
+    assert lookup.value_received(near(target, 1)[0], BLOB)
+    assert finished(lookup)
+    assert lookup.value_received(near(target, 2)[0], blob(b"some data"))
+    assert found(lookup) is BLOB
+
+
+def test_a_mutable_value_does_not_end_the_lookup_and_the_newest_wins() -> None:
+    """FIND_VALUE for a mutable item asks the whole shortlist and keeps the highest sequence."""
+    target = ITEM.key
+    older, newer = OWNER.sign("profile", b"old", 2), OWNER.sign("profile", b"new", 4)
+    lookup = IterativeLookup(target, near(target, 1, 2, 3, 4), own_id=OWN, k=3, find_value=True)
+    first, second, third = lookup.next_queries()
+    assert lookup.value_received(first, ITEM)
+    assert not finished(lookup)  # someone closer may hold a newer version
+    assert lookup.value_received(second, newer)
+    assert lookup.value_received(third, older)
+    assert found(lookup) is newer
+    assert [item for _, item in lookup.found] == [ITEM, newer, older]
+    assert finished(lookup)
+    assert lookup.next_queries() == []
+    assert lookup.queries == 3
+
+
+def test_equal_versions_keep_the_first_received() -> None:
+    """Two copies of the same version: the first one received is the value."""
+    target = ITEM.key
+    lookup = IterativeLookup(target, near(target, 1, 2), own_id=OWN, find_value=True)
+    first, second = lookup.next_queries()
+    same = OWNER.sign("profile", b"hello", 3)
+    assert lookup.value_received(first, ITEM)
+    assert lookup.value_received(second, same)
     assert found(lookup) is ITEM
+    assert finished(lookup)
+
+
+def test_a_query_left_outside_the_shortlist_does_not_hold_the_lookup() -> None:
+    """Once closer contacts have all answered, a slow query to a farther one is not waited for."""
+    lookup = IterativeLookup(0, cs(8, 9), own_id=OWN, k=2, alpha=2)
+    assert lookup.next_queries() == cs(8, 9)
+    lookup.nodes_received(c(8), cs(1, 2))
+    assert lookup.next_queries() == cs(1)
+    lookup.nodes_received(c(1), [])
+    assert lookup.next_queries() == cs(2)
+    lookup.nodes_received(c(2), [])
+    # 9 is still in flight, but the two closest (1 and 2) have answered.
+    assert finished(lookup)
+    assert lookup.closest() == cs(1, 2)
 
 
 def test_find_value_accepts_a_blob_under_its_hash() -> None:
@@ -275,9 +321,12 @@ def test_forged_value_fails_the_peer_and_the_lookup_goes_on(forged: Item, code: 
     lookup.nodes_received(second, [])
     assert lookup.value_received(near(target, 3)[0], ITEM)
     assert lookup.value is ITEM
+    assert not finished(lookup)  # a mutable item: the rest of the shortlist is asked
+    assert lookup.next_queries() == near(target, 4)
+    lookup.nodes_received(near(target, 4)[0], [])
     assert finished(lookup)
-    assert lookup.closest() == near(target, 2, 3)
-    assert lookup.queries == 3
+    assert lookup.closest() == near(target, 2, 3, 4)
+    assert lookup.queries == 4
 
 
 def test_find_value_without_a_value_behaves_like_find_node() -> None:

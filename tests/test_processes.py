@@ -90,7 +90,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise AssertionError(f"node exited: {self.log.read_text()[-3000:]}")
+                raise AssertionError(f"node exited: {self.log_tail()}")
             try:
                 status = self.status()
                 if int(status["peers"]) >= peers:  # type: ignore[call-overload]
@@ -98,7 +98,12 @@ class NodeProcess:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"node not ready in {START_TIMEOUT} s: {self.log.read_text()[-3000:]}")
+        raise AssertionError(f"node not ready in {START_TIMEOUT} s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        """The end of the node's log, without the access lines of the API's status polling."""
+        lines = self.log.read_text().splitlines()
+        return "\n".join(line for line in lines if "GET /v1/status" not in line)[-3000:]
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, no clean shutdown."""

@@ -48,6 +48,28 @@ def test_first_node_says_it_starts_a_network() -> None:
     assert net.run(service.when_ready()) is None
 
 
+def test_the_first_node_joins_through_the_first_that_contact_it() -> None:
+    """The first node of a network checks after 1 s, 2 s, 4 s... whether anyone contacted it,
+    then joins through them and saves its contacts (so a restart after a crash rejoins)."""
+    net = MemoryNetwork()
+    (first,) = start(net, 1)
+    net.advance(1)
+    net.advance(2)  # the checks at 1 s and 3 s found nobody; the next is at 7 s
+    second = DHTService(net.add_node(), seeds=[("127.0.0.1", first.node.port)])
+    second.startService()
+    net.run(second.when_ready())
+    assert second.node.engine.id in first.node.engine.routing
+    assert first.node.engine.storage.contacts() == []  # it only answered so far
+    with capturedLogs() as events:
+        net.advance(4)
+    assert any("joined the network" in formatEvent(e) for e in events)
+    assert [c.id for c in first.node.engine.storage.contacts()] == [second.node.engine.id]
+    net.advance(3600)
+    for service in (first, second):
+        net.run(service.stopService())
+    assert net.clock.getDelayedCalls() == []
+
+
 def test_items_outlive_their_ttl_while_the_publisher_republishes() -> None:
     """Over 48 simulated hours, items put with the default 24 h ttl stay readable everywhere."""
     net = MemoryNetwork()
@@ -191,6 +213,63 @@ def test_stop_saves_contacts_and_a_restart_rejoins_without_seeds() -> None:
         net.run(service.when_ready())
     assert len(again.engine.routing) == 4
     assert any("joined the network" in formatEvent(e) for e in events)
+
+
+def restarted(net: MemoryNetwork, old: Node, port: int) -> Node:
+    """``old`` started again on ``port`` with its identity and store (as after a kill)."""
+    node = Node(
+        net.clock, identity=old.engine.identity, storage=old.engine.storage, connect=net._connect
+    )
+    node.engine.port = port
+    net._listeners[("127.0.0.1", port)] = node
+    return node
+
+
+def test_a_restart_whose_saved_contacts_are_down_retries_until_one_is_back() -> None:
+    """Nodes restarted together find each other: when every saved contact is down, the join is
+    retried after 1 s, 2 s, 4 s..., and succeeds as soon as one of them is back."""
+    net = MemoryNetwork()
+    first, second = start(net, 2)
+    net.run(second.stopService())
+    assert [c.id for c in second.node.engine.storage.contacts()] == [first.node.engine.id]
+    net.kill(first.node)
+    again = restarted(net, second.node, 4100)
+    service = DHTService(again)
+    with capturedLogs() as events:
+        service.startService()
+        net.run(service.when_ready())
+        net.advance(1)
+        net.advance(2)
+    waits = [e["delay"] for e in events if "could not join yet" in formatEvent(e)]
+    assert waits == [1.0, 2.0, 4.0]
+    assert len(again.engine.routing) == 0
+    back = restarted(net, first.node, first.node.port)
+    with capturedLogs() as events:
+        net.advance(4)
+    assert back.engine.id in again.engine.routing
+    assert any("joined the network" in formatEvent(e) for e in events)
+    with capturedLogs() as events:
+        net.advance(3600)
+    assert not any("could not join yet" in formatEvent(e) for e in events)
+
+
+def test_retries_back_off_up_to_the_refresh_interval_and_stop_cancels_them() -> None:
+    """With seeds that never come up, retries wait twice as long each time, never longer than
+    the refresh interval; stopping the service leaves no retry behind."""
+    net = MemoryNetwork()
+    node = net.add_node()
+    service = DHTService(node, seeds=[("127.0.0.1", 1)], intervals=Intervals(refresh=60.0))
+    with capturedLogs() as events:
+        service.startService()
+        net.run(service.when_ready())
+        for _ in range(8):
+            net.advance(60)
+    # (The refresh job also tries when the table is empty, and logs the time left to wait.)
+    waits = {e["delay"] for e in events if "could not join yet" in formatEvent(e)}
+    assert {1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0} <= waits
+    assert max(waits) == 60.0
+    net.run(service.stopService())
+    assert net.clock.getDelayedCalls() == []
 
 
 def test_stopping_during_the_join_cancels_it_quietly() -> None:

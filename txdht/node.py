@@ -374,7 +374,12 @@ class Node:
         return self._track(Deferred.fromCoroutine(self._publish(item, ttl, cas)))
 
     def get(self, key: str) -> Deferred[bytes]:
-        """The value under ``key`` (hex), verified; fails with ``NotFoundError`` if none."""
+        """The value under ``key`` (hex), verified; fails with ``NotFoundError`` if none.
+
+        A blob held here is returned at once (it cannot change). For a mutable item the lookup
+        asks the k closest nodes, the highest sequence number wins (over our own copy too), and
+        peers that sent an older version are given the newest before this fires (read repair).
+        """
         return self._track(Deferred.fromCoroutine(self._get(id_from_hex(key))))
 
     def lookup(self, target: int, find_value: bool = False) -> Lookup:
@@ -657,11 +662,21 @@ class Node:
 
     async def _get(self, key: int) -> bytes:
         local = self.engine.get(key, self.reactor.seconds())
-        if local is not None:
-            return local.value
+        if local is not None and not local.mutable:
+            return local.value  # a blob never changes: our copy is the value
         machine = await self.lookup(key, find_value=True)
         for peer, error in machine.bad_values:
             self.log.warn("{peer} sent an invalid value: {error}", peer=str(peer), error=str(error))
-        if machine.value is None:
+        best, stale = self.engine.newest(key, machine, self.reactor.seconds(), DEFAULT_TTL)
+        if best is None:
             raise NotFoundError(f"no value found under {id_to_hex(key)[:16]}...")
-        return machine.value.value
+        if stale:
+            self.log.info(
+                "{count} peers sent an older version of {key} than seq {seq}; repairing them",
+                count=len(stale),
+                key=id_to_hex(key)[:12],
+                seq=best.seq,
+            )
+            repairs = [self.call(peer, Store, item=best, ttl=DEFAULT_TTL) for peer in stale]
+            await DeferredList(repairs, consumeErrors=True)
+        return best.value

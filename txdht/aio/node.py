@@ -386,17 +386,32 @@ class Node:
         return stored
 
     async def get(self, key: str) -> bytes:
-        """The value under ``key`` (hex), verified; ``NotFoundError`` if no node has one."""
+        """The value under ``key`` (hex), verified; ``NotFoundError`` if no node has one.
+
+        A blob held here is returned at once (it cannot change). For a mutable item the lookup
+        asks the k closest nodes, the highest sequence number wins (over our own copy too), and
+        peers that sent an older version are given the newest before this returns (read repair).
+        """
         target = id_from_hex(key)
         local = self.engine.get(target, self.now())
-        if local is not None:
-            return local.value
+        if local is not None and not local.mutable:
+            return local.value  # a blob never changes: our copy is the value
         machine = await self.lookup(target, find_value=True)
         for peer, error in machine.bad_values:
             log.warning("%s sent an invalid value: %s", peer, error)
-        if machine.value is None:
+        best, stale = self.engine.newest(target, machine, self.now(), DEFAULT_TTL)
+        if best is None:
             raise NotFoundError(f"no value found under {key[:16]}...")
-        return machine.value.value
+        if stale:
+            log.info(
+                "%d peers sent an older version of %s than seq %d; repairing them",
+                len(stale),
+                key[:12],
+                best.seq,
+            )
+            repairs = [self.call(peer, Store, item=best, ttl=DEFAULT_TTL) for peer in stale]
+            await asyncio.gather(*repairs, return_exceptions=True)
+        return best.value
 
     def lookup(self, target: int, find_value: bool = False) -> Lookup:
         """Start an iterative lookup for ``target`` (an int id)."""

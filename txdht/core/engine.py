@@ -141,7 +141,8 @@ class Engine:
         raise ProtocolError(ErrorCode.UNEXPECTED, f"a {request.TYPE!r} message is not a request")
 
     def _nodes(self, rid: int, target: int, asker: int) -> m.Message:
-        return self.message(m.Nodes, rid, nodes=tuple(self.routing.closest(target, exclude=asker)))
+        nodes = self.routing.closest(target, exclude=asker, live=True)
+        return self.message(m.Nodes, rid, nodes=tuple(nodes))
 
     def store(self, item: Item, ttl: float, now: float, cas: int | None = None) -> None:
         """Keep ``item`` for ``ttl`` seconds if it verifies and may replace what is stored;
@@ -184,9 +185,19 @@ class Engine:
     def get(self, key: int, now: float) -> Item | None:
         """The item stored here under ``key``, if it has not expired."""
         stored = self.storage.get(key)
-        if stored is None or stored.expires_at <= now:
-            return None
-        return stored.item
+        return stored.item if stored is not None and stored.expires_at > now else None
+
+    def newest(
+        self, key: int, found: IterativeLookup, now: float, ttl: float
+    ) -> tuple[Item | None, list[Contact]]:
+        """The newest of our copy and the versions a FIND_VALUE lookup found, with the peers
+        that sent an older one, for the shell to store the newest on for ``ttl`` seconds (read
+        repair). An older copy held here is replaced at once, for ``ttl`` seconds too."""
+        local = self.get(key, now)
+        best = max(filter(None, (found.value, local)), key=lambda item: item.seq, default=None)
+        if local and best and best.seq > local.seq:
+            self.store(best, ttl, now)
+        return best, [peer for peer, item in found.found if best and item.seq < best.seq]
 
     def failed(self, contact: Contact) -> None:
         """A request to ``contact`` failed or timed out."""

@@ -180,19 +180,11 @@ class Item:
             return sha512_id(self.value)
         return mutable_key(self.public_key, self.name or "")
 
-    @property
-    def id(self) -> int:
-        """The item's key, as a place on the id space (so items can be sorted by distance)."""
-        return self.key
-
     def verify(self, max_value: int = MAX_VALUE_BYTES) -> None:
         """Check the item is well formed and, if mutable, signed by its key; else ProtocolError."""
-        if len(self.value) > max_value:
-            size = len(self.value)
-            raise _bad(
-                f"the value is {size} bytes, over the {max_value} accepted",
-                ErrorCode.VALUE_TOO_LARGE,
-            )
+        if (size := len(self.value)) > max_value:
+            text = f"the value is {size} bytes, over the {max_value} accepted"
+            raise _bad(text, ErrorCode.VALUE_TOO_LARGE)
         if self.public_key is None:
             if self.name is not None or self.signature is not None or self.seq != 0:
                 raise _bad("an item without a public key is a blob: no name, seq or signature")

@@ -15,11 +15,19 @@ There are no lock-step rounds: a new request leaves as soon as any one answers o
 slow peer never holds the others up. A failed contact drops out of the shortlist, which lets the
 next closest one in.
 
-The lookup is finished when every contact of the shortlist has answered (nothing closer is left
-to ask and nothing is in flight), or, for FIND_VALUE, at the first value that verifies against
-the key. A value that does not verify counts as a failure of the peer that sent it, and the
-lookup goes on. ``closest()`` is the result of a FIND_NODE lookup: the k closest contacts that
-answered, which is where a put stores its item.
+The lookup is finished when every contact of the shortlist has answered: nothing closer is left
+to ask. A query still in flight to a contact that has since dropped out of the shortlist does
+not hold a FIND_NODE up (the shell cancels it), so one lost message far from the target costs
+nothing; a FIND_VALUE that has found nothing yet waits for it, since any answer may be the
+value. A FIND_VALUE for a blob ends at the first value that verifies against the key: a blob
+never changes. A FIND_VALUE for a mutable item goes on until the shortlist has answered, like a
+FIND_NODE, because an older version can linger on nodes that are no longer among the k closest
+(after a partition, or a publisher's write that reached only some of them); the result is the
+valid version with the highest sequence number, and ``found`` names the peers that sent an
+older one (``Engine.newest`` turns that into a read repair). A value that does not verify
+counts as a failure of the peer that sent it, and the lookup goes on. ``closest()`` is the
+result of a FIND_NODE lookup: the k closest contacts that answered, which is where a put stores
+its item.
 """
 
 from __future__ import annotations
@@ -63,8 +71,8 @@ class IterativeLookup:
         self.k = k
         self.alpha = alpha
         self.find_value = find_value
-        #: The first valid item found (FIND_VALUE).
-        self.value: Item | None = None
+        #: Every valid item received (FIND_VALUE), with the peer that sent it, in order.
+        self.found: list[tuple[Contact, Item]] = []
         #: Peers that sent a value that failed verification, with the reason.
         self.bad_values: list[tuple[Contact, ProtocolError]] = []
         #: How many queries the lookup sent.
@@ -76,17 +84,23 @@ class IterativeLookup:
         self._add(seeds)
 
     @property
+    def value(self) -> Item | None:
+        """The valid item with the highest sequence number received (the first of equals)."""
+        return max((item for _, item in self.found), key=lambda item: item.seq, default=None)
+
+    @property
     def done(self) -> bool:
-        """Whether the lookup is over: a value was found, or the shortlist has all answered."""
-        if self.value is not None:
+        """Whether the lookup is over: a blob was found, or the shortlist has all answered."""
+        if self.value is not None and not self.value.mutable:
             return True
-        return not self._in_flight() and not self._to_ask()
+        waiting = self.find_value and not self.found and _State.IN_FLIGHT in self._state.values()
+        return not waiting and all(self._state[c.id] is _State.ANSWERED for c in self._shortlist())
 
     def next_queries(self) -> list[Contact]:
         """The contacts to query now; each is in flight until an event about it is fed back."""
         if self.done:
             return []
-        room = self.alpha - len(self._in_flight())
+        room = self.alpha - list(self._state.values()).count(_State.IN_FLIGHT)
         chosen = self._to_ask()[: max(room, 0)]
         for contact in chosen:
             self._state[contact.id] = _State.IN_FLIGHT
@@ -100,8 +114,11 @@ class IterativeLookup:
             self._add(contacts)
 
     def value_received(self, peer: Contact, item: Item) -> bool:
-        """``peer`` answered with an item; it ends the lookup if it verifies (returns whether)."""
-        if self.value is not None or not self._answer(peer):
+        """``peer`` answered with an item; returns whether it verifies against the key.
+
+        A valid blob ends the lookup; a valid mutable item is kept, and the newest one wins.
+        """
+        if not self._answer(peer):
             return False
         try:
             item.verify_for(self.target)
@@ -110,7 +127,7 @@ class IterativeLookup:
             self.trace[-1] = ("failed", peer)  # it answered, but with a forgery
             self.bad_values.append((peer, e))
             return False
-        self.value = item
+        self.found.append((peer, item))
         return True
 
     def query_failed(self, peer: Contact) -> None:
@@ -143,6 +160,3 @@ class IterativeLookup:
 
     def _to_ask(self) -> list[Contact]:
         return [c for c in self._shortlist() if self._state[c.id] is _State.NEW]
-
-    def _in_flight(self) -> list[int]:
-        return [i for i, s in self._state.items() if s is _State.IN_FLIGHT]

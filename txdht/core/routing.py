@@ -119,19 +119,24 @@ class RoutingTable:
     def __contains__(self, ident: int) -> bool:
         return ident in self.bucket_for(ident).entries
 
-    def contacts(self) -> list[Contact]:
-        """Every contact in the table, bucket by bucket."""
-        return [e.contact for b in self.buckets for e in b.entries.values()]
+    def contacts(self, live: bool = False) -> list[Contact]:
+        """Every contact in the table, bucket by bucket; ``live``: not those whose last two
+        requests failed (one lost message should not hide a node; two in a row rarely are)."""
+        entries = [e for b in self.buckets for e in b.entries.values()]
+        return [e.contact for e in entries if not (live and e.failures >= 2)]
 
     def entry(self, ident: int) -> _Entry | None:
         """What the table knows of a contact: address, last seen, failures."""
         return self.bucket_for(ident).entries.get(ident)
 
     def closest(
-        self, target: int, count: int | None = None, exclude: int | None = None
+        self, target: int, count: int | None = None, exclude: int | None = None, live: bool = False
     ) -> list[Contact]:
-        """The ``count`` (default k) contacts closest to ``target``, nearest first."""
-        found = (c for c in self.contacts() if c.id != exclude)
+        """The ``count`` (default k) contacts closest to ``target``, nearest first; ``live``
+        leaves out contacts that look dead (see ``contacts``): replies should not send peers to
+        them, or after a mass crash half of every reply is dead and lookups never reach the
+        live nodes near a key."""
+        found = (c for c in self.contacts(live) if c.id != exclude)
         return closest(target, found, self.k if count is None else count)
 
     def seen(self, contact: Contact, now: float) -> Contact | None:

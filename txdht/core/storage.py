@@ -35,11 +35,6 @@ class StoredItem:
         """The item's key, which the record is stored under."""
         return self.item.key
 
-    @property
-    def id(self) -> int:
-        """The item's key, as a place on the id space."""
-        return self.item.key
-
 
 @dataclass(frozen=True)
 class PublishedItem:

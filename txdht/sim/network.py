@@ -32,7 +32,7 @@ from typing import IO, Any
 from txdht.core.engine import Engine, Seen
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
-from txdht.core.items import Identity, Item
+from txdht.core.items import DEFAULT_TTL, Identity, Item
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import Error, FindNode, FindValue, Message, Nodes, Ping, Store, Value
 from txdht.core.routing import K
@@ -627,12 +627,24 @@ class SimNode:
             self.call(contact, Store, took, item=item, ttl=ttl, cas=cas)
 
     def get(self, key: int, done: Callable[[Item | None, SimLookup | None], None]) -> None:
-        """The item under ``key``: from the local store, else a FIND_VALUE lookup."""
+        """The item under ``key``, as ``Node.get`` finds it: a blob held here at once, else a
+        FIND_VALUE lookup, the newest version winning, with read repair of older holders."""
         local = self.engine.get(key, self.now)
-        if local is not None:
+        if local is not None and not local.mutable:
             done(local, None)
             return
-        self.lookup(key, lambda found: done(found.machine.value, found), find_value=True)
+        self.lookup(key, partial(self._got, key, done), find_value=True)
+
+    def _got(
+        self,
+        key: int,
+        done: Callable[[Item | None, SimLookup | None], None],
+        found: SimLookup,
+    ) -> None:
+        best, stale = self.engine.newest(key, found.machine, self.now, DEFAULT_TTL)
+        gather = _Gather(len(stale), lambda _: done(best, found))
+        for peer in stale:
+            self.call(peer, Store, partial(_succeeded, gather), item=best, ttl=DEFAULT_TTL)
 
     def join(self, seeds: list[Address], done: Callable[[int | None], None]) -> None:
         """Join through ``seeds``; ``done`` gets the contacts then known, or None (JoinError)."""
