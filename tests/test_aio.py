@@ -36,14 +36,7 @@ from tests.test_bad_input import (
 )
 from txdht.aio import Lookup, NetstringProtocol, Node, run
 from txdht.core.engine import Handled
-from txdht.core.errors import (
-    ErrorCode,
-    JoinError,
-    NotFoundError,
-    ProtocolError,
-    PutError,
-    RemoteError,
-)
+from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.framing import NetstringDecoder
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import Identity, Item, blob
@@ -59,6 +52,7 @@ from txdht.core.messages import (
     encode,
 )
 from txdht.core.storage import StoredItem
+from txdht.errors import JoinError, NotFoundError, PutError, RemoteError
 from txdht.intervals import Intervals
 from txdht.limits import Limits
 
@@ -529,6 +523,30 @@ def test_lookup_completes_through_others_when_a_third_are_silent() -> None:
     run_async(scenario)
 
 
+def test_lookup_does_not_wait_for_a_silent_peer_left_outside_the_closest() -> None:
+    """Once the k closest have answered, a query still out to a farther, silent peer is
+    cancelled: the lookup ends at once, not after the peer's timeout."""
+
+    async def scenario() -> None:
+        async with network() as net:
+            asker = await net.add(k=2, alpha=2, rpc_timeout=5.0)
+            near, far, target = await net.add(), await net.add(), await net.add()
+            goal = target.engine.id
+            if near.engine.id ^ goal > far.engine.id ^ goal:
+                near, far = far, near
+            await near.join([("127.0.0.1", target.port)])
+            silence(far)
+            for node in (near, far):
+                asker.engine.seen(Contact(node.engine.id, "127.0.0.1", node.port), asker.now())
+            started = asker.now()
+            machine = await asker.lookup(goal)
+            assert asker.now() - started < 1.0
+            assert [c.id for c in machine.closest()] == [goal, near.engine.id]
+            assert ("sent", Contact(far.engine.id, "127.0.0.1", far.port)) in machine.trace
+
+    run_async(scenario)
+
+
 def test_lookup_with_every_peer_silent_ends_empty() -> None:
     """When no peer answers, the lookup ends after the timeouts with no contacts."""
 
@@ -990,21 +1008,22 @@ def test_configured_size_limit_applies(caplog: pytest.LogCaptureFixture) -> None
 
     async def scenario() -> None:
         async with network() as net:
-            target = await Target.create(net, max_message=300)
+            # Room for a pong with its handshake proof (about 320 bytes).
+            target = await Target.create(net, max_message=400)
             caplog.clear()  # the target's own join met replies over its limit
             fits = await Raw.open(target.node)
-            fits.send(padded_ping(300))
+            fits.send(padded_ping(400))
             assert [r.TYPE for r in await fits.replies(1)] == ["pong"]
             await fits.close()
             raw = await Raw.open(target.node)
-            raw.send(padded_ping(301))
+            raw.send(padded_ping(401))
             assert await raw.lost() == b""
             await raw.close()
             await target.still_serving()
 
     run_async(scenario)
     assert logged(caplog, "framing lost") == 1
-    assert logged(caplog, "the limit is 300 bytes") == 1
+    assert logged(caplog, "the limit is 400 bytes") == 1
 
 
 @pytest.mark.parametrize(("data", "code", "rid"), ERROR_CASES)

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import runpy
 import signal
 import socket
@@ -30,6 +31,7 @@ from txdht.aio.launcher import main, parse_args, serve
 from txdht.aio.node import Node
 from txdht.core.ids import id_to_hex
 from txdht.core.items import Identity
+from txdht.limits import Limits, limit_options
 from txdht.sqlite import SQLiteStorage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +118,48 @@ def test_parse_args_loop_choices(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--data-dir", "d", "--loop", "trio"])
     assert caught.value.code == 2
     assert "invalid choice: 'trio'" in capsys.readouterr().err
+
+
+def test_parse_args_limits_default_and_configurable() -> None:
+    """Every limit is an option; without them the node gets the default limits."""
+    assert parse_args(["--data-dir", "d"]).limits == Limits()
+    assert parse_args(["--data-dir", "d"]).max_value == 65536
+    args = parse_args(
+        ["--data-dir", "d", "--peer-burst", "3", "--max-bad-messages", "1", "--max-value", "9"]
+    )
+    assert args.limits == Limits(peer_burst=3.0, max_bad_messages=1)
+    assert args.max_value == 9
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--global-rate", "0"], r"global_rate \(--global-rate\) must be above 0"),
+        (["--max-connections-per-ip", "0"], r"\(--max-connections-per-ip\) must be above 0"),
+        (["--max-per-subnet", "-2"], r"\(--max-per-subnet\) must be 0 or more"),
+        (["--max-value", "0"], "--max-value must be above 0"),
+        (["--tracked-peers", "lots"], "invalid int value: 'lots'"),
+    ],
+)
+def test_parse_args_refuses_bad_limits(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A limit that makes no sense exits with status 2 and names the option."""
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--data-dir", "d", *args])
+    assert caught.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_help_lists_every_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help names every limit with its default."""
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, _, default, _ in limit_options():
+        assert f"{name} " in text
+        assert f"(default {default})" in text
+    assert "Seconds a peer over its rate is ignored. (default 10.0)" in text
 
 
 # -- serve() in a thread -------------------------------------------------------------------------

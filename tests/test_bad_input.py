@@ -102,13 +102,13 @@ def padded_ping(size: int) -> bytes:
 
 def test_configured_size_limit_applies() -> None:
     """A message of exactly max_message bytes is served; one byte more closes the connection."""
-    setup = Setup(max_message=300)
-    fits, _ = setup.send_raw(padded_ping(300))
+    setup = Setup(max_message=400)  # room for a pong with its handshake proof (~320 bytes)
+    fits, _ = setup.send_raw(padded_ping(400))
     assert [r.TYPE for r in fits.messages()] == ["pong"]
-    raw, events = setup.send_raw(padded_ping(301))
+    raw, events = setup.send_raw(padded_ping(401))
     assert raw.lost
     assert raw.received == b""
-    assert logged(events, "longer than 300 bytes")
+    assert logged(events, "longer than 400 bytes")
     setup.still_serving()
 
 

@@ -23,11 +23,11 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
-from txdht.core.errors import JoinError, NotFoundError
 from txdht.core.framing import netstring
 from txdht.core.ids import id_from_hex
 from txdht.core.messages import Ping, encode
 from txdht.core.storage import StoredItem
+from txdht.errors import JoinError, NotFoundError
 
 KINDS = ["twisted", "adapter", "aio"]
 PING = netstring(encode(Ping(rid=1, sender=1, port=0)))
@@ -281,6 +281,39 @@ async def stale_copies_are_repaired(kit: Kit) -> None:
         await kit.stop(nodes)
 
 
+def _engine(node: Any) -> Any:
+    """The core engine of a node of any kind."""
+    return getattr(node, "node", node).engine
+
+
+async def impostors_are_refused(kit: Kit) -> None:
+    # An impostor: a real node that claims an id which is not the hash of its key.
+    honest, newcomer, impostor = [await kit.start(k=1) for _ in range(3)]
+    own = _engine(honest).id
+    # Its claimed id sits in the newcomer's bucket of the honest node's table, nearer to it.
+    claimed = min((_engine(newcomer).id ^ low for low in (1, 2, 3)), key=lambda i: i ^ own)
+    _engine(impostor).id = claimed
+    try:
+        # A seed that cannot prove its id is no seed.
+        with pytest.raises(JoinError, match="proved its id"):
+            await honest.join([("127.0.0.1", impostor.port)])
+        assert len(_engine(honest).routing) == 0
+        # The impostor gets into the table by calling (the table takes every caller)...
+        await impostor.join([("127.0.0.1", honest.port)])
+        assert claimed in _engine(honest).routing
+        # ...but when the newcomer contests its full bucket, the honest node pings it with a
+        # challenge, the proof fails, and the impostor is dropped for the newcomer.
+        await newcomer.join([("127.0.0.1", honest.port)])
+        for _ in range(50):
+            if claimed not in _engine(honest).routing:
+                break
+            await kit.sleep(0.05)
+        assert claimed not in _engine(honest).routing
+        assert _engine(newcomer).id in _engine(honest).routing
+    finally:
+        await kit.stop([honest, newcomer, impostor])
+
+
 async def not_found(kit: Kit) -> None:
     nodes = await kit.network(4)
     try:
@@ -364,6 +397,7 @@ async def bad_input(kit: Kit) -> None:
 SCENARIOS = [
     join_put_get,
     stale_copies_are_repaired,
+    impostors_are_refused,
     not_found,
     join_fails_without_seeds,
     timeouts_end_a_get,

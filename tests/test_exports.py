@@ -8,12 +8,13 @@ import sys
 import pytest
 
 import txdht
-from txdht import core, interfaces, node, testing
-from txdht.core import errors, ids, items, storage
+from txdht import core, errors, interfaces, node, testing
+from txdht.core import errors as core_errors
+from txdht.core import ids, items, storage
 
 EXPECTED = {
     "Contact": ids.Contact,
-    "ErrorCode": errors.ErrorCode,
+    "ErrorCode": core_errors.ErrorCode,
     "IStorage": interfaces.IStorage,
     "Identity": items.Identity,
     "Item": items.Item,
@@ -22,7 +23,7 @@ EXPECTED = {
     "MemoryStorage": storage.MemoryStorage,
     "Node": node.Node,
     "NotFoundError": errors.NotFoundError,
-    "ProtocolError": errors.ProtocolError,
+    "ProtocolError": core_errors.ProtocolError,
     "PutError": errors.PutError,
     "RemoteError": errors.RemoteError,
 }

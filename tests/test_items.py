@@ -18,11 +18,13 @@ from txdht.core.items import (
     MAX_NAME_BYTES,
     MAX_SEQ,
     MAX_VALUE_BYTES,
+    PROOF_BYTES,
     Identity,
     Item,
     accept,
     blob,
     mutable_key,
+    proves,
     signed_payload,
 )
 
@@ -361,3 +363,47 @@ def test_accept_refuses_other_key(new: Item) -> None:
     """An item under a different key never replaces the stored one: KEY_MISMATCH."""
     assert refusal(lambda: accept(SIGNED, new)).code == ErrorCode.KEY_MISMATCH
     assert refusal(lambda: accept(blob(b"a"), blob(b"b"))).code == ErrorCode.KEY_MISMATCH
+
+
+CHALLENGE = bytes(range(32))
+
+
+def test_a_proof_shows_the_node_holds_the_key_of_its_id() -> None:
+    """A node's proof of a challenge passes for its own id, and is key plus signature."""
+    proof = OWNER.prove(CHALLENGE)
+    assert len(proof) == PROOF_BYTES == 96
+    assert proof[:32] == OWNER.public_bytes
+    assert proves(OWNER.node_id, CHALLENGE, proof)
+
+
+@pytest.mark.parametrize(
+    ("node_id", "challenge", "proof"),
+    [
+        pytest.param(OTHER.node_id, CHALLENGE, OWNER.prove(CHALLENGE), id="someone-elses-id"),
+        pytest.param(sha512_id(b"chosen"), CHALLENGE, OWNER.prove(CHALLENGE), id="made-up-id"),
+        pytest.param(OWNER.node_id, b"another challenge", OWNER.prove(CHALLENGE), id="replayed"),
+        pytest.param(
+            OWNER.node_id,
+            CHALLENGE,
+            OWNER.public_bytes + OTHER.prove(CHALLENGE)[32:],
+            id="signed-by-another-key",
+        ),
+        pytest.param(
+            OWNER.node_id, CHALLENGE, OWNER.prove(CHALLENGE)[:-1] + b"\x00", id="tampered"
+        ),
+        pytest.param(OWNER.node_id, CHALLENGE, OWNER.prove(CHALLENGE)[:40], id="cut-short"),
+        pytest.param(OWNER.node_id, CHALLENGE, b"", id="empty"),
+    ],
+)
+def test_a_proof_that_does_not_hold_is_refused(
+    node_id: int, challenge: bytes, proof: bytes
+) -> None:
+    """A proof for another id, another challenge, by another key, or damaged, proves nothing."""
+    assert not proves(node_id, challenge, proof)
+
+
+def test_an_item_signature_never_passes_as_a_handshake_proof() -> None:
+    """Signing a challenge as an item's value gives no proof: the two use different domains."""
+    item = OWNER.sign("x", CHALLENGE, 0)
+    assert item.signature is not None
+    assert not proves(OWNER.node_id, CHALLENGE, OWNER.public_bytes + item.signature)

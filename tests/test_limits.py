@@ -6,13 +6,14 @@ import pytest
 from twisted.logger import capturedLogs, formatEvent
 
 from txdht.core.engine import Engine
-from txdht.core.errors import ErrorCode, ProtocolError, PutError, RemoteError
+from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.framing import netstring
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, blob
 from txdht.core.messages import Error, Ping, Pong, Store, decode, encode
 from txdht.core.routing import RoutingTable
 from txdht.core.storage import MemoryStorage
+from txdht.errors import PutError, RemoteError
 from txdht.limits import Limits, RateLimiter, TokenBucket, Verdict, is_loopback, peer_key
 from txdht.testing import MemoryNetwork
 
@@ -251,3 +252,20 @@ def test_put_refused_as_stale_everywhere_reports_the_codes() -> None:
         net.run(nodes[1].put("n", b"older"))
     assert caught.value.codes == {ErrorCode.STALE_SEQUENCE}
     assert "first refusal" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"peer_rate": 0.0}, r"peer_rate \(--peer-rate\) must be above 0, got 0.0"),
+        ({"peer_burst": -1.0}, r"peer_burst \(--peer-burst\) must be above 0"),
+        ({"tracked_peers": 0}, r"tracked_peers \(--tracked-peers\) must be above 0"),
+        ({"max_bad_messages": 0}, r"max_bad_messages \(--max-bad-messages\) must be above 0"),
+        ({"max_per_subnet": -1}, r"max_per_subnet \(--max-per-subnet\) must be 0 or more"),
+    ],
+)
+def test_a_limit_that_makes_no_sense_is_refused(changes: dict[str, float], message: str) -> None:
+    """Zero or negative limits (max_per_subnet may be 0: no limit) are refused, by name."""
+    with pytest.raises(ValueError, match=message):
+        Limits(**changes)  # type: ignore[arg-type]
+    assert Limits(max_per_subnet=0).max_per_subnet == 0

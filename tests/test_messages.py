@@ -68,6 +68,10 @@ ROUND_TRIP = [
     pytest.param(Ping(rid=0, sender=0, port=0), id="ping-zeros"),
     pytest.param(Ping(rid=2**53 - 1, sender=2**512 - 1, port=65535), id="ping-maxima"),
     pytest.param(Error(**HEAD, code=999, message="é\u2603"), id="error-unknown-code-unicode"),
+    pytest.param(Ping(**HEAD, challenge=bytes(range(32))), id="ping-challenge"),
+    pytest.param(Ping(**HEAD, challenge=b"\xff" * 16), id="ping-shortest-challenge"),
+    pytest.param(Ping(**HEAD, challenge=b"\x00" * 64), id="ping-longest-challenge"),
+    pytest.param(Pong(**HEAD, proof=OWNER.prove(b"c" * 32)), id="pong-proof"),
 ]
 
 
@@ -303,6 +307,15 @@ BAD_INPUTS = [
     pytest.param(wire("ping", port=True), ErrorCode.BAD_FIELD, RID, id="port-bool"),
     pytest.param(wire("ping", port=4000.0), ErrorCode.BAD_FIELD, RID, id="port-float"),
     pytest.param(wire("ping", port="4000"), ErrorCode.BAD_FIELD, RID, id="port-string"),
+    # The handshake fields: base64 of the right size, or absent.
+    pytest.param(wire("ping", challenge=b64(b"x" * 15)), ErrorCode.BAD_FIELD, RID, id="short-chal"),
+    pytest.param(wire("ping", challenge=b64(b"x" * 65)), ErrorCode.BAD_FIELD, RID, id="long-chal"),
+    pytest.param(wire("ping", challenge="not base64!"), ErrorCode.BAD_FIELD, RID, id="chal-b64"),
+    pytest.param(wire("ping", challenge=12345), ErrorCode.BAD_FIELD, RID, id="chal-number"),
+    pytest.param(wire("ping", challenge=None), ErrorCode.BAD_FIELD, RID, id="chal-null"),
+    pytest.param(wire("pong", proof=b64(b"p" * 95)), ErrorCode.BAD_FIELD, RID, id="short-proof"),
+    pytest.param(wire("pong", proof=b64(b"p" * 97)), ErrorCode.BAD_FIELD, RID, id="long-proof"),
+    pytest.param(wire("pong", proof="é"), ErrorCode.BAD_FIELD, RID, id="proof-not-ascii"),
     # store.
     pytest.param(
         wire("store", drop=("item",)), ErrorCode.MISSING_FIELD, RID, id="store-missing-item"
@@ -591,7 +604,11 @@ def test_decoded_type_matches_type_field() -> None:
         assert (decoded.TYPE, type(decoded)) == (kind, type(message))
 
 
-ENCODED = [encode(message) for message in EXAMPLES.values()]
+ENCODED = [
+    *(encode(message) for message in EXAMPLES.values()),
+    encode(Ping(**HEAD, challenge=b"c" * 32)),
+    encode(Pong(**HEAD, proof=OWNER.prove(b"c" * 32))),
+]
 
 
 @settings(max_examples=300, deadline=None)

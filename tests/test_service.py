@@ -9,9 +9,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
-from txdht.core.errors import NotFoundError
 from txdht.core.ids import id_from_hex
 from txdht.core.items import Identity, blob
+from txdht.errors import NotFoundError
 from txdht.intervals import Intervals
 from txdht.node import Node
 from txdht.service import DHTService

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from txdht.core.engine import Engine
-from txdht.core.ids import Contact
+from txdht.core.ids import Contact, sha512_id
 from txdht.core.items import Identity, Item, blob
 from txdht.core.messages import FindNode, Message, Ping, Pong, Store
 from txdht.core.storage import StoredItem
@@ -783,3 +783,35 @@ def test_settings_take_scenario_defaults_and_options() -> None:
     assert (chosen.nodes, chosen.keys, chosen.hours, chosen.seed) == (100, 7, 12.0, 3)
     assert chosen.describe("hours")["hours"] == 12.0
     assert isinstance(chosen.network(), Network)
+
+
+def test_the_identity_handshake_drops_a_peer_whose_proof_fails() -> None:
+    """As in the real node: a pong that does not prove the contact's id drops it from the table,
+    and an honest node's challenged pong proves it."""
+    net = network(3)
+    a, b, c = net.nodes
+    assert b.contact.id in a.engine.routing
+    answered: list[Result] = []
+    challenge = b"\x01" * 32
+    a.call(b.contact, Ping, answered.append, challenge=challenge)
+    wait(net, answered)
+    (pong,) = answered
+    assert isinstance(pong, Pong)
+    assert a.proven(b.contact, challenge, pong)
+    assert not a.proven(b.contact, b"\x02" * 32, pong)  # a proof of another challenge
+    assert b.contact.id not in a.engine.routing
+    assert not a.proven(c.contact, challenge, pong)  # b's proof for c's id
+    assert c.contact.id not in a.engine.routing
+
+
+def test_a_seed_that_cannot_prove_its_id_is_no_seed() -> None:
+    """Joining only through an impostor (an id that is not its key's hash) fails, as for
+    ``Node.join``: the impostor is never put in the table."""
+    net = network(1)
+    (impostor,) = net.nodes
+    impostor.engine.id = sha512_id(b"an id chosen to sit next to a key")
+    newcomer = net.add_node()
+    net.start(newcomer, [impostor.address])
+    net.clock.run_until(lambda: newcomer in net.ready, 600.0, "the join")
+    assert newcomer not in net.members
+    assert len(newcomer.engine.routing) == 0

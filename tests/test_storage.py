@@ -138,10 +138,10 @@ def test_published_keeps_latest_per_key(store: IStorage) -> None:
     other = PublishedItem(blob(b"x"), 90.0)
     store.set_published(first)
     store.set_published(other)
-    assert store.published(first.key) == first
+    assert store.published(first.item.key) == first
     store.set_published(second)
-    assert store.published(first.key) == second
-    assert store.published(other.key) == other
+    assert store.published(first.item.key) == second
+    assert store.published(other.item.key) == other
     assert store.published(blob(b"nothing").key) is None
     assert sorted(store.published_items(), key=lambda p: p.ttl) == [second, other]
 
@@ -185,9 +185,3 @@ def test_contacts_are_replaced_whole(store: IStorage) -> None:
     assert len(store.contacts()) == 2
     store.set_contacts([Contact(3, "127.0.0.1", 4003)])
     assert store.contacts() == [Contact(3, "127.0.0.1", 4003)]
-
-
-def test_published_item_key() -> None:
-    """A publication's key is its item's key."""
-    item = OWNER.sign("n", b"v", 1)
-    assert PublishedItem(item, 1.0).key == item.key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 
+from txdht.limits import Limits
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage
 from txdht.tap import DATABASE, Options, default_data_dir, makeService, parse_peer
@@ -63,6 +65,12 @@ def test_bad_peers_are_usage_errors(text: str, message: str) -> None:
         (["--alpha", "0"], "must be above 0"),
         (["--rpc-timeout", "-1"], "must be above 0"),
         (["--refresh-interval", "soon"], "could not convert"),
+        (["--max-value", "0"], "must be above 0"),
+        (["--peer-rate", "0"], r"peer_rate \(--peer-rate\) must be above 0, got 0.0"),
+        (["--cool-off", "-5"], r"--cool-off\) must be above 0"),
+        (["--max-items", "0"], r"--max-items\) must be above 0"),
+        (["--max-per-subnet", "-1"], r"--max-per-subnet\) must be 0 or more"),
+        (["--max-items", "many"], "invalid literal"),
     ],
 )
 def test_bad_numbers_are_usage_errors(args: list[str], message: str) -> None:
@@ -179,6 +187,41 @@ def test_plugin_is_found_and_points_at_tap() -> None:
     assert makers["dht"].options is Options
     assert IPlugin.providedBy(makers["dht"])
     assert makers["dht"].description == "Run a txdht Kademlia DHT node."
+
+
+def test_every_limit_is_an_option_with_its_default_in_the_help() -> None:
+    """Each field of Limits is a twistd option (with its default), and --help explains it."""
+    text = str(Options())
+    defaults = Limits()
+    for spec in fields(Limits):
+        option = "--" + spec.name.replace("_", "-")
+        assert option in text
+        assert parse()[option[2:]] == getattr(defaults, spec.name)
+    assert "Requests a peer may send at once. [default: 100.0]" in " ".join(text.split())
+    assert parse()["limits"] == defaults
+
+
+def test_limits_and_max_value_reach_the_node(tmp_path: Path) -> None:
+    """The limits given on the command line are the node's limits."""
+    options = parse(
+        "--data-dir",
+        str(tmp_path),
+        "--http",
+        "none",
+        "--peer-rate",
+        "7.5",
+        "--max-items",
+        "12",
+        "--max-per-subnet",
+        "0",
+        "--max-value",
+        "2048",
+    )
+    root = makeService(options, MemoryReactorClock())
+    node = next(s for s in root if isinstance(s, DHTService)).node
+    assert node.engine.limits == Limits(peer_rate=7.5, max_items=12, max_per_subnet=0)
+    assert node.engine.max_value == 2048
+    assert node.engine.routing.max_per_subnet == 0
 
 
 def test_good_numbers_are_taken() -> None:

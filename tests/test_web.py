@@ -20,9 +20,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.server import Site
 
-from txdht.core.errors import ErrorCode, NotFoundError, PutError
+from txdht.core.errors import ErrorCode
 from txdht.core.ids import id_to_hex
 from txdht.core.items import blob
+from txdht.errors import NotFoundError, PutError
 from txdht.node import Node
 from txdht.web import APIResource
 
@@ -175,7 +176,7 @@ async def test_put_nobody_accepts_is_503(api: API) -> None:
     """When no node stores the item, the answer is 503 put_failed."""
 
     async def refuse(item: Any, ttl: float, cas: int | None = None) -> int:
-        from txdht.core.errors import PutError
+        from txdht.errors import PutError
 
         raise PutError("no node stored the item (2 were asked)")
 

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from txdht.core.errors import (
-    ErrorCode,
-    JoinError,
-    NotFoundError,
-    ProtocolError,
-    PutError,
-    RemoteError,
-)
+from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, Item
 from txdht.core.storage import MemoryStorage
+from txdht.errors import JoinError, NotFoundError, PutError, RemoteError
 from txdht.interfaces import IStorage
 
 if TYPE_CHECKING:

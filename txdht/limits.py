@@ -11,37 +11,75 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-__all__ = ["Limits", "RateLimiter", "TokenBucket", "Verdict", "is_loopback", "peer_key"]
+__all__ = [
+    "Limits",
+    "RateLimiter",
+    "TokenBucket",
+    "Verdict",
+    "is_loopback",
+    "limit_options",
+    "peer_key",
+]
+
+
+def _limit(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Every configurable bound of a node, with its default."""
+    """Every configurable bound of a node, with its default.
 
-    #: Requests per second a peer may send once its burst is spent.
-    peer_rate: float = 50.0
-    #: Requests a peer may send at once.
-    peer_burst: float = 100.0
-    #: Seconds a peer over its rate is ignored.
-    cool_off: float = 10.0
-    #: Requests per second the node serves in all.
-    global_rate: float = 5000.0
-    #: Requests the node serves at once in all.
-    global_burst: float = 10000.0
-    #: Peers whose buckets are remembered; the least recently seen are forgotten beyond this.
-    tracked_peers: int = 10000
-    #: Items the node holds for the network.
-    max_items: int = 100_000
-    #: Items the node holds from one publisher (one public key).
-    max_items_per_publisher: int = 1000
-    #: Connections from one IP address (loopback excepted).
-    max_connections_per_ip: int = 16
-    #: Malformed messages one connection may send before it is closed.
-    max_bad_messages: int = 10
-    #: Contacts from one /24 (IPv4) or /48 (IPv6) per bucket (loopback excepted).
-    max_per_subnet: int = 2
+    Each field's ``metadata["help"]`` says what it bounds: ``twistd dht`` and
+    ``python -m txdht.aio`` turn every field into an option (``peer_rate`` is ``--peer-rate``).
+    """
+
+    peer_rate: float = _limit(50.0, "Requests per second a peer may send once its burst is spent.")
+    peer_burst: float = _limit(100.0, "Requests a peer may send at once.")
+    cool_off: float = _limit(10.0, "Seconds a peer over its rate is ignored.")
+    global_rate: float = _limit(5000.0, "Requests per second the node serves in all.")
+    global_burst: float = _limit(10000.0, "Requests the node serves at once in all.")
+    tracked_peers: int = _limit(
+        10000, "Peers whose rate buckets are remembered (the least recent are forgotten)."
+    )
+    max_items: int = _limit(100_000, "Items the node holds for the network.")
+    max_items_per_publisher: int = _limit(
+        1000, "Items the node holds from one publisher (one public key)."
+    )
+    max_connections_per_ip: int = _limit(16, "Connections from one IP address (not loopback).")
+    max_bad_messages: int = _limit(
+        10, "Malformed messages one connection may send before it is closed."
+    )
+    max_per_subnet: int = _limit(
+        2, "Contacts of one /24 (IPv4) or /48 (IPv6) per bucket (not loopback); 0: no limit."
+    )
+
+    def __post_init__(self) -> None:
+        """Refuse a limit that makes no sense (zero or negative), naming it."""
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            lowest_ok = value >= 0 if spec.name == "max_per_subnet" else value > 0
+            if not lowest_ok:
+                least = "0 or more" if spec.name == "max_per_subnet" else "above 0"
+                option = "--" + spec.name.replace("_", "-")
+                raise ValueError(f"the limit {spec.name} ({option}) must be {least}, got {value!r}")
+
+
+def limit_options() -> list[tuple[str, type, object, str]]:
+    """Every limit as a command-line option: (``--name``, type, default, help); the options'
+    values, by field name, make a ``Limits`` (which checks them)."""
+    return [
+        (
+            "--" + spec.name.replace("_", "-"),
+            int if spec.type == "int" else float,
+            spec.default,
+            str(spec.metadata["help"]),
+        )
+        for spec in fields(Limits)
+    ]
 
 
 def is_loopback(host: str) -> bool:

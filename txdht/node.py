@@ -10,6 +10,7 @@ drives the core's lookup state machine from ``Lookup``, a Deferred.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
@@ -29,16 +30,17 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 
 from txdht.core.engine import Engine, Seen
-from txdht.core.errors import (
-    ErrorCode,
-    JoinError,
-    NotFoundError,
-    ProtocolError,
-    PutError,
-    RemoteError,
-)
+from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
+from txdht.core.items import (
+    CHALLENGE_BYTES,
+    DEFAULT_TTL,
+    MAX_VALUE_BYTES,
+    Identity,
+    Item,
+    blob,
+    proves,
+)
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     REPLY_TYPES,
@@ -48,6 +50,7 @@ from txdht.core.messages import (
     Message,
     Nodes,
     Ping,
+    Pong,
     Store,
     Value,
     decode,
@@ -55,6 +58,7 @@ from txdht.core.messages import (
 )
 from txdht.core.routing import K
 from txdht.core.storage import MemoryStorage
+from txdht.errors import JoinError, NotFoundError, PutError, RemoteError
 from txdht.interfaces import IStorage
 from txdht.intervals import REFRESH_INTERVAL
 from txdht.limits import Limits, Verdict, is_loopback, peer_key
@@ -488,8 +492,25 @@ class Node:
         )
 
     def _ping_before_evict(self, contact: Contact) -> None:
-        d = self._track(self.call(contact, Ping))
-        d.addErrback(lambda f: self.peer_failed(contact, f))
+        challenge = os.urandom(CHALLENGE_BYTES)
+        d = self._track(self.call(contact, Ping, challenge=challenge))
+        d.addCallbacks(
+            lambda pong: self._proven(contact, challenge, pong),
+            lambda f: self.peer_failed(contact, f),
+        )
+
+    def _proven(self, contact: Contact, challenge: bytes, pong: Message) -> bool:
+        """Whether ``pong`` proves that ``contact`` holds the key its id is the hash of (the
+        identity handshake); if not, it is logged and dropped from the routing table."""
+        if isinstance(pong, Pong) and pong.proof and proves(contact.id, challenge, pong.proof):
+            return True
+        self.log.warn(
+            "{peer} failed the identity handshake (its id is not the hash of a key it holds): "
+            "dropped",
+            peer=str(contact),
+        )
+        self.engine.routing.remove(contact.id)
+        return False
 
     def _connection(self, address: Address) -> Deferred[DHTProtocol]:
         existing = self._connections.get(address)
@@ -591,13 +612,15 @@ class Node:
         return result
 
     async def _join(self, seeds: list[Address]) -> int:
-        pings = [self.call(address, Ping) for address in seeds]
+        challenges = [os.urandom(CHALLENGE_BYTES) for _ in seeds]
+        pings = [self.call(a, Ping, challenge=c) for a, c in zip(seeds, challenges, strict=True)]
         results = await DeferredList(pings, consumeErrors=True)
         now = self.reactor.seconds()
-        for address, (ok, reply) in zip(seeds, results, strict=True):
+        for address, challenge, (ok, reply) in zip(seeds, challenges, results, strict=True):
             if ok:
                 contact = Contact(reply.sender, address[0], address[1])
-                self._act(contact, self.engine.seen(contact, now))
+                if self._proven(contact, challenge, reply):
+                    self._act(contact, self.engine.seen(contact, now))
             else:
                 self.log.warn(
                     "seed {host}:{port} did not answer: {reason}",
@@ -606,7 +629,7 @@ class Node:
                     reason=cast(Failure, reply).getErrorMessage(),
                 )
         if not len(self.engine.routing):
-            raise JoinError(f"none of the {len(seeds)} seed nodes answered")
+            raise JoinError(f"none of the {len(seeds)} seed nodes answered and proved its id")
         await self.lookup(self.engine.id)
         # Fill the buckets further away: look up a random id in each one no lookup touched.
         await self._refresh(0.001)

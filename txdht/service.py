@@ -40,7 +40,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txdht.core.errors import JoinError
+from txdht.errors import JoinError
 from txdht.intervals import Intervals
 from txdht.node import Address, Node
 

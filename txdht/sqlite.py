@@ -187,7 +187,7 @@ class SQLiteStorage:
         """Remember ``record`` as the latest publication under its key; durable on return."""
         self._db.execute(
             "INSERT OR REPLACE INTO published (key, item, ttl) VALUES (?, ?, ?)",
-            (id_to_hex(record.key), _encode(record.item), record.ttl),
+            (id_to_hex(record.item.key), _encode(record.item), record.ttl),
         )
 
     def published_items(self) -> Iterator[PublishedItem]:

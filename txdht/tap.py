@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from twisted.application.service import MultiService, Service
 from twisted.python import usage
 from twisted.web.server import Site
 
-from txdht.core.items import Identity
+from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.messages import MAX_CONTACTS
 from txdht.intervals import Intervals
+from txdht.limits import Limits, limit_options
 from txdht.node import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Address, Node
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage, StorageError
@@ -128,6 +130,8 @@ class Options(usage.Options):
             "Seconds between saves of the routing table's contacts.",
             _positive(float),
         ],
+        ["max-value", None, MAX_VALUE_BYTES, "Largest value stored, in bytes.", _positive(int)],
+        *([name[2:], None, default, text, kind] for name, kind, default, text in limit_options()),
     ]
 
     def __init__(self) -> None:
@@ -144,6 +148,12 @@ class Options(usage.Options):
         """Check what one option alone cannot."""
         if not 1 <= self["k"] <= MAX_CONTACTS:
             raise usage.UsageError(f"--k must be from 1 to {MAX_CONTACTS}")
+        try:
+            self["limits"] = Limits(
+                **{spec.name: self[spec.name.replace("_", "-")] for spec in fields(Limits)}
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def parse_peer(text: str) -> Address:
@@ -197,6 +207,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         alpha=options["alpha"],
         rpc_timeout=options["rpc-timeout"],
         max_message=options["max-message"],
+        max_value=options["max-value"],
+        limits=options["limits"],
     )
     intervals = Intervals(
         refresh=options["refresh-interval"],

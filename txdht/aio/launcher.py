@@ -15,12 +15,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Address, Node, run
-from txdht.core.errors import JoinError
-from txdht.core.items import Identity
+from txdht.core.items import MAX_VALUE_BYTES, Identity
+from txdht.errors import JoinError
 from txdht.intervals import Intervals
+from txdht.limits import Limits, limit_options
 from txdht.sqlite import SQLiteStorage, StorageError
 
 __all__ = ["main", "parse_args"]
@@ -64,7 +66,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the event loop to run on"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--max-value", type=int, default=MAX_VALUE_BYTES, help="largest value stored, in bytes"
+    )
+    limits = parser.add_argument_group("limits on what peers may ask (docs/security.md)")
+    for name, kind, default, text in limit_options():
+        limits.add_argument(name, type=kind, default=default, help=f"{text} (default {default})")
+    args = parser.parse_args(argv)
+    try:
+        args.limits = Limits(**{spec.name: getattr(args, spec.name) for spec in fields(Limits)})
+    except ValueError as e:
+        parser.error(str(e))
+    if args.max_value < 1:
+        parser.error("--max-value must be above 0")
+    return args
 
 
 async def join_with_retries(node: Node, seeds: Callable[[], list[Address]], longest: float) -> int:
@@ -101,6 +116,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             k=args.k,
             alpha=args.alpha,
             rpc_timeout=args.rpc_timeout,
+            max_value=args.max_value,
+            limits=args.limits,
         )
         await node.start(args.host, args.port)
         stop = stop or asyncio.Event()

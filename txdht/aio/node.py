@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Callable, Coroutine, Iterable
 from functools import partial
 from typing import Any, TypeVar
 
 from txdht.core.engine import Engine, Seen
-from txdht.core.errors import (
-    ErrorCode,
-    JoinError,
-    NotFoundError,
-    ProtocolError,
-    PutError,
-    RemoteError,
-)
+from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
+from txdht.core.items import (
+    CHALLENGE_BYTES,
+    DEFAULT_TTL,
+    MAX_VALUE_BYTES,
+    Identity,
+    Item,
+    blob,
+    proves,
+)
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.messages import (
     REPLY_TYPES,
@@ -37,6 +39,7 @@ from txdht.core.messages import (
     Message,
     Nodes,
     Ping,
+    Pong,
     Store,
     Value,
     decode,
@@ -44,6 +47,7 @@ from txdht.core.messages import (
 )
 from txdht.core.routing import K
 from txdht.core.storage import MemoryStorage
+from txdht.errors import JoinError, NotFoundError, PutError, RemoteError
 from txdht.interfaces import IStorage
 from txdht.intervals import REFRESH_INTERVAL, Intervals
 from txdht.limits import Limits, Verdict, is_loopback, peer_key
@@ -313,17 +317,20 @@ class Node:
     async def join(self, seeds: Iterable[Address]) -> int:
         """Join the network through ``seeds``; return the number of contacts then known."""
         seeds = list(seeds)
+        challenges = [os.urandom(CHALLENGE_BYTES) for _ in seeds]
         results = await asyncio.gather(
-            *(self.call(address, Ping) for address in seeds), return_exceptions=True
+            *(self.call(a, Ping, challenge=c) for a, c in zip(seeds, challenges, strict=True)),
+            return_exceptions=True,
         )
-        for address, reply in zip(seeds, results, strict=True):
+        for address, challenge, reply in zip(seeds, challenges, results, strict=True):
             if isinstance(reply, Message):
                 contact = Contact(reply.sender, address[0], address[1])
-                self._act(contact, self.engine.seen(contact, self.now()))
+                if self._proven(contact, challenge, reply):
+                    self._act(contact, self.engine.seen(contact, self.now()))
             else:
                 log.warning("seed %s:%d did not answer: %s", address[0], address[1], reply)
         if not len(self.engine.routing):
-            raise JoinError(f"none of the {len(seeds)} seed nodes answered")
+            raise JoinError(f"none of the {len(seeds)} seed nodes answered and proved its id")
         await self.lookup(self.engine.id)
         await self.refresh(0.001)
         return len(self.engine.routing)
@@ -521,7 +528,7 @@ class Node:
     def _act(self, contact: Contact, seen: Seen) -> None:
         """Do what hearing from ``contact`` asked: ping-before-evict, copies for a newcomer."""
         if seen.ping is not None:
-            self._background_call(seen.ping, Ping)
+            self._track(self.loop.create_task(self._ping_before_evict(seen.ping)))
         now = self.now()
         for record in seen.handoff:
             ttl = record.expires_at - now
@@ -535,8 +542,28 @@ class Node:
         if task.cancelled() or task.exception() is None:
             return
         log.info("%s to %s failed: %s", kind, contact, task.exception())
-        if kind == "ping":
-            self.peer_failed(contact, task.exception())
+
+    async def _ping_before_evict(self, contact: Contact) -> None:
+        challenge = os.urandom(CHALLENGE_BYTES)
+        try:
+            pong = await self.call(contact, Ping, challenge=challenge)
+        except Exception as e:  # any failure to answer counts against it, as for every request
+            log.info("ping to %s failed: %s", contact, e)
+            self.peer_failed(contact, e)
+            return
+        self._proven(contact, challenge, pong)
+
+    def _proven(self, contact: Contact, challenge: bytes, pong: Message) -> bool:
+        """Whether ``pong`` proves that ``contact`` holds the key its id is the hash of (the
+        identity handshake); if not, it is logged and dropped from the routing table."""
+        if isinstance(pong, Pong) and pong.proof and proves(contact.id, challenge, pong.proof):
+            return True
+        log.warning(
+            "%s failed the identity handshake (its id is not the hash of a key it holds): dropped",
+            contact,
+        )
+        self.engine.routing.remove(contact.id)
+        return False
 
     async def _connection(self, address: Address) -> NetstringProtocol:
         existing = self._connections.get(address)

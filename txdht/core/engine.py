@@ -127,7 +127,8 @@ class Engine:
     def _answer(self, request: m.Message, now: float) -> m.Message:
         rid = request.rid
         if isinstance(request, m.Ping):
-            return self.message(m.Pong, rid)
+            proof = None if request.challenge is None else self.identity.prove(request.challenge)
+            return self.message(m.Pong, rid, proof=proof)
         if isinstance(request, m.Store):
             self.store(request.item, request.ttl, now, request.cas)
             return self.message(m.Ok, rid)

@@ -4,21 +4,15 @@ Whatever a peer sends that txdht will not accept (a message it cannot parse, an 
 signature does not verify, a sequence number older than the one stored) becomes a
 ``ProtocolError`` carrying a code from ``ErrorCode`` and a readable message. The shells turn it
 into an ``error`` reply to the peer and a log line; nothing else about the node changes. The same
-codes come back to a caller as ``RemoteError`` when a peer refuses one of our requests.
+codes come back to a caller as ``txdht.errors.RemoteError`` when a peer refuses one of our
+requests.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = [
-    "ErrorCode",
-    "JoinError",
-    "NotFoundError",
-    "ProtocolError",
-    "PutError",
-    "RemoteError",
-]
+__all__ = ["ErrorCode", "ProtocolError"]
 
 
 class ErrorCode(IntEnum):
@@ -76,32 +70,3 @@ class ProtocolError(Exception):
         self.message = message
         self.request_id = request_id
         self.in_reply = in_reply
-
-
-class RemoteError(Exception):
-    """A peer answered one of our requests with an ``error`` reply."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"peer refused the request with error {code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class NotFoundError(LookupError):
-    """No node holds a valid value under the key that was asked for."""
-
-
-class JoinError(Exception):
-    """None of the seed nodes answered, so the node could not join the network."""
-
-
-class PutError(Exception):
-    """No node accepted the item, so nothing was stored.
-
-    ``codes`` holds the error codes of the refusals (empty when nodes failed to answer): all
-    ``STALE_SEQUENCE`` or ``CAS_MISMATCH`` means a newer version is out there.
-    """
-
-    def __init__(self, message: str, codes: frozenset[int] = frozenset()) -> None:
-        super().__init__(message)
-        self.codes = codes

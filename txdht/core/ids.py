@@ -17,14 +17,12 @@ import heapq
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
 
 __all__ = [
     "ID_BITS",
     "ID_HEX_LENGTH",
     "MAX_ID",
     "Contact",
-    "HasId",
     "bucket_index",
     "closest",
     "distance",
@@ -41,17 +39,6 @@ MAX_ID = (1 << ID_BITS) - 1
 ID_HEX_LENGTH = ID_BITS // 4
 
 _HEX_ID = re.compile(rf"[0-9a-f]{{{ID_HEX_LENGTH}}}")
-
-
-class HasId(Protocol):
-    """Anything with a place on the clock face: a contact, a stored record."""
-
-    @property
-    def id(self) -> int:
-        """The 512-bit id."""
-
-
-T = TypeVar("T", bound=HasId)
 
 
 def sha512_id(data: bytes) -> int:
@@ -73,7 +60,7 @@ def bucket_index(own: int, other: int) -> int:
     return (own ^ other).bit_length() - 1
 
 
-def closest(target: int, entries: Iterable[T], count: int) -> list[T]:
+def closest(target: int, entries: Iterable[Contact], count: int) -> list[Contact]:
     """The ``count`` entries closest to ``target``, nearest first (distinct ids never tie)."""
     return heapq.nsmallest(count, entries, key=lambda entry: entry.id ^ target)
 

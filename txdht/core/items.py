@@ -46,6 +46,7 @@ __all__ = [
     "accept",
     "blob",
     "mutable_key",
+    "proves",
     "signed_payload",
 ]
 
@@ -68,7 +69,13 @@ PUBLIC_KEY_BYTES = 32
 #: Size of an Ed25519 signature.
 SIGNATURE_BYTES = 64
 
+#: Random bytes a node sends in a handshake ``ping`` for the peer to sign.
+CHALLENGE_BYTES = 32
+#: A handshake proof: the peer's public key, then its signature of the challenge.
+PROOF_BYTES = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
+
 _DOMAIN = b"txdht-item-v1\0"
+_HELLO = b"txdht-hello-v1\0"
 _MUTABLE_FIELDS = ("public_key", "name", "seq", "signature")
 
 
@@ -123,7 +130,8 @@ def _size_problem(what: str, data: bytes, size: int) -> str | None:
     return f"the {what} must be {size} bytes long, got {len(data)}"
 
 
-def _encode(data: bytes) -> str:
+def to_base64(data: bytes) -> str:
+    """``data`` as base64 text (how bytes travel in JSON)."""
     return base64.b64encode(data).decode("ascii")
 
 
@@ -217,14 +225,14 @@ class Item:
 
     def to_json(self) -> dict[str, object]:
         """The wire form: base64 bytes, with the mutable fields only when they are set."""
-        obj: dict[str, object] = {"value": _encode(self.value)}
+        obj: dict[str, object] = {"value": to_base64(self.value)}
         if self.public_key is not None:
-            obj["public_key"] = _encode(self.public_key)
+            obj["public_key"] = to_base64(self.public_key)
             obj["seq"] = self.seq
         if self.name is not None:
             obj["name"] = self.name
         if self.signature is not None:
-            obj["signature"] = _encode(self.signature)
+            obj["signature"] = to_base64(self.signature)
         return obj
 
     @staticmethod
@@ -292,6 +300,26 @@ class Identity:
             raise ValueError(problem)
         signature = self._private_key.sign(signed_payload(name, seq, value))
         return Item(value, self._public_bytes, name, seq, signature)
+
+    def prove(self, challenge: bytes) -> bytes:
+        """The handshake proof that this node holds its key: the public key, then its signature
+        of ``challenge`` (under a domain tag of its own, so it can never pass for an item's)."""
+        return self._public_bytes + self._private_key.sign(_HELLO + challenge)
+
+
+def proves(node_id: int, challenge: bytes, proof: bytes) -> bool:
+    """Whether a handshake ``proof`` (from ``Identity.prove``) carries a public key whose sha512
+    is ``node_id`` and that key's signature of ``challenge``.
+
+    A node id costs nothing to make up; a key pair whose hash lands next to a chosen key costs
+    about as many key pairs as there are nodes. This is what makes a peer pay for its place.
+    """
+    key, signature = proof[:PUBLIC_KEY_BYTES], proof[PUBLIC_KEY_BYTES:]
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(signature, _HELLO + challenge)
+    except (InvalidSignature, ValueError):
+        return False
+    return sha512_id(key) == node_id
 
 
 def accept(stored: Item | None, new: Item) -> bool:

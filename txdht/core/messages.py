@@ -13,6 +13,7 @@ the shell can answer with an ``error`` reply. docs/protocol.md is the specificat
 
 from __future__ import annotations
 
+import base64
 import functools
 import ipaddress
 import json
@@ -22,7 +23,7 @@ from typing import Any, ClassVar, NoReturn
 
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import MAX_SEQ, MAX_TTL, Item
+from txdht.core.items import MAX_SEQ, MAX_TTL, PROOF_BYTES, Item, to_base64
 
 __all__ = [
     "MAX_CONTACTS",
@@ -71,16 +72,24 @@ class Message:
 
 @dataclass(frozen=True, kw_only=True)
 class Ping(Message):
-    """Are you there? Answered by ``pong``."""
+    """Are you there? Answered by ``pong``; with a ``challenge``, prove who you are."""
 
     TYPE = "ping"
+    challenge: bytes | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {} if self.challenge is None else {"challenge": to_base64(self.challenge)}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Pong(Message):
-    """I am here."""
+    """I am here; ``proof`` answers a challenge (see ``txdht.core.items.proves``)."""
 
     TYPE = "pong"
+    proof: bytes | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {} if self.proof is None else {"proof": to_base64(self.proof)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,14 +177,8 @@ _BY_TYPE = {cls.TYPE: cls for cls in REQUEST_TYPES + REPLY_TYPES}
 
 def encode(message: Message) -> bytes:
     """The wire bytes of ``message`` (without the netstring framing)."""
-    obj = {
-        "v": PROTOCOL_VERSION,
-        "type": message.TYPE,
-        "rid": message.rid,
-        "sender": id_to_hex(message.sender),
-        "port": message.port,
-        **message.body(),
-    }
+    head = {"v": PROTOCOL_VERSION, "type": message.TYPE, "rid": message.rid}
+    obj = {**head, "sender": id_to_hex(message.sender), "port": message.port, **message.body()}
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
@@ -258,6 +261,18 @@ class _Fields:
         except ValueError as e:
             self.fail(ErrorCode.BAD_FIELD, f"field {name!r}: {e}")
 
+    def b64(self, name: str, low: int, high: int) -> bytes | None:
+        """The optional base64 field ``name``, of ``low`` to ``high`` bytes; None when absent."""
+        if name not in self.obj:
+            return None
+        try:
+            data = base64.b64decode(self.get(name, str), validate=True)
+        except ValueError:
+            self.fail(ErrorCode.BAD_FIELD, f"field {name!r} is not valid base64")
+        if not low <= len(data) <= high:
+            self.fail(ErrorCode.BAD_FIELD, f"field {name!r} must be {low} to {high} bytes")
+        return data
+
     def item(self) -> Item:
         try:
             return Item.from_json(self.get("item", dict))
@@ -299,6 +314,8 @@ def _no_body(f: _Fields) -> dict[str, Any]:
 
 #: How to read each type's body (ping, pong and ok have none).
 _BODY_PARSERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
+    "ping": lambda f: {"challenge": f.b64("challenge", 16, 64)},
+    "pong": lambda f: {"proof": f.b64("proof", PROOF_BYTES, PROOF_BYTES)},
     "store": _store_body,
     "find_node": lambda f: {"target": f.id("target")},
     "find_value": lambda f: {"key": f.id("key")},

@@ -43,11 +43,6 @@ class PublishedItem:
     item: Item
     ttl: float
 
-    @property
-    def key(self) -> int:
-        """The item's key."""
-        return self.item.key
-
 
 @implementer(IStorage)
 class MemoryStorage:
@@ -92,7 +87,7 @@ class MemoryStorage:
 
     def set_published(self, record: PublishedItem) -> None:
         """Remember ``record`` as the latest publication under its key."""
-        self._published[record.key] = record
+        self._published[record.item.key] = record
 
     def published_items(self) -> Iterator[PublishedItem]:
         """Every published item, one per key, from a snapshot."""

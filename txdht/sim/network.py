@@ -32,9 +32,19 @@ from typing import IO, Any
 from txdht.core.engine import Engine, Seen
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
-from txdht.core.items import DEFAULT_TTL, Identity, Item
+from txdht.core.items import DEFAULT_TTL, Identity, Item, proves
 from txdht.core.lookup import ALPHA, IterativeLookup
-from txdht.core.messages import Error, FindNode, FindValue, Message, Nodes, Ping, Store, Value
+from txdht.core.messages import (
+    Error,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Store,
+    Value,
+)
 from txdht.core.routing import K
 from txdht.core.storage import MemoryStorage
 from txdht.intervals import Intervals
@@ -566,15 +576,30 @@ class SimNode:
     def _act(self, contact: Contact, seen: Seen) -> None:
         """Ping-before-evict, and copies for a newcomer (``Node._act``)."""
         if seen.ping is not None:
-            pinged = seen.ping
-            self.call(pinged, Ping, lambda result: self._pinged(pinged, result))
+            pinged, challenge = seen.ping, self._challenge(seen.ping)
+            self.call(pinged, Ping, partial(self._pinged, pinged, challenge), challenge=challenge)
         now = self.now
         for record in seen.handoff:
             self.call(contact, Store, _ignore, item=record.item, ttl=record.expires_at - now)
 
-    def _pinged(self, contact: Contact, result: Result) -> None:
+    def _pinged(self, contact: Contact, challenge: bytes, result: Result) -> None:
         if isinstance(result, str):
             self.peer_failed(contact)
+        else:
+            self.proven(contact, challenge, result)
+
+    def _challenge(self, to: Contact | Address) -> bytes:
+        """A handshake challenge. A real node draws it from ``os.urandom``; here it is derived
+        from who asks whom and when, so that runs stay reproducible without using the RNG."""
+        return hashlib.sha256(repr((self.engine.id, to, self.now)).encode()).digest()
+
+    def proven(self, contact: Contact, challenge: bytes, reply: Message) -> bool:
+        """The identity handshake (``Node._proven``): whether ``reply`` proves that ``contact``
+        holds the key of its id; if not, it is dropped from the routing table."""
+        if isinstance(reply, Pong) and reply.proof and proves(contact.id, challenge, reply.proof):
+            return True
+        self.engine.routing.remove(contact.id)
+        return False
 
     # -- operations (Node.lookup, _publish, _get, _join, _refresh, _publish_all) ----------------
 
@@ -649,23 +674,31 @@ class SimNode:
     def join(self, seeds: list[Address], done: Callable[[int | None], None]) -> None:
         """Join through ``seeds``; ``done`` gets the contacts then known, or None (JoinError)."""
         results: list[Result] = ["not answered"] * len(seeds)
+        challenges = [self._challenge(address) for address in seeds]
 
         def pinged(where: int, result: Result) -> None:
             results[where] = result
             gather.one(True)
 
-        gather = _Gather(len(seeds), lambda _: self._seeds_answered(seeds, results, done))
+        gather = _Gather(
+            len(seeds), lambda _: self._seeds_answered(seeds, challenges, results, done)
+        )
         for where, address in enumerate(seeds):
-            self.call(address, Ping, partial(pinged, where))
+            self.call(address, Ping, partial(pinged, where), challenge=challenges[where])
 
     def _seeds_answered(
-        self, seeds: list[Address], results: list[Result], done: Callable[[int | None], None]
+        self,
+        seeds: list[Address],
+        challenges: list[bytes],
+        results: list[Result],
+        done: Callable[[int | None], None],
     ) -> None:
         now = self.now
-        for address, reply in zip(seeds, results, strict=True):
+        for address, challenge, reply in zip(seeds, challenges, results, strict=True):
             if not isinstance(reply, str):
                 contact = Contact(reply.sender, address[0], address[1])
-                self._act(contact, self.engine.seen(contact, now))
+                if self.proven(contact, challenge, reply):
+                    self._act(contact, self.engine.seen(contact, now))
         if not len(self.engine.routing):
             done(None)
             return
@@ -715,7 +748,9 @@ class SimNode:
 
         The timers fire first at start, while the node is not ready (so they do nothing, as in
         ``DHTService``), then every interval; a job still running when its timer fires again
-        is not started twice.
+        is not started twice. ``DHTService``'s join retries (and the first node's join through
+        its first callers) are not modelled: the scenarios join through live members, and the
+        first node's table fills from the requests of the nodes that join after it.
         """
         self.seeds = list(seeds)
         self._joined = joined
