@@ -290,8 +290,11 @@ async def impostors_are_refused(kit: Kit) -> None:
     # An impostor: a real node that claims an id which is not the hash of its key.
     honest, newcomer, impostor = [await kit.start(k=1) for _ in range(3)]
     own = _engine(honest).id
-    # Its claimed id sits in the newcomer's bucket of the honest node's table, nearer to it.
-    claimed = min((_engine(newcomer).id ^ low for low in (1, 2, 3)), key=lambda i: i ^ own)
+    # Its claimed id sits in the newcomer's bucket of the honest node's table, and nearer to
+    # the honest node than the newcomer (so no split makes room for both: the bucket is full).
+    near = _engine(newcomer).id
+    claimed = min((near ^ low for low in range(1, 1 << 16)), key=lambda i: i ^ own)
+    assert claimed ^ own < near ^ own
     _engine(impostor).id = claimed
     try:
         # A seed that cannot prove its id is no seed.
