@@ -306,6 +306,25 @@ def test_lookup_is_seeded_from_the_table_and_touches_the_bucket() -> None:
     assert engine.routing.bucket_for(5).last_lookup == 100.0
 
 
+def test_when_the_closest_contacts_all_fail_the_next_ones_are_asked() -> None:
+    """A lookup starts from the k closest contacts, and goes on to the rest of the table as
+    they fail (after a mass crash all k may be dead), instead of ending with nothing."""
+    engine = make_engine(k=2)
+    engine.seen(Contact(1, "127.0.0.1", 4001), 0.0)
+    engine.seen(Contact(2, "127.0.0.1", 4002), 0.0)
+    far = ALICE.node_id ^ 1  # next to our own id: in a bucket of its own, far from target 0
+    engine.seen(Contact(far, "127.0.0.1", 4003), 0.0)
+    assert len(engine.routing) == 3
+    lookup = engine.lookup(0, 0.0)
+    assert [c.id for c in lookup.next_queries()] == [1, 2]
+    for dead in (1, 2):
+        lookup.query_failed(Contact(dead, "127.0.0.1", 4000 + dead))
+    assert [c.id for c in lookup.next_queries()] == [far]
+    lookup.nodes_received(Contact(far, "127.0.0.1", 4003), [])
+    assert lookup.done
+    assert [c.id for c in lookup.closest()] == [far]
+
+
 def test_message_fills_in_sender_and_fresh_request_ids() -> None:
     """message() stamps our id and port, and gives each request a new request id."""
     engine = make_engine()

@@ -815,3 +815,21 @@ def test_a_seed_that_cannot_prove_its_id_is_no_seed() -> None:
     net.clock.run_until(lambda: newcomer in net.ready, 600.0, "the join")
     assert newcomer not in net.members
     assert len(newcomer.engine.routing) == 0
+
+
+def test_a_failed_join_is_retried_with_backoff_until_it_succeeds() -> None:
+    """As ``DHTService``: a node whose seeds cannot be reached retries after 1 s, 2 s, 4 s...,
+    and joins (becoming a member, a seed for others) once they can."""
+    net = network(3)
+    newcomer = net.add_node()
+    net.split({newcomer.index: 1})  # everyone else is on side 0
+    net.start(newcomer, [net.nodes[0].address])
+    net.clock.run_until(lambda: newcomer in net.ready, 600.0, "the first try")
+    assert newcomer not in net.members
+    tried_at = net.clock.now
+    net.clock.run(tried_at + 20.0)  # the retries at 1, 2, 4 and 8 s after it fail as well
+    assert newcomer not in net.members
+    net.heal()
+    net.clock.run_until(lambda: newcomer in net.members, 600.0, "a retry")
+    assert len(newcomer.engine.routing) == 3
+    assert net.clock.now - tried_at < 60.0  # the retry after 16 s, not the refresh's 10 min

@@ -237,9 +237,11 @@ class Engine:
         return [(p.item, p.ttl) for p in self.storage.published_items()]
 
     def lookup(self, target: int, now: float, find_value: bool = False) -> IterativeLookup:
-        """A new lookup for ``target``, seeded from the routing table."""
+        """A new lookup for ``target``, seeded with the whole routing table: it starts from the
+        k closest, and when those fail (after a mass crash every one of them may be dead) the
+        next closest contacts we know step in, instead of the lookup ending with nothing."""
         self.routing.touch(target, now)
-        seeds = self.routing.closest(target)
+        seeds = self.routing.contacts()
         return IterativeLookup(
             target, seeds, own_id=self.id, k=self.k, alpha=self.alpha, find_value=find_value
         )

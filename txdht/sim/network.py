@@ -607,7 +607,7 @@ class SimNode:
         self, target: int, done: Callable[[SimLookup], None], find_value: bool = False
     ) -> SimLookup:
         """Start an iterative lookup; ``done`` gets it when it has finished."""
-        seeds = self.engine.routing.closest(target)
+        seeds = self.engine.routing.contacts()  # what Engine.lookup seeds it with
         machine = self.engine.lookup(target, self.now, find_value)
         return SimLookup(self, machine, done).begin(seeds)
 
@@ -748,12 +748,13 @@ class SimNode:
 
         The timers fire first at start, while the node is not ready (so they do nothing, as in
         ``DHTService``), then every interval; a job still running when its timer fires again
-        is not started twice. ``DHTService``'s join retries (and the first node's join through
-        its first callers) are not modelled: the scenarios join through live members, and the
-        first node's table fills from the requests of the nodes that join after it.
+        is not started twice. A failed join is retried after 1 s, 2 s, 4 s... (at most the
+        refresh interval) while the table is empty, as ``DHTService`` does; its first node's
+        join through its first callers is not modelled (its table fills from their requests).
         """
         self.seeds = list(seeds)
         self._joined = joined
+        self._retry_delay = 1.0
         intervals = self.network.intervals
         for job, every in (
             ("refresh", intervals.refresh),
@@ -768,7 +769,17 @@ class SimNode:
             self.join(self.seeds, self._join_done)
 
     def _join_done(self, contacts: int | None) -> None:
-        self._ready(contacts is not None)
+        if not self.ready:
+            self._ready(contacts is not None)
+        elif contacts is not None:
+            self.network.members.add(self)
+        if contacts is None:
+            self.network.clock.later(self._retry_delay, self._retry_join)
+            self._retry_delay = min(2 * self._retry_delay, self.network.intervals.refresh)
+
+    def _retry_join(self) -> None:
+        if self.alive and not len(self.engine.routing):
+            self.join(self.seeds, self._join_done)
 
     def _ready(self, joined: bool) -> None:
         self.ready = True
