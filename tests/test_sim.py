@@ -833,3 +833,29 @@ def test_a_failed_join_is_retried_with_backoff_until_it_succeeds() -> None:
     net.clock.run_until(lambda: newcomer in net.members, 600.0, "a retry")
     assert len(newcomer.engine.routing) == 3
     assert net.clock.now - tried_at < 60.0  # the retry after 16 s, not the refresh's 10 min
+
+
+def _cut_off_newcomer(net: Network) -> SimNode:
+    """A new node whose first join failed (it was cut off from its seed), then the cut healed."""
+    newcomer = net.add_node()
+    net.split({newcomer.index: 1})
+    net.start(newcomer, [net.nodes[0].address])
+    net.clock.run_until(lambda: newcomer in net.ready, 600.0, "the first try")
+    net.heal()
+    return newcomer
+
+
+@pytest.mark.parametrize("fate", ["killed", "called"])
+def test_no_join_retry_once_the_node_is_dead_or_has_contacts(fate: str) -> None:
+    """A pending retry does nothing for a node that has since been killed, or that has learnt
+    contacts another way (someone called it)."""
+    net = network(3)
+    newcomer = _cut_off_newcomer(net)
+    if fate == "killed":
+        net.kill(newcomer)
+    else:
+        newcomer.engine.seen(net.nodes[1].contact, net.clock.now)
+    pings = net.sent["ping"]
+    net.clock.run(net.clock.now + 30.0)
+    assert net.sent["ping"] == pings
+    assert newcomer not in net.members
