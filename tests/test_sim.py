@@ -42,6 +42,12 @@ from txdht.sim.scenarios import (
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in a fresh directory: the command line writes its reports under ./sim-results."""
+    monkeypatch.chdir(tmp_path)
+
+
 def network(count: int, **options: Any) -> Network:
     """A network of ``count`` nodes that have all joined."""
     net = Network(**options)

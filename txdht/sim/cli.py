@@ -7,8 +7,10 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 
 from txdht.core.messages import MAX_CONTACTS
+from txdht.sim.plot import MissingPlotter, save
 from txdht.sim.scenarios import DEFAULTS, SCENARIOS, Settings, run
 
 __all__ = ["main", "parser"]
@@ -86,7 +88,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--churn", type=_non_negative, help="churn: fraction replaced per hour")
     p.add_argument("--kill", type=_fractions, help="crash: fractions killed, e.g. 0.5,0.9")
     p.add_argument("--minutes", type=_above_zero, help="partition: minutes split")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--json", action="store_true", help="print the report as JSON, not a table")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=Path("sim-results"),
+        help="write the report as DIR/SCENARIO-NODES.json and its plot as .png "
+        "(default: sim-results; the plot needs matplotlib, the bench extra)",
+    )
     p.add_argument("--trace", metavar="FILE", help="write every event to FILE")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     return p
@@ -104,8 +114,13 @@ def settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the scenario; 0, or 1 with ``--check`` when a target was missed."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     chosen = settings(args)
+    try:  # before the run, which may take hours, not after
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p.error(f"--out {args.out}: {e.strerror or e}")
     if args.trace:
         with open(args.trace, "w", encoding="utf-8") as trace:
             chosen.trace = trace
@@ -117,4 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(report.render())
+    _write(report.to_json(), args.out / f"{args.scenario}-{chosen.nodes}")
     return 1 if args.check and not report.met else 0
+
+
+def _write(data: dict[str, object], stem: Path) -> None:
+    """Write the report's JSON and PNG files (saying so on stderr); a plot that cannot be drawn
+    is reported, and the run, whose JSON is saved, still counts."""
+    json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
+    json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    try:
+        save(data, png_path)
+    except MissingPlotter as e:
+        print(f"wrote {json_path}; no plot: {e}", file=sys.stderr)
+    else:
+        print(f"wrote {json_path} and {png_path}", file=sys.stderr)
