@@ -10,6 +10,7 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
+from twisted.web.server import Site
 
 from txdht.limits import Limits
 from txdht.service import DHTService
@@ -82,7 +83,8 @@ def test_bad_numbers_are_usage_errors(args: list[str], message: str) -> None:
 def test_help_explains_every_option() -> None:
     """--help text names every option and says what the node does."""
     text = str(Options())
-    for option in ("--port", "--peer", "--data-dir", "--http", "--k", "--alpha", "--rpc-timeout"):
+    options = ("--port", "--peer", "--data-dir", "--http", "--http-host", "--k", "--rpc-timeout")
+    for option in options:
         assert option in text
     assert "SQLite" in text
     assert "127.0.0.1" in text
@@ -122,6 +124,28 @@ def test_make_service_builds_node_and_http(tmp_path: Path) -> None:
     assert sorted(port for port, *_ in reactor.tcpServers) == [4123, 8123]
     assert (tmp_path / DATABASE).exists()
     root.stopService()
+
+
+def test_http_hosts_repeat_and_reach_the_api(tmp_path: Path) -> None:
+    """--http-host repeats (lower-cased) and the API answers to those names."""
+    options = parse("--data-dir", str(tmp_path), "--http-host", "DHT.lan", "--http-host", "box")
+    assert options["http-hosts"] == ["dht.lan", "box"]
+    reactor = MemoryReactorClock()
+    root = makeService(options, reactor)
+    root.privilegedStartService()
+    root.startService()
+    (site,) = [factory for port, factory, *_ in reactor.tcpServers if port == 8470]
+    assert isinstance(site, Site)
+    assert site.resource.allowed_hosts == {"localhost", "dht.lan", "box"}
+    root.stopService()
+    assert parse()["http-hosts"] == []
+
+
+@pytest.mark.parametrize("name", ["", "dht.lan:8470", "http://dht.lan", "-x", "a b", "dht.lan."])
+def test_a_bad_http_host_is_a_usage_error(name: str) -> None:
+    """--http-host takes a bare host name; anything else says so."""
+    with pytest.raises(usage.UsageError, match="expected a host name"):
+        parse("--http-host", name)
 
 
 def test_identity_is_kept_in_the_data_dir(tmp_path: Path) -> None:

@@ -68,9 +68,13 @@ class API:
         await gatherResults([n.stop() for n in self.nodes])
 
     async def request(
-        self, method: str, path: str, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes, IResponse]:
-        """One HTTP request; the status, the body and the response."""
+        """One HTTP request (with extra ``headers``); the status, the body and the response."""
         from io import BytesIO
 
         from twisted.web.client import FileBodyProducer
@@ -78,15 +82,22 @@ class API:
         agent = Agent(self.reactor)
         producer = FileBodyProducer(BytesIO(body)) if body is not None else None
         url = f"http://127.0.0.1:{self.port.getHost().port}{path}".encode()
-        response = await agent.request(method.encode(), url, Headers(), producer)
+        sent = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
+        response = await agent.request(method.encode(), url, sent, producer)
         body_read: Deferred[bytes] = Deferred()
         response.deliverBody(_Collect(body_read))
         data = await body_read
         return response.code, data, response
 
-    async def json(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    async def json(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         """One request whose answer is JSON."""
-        status, data, response = await self.request(method, path, body)
+        status, data, response = await self.request(method, path, body, headers)
         assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
         return status, json.loads(data)
 
@@ -361,7 +372,7 @@ async def test_client_going_away_cancels_the_work(api: API, reactor: Any, ending
         def connectionMade(self) -> None:
             assert self.transport is not None
             path = "/v1/keys/" + "ab" * 64
-            self.transport.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            self.transport.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             reactor.callLater(0.05, self.transport.loseConnection)
 
         def connectionLost(self, reason: Failure | None = None) -> None:
@@ -580,3 +591,103 @@ async def test_stats(api: API) -> None:
     assert received > 0
     assert body["lookups"] == {"count": 1, "seconds": round(metrics.lookup_sum, 6)}
     assert body["uptime"] >= 0
+
+
+# -- web pages of other sites: DNS rebinding and cross-site writes ----------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example:8470",
+        "evil.example",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io:80",
+        "[::1",
+        "x" * 300,
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_host_that_is_not_ours_is_refused(api: API, host: str) -> None:
+    """A Host header naming another site (DNS rebinding) gets 421 for reads and writes alike;
+    nothing is stored and the API keeps serving."""
+    for method, path, body in (
+        ("GET", "/v1/status", None),
+        ("GET", "/", None),
+        ("PUT", "/v1/names/n", b"value"),
+        ("POST", "/v1/blobs", b"blob"),
+    ):
+        status, answer = await api.json(method, path, body, {"Host": host})
+        message = error_of(status, answer, 421, "host_not_allowed")
+        assert "DNS rebinding" in message
+        assert len(message) < 300
+    assert api.nodes[0].engine.storage.count() == 0
+    assert (await api.json("GET", "/v1/status"))[0] == 200
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:{port}", "127.0.0.1", "LOCALHOST:{port}", "localhost", "[::1]:{port}", "10.1.2.3"],
+)
+@pytest_twisted.ensureDeferred
+async def test_ip_addresses_and_localhost_are_ours(api: API, host: str) -> None:
+    """An IP address (v4 or v6, any port) or localhost in Host is served."""
+    port = api.port.getHost().port
+    status, body = await api.json("GET", "/v1/status", headers={"Host": host.format(port=port)})
+    assert status == 200
+    assert body["id"] == api.nodes[0].id
+
+
+@pytest_twisted.ensureDeferred
+async def test_allowed_host_names_are_served(api: API) -> None:
+    """Names given to the resource (twistd dht --http-host) are served, in any case."""
+    api.resource.allowed_hosts = frozenset({"localhost", "dht.lan"})
+    status, _ = await api.json("PUT", "/v1/names/n", b"v", {"Host": "DHT.lan:8470"})
+    assert status == 201
+    status, _ = await api.json("GET", "/v1/status", headers={"Host": "other.lan"})
+    assert status == 421
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_without_host_is_served(api: API, reactor: Any) -> None:
+    """An HTTP/1.0 request without Host (no browser sends one) is served."""
+    answer = await raw_request(reactor, api.port.getHost().port, b"GET /v1/status HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 200 ")
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1:1",
+        "https://127.0.0.1:{port}.evil.example",
+        "http://[::1",
+        "",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_writes_from_another_origin_are_refused(api: API, origin: str) -> None:
+    """A PUT or POST whose Origin is not the API's own (a page on another site) gets 403, and
+    nothing is stored; reads from such pages are answered (the browser keeps them from it)."""
+    port = api.port.getHost().port
+    headers = {"Origin": origin.format(port=port)}
+    for method, path in (("PUT", "/v1/names/n"), ("POST", "/v1/blobs")):
+        status, body = await api.json(method, path, b"value", headers)
+        assert "may not write through this node" in error_of(status, body, 403, "cross_origin")
+    assert api.nodes[0].engine.storage.count() == 0
+    assert list(api.nodes[0].engine.storage.published_items()) == []
+    status, _ = await api.json("GET", "/v1/status", headers=headers)
+    assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_from_the_dashboard_s_own_origin_are_served(api: API) -> None:
+    """The dashboard's form writes with Origin equal to the API's own address: served."""
+    port = api.port.getHost().port
+    headers = {"Origin": f"http://127.0.0.1:{port}"}
+    status, body = await api.json("PUT", "/v1/names/n", b"value", headers)
+    assert status == 201
+    status, _ = await api.json("POST", "/v1/blobs", b"blob", headers)
+    assert status == 201
+    assert await api.nodes[1].get(body["key"]) == b"value"

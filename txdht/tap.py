@@ -137,12 +137,23 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["peers"] = []
+        self["http-hosts"] = []
 
     def opt_peer(self, value: str) -> None:
         """A node to join through, as HOST:PORT ([::1]:PORT for IPv6); repeat for several."""
         self["peers"].append(parse_peer(value))
 
     opt_P = opt_peer
+
+    def opt_http_host(self, value: str) -> None:
+        """A host name the HTTP API answers to, besides IP addresses and localhost (which it
+        always does); repeat for several. Requests naming any other host are refused, against
+        DNS rebinding by web pages: give the machine's name when --http listens beyond
+        loopback and clients use that name."""
+        name = value.strip().lower()
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name):
+            raise usage.UsageError(f"--http-host {value!r}: expected a host name, like dht.lan")
+        self["http-hosts"].append(name)
 
     def postOptions(self) -> None:
         """Check what one option alone cannot."""
@@ -224,7 +235,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     dht.setServiceParent(root)  # type: ignore[no-untyped-call]
     if options["http"].lower() != "none":
         endpoints = {"dht": options["port"], "http": options["http"]}
-        site = Site(APIResource(node, endpoints))
+        site = Site(APIResource(node, endpoints, allowed_hosts=options["http-hosts"]))
         site.displayTracebacks = False
         http = strports.service(options["http"], site, reactor=reactor)
         http.setServiceParent(root)

@@ -19,6 +19,14 @@ Every error is JSON ``{"error": code, "message": text}`` with a 4xx or 5xx statu
 traceback page. The API has no authentication: it is bound to 127.0.0.1 by default, and anyone
 who can reach it can store through the node's identity.
 
+Web pages the user visits can reach it too, so two browser attacks are refused. DNS rebinding
+(a site's name made to resolve to 127.0.0.1, so that its page reads and writes the API as its
+own origin): a request whose ``Host`` header names a host other than an IP address, localhost,
+or one of ``allowed_hosts`` (``twistd dht --http-host``) is answered 421 ``host_not_allowed``.
+Cross-site writes (a page on another site sending a form or a no-cors ``fetch``): a request
+other than GET or HEAD whose ``Origin`` is not this API's own is answered 403 ``cross_origin``.
+Clients that are not browsers (``txdht``, curl) send no ``Origin`` and are not affected.
+
 The dashboard is three static files shipped in ``txdht/static``; only the paths listed above
 are served (no directory listing, nothing else from the file system), the page with a
 Content-Security-Policy that lets it load nothing but its own script, style and API.
@@ -26,12 +34,13 @@ Content-Security-Policy that lets it load nothing but its own script, style and 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -85,10 +94,17 @@ class APIResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, node: Node, endpoints: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        endpoints: dict[str, str] | None = None,
+        allowed_hosts: Iterable[str] = (),
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.node = node
         self.endpoints = endpoints or {}
+        #: Host names the API answers to, besides IP addresses and localhost (lower case).
+        self.allowed_hosts = frozenset(["localhost", *(h.lower() for h in allowed_hosts)])
         self.started = node.reactor.seconds()
         #: The last lookups, newest first: (when it finished, what ``/v1/lookups`` shows).
         self.lookups: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT_LOOKUPS)
@@ -117,6 +133,7 @@ class APIResource(Resource):
         method = (request.method or b"").decode("ascii", "replace")
         path = [unquote_to_bytes(segment) for segment in request.postpath or []]
         try:
+            self._check_browser(method, request)
             result = self._route(method, path, request)
         except _HTTPError as e:
             return self._error(request, e)
@@ -127,6 +144,45 @@ class APIResource(Resource):
             return NOT_DONE_YET
         status, body = result
         return self._body(request, status, body)
+
+    def _check_browser(self, method: str, request: Request) -> None:
+        """Refuse DNS rebinding and cross-site writes (see the module docstring)."""
+        host = (request.getHeader(b"host") or b"").decode("latin-1").strip().lower()
+        if host and not self._host_allowed(host):
+            raise _HTTPError(
+                421,
+                "host_not_allowed",
+                f"this API answers to IP addresses, localhost and the names given with "
+                f"--http-host, not {host[:100]!r} (a web page may be trying DNS rebinding)",
+            )
+        origin = request.getHeader(b"origin")
+        if method in ("GET", "HEAD") or origin is None:
+            return
+        text = origin.decode("latin-1").strip().lower()
+        try:
+            ours = urlsplit(text).netloc == host != ""
+        except ValueError:
+            ours = False
+        if not ours:
+            raise _HTTPError(
+                403,
+                "cross_origin",
+                f"a page from {text[:100]!r} may not write through this node's API",
+            )
+
+    def _host_allowed(self, host: str) -> bool:
+        """Whether a ``Host`` header (name or address, with or without a port) is ours."""
+        if host.startswith("["):  # an IPv6 address: [::1]:8470
+            name = host[1 : host.find("]")] if "]" in host else ""
+        else:
+            name = host.rsplit(":", 1)[0]
+        if name in self.allowed_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     def _route(self, method: str, path: list[bytes], request: Request) -> Any:
         handler: Callable[[Request], Any]
