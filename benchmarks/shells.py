@@ -128,6 +128,27 @@ class _OursMixin:
     def now(self) -> float:
         raise NotImplementedError
 
+    # Twisted's Node and the asyncio twin share these (the adapter has its own).
+
+    def port(self, node: Any) -> int:
+        return int(node.port)
+
+    async def join(self, node: Any, seed: Address) -> None:
+        await node.join([seed])
+
+    async def light_join(self, node: Any, seed: Address) -> None:
+        pong = await node.call(seed, Ping)
+        seed_contact = Contact(pong.sender, *seed)
+        node.engine.seen(seed_contact, self.now())
+        reply = await node.call(seed_contact, FindNode, target=node.engine.id)
+        _learn(node.engine, reply.nodes, self.now())
+
+    async def put(self, node: Any, value: bytes) -> tuple[str, None]:
+        return await node.put_blob(value), None
+
+    async def get(self, node: Any, key: str) -> tuple[bytes, None]:
+        return await node.get(key), None
+
 
 class TwistedShell(_OursMixin):
     """The Twisted node on the running reactor (twisted-epoll)."""
@@ -158,25 +179,6 @@ class TwistedShell(_OursMixin):
         node = Node(self.reactor, k=k, limits=unlimited())
         await node.listen(f"tcp:0:interface={LOCALHOST}")
         return node
-
-    def port(self, node: Any) -> int:
-        return int(node.port)
-
-    async def join(self, node: Any, seed: Address) -> None:
-        await node.join([seed])
-
-    async def light_join(self, node: Any, seed: Address) -> None:
-        pong = await node.call(seed, Ping)
-        seed_contact = Contact(pong.sender, *seed)
-        node.engine.seen(seed_contact, self.now())
-        reply = await node.call(seed_contact, FindNode, target=node.engine.id)
-        _learn(node.engine, reply.nodes, self.now())
-
-    async def put(self, node: Any, value: bytes) -> tuple[str, None]:
-        return await node.put_blob(value), None
-
-    async def get(self, node: Any, key: str) -> tuple[bytes, None]:
-        return await node.get(key), None
 
     async def stop_all(self, nodes: list[Any]) -> None:
         await self._defer.DeferredList([n.stop() for n in nodes], consumeErrors=True)
@@ -296,25 +298,6 @@ class AioShell(_OursMixin):
         node = Node(k=k, limits=unlimited())
         await node.start(LOCALHOST, 0)
         return node
-
-    def port(self, node: Any) -> int:
-        return int(node.port)
-
-    async def join(self, node: Any, seed: Address) -> None:
-        await node.join([seed])
-
-    async def light_join(self, node: Any, seed: Address) -> None:
-        pong = await node.call(seed, Ping)
-        seed_contact = Contact(pong.sender, *seed)
-        node.engine.seen(seed_contact, self.now())
-        reply = await node.call(seed_contact, FindNode, target=node.engine.id)
-        _learn(node.engine, reply.nodes, self.now())
-
-    async def put(self, node: Any, value: bytes) -> tuple[str, None]:
-        return await node.put_blob(value), None
-
-    async def get(self, node: Any, key: str) -> tuple[bytes, None]:
-        return await node.get(key), None
 
     async def stop_all(self, nodes: list[Any]) -> None:
         await asyncio.gather(*(n.stop() for n in nodes), return_exceptions=True)
