@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import re
 import runpy
 import subprocess
 import sys
@@ -739,6 +740,72 @@ def test_main_prints_a_table_or_json(capsys: pytest.CaptureFixture[str]) -> None
     data = json.loads(capsys.readouterr().out)
     assert data["parameters"]["loss"] == 0.05
     assert data["tables"][0]["rows"][0][0] == "FIND_NODE"
+
+
+def test_long_runs_say_how_they_are_getting_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each phase of a run is reported on stderr with the wall-clock and simulated time, unless
+    --quiet; the report itself is not changed by it."""
+    argv = ["partition", "--nodes", "20", "--keys", "2", "--k", "5", "--minutes", "12"]
+    assert main([*argv, "--json"]) == 0
+    out, err = capsys.readouterr()
+    progress = [line for line in err.splitlines() if not line.startswith("wrote ")]
+    assert len(progress) == 5
+    assert all(
+        re.match(r"\d\d:\d\d:\d\d \[\d+\.\d\d h simulated\] partition: ", line) for line in progress
+    )
+    assert "20 nodes joined, 2 writes acknowledged; split" in progress[0]
+    assert "healed after 4 writes during the split" in progress[1]
+    assert [line.split("] ")[1] for line in progress[2:]] == [
+        "partition: 0 min after healing, 20/20 newest",
+        "partition: 60 min after healing, 20/20 newest",
+        "partition: 120 min after healing, 20/20 newest",
+    ]
+    assert main([*argv, "--json", "--quiet"]) == 0
+    quiet_out, quiet_err = capsys.readouterr()
+    assert [line.startswith("wrote ") for line in quiet_err.splitlines()] == [True]
+    strip = {"wall_seconds", "cpu_seconds", "peak_rss_mib"}
+    assert {k: v for k, v in json.loads(out).items() if k not in strip} == {
+        k: v for k, v in json.loads(quiet_out).items() if k not in strip
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrases"),
+    [
+        (
+            ["lookup", "--nodes", "20", "--keys", "2", "--lookups", "3"],
+            ["lookup: 20 nodes joined", "lookup: 2 items stored; measuring 3 lookups"],
+        ),
+        (
+            ["crash", "--nodes", "12", "--keys", "4", "--k", "4", "--kill", "0.5"],
+            [
+                "crash 50%: 12 nodes joined",
+                "crash 50%: 4 of 4 items stored",
+                "crash 50%: killed; 4 readable; replicating for an interval",
+                "crash 50%: replicated; 4 keys held",
+            ],
+        ),
+        (
+            ["churn", "--nodes", "10", "--keys", "2", "--k", "4", "--hours", "2", "--churn", "0"],
+            [
+                "churn: 10 nodes joined, 2 of 2 items stored",
+                "churn: hour 1 of 2: 0 replaced, lookups 120/120, gets 120/120",
+                "churn: hour 2 of 2: 0 replaced, lookups 120/120, gets 120/120",
+            ],
+        ),
+    ],
+)
+def test_every_scenario_reports_its_phases(
+    argv: list[str], phrases: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lookup, crash and churn scenarios each say what they have done, in order."""
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    said = [line.split("] ", 1)[1] for line in err.splitlines() if "] " in line]
+    assert [s for s in said if any(s.startswith(p) for p in phrases)] == said
+    assert len(said) == len(phrases)
+    for line, phrase in zip(said, phrases, strict=True):
+        assert line.startswith(phrase)
 
 
 def test_check_exits_1_when_a_target_is_missed(capsys: pytest.CaptureFixture[str]) -> None:

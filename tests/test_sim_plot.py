@@ -198,7 +198,7 @@ def test_the_simulator_writes_json_and_png_to_out(
     (the report printed with --json) and its plot."""
     out = tmp_path / "runs" / "one"
     argv = ["partition", "--nodes", "20", "--keys", "2", "--k", "5", "--minutes", "12"]
-    assert sim_main([*argv, "--out", str(out)]) == 0
+    assert sim_main([*argv, "--out", str(out), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("scenario partition: nodes=20")
     saved = json.loads((out / "partition-20.json").read_text())

@@ -99,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--trace", metavar="FILE", help="write every event to FILE")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument(
+        "--quiet", action="store_true", help="say nothing on stderr while the run goes on"
+    )
     return p
 
 
@@ -107,7 +110,7 @@ def settings(args: argparse.Namespace) -> Settings:
     values = dict(DEFAULTS[args.scenario])
     for f in fields(Settings):
         given = getattr(args, f.name, None)
-        if given is not None and f.name != "trace":
+        if given is not None and f.name not in ("trace", "progress"):
             values[f.name] = given
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -121,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         p.error(f"--out {args.out}: {e.strerror or e}")
+    chosen.progress = None if args.quiet else sys.stderr
     if args.trace:
         with open(args.trace, "w", encoding="utf-8") as trace:
             chosen.trace = trace

@@ -77,6 +77,8 @@ class Settings:
     #: Partition: minutes the network stays split.
     minutes: float = 30.0
     trace: IO[str] | None = None
+    #: Where to say how a long run is getting on (the command line's stderr), if anywhere.
+    progress: IO[str] | None = None
 
     def network(self) -> Network:
         """A new network with these settings."""
@@ -90,6 +92,13 @@ class Settings:
             rpc_timeout=self.rpc_timeout,
             trace=self.trace,
         )
+
+    def say(self, net: Network, text: str) -> None:
+        """Report progress: the wall-clock time, the simulated time, and ``text``."""
+        if self.progress is not None:
+            simulated = f"{net.clock.now / 3600:.2f} h simulated"
+            self.progress.write(f"{time.strftime('%H:%M:%S')} [{simulated}] {text}\n")
+            self.progress.flush()
 
     def describe(self, *names: str) -> dict[str, object]:
         """The common parameters, and the scenario's own ``names``."""
@@ -291,8 +300,10 @@ def lookup(s: Settings) -> Report:
     """FIND_NODE and FIND_VALUE lookups in a grown network, against ideal lookups."""
     net = s.network()
     grow(net, s.nodes)
+    s.say(net, f"lookup: {s.nodes} nodes joined")
     items = items_for(net, s.keys)
     store(net, items)
+    s.say(net, f"lookup: {s.keys} items stored; measuring {s.lookups} lookups of each kind")
     rng = net.rng
     pairs = [(net.ready.choice(rng), rng.getrandbits(512)) for _ in range(s.lookups)]
     found = run_jobs(net, [partial(_find_node, net, n, t) for n, t in pairs], "FIND_NODE lookups")
@@ -363,20 +374,24 @@ def _crash_once(s: Settings, fraction: float, report: Report, table: Table) -> N
     """One crash: grow, store, kill ``fraction``, read every key, replicate for an interval."""
     net = s.network()  # the same seed: the same network, grown and filled the same way
     grow(net, s.nodes)
+    s.say(net, f"crash {fraction:.0%}: {s.nodes} nodes joined")
     items = items_for(net, s.keys)
     stored = store(net, items)
     keys = [item.key for item, n in zip(items, stored, strict=True) if n]
+    s.say(net, f"crash {fraction:.0%}: {len(keys)} of {s.keys} items stored")
     for node in net.rng.sample(net.live.items, round(fraction * s.nodes)):
         net.kill(node)
     killed_at = net.clock.now
     got = read(net, keys)
     readable = sum(1 for item in got if item is not None)
+    s.say(net, f"crash {fraction:.0%}: killed; {readable} readable; replicating for an interval")
     net.clock.run(killed_at + net.intervals.replicate)
     # the nodes whose replication started before the interval was over finish it
     running = net.running
     net.clock.run_until(lambda: not running["replicate"], net.intervals.replicate, "replication")
     held = live_holders(net)
     counts = [replicas(net, key) for key in keys if key in held]
+    s.say(net, f"crash {fraction:.0%}: replicated; {len(counts)} keys held")
     closest = min(s.k, len(net.live))
     floor = math.ceil(0.8 * closest)
     below = sum(1 for c in counts if c < floor)
@@ -469,9 +484,13 @@ class _Churn:
         self.hours = [_Hour() for _ in range(math.ceil(s.hours))]
         self.probes = 0
 
+    def number(self) -> int:
+        """The index of the hour now is in."""
+        return min(int((self.net.clock.now - self.start) // 3600), len(self.hours) - 1)
+
     def hour(self) -> _Hour:
         """The hour now is in."""
-        return self.hours[min(int((self.net.clock.now - self.start) // 3600), len(self.hours) - 1)]
+        return self.hours[self.number()]
 
     def begin(self) -> None:
         """Schedule the replacements, probes and hourly snapshots."""
@@ -526,6 +545,11 @@ class _Churn:
         hour = self.hour()
         hour.alive = len(self.net.live)
         hour.replicas = [replicas(self.net, key) for key in self.keys]
+        self.s.say(
+            self.net,
+            f"churn: hour {self.number() + 1} of {len(self.hours)}: {hour.replaced} replaced, "
+            f"lookups {hour.lookups_ok}/{hour.lookups}, gets {hour.gets_ok}/{hour.gets}",
+        )
 
 
 def churn(s: Settings) -> Report:
@@ -536,6 +560,7 @@ def churn(s: Settings) -> Report:
     items = items_for(net, s.keys)
     stored = store(net, items, publishers)
     keys = [item.key for item, n in zip(items, stored, strict=True) if n]
+    s.say(net, f"churn: {s.nodes} nodes joined, {len(keys)} of {s.keys} items stored")
     churning = _Churn(s, net, publishers, keys)
     churning.begin()
     net.clock.run(churning.end + 2 * s.rpc_timeout * s.k)  # the last probes end (or die)
@@ -652,8 +677,10 @@ def partition(s: Settings) -> Report:
     for step in range(1, int(s.minutes * 60 / WRITE_INTERVAL) + 1):
         for name in names:
             net.clock.at(split_at + step * WRITE_INTERVAL - 1, writer.write, name)
+    s.say(net, f"partition: {s.nodes} nodes joined, {before[1]} writes acknowledged; split")
     net.clock.run(heal_at)
     net.heal()
+    s.say(net, f"partition: healed after {writer.written - before[0]} writes during the split")
     interval = net.intervals.replicate
     columns = ["after healing", "gets", "newest %", "older", "none"]
     checks = Table(f"{s.nodes} nodes split in two for {s.minutes:g} min; {s.keys} names", columns)
@@ -667,6 +694,9 @@ def partition(s: Settings) -> Report:
         )
         total = len(seqs)
         none = seqs.count(-1)
+        s.say(
+            net, f"partition: {check * interval / 60:g} min after healing, {newest}/{total} newest"
+        )
         checks.rows.append(
             [
                 f"{check * interval / 60:g} min",
