@@ -93,6 +93,36 @@ def test_find_value_of_missing_key_answers_closest_nodes_without_the_asker() -> 
     assert [c.id for c in reply.nodes] == [1, 3]
 
 
+def test_lookups_skip_contacts_that_look_dead_even_when_peers_name_them() -> None:
+    """After two failures in a row a contact is left out of our lookups: it is not asked, and
+    a peer's reply naming it does not bring it back (after a mass crash each would cost a
+    timeout in every lookup)."""
+    engine = make_engine(k=4)
+    contacts = [Contact(ident, "127.0.0.1", 4000 + ident) for ident in (1, 2, 3, 4)]
+    for contact in contacts:
+        engine.seen(contact, 0.0)
+    for _ in range(2):
+        engine.failed(contacts[1])
+    lookup = engine.lookup(0, 0.0)
+    first = lookup.next_queries()
+    assert [c.id for c in first] == [1, 3, 4]
+    lookup.nodes_received(first[0], [contacts[1], Contact(5, "127.0.0.1", 4005)])
+    assert [c.id for c in lookup.next_queries()] == [5]
+    assert 2 not in {c.id for c in lookup.closest()}
+
+
+def test_when_every_contact_looks_dead_lookups_ask_them_all() -> None:
+    """If every contact failed twice (our own network was down), a lookup asks them all again
+    rather than ending with nothing."""
+    engine = make_engine(k=3)
+    contacts = [Contact(ident, "127.0.0.1", 4000 + ident) for ident in (1, 2, 3)]
+    for contact in contacts:
+        engine.seen(contact, 0.0)
+        engine.failed(contact)
+        engine.failed(contact)
+    assert [c.id for c in engine.lookup(0, 0.0).next_queries()] == [1, 2, 3]
+
+
 def test_find_node_answers_k_closest() -> None:
     """find_node answers at most k contacts, nearest to the target first."""
     engine = make_engine(k=2)
@@ -104,9 +134,8 @@ def test_find_node_answers_k_closest() -> None:
 
 
 def test_replies_leave_out_contacts_whose_last_two_requests_failed() -> None:
-    """A contact that failed our last two requests is not handed to askers until it answers
-    again (one failure may be a lost message), while our own lookups still start from it (it
-    may be our network that failed)."""
+    """A contact that failed our last two requests is not handed to askers, nor asked by our
+    own lookups, until it answers again (one failure may be a lost message)."""
     engine = make_engine(k=3)
     for ident in (1, 2, 3):
         engine.seen(Contact(ident, "127.0.0.1", 4000 + ident), 0.0)
@@ -118,7 +147,7 @@ def test_replies_leave_out_contacts_whose_last_two_requests_failed() -> None:
     reply = engine.handle(request(FindNode, sender=99, target=0), "127.0.0.1", 0.0).reply
     assert isinstance(reply, Nodes)
     assert [c.id for c in reply.nodes] == [1, 3]
-    assert [c.id for c in engine.lookup(0, 0.0).next_queries()] == [1, 2, 3]
+    assert [c.id for c in engine.lookup(0, 0.0).next_queries()] == [1, 3, 99]  # not 2
     engine.seen(Contact(2, "127.0.0.1", 4002), 1.0)
     reply = engine.handle(request(FindNode, sender=99, target=0), "127.0.0.1", 1.0).reply
     assert isinstance(reply, Nodes)

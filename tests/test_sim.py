@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -658,6 +659,28 @@ def test_crash_scenario_reads_after_killing_and_counts_replicas() -> None:
     assert len(report.targets) == 4
     assert report.targets[0].met  # every key readable after losing half the nodes
     assert "4 closest live nodes" in report.targets[3].name
+
+
+def test_a_replication_that_does_not_finish_is_counted_as_it_stands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When replication after the crash is still running an interval later (here a request to
+    a dead node takes almost a whole replication interval to time out), replicas are counted
+    then and a note says so, instead of the run failing."""
+    network = Settings.network
+
+    def short_intervals(self: Settings) -> Network:
+        net = network(self)
+        net.intervals = dataclasses.replace(net.intervals, replicate=300.0)
+        return net
+
+    monkeypatch.setattr(Settings, "network", short_intervals)
+    report = run("crash", Settings(nodes=20, keys=10, k=4, kill=(0.9,), rpc_timeout=290.0))
+    (row,) = report.tables[0].rows
+    assert row[:3] == ["90%", 2, 10]
+    (note,) = [n for n in report.notes if "still replicating" in n]
+    assert note.startswith("90% crash: ")
+    assert "nodes were still replicating two replication intervals after the crash" in note
 
 
 def test_churn_scenario_replaces_nodes_and_probes() -> None:

@@ -78,8 +78,7 @@ class Engine:
 
     def message(self, cls: type[m.Message], rid: int | None = None, **fields: object) -> m.Message:
         """A message from this node; a request gets a fresh request id."""
-        if rid is None:
-            rid = next(self._rids)
+        rid = next(self._rids) if rid is None else rid
         return cls(rid=rid, sender=self.id, port=self.port, **fields)
 
     def handle(self, request: m.Message, host: str, now: float) -> Handled:
@@ -239,9 +238,13 @@ class Engine:
     def lookup(self, target: int, now: float, find_value: bool = False) -> IterativeLookup:
         """A new lookup for ``target``, seeded with the whole routing table: it starts from the
         k closest, and when those fail (after a mass crash every one of them may be dead) the
-        next closest contacts we know step in, instead of the lookup ending with nothing."""
+        next closest contacts we know step in, instead of the lookup ending with nothing.
+
+        Contacts whose last two requests failed are not asked, nor added when a peer names
+        them: after a mass crash, each would cost a timeout in every lookup (replication runs
+        one per item) until it leaves the table. When no contact looks alive (this node's own
+        network was down), all are asked again."""
         self.routing.touch(target, now)
-        seeds = self.routing.contacts()
-        return IterativeLookup(
-            target, seeds, own_id=self.id, k=self.k, alpha=self.alpha, find_value=find_value
-        )
+        seeds, live = self.routing.contacts(), set(self.routing.contacts(live=True))
+        dead = [c for c in seeds if c not in live] if live else []
+        return IterativeLookup(target, seeds, self.id, self.k, self.alpha, find_value, dead)

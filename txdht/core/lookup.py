@@ -60,11 +60,11 @@ class IterativeLookup:
         self,
         target: int,
         seeds: Iterable[Contact],
-        *,
         own_id: int,
         k: int = K,
         alpha: int = ALPHA,
         find_value: bool = False,
+        dead: Iterable[Contact] = (),
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -81,6 +81,8 @@ class IterativeLookup:
         self.trace: list[tuple[str, Contact]] = []
         self._contacts: dict[int, Contact] = {}
         self._state: dict[int, _State] = {}
+        for contact in dead:  # known dead: never asked, even when a peer names them
+            self._contacts[contact.id], self._state[contact.id] = contact, _State.FAILED
         self._add(seeds)
 
     @property
@@ -101,7 +103,7 @@ class IterativeLookup:
         if self.done:
             return []
         room = self.alpha - list(self._state.values()).count(_State.IN_FLIGHT)
-        chosen = self._to_ask()[: max(room, 0)]
+        chosen = [c for c in self._shortlist() if self._state[c.id] is _State.NEW][: max(room, 0)]
         for contact in chosen:
             self._state[contact.id] = _State.IN_FLIGHT
             self.trace.append(("sent", contact))
@@ -157,6 +159,3 @@ class IterativeLookup:
     def _shortlist(self) -> list[Contact]:
         alive = (c for i, c in self._contacts.items() if self._state[i] is not _State.FAILED)
         return closest(self.target, alive, self.k)
-
-    def _to_ask(self) -> list[Contact]:
-        return [c for c in self._shortlist() if self._state[c.id] is _State.NEW]
