@@ -24,14 +24,14 @@ never changes. A FIND_VALUE for a mutable item goes on until the shortlist has a
 FIND_NODE, because an older version can linger on nodes that are no longer among the k closest
 (after a partition, or a publisher's write that reached only some of them); the result is the
 valid version with the highest sequence number, and ``found`` names the peers that sent an
-older one (``Engine.newest`` turns that into a read repair).
-
-Contacts given as ``dead`` (``Engine.lookup`` passes those whose last two requests failed) start
-out failed: they are never asked, even when a peer's reply names them. After a mass crash
-every lookup would otherwise spend a timeout on each dead node near its target. A value that does not verify
+older one (``Engine.newest`` turns that into a read repair). A value that does not verify
 counts as a failure of the peer that sent it, and the lookup goes on. ``closest()`` is the
 result of a FIND_NODE lookup: the k closest contacts that answered, which is where a put stores
 its item.
+
+Contacts given as ``dead`` (``Engine.lookup`` passes those whose last two requests failed)
+start out failed: they are never asked, even when a peer's reply names them. After a mass
+crash every lookup would otherwise spend a timeout on each dead node near its target.
 """
 
 from __future__ import annotations
