@@ -293,6 +293,11 @@ def _lookup_row(label: str, runs: list[Measured], rtt: float) -> list[Cell]:
         percentile(ms, 0.5),
         percentile(ms, 0.9),
         percentile([m.latency for m in runs], 0.5) / rtt if rtt else 0.0,
+        percentile(queries, 0.95),
+        percentile(queries, 0.99),
+        percentile(ms, 0.95),
+        percentile(ms, 0.99),
+        percentile([m.latency for m in runs], 0.99) / rtt if rtt else 0.0,
     ]
 
 
@@ -327,6 +332,7 @@ def lookup(s: Settings) -> Report:
         )
     columns = ["lookup", "count", "ok %", "k-closest %", "RPCs mean", "p50", "p90", "max"]
     columns += ["hops p50", "p90", "ms p50", "ms p90", "p50 / RTT"]
+    columns += ["RPCs p95", "RPCs p99", "ms p95", "ms p99", "p99 / RTT"]
     table = Table(f"lookups in a network of {s.nodes} nodes", columns)
     table.rows = [
         _lookup_row("FIND_NODE", found, rtt),
@@ -347,6 +353,15 @@ def lookup(s: Settings) -> Report:
                 f"at most {floor + 3} RTT (the floor is k/alpha = {floor} RTT)",
                 f"{median:.1f} RTT",
                 median <= floor + 3,
+            )
+        )
+        p50, p99 = (percentile([m.latency for m in values], q) / rtt for q in (0.5, 0.99))
+        report.targets.append(
+            Target(
+                "FIND_VALUE latency",
+                "p50 at most 3 RTT, p99 at most 8 RTT",
+                f"p50 {p50:.1f} RTT, p99 {p99:.1f} RTT",
+                p50 <= 3 and p99 <= 8,
             )
         )
     missing = sum(not m.success for m in values)
