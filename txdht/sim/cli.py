@@ -110,7 +110,7 @@ def settings(args: argparse.Namespace) -> Settings:
     values = dict(DEFAULTS[args.scenario])
     for f in fields(Settings):
         given = getattr(args, f.name, None)
-        if given is not None and f.name not in ("trace", "progress"):
+        if given is not None and f.name != "trace":
             values[f.name] = given
     return Settings(**values)  # type: ignore[arg-type]
 
