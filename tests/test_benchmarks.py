@@ -2,8 +2,11 @@
 
 No timing is asserted: the test checks that every contender run produced every field, that the
 Markdown table, the plots and the profile were written, and that unavailable contenders are
-reported as such. It needs the ``bench`` extra's rich and matplotlib, which the ``test`` extra
-does not install: without them it is skipped.
+reported as such. The ``test`` extra installs what it needs (rich, matplotlib, uvloop); kademlia
+and OpenDHT come with the ``bench`` extra, and without them they are reported unavailable. Our
+contenders and the floors must succeed with every field; a third-party DHT may fail a run (it is
+not ours to fix: OpenDHT's threads can stall on a loaded machine), and then the run says why.
+The run is a subprocess, independent of the reactor: it runs on the default-reactor pass only.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ CONTENDERS = [
     "asyncio",
     "uvloop",
     "kademlia",
+    "opendht",
     "floor-epoll",
     "floor-asyncioreactor",
+    "floor-asyncio",
     "floor-uvloop",
 ]
-MEASURES = ["rpc-c1", "serving", "network", "memory", "profile"]
+THIRD_PARTY = {"kademlia", "opendht"}
+MEASURES = ["rpc-c1", "rpc-c32", "serving", "network", "memory", "profile"]
 
 RPC = {"concurrency", "count", "ok", "failed", "seconds", "ops_per_s", "p50_ms", "p99_ms"}
 SERVING = {
@@ -77,6 +83,7 @@ MEMORY = {
 }
 FIELDS = {
     "rpc-c1": RPC,
+    "rpc-c32": RPC,
     "serving": SERVING,
     "network": NETWORK,
     "memory": MEMORY,
@@ -84,10 +91,10 @@ FIELDS = {
 }
 #: What each contender is measured on (the others are skipped by --only or do not apply).
 APPLIES = {
-    **{name: ["rpc-c1", "serving", "network", "memory"] for name in CONTENDERS[:4]},
-    "twisted-epoll": ["rpc-c1", "serving", "network", "memory", "profile"],
-    "kademlia": ["network", "memory"],
-    **{name: ["rpc-c1", "serving"] for name in CONTENDERS[5:]},
+    **{name: ["rpc-c1", "rpc-c32", "serving", "network", "memory"] for name in CONTENDERS[:4]},
+    "twisted-epoll": ["rpc-c1", "rpc-c32", "serving", "network", "memory", "profile"],
+    **{name: ["network", "memory"] for name in THIRD_PARTY},
+    **{name: ["rpc-c1", "rpc-c32", "serving"] for name in CONTENDERS[6:]},
 }
 
 
@@ -112,8 +119,17 @@ def _run(out: Path) -> tuple[str, dict[str, Any]]:
     return done.stdout, document
 
 
-@pytest.mark.skipif(bool(MISSING), reason=f"the bench extra is not installed: no {MISSING}")
+def _on_asyncioreactor() -> bool:
+    from twisted.internet import reactor
+
+    return type(reactor).__name__ == "AsyncioSelectorReactor"
+
+
+@pytest.mark.skipif(bool(MISSING), reason=f"the test extra is not installed: no {MISSING}")
 def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
+    """A tiny run of every contender and measure writes the JSON, Markdown and plots."""
+    if _on_asyncioreactor():
+        pytest.skip("a subprocess, the same on either reactor: it runs on the default pass")
     stdout, document = _run(tmp_path)
     machine = document["machine"]
     assert machine["cpu_model"]
@@ -137,6 +153,9 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
                 assert (name, measure) not in runs
                 continue
             run = runs[(name, measure)]
+            if name in THIRD_PARTY and not run["ok"]:
+                assert run["error"], (name, measure)
+                continue
             assert run["ok"], f"{name} {measure}: {run.get('error')}"
             metrics = run["metrics"]
             assert FIELDS[measure] <= set(metrics), (name, measure, FIELDS[measure] - set(metrics))
@@ -144,7 +163,10 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
             assert not empty, (name, measure, empty)
             assert set(document["results"][name][measure]) >= FIELDS[measure]
             if measure in ("network", "profile"):
-                assert metrics["get_success"] == 1.0, (name, measure)
+                # Ours must find every value; a third party's success is what it measured.
+                success = metrics["get_success"]
+                assert success == 1.0 if name not in THIRD_PARTY else 0 <= success <= 1
+                assert metrics["get_local"] >= 0, (name, measure)
             if measure == "serving":
                 assert metrics["contacts_per_reply"] == 20, (name, measure)
     assert {(r["contender"], r["measure"]) for r in document["runs"]} <= {

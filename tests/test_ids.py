@@ -84,7 +84,24 @@ def test_bad_hex_ids_are_refused(text: str) -> None:
 def test_non_string_id_is_refused() -> None:
     """A non-string is not an id."""
     with pytest.raises(ValueError, match="hex"):
-        id_from_hex(5)  # type: ignore[arg-type]
+        id_from_hex(5)
+
+
+def test_unhashable_id_is_a_type_error() -> None:
+    """A list or dict (as a hostile JSON text may carry) cannot be looked up: TypeError."""
+    values: list[object] = [[1], {"a": 1}]
+    for value in values:
+        with pytest.raises(TypeError, match="unhashable"):
+            id_from_hex(value)
+
+
+def test_cached_conversions_agree_with_fresh_ones() -> None:
+    """The cached hex forms are the ones computed afresh, both ways, however often asked."""
+    for ident in (0, 1, MAX_ID, 0xABC << 500):
+        text = format(ident, "0128x")
+        for _ in range(3):
+            assert id_to_hex(ident) == text
+            assert id_from_hex(text) == ident
 
 
 def test_contact_address_and_text() -> None:

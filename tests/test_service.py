@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import CannotListenError
-from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogEvent, capturedLogs, eventAsText, formatEvent
 
 from txdht.core.ids import id_from_hex
 from txdht.core.items import Identity, blob
@@ -166,29 +168,77 @@ def test_node_whose_seeds_were_down_joins_at_a_later_refresh() -> None:
     assert seed.engine.id in late.engine.routing
 
 
+#: Each housekeeping job: the method its timer calls (on the service or its node), and the
+#: interval the tests give it.
+JOBS = {
+    "refresh": ("service", "refresh", 10.0),
+    "replicate": ("node", "replicate", 20.0),
+    "republish": ("node", "republish", 30.0),
+    "expire": ("node", "expire", 40.0),
+    "save": ("node", "save_contacts", 50.0),
+}
+
+
+def raise_now() -> object:
+    """A job that raises before returning anything."""
+    raise RuntimeError("disk on fire")
+
+
+def fail_at_once() -> Deferred[object]:
+    """A job that returns an already failed Deferred."""
+    return fail(RuntimeError("disk on fire"))
+
+
+def fail_later(clock: Clock) -> Callable[[], Deferred[object]]:
+    """A job whose Deferred fails a second after it is called."""
+
+    def job() -> Deferred[object]:
+        return deferLater(clock, 1.0, raise_now)
+
+    return job
+
+
+def test_the_jobs_tested_are_every_timer_of_the_service() -> None:
+    """The failure tests below cover every housekeeping timer the service has."""
+    service = DHTService(MemoryNetwork().add_node())
+    assert [timer.name for timer in service] == list(JOBS)
+
+
+@pytest.mark.parametrize("failure", ["raises", "fails at once", "fails later"])
+@pytest.mark.parametrize("job", list(JOBS))
 def test_a_failing_job_is_logged_and_the_timer_goes_on(
-    fail_on_logged_errors: list[LogEvent],
+    job: str, failure: str, fail_on_logged_errors: list[LogEvent], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A housekeeping job that raises is logged with its traceback and runs again next time."""
+    """A housekeeping job that raises, or whose Deferred fails, is logged with its name and its
+    error, and runs again at its next interval."""
     net = MemoryNetwork()
-    (service,) = start(net, 1)
+    intervals = Intervals(**{name: step for name, (_, _, step) in JOBS.items()})
+    service = DHTService(net.add_node(), intervals=intervals)
+    service.startService()
+    net.run(service.when_ready())
+    owner, method, step = JOBS[job]
+    failing = {"raises": raise_now, "fails at once": fail_at_once}.get(failure)
+    failing = failing or fail_later(net.clock)
     calls: list[float] = []
-    original = service.node.expire
 
-    def flaky() -> int:
+    def flaky() -> object:
         calls.append(net.clock.seconds())
-        if len(calls) == 1:
-            raise RuntimeError("disk on fire")
-        return original()
+        return failing() if len(calls) == 1 else "fine"
 
-    service.node.expire = flaky  # type: ignore[method-assign]
-    net.advance(60)
-    net.advance(60)
-    assert len(calls) == 2
-    failures = [e for e in fail_on_logged_errors if "housekeeping job" in formatEvent(e)]
-    assert len(failures) == 1
-    assert "expire" in formatEvent(failures[0])
+    monkeypatch.setattr(service if owner == "service" else service.node, method, flaky)
+    with capturedLogs() as events:
+        for _ in range(2 * int(step)):
+            net.advance(1.0)
+    assert calls == [step, 2 * step]
+    (logged,) = [e for e in fail_on_logged_errors if "housekeeping job" in formatEvent(e)]
+    assert formatEvent(logged) == f"housekeeping job {job} failed"
+    assert logged["job"] == job
+    assert logged["log_failure"].check(RuntimeError)
+    assert "RuntimeError: disk on fire" in eventAsText(logged)
+    assert [e["result"] for e in events if e.get("job") == job and "result" in e] == ["fine"]
     fail_on_logged_errors.clear()
+    net.run(service.stopService())
+    assert net.clock.getDelayedCalls() == []
 
 
 def test_stop_saves_contacts_and_a_restart_rejoins_without_seeds() -> None:

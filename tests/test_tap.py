@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+import re
+from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from twisted.application.service import IServiceCollection
@@ -12,6 +15,7 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 from twisted.web.server import Site
 
+from txdht.intervals import REFRESH_INTERVAL, Intervals
 from txdht.limits import Limits
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage
@@ -80,14 +84,60 @@ def test_bad_numbers_are_usage_errors(args: list[str], message: str) -> None:
         parse(*args)
 
 
-def test_help_explains_every_option() -> None:
-    """--help text names every option and says what the node does."""
+def test_help_explains_the_node() -> None:
+    """--help text names the common options and says what the node does."""
     text = str(Options())
     options = ("--port", "--peer", "--data-dir", "--http", "--http-host", "--k", "--rpc-timeout")
     for option in options:
         assert option in text
     assert "SQLite" in text
     assert "127.0.0.1" in text
+
+
+def help_entries() -> dict[str, str]:
+    """The option table of ``twistd dht --help``: each long option's entry, whitespace collapsed."""
+    entries: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in str(Options()).split("\n\n")[0].splitlines()[2:]:
+        match = re.match(r"  (?:-\w, |    )--([\w-]+)=?\s+(.*)", line)
+        if match:
+            current = entries.setdefault(match.group(1), [])
+            line = match.group(2)
+        current.append(line)
+    return {name: " ".join(" ".join(lines).split()) for name, lines in entries.items()}
+
+
+#: Every option of ``twistd dht``: the parameters, the flags, and those with an ``opt_`` method.
+PARAMETERS = cast("list[list[Any]]", Options.optParameters)
+OPTION_NAMES = sorted(
+    [str(p[0]) for p in PARAMETERS]
+    + [str(f[0]) for f in getattr(Options, "optFlags", None) or []]
+    + [name[4:].replace("_", "-") for name in dir(Options) if re.fullmatch(r"opt_\w\w+", name)]
+)
+
+
+def test_the_option_list_is_what_twistd_parses() -> None:
+    """The options the help test walks are exactly the long options twistd accepts."""
+    assert sorted(name.rstrip("=") for name in Options().longOpt) == OPTION_NAMES
+    assert set(OPTION_NAMES) == set(help_entries())
+    intervals = {name for name in OPTION_NAMES if name.endswith("-interval")}
+    assert intervals == {f"{job}-interval" for job in INTERVAL_JOBS}
+    assert {"alpha", "max-message", "max-value", "peer", "help"} <= set(OPTION_NAMES)
+    assert {spec.name.replace("_", "-") for spec in fields(Limits)} <= set(OPTION_NAMES)
+
+
+@pytest.mark.parametrize("name", OPTION_NAMES)
+def test_help_explains_every_option(name: str) -> None:
+    """Each option's --help entry is its own help text, which says more than the option's name,
+    and a parameter's entry shows its default."""
+    doc = " ".join(Options().docs[name].split())
+    words = set(re.findall(r"[a-z]+", doc.lower())) - set(name.split("-"))
+    assert len(words) >= 3, f"--{name}: {doc!r} does not say what it does"
+    entry = help_entries()[name]
+    assert entry.startswith(doc)
+    default = next((p[2] for p in PARAMETERS if p[0] == name), None)
+    if default is not None:
+        assert f"[default: {default}]" in entry
 
 
 @pytest.mark.parametrize(
@@ -261,4 +311,52 @@ def test_make_service_defaults_to_the_global_reactor(tmp_path: Path) -> None:
     root = makeService(parse("--data-dir", str(tmp_path), "--http", "none"))
     dht = next(s for s in root if isinstance(s, DHTService))
     assert dht.node.reactor is reactor
+    dht.node.engine.storage.close()  # type: ignore[attr-defined]
+
+
+#: Each housekeeping job, and the method its timer calls: on the service or on its node.
+INTERVAL_JOBS = {
+    "refresh": ("service", "refresh"),
+    "replicate": ("node", "replicate"),
+    "republish": ("node", "republish"),
+    "expire": ("node", "expire"),
+    "save": ("node", "save_contacts"),
+}
+
+
+@pytest.mark.parametrize("job", sorted(INTERVAL_JOBS))
+def test_each_interval_option_sets_how_often_its_job_runs(
+    job: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --JOB-interval 2.5 the service runs that job every 2.5 s of the reactor's clock."""
+    reactor = MemoryReactorClock()
+    options = parse("--data-dir", str(tmp_path), "--http", "none", f"--{job}-interval", "2.5")
+    root = makeService(options, reactor)
+    dht = next(s for s in root if isinstance(s, DHTService))
+    assert {s.name for s in dht} == set(INTERVAL_JOBS)
+    assert dht.intervals == replace(Intervals(), **{job: 2.5})
+    runs: dict[str, list[float]] = {name: [] for name in INTERVAL_JOBS}
+    for name, (owner, method) in INTERVAL_JOBS.items():
+        target = dht if owner == "service" else dht.node
+        monkeypatch.setattr(
+            target, method, partial(lambda n: runs[n].append(reactor.seconds()), name)
+        )
+    root.startService()
+    assert dht.ready  # the first node of a network: the jobs run from the first interval on
+    reactor.pump([0.25] * 41)
+    assert runs == {name: [2.5, 5.0, 7.5, 10.0] if name == job else [] for name in INTERVAL_JOBS}
+    root.stopService()
+    assert not [call for call in reactor.getDelayedCalls() if call.active()]
+
+
+def test_the_stale_bucket_threshold_is_the_kademlia_hour_whatever_the_refresh_interval(
+    tmp_path: Path,
+) -> None:
+    """--refresh-interval sets how often idle buckets are looked for, not how long a bucket must
+    be idle (an hour) to be refreshed; that threshold has no option."""
+    options = parse("--data-dir", str(tmp_path), "--http", "none", "--refresh-interval", "60")
+    root = makeService(options, MemoryReactorClock())
+    dht = next(s for s in root if isinstance(s, DHTService))
+    assert (dht.intervals.refresh, dht.intervals.stale_bucket) == (60.0, REFRESH_INTERVAL)
+    assert "stale-bucket" not in Options().docs
     dht.node.engine.storage.close()  # type: ignore[attr-defined]

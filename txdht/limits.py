@@ -9,6 +9,7 @@ reply at all, which costs it a timeout per request); a global bucket caps the no
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
@@ -82,8 +83,10 @@ def limit_options() -> list[tuple[str, type, object, str]]:
     ]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (exempt from per-address rules)."""
+    """Whether ``host`` is a loopback address (exempt from per-address rules); cached, as it
+    is asked for every request."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

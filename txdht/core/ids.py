@@ -12,6 +12,7 @@ Ids are plain ``int`` values in memory (XOR and comparison are then single opera
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import re
@@ -65,13 +66,17 @@ def closest(target: int, entries: Iterable[Contact], count: int) -> list[Contact
     return heapq.nsmallest(count, entries, key=lambda entry: entry.id ^ target)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def id_to_hex(ident: int) -> str:
-    """The 128-character lowercase hex form of an id."""
+    """The 128-character lowercase hex form of an id (cached, like ``id_from_hex``: the same
+    few hundred ids fill every ``nodes`` reply a node sends and reads)."""
     return format(ident, f"0{ID_HEX_LENGTH}x")
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def id_from_hex(text: str) -> int:
-    """Parse an id written as 128 lowercase hex characters; ``ValueError`` for anything else."""
+    """Parse an id written as 128 lowercase hex characters; ``ValueError`` for anything else
+    (``TypeError`` for an unhashable value, which the cache cannot look up)."""
     if not isinstance(text, str) or not _HEX_ID.fullmatch(text):
         raise ValueError(f"an id is {ID_HEX_LENGTH} lowercase hex characters, got {text!r:.40}")
     return int(text, 16)
