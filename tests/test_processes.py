@@ -26,6 +26,10 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 30.0
+#: Bound on the wait for a process to go after SIGKILL.
+KILL_TIMEOUT = 10.0
+#: The dashboard's files, shipped as package data in ``txdht/static``.
+DASHBOARD_FILES = ("index.html", "app.js", "style.css")
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +110,19 @@ class NodeProcess:
         return "\n".join(line for line in lines if "GET /v1/status" not in line)[-3000:]
 
     def kill(self) -> None:
-        """SIGKILL: no goodbye, no clean shutdown."""
+        """SIGKILL: no goodbye, no clean shutdown; wait (bounded) for the process to go."""
+        self.send_kill()
+        self.wait_gone()
+
+    def send_kill(self) -> None:
+        """Send SIGKILL if the process is running, without waiting for it."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
+
+    def wait_gone(self, timeout: float = KILL_TIMEOUT) -> None:
+        """Wait at most ``timeout`` seconds for the process to exit (TimeoutExpired if not)."""
+        if self.process is not None:
+            self.process.wait(timeout=timeout)
 
     def terminate(self) -> int:
         """SIGTERM and wait (bounded) for a clean exit; the exit code."""
@@ -154,8 +167,20 @@ def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
             node.wait_ready(peers=1)
         yield started
     finally:
-        for node in started:
-            node.kill()
+        kill_all(started)
+
+
+def kill_all(nodes: list[NodeProcess]) -> None:
+    """SIGKILL every node first, then wait (bounded) for each, so one slow exit strands none."""
+    for node in nodes:
+        node.send_kill()
+    stuck = []
+    for node in nodes:
+        try:
+            node.wait_gone()
+        except subprocess.TimeoutExpired:
+            stuck.append(node.data_dir.name)
+    assert not stuck, f"still running {KILL_TIMEOUT} s after SIGKILL: {stuck}"
 
 
 def test_put_get_kill_restart(nodes: list[NodeProcess]) -> None:
@@ -304,3 +329,9 @@ def test_plugin_is_found_after_a_plain_pip_install(tmp_path: Path) -> None:
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
     assert "txdht/py.typed" in names
+    # The dashboard is package data: in the wheel, and installed, byte for byte.
+    for name in DASHBOARD_FILES:
+        assert f"txdht/static/{name}" in names
+        installed = site / "txdht" / "static" / name
+        assert installed.is_file(), f"{installed} was not installed"
+        assert installed.read_bytes() == (ROOT / "txdht" / "static" / name).read_bytes()
