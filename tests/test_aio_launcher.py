@@ -349,6 +349,50 @@ def test_main_refuses_a_busy_port(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "in use" in err
 
 
+def test_main_without_uvloop_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--loop uvloop without uvloop makes main() return 1 with a one-line fix, starting nothing."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what an import finds when it is missing
+    data = tmp_path / "data"
+    assert main(["--port", str(free_port()), "--data-dir", str(data), "--loop", "uvloop"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("txdht: --loop uvloop needs uvloop (")
+    assert err.endswith(": pip install 'txdht[uvloop]'\n")
+    assert not data.exists()
+
+
+WITHOUT_UVLOOP = """
+import runpy, sys
+sys.modules["uvloop"] = None
+sys.argv = ["txdht.aio", *sys.argv[1:]]
+runpy.run_module("txdht.aio", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_process_without_uvloop_exits_1_with_one_line(tmp_path: Path) -> None:
+    """``python -m txdht.aio --loop uvloop`` with uvloop missing prints one line, no traceback
+    and no never-awaited warning, and exits 1."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    argv = ["--port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--loop", "uvloop"]
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", WITHOUT_UVLOOP, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=PROCESS_TIMEOUT * 3,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "txdht: --loop uvloop needs uvloop (import of uvloop halted; None in sys.modules): "
+        "pip install 'txdht[uvloop]'"
+    ]
+
+
 def test_run_module_help(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -351,8 +351,9 @@ async def test_a_get_through_a_silent_peer_is_not_found(reactor: Any) -> None:
 
 @pytest.mark.usefixtures("asyncio_pass")
 @pytest_twisted.ensureDeferred
-async def test_twisted_timeouts_become_the_builtin_timeout_error(reactor: Any) -> None:
-    """A Twisted request to a silent peer fails, once awaited from asyncio, with TimeoutError."""
+async def test_twisted_timeouts_become_asyncio_timeout_error(reactor: Any) -> None:
+    """A Twisted request to a silent peer fails, once awaited from asyncio, with asyncio's
+    TimeoutError (on Python 3.10 not the builtin one)."""
     # The node's own operations fold request timeouts into JoinError or NotFoundError, so the
     # boundary is tested on a raw request of the underlying Twisted node.
 
@@ -362,8 +363,9 @@ async def test_twisted_timeouts_become_the_builtin_timeout_error(reactor: Any) -
         await caller.start()
         make_silent(peer)
         try:
-            with pytest.raises(TimeoutError) as raised:
+            with pytest.raises(asyncio.TimeoutError) as raised:
                 await _wait(caller.node.call(("127.0.0.1", peer.port), Ping))
+            assert raised.type is asyncio.TimeoutError
             assert isinstance(raised.value.__cause__, defer.TimeoutError)
             assert not isinstance(raised.value, defer.TimeoutError)
             assert not pending(caller)
@@ -373,24 +375,77 @@ async def test_twisted_timeouts_become_the_builtin_timeout_error(reactor: Any) -
     await on_asyncio(scenario())
 
 
+#: Every public operation that sends requests, as started by ``caller`` with ``peer`` known.
+OPERATIONS: dict[str, Callable[[AsyncioNode, AsyncioNode], Coroutine[Any, Any, object]]] = {
+    "get": lambda caller, peer: caller.get(MISSING),
+    "put": lambda caller, peer: caller.put("name", b"value"),
+    "put_blob": lambda caller, peer: caller.put_blob(b"value"),
+    "join": lambda caller, peer: caller.join([("127.0.0.1", peer.port)]),
+}
+#: The Twisted node's join goes on when cancelled: its coroutine awaits
+#: ``DeferredList(pings, consumeErrors=True)``, which turns the cancelled pings into a result,
+#: so the join resumes and starts its lookup (txdht/node.py ``_join``). Strict: a fix shows here.
+JOIN_IGNORES_CANCELLATION = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Node._join resumes after DeferredList swallows the cancellation",
+)
+CANCELLABLE = [
+    pytest.param(name, marks=JOIN_IGNORES_CANCELLATION if name == "join" else ())
+    for name in OPERATIONS
+]
+
+
+async def stalled(
+    operation: str, peer: AsyncioNode, caller: AsyncioNode
+) -> Coroutine[Any, Any, object]:
+    """``operation`` of ``caller``, not yet started, once ``peer`` (its one contact) is silent."""
+    await caller.join([("127.0.0.1", peer.port)])
+    await silence(peer, caller)
+    return OPERATIONS[operation](caller, peer)
+
+
+@pytest.mark.parametrize("operation", CANCELLABLE)
 @pytest.mark.usefixtures("asyncio_pass")
 @pytest_twisted.ensureDeferred
-async def test_cancelling_the_task_cancels_the_get(reactor: Any) -> None:
-    """Cancelling a task awaiting a get to a silent peer cancels its requests and their timers."""
+async def test_cancelling_the_task_cancels_the_operation(operation: str, reactor: Any) -> None:
+    """Cancelling a task awaiting an operation on a silent peer cancels its requests and timers."""
 
     async def scenario() -> None:
         peer, caller = AsyncioNode(), AsyncioNode(rpc_timeout=20)
         await peer.start()
         await caller.start()
         try:
-            await caller.join([("127.0.0.1", peer.port)])
-            await silence(peer, caller)
-            task = asyncio.ensure_future(caller.get(MISSING))
+            task = asyncio.ensure_future(await stalled(operation, peer, caller))
             await until(lambda: pending(caller) > 0)
             assert active_calls(reactor)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            assert not pending(caller)
+            assert not caller.node._running
+            assert not active_calls(reactor)
+        finally:
+            await stop_all([caller, peer])
+
+    await on_asyncio(scenario())
+
+
+@pytest.mark.parametrize("operation", CANCELLABLE)
+@pytest.mark.usefixtures("asyncio_pass")
+@pytest_twisted.ensureDeferred
+async def test_a_deadline_raises_asyncio_timeout_error(operation: str, reactor: Any) -> None:
+    """An operation past its asyncio.wait_for deadline raises asyncio.TimeoutError, cancelled."""
+
+    async def scenario() -> None:
+        peer, caller = AsyncioNode(), AsyncioNode(rpc_timeout=20)
+        await peer.start()
+        await caller.start()
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(await stalled(operation, peer, caller), 0.3)
+            assert asyncio.get_running_loop().time() - started < 5
             assert not pending(caller)
             assert not caller.node._running
             assert not active_calls(reactor)

@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -23,15 +23,32 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
-from txdht.core.framing import netstring
-from txdht.core.ids import id_from_hex
-from txdht.core.messages import Ping, encode
+from tests.test_bad_input import ERROR_CASES, FRAMING_CASES, PUBLISHER, message, store
+from txdht.core.errors import ErrorCode
+from txdht.core.framing import NetstringDecoder, netstring
+from txdht.core.ids import id_from_hex, id_to_hex
+from txdht.core.messages import Error, Message, Ping, Pong, decode, encode
 from txdht.core.storage import StoredItem
 from txdht.errors import JoinError, NotFoundError
 
 KINDS = ["twisted", "adapter", "aio"]
 PING = netstring(encode(Ping(rid=1, sender=1, port=0)))
+#: How long ``Kit.exchange`` waits for the replies it expects (or the connection to close).
+EXCHANGE_TIMEOUT = 5.0
 Scenario = Callable[["Kit"], Awaitable[None]]
+
+
+class Replies:
+    """The messages a node sent on one connection, decoded as their bytes arrive."""
+
+    def __init__(self) -> None:
+        self._decoder = NetstringDecoder(1 << 20)
+        self.messages: list[Message] = []
+
+    def feed(self, data: bytes) -> int:
+        """Decode what ``data`` completes; how many messages have arrived in all."""
+        self.messages.extend(decode(payload) for payload in self._decoder.feed(data))
+        return len(self.messages)
 
 
 class Kit:
@@ -62,8 +79,10 @@ class Kit:
         """An address (on ``port``, or any free one) that accepts connections, never answers."""
         raise NotImplementedError
 
-    async def raw(self, port: int, data: bytes) -> tuple[bytes, bool]:
-        """Send ``data`` on a raw connection; what came back in 0.3 s, and whether it closed."""
+    async def exchange(self, port: int, data: bytes, replies: int) -> tuple[list[Message], bool]:
+        """Send ``data`` on a fresh connection; the messages that came back, and whether the
+        connection closed, once ``replies`` messages came (0: once it closed), it closed, or
+        EXCHANGE_TIMEOUT passed."""
         raise NotImplementedError
 
     async def stop(self, nodes: list[Any]) -> None:
@@ -100,23 +119,33 @@ class TwistedKit(Kit):
         self.listening.append(listening)
         return ("127.0.0.1", listening.getHost().port)
 
-    async def raw(self, port: int, data: bytes) -> tuple[bytes, bool]:
+    async def exchange(self, port: int, data: bytes, replies: int) -> tuple[list[Message], bool]:
         from twisted.internet.protocol import ClientCreator
 
+        done: Deferred[None] = Deferred()
+
+        def finish() -> None:
+            if not done.called:
+                done.callback(None)
+
         class Raw(Protocol):
-            received = b""
-            lost = False
+            def __init__(self) -> None:
+                self.replies = Replies()
+                self.lost = False
 
             def dataReceived(self, chunk: bytes) -> None:
-                self.received += chunk
+                if self.replies.feed(chunk) >= replies > 0:
+                    finish()
 
             def connectionLost(self, reason: object = None) -> None:
                 self.lost = True
+                finish()
 
         protocol = await ClientCreator(self.reactor, Raw).connectTCP("127.0.0.1", port)
         protocol.transport.write(data)
-        await self.sleep(0.3)
-        result = (protocol.received, protocol.lost)
+        # On timeout, report what came so far: the scenario's assertions say what is missing.
+        await done.addTimeout(EXCHANGE_TIMEOUT, self.reactor, onTimeoutCancel=lambda _, __: None)
+        result = (protocol.replies.messages, protocol.lost)
         protocol.transport.loseConnection()
         await self.sleep(0)
         return result
@@ -153,25 +182,27 @@ class AsyncioKit(Kit):
         self.servers.append(server)
         return ("127.0.0.1", int(server.sockets[0].getsockname()[1]))
 
-    async def raw(self, port: int, data: bytes) -> tuple[bytes, bool]:
+    async def exchange(self, port: int, data: bytes, replies: int) -> tuple[list[Message], bool]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(data)
-        received = b""
+        got = Replies()
         closed = False
-        deadline = time.monotonic() + 0.3
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + EXCHANGE_TIMEOUT
+        while replies == 0 or len(got.messages) < replies:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
             except asyncio.TimeoutError:
                 break
+            except ConnectionError:
+                chunk = b""
             if not chunk:
                 closed = True
                 break
-            received += chunk
+            got.feed(chunk)
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-        return received, closed
+        return got.messages, closed
 
     async def stop(self, nodes: list[Any]) -> None:
         await super().stop(nodes)
@@ -382,27 +413,45 @@ async def cancellation(kit: Kit) -> None:
             await pending
         assert time.monotonic() - started < 1
         # The node still serves: a ping on a fresh connection gets its pong.
-        received, _ = await kit.raw(nodes[0].port, PING)
-        assert b'"type":"pong"' in received
+        replies, _ = await kit.exchange(nodes[0].port, PING, 1)
+        assert [type(reply) for reply in replies] == [Pong]
     finally:
         await kit.stop(nodes[:1])
 
 
 async def bad_input(kit: Kit) -> None:
-    nodes = await kit.network(2)
+    # The cases of tests/test_bad_input.py (which runs them on the Twisted node in memory), here
+    # over TCP against every implementation. The target holds PUBLISHER's "kept" at seq 2 (the
+    # bad-signature and stale-sequence cases refer to it) and takes values of 1000 bytes at most.
+    nodes = await kit.network(2, max_value=1000)
+    target, own_id = nodes[0], _engine(nodes[0]).id
+    item = PUBLISHER.sign("kept", b"precious", 2)
+    key = id_to_hex(item.key)
     try:
-        port = nodes[0].port
-        received, closed = await kit.raw(port, b"8:not json,")
-        assert not closed
-        assert b'"type":"error"' in received
-        assert b'"code":100' in received
-        received, closed = await kit.raw(port, b"this is no netstring")
-        assert closed
-        assert received == b""
-        received, closed = await kit.raw(port, b"99999999:")
-        assert closed
-        key = await nodes[1].put("still", b"serving")
-        assert await nodes[0].get(key) == b"serving"
+        replies, _ = await kit.exchange(target.port, store(item.to_json()), 1)
+        assert [reply.TYPE for reply in replies] == ["ok"]
+        # Broken framing (a malformed or over-size netstring): no reply, the connection closes.
+        for case in FRAMING_CASES:
+            (data,) = cast("tuple[bytes]", tuple(case.values))
+            replies, closed = await kit.exchange(target.port, data, 0)
+            assert (replies, closed) == ([], True), case.id
+        # A well-framed bad message: an error reply with its code; the connection stays usable
+        # (a ping sent after it on the same connection gets its pong).
+        for case in ERROR_CASES:
+            data, code, rid = cast("tuple[bytes, ErrorCode, int]", tuple(case.values))
+            replies, closed = await kit.exchange(target.port, data + message(rid=8), 2)
+            assert [type(reply) for reply in replies] == [Error, Pong], case.id
+            error = cast(Error, replies[0])
+            assert (error.code, error.rid, error.sender) == (code, rid, own_id), case.id
+            assert error.message, case.id
+            assert replies[1].rid == 8, case.id
+            assert not closed, case.id
+        # Another peer, on a fresh connection, is served; nothing stored was lost or replaced.
+        replies, _ = await kit.exchange(target.port, PING, 1)
+        assert [type(reply) for reply in replies] == [Pong]
+        assert replies[0].sender == own_id
+        assert _held(target, key).item == item
+        assert await nodes[1].get(key) == b"precious"
     finally:
         await kit.stop(nodes)
 

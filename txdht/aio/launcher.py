@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -158,6 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if args.loop == "uvloop":
+        # Before serve() makes a coroutine that run() could not start (and Python would warn
+        # that it was never awaited).
+        try:
+            importlib.import_module("uvloop")
+        except ImportError as e:
+            print(
+                f"txdht: --loop uvloop needs uvloop ({e}): pip install 'txdht[uvloop]'",
+                file=sys.stderr,
+            )
+            return 1
     try:
         run(serve(args), loop=args.loop)
     except (StorageError, OSError) as e:
