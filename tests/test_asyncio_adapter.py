@@ -382,18 +382,6 @@ OPERATIONS: dict[str, Callable[[AsyncioNode, AsyncioNode], Coroutine[Any, Any, o
     "put_blob": lambda caller, peer: caller.put_blob(b"value"),
     "join": lambda caller, peer: caller.join([("127.0.0.1", peer.port)]),
 }
-#: The Twisted node's join goes on when cancelled: its coroutine awaits
-#: ``DeferredList(pings, consumeErrors=True)``, which turns the cancelled pings into a result,
-#: so the join resumes and starts its lookup (txdht/node.py ``_join``). Strict: a fix shows here.
-JOIN_IGNORES_CANCELLATION = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Node._join resumes after DeferredList swallows the cancellation",
-)
-CANCELLABLE = [
-    pytest.param(name, marks=JOIN_IGNORES_CANCELLATION if name == "join" else ())
-    for name in OPERATIONS
-]
 
 
 async def stalled(
@@ -405,7 +393,7 @@ async def stalled(
     return OPERATIONS[operation](caller, peer)
 
 
-@pytest.mark.parametrize("operation", CANCELLABLE)
+@pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.usefixtures("asyncio_pass")
 @pytest_twisted.ensureDeferred
 async def test_cancelling_the_task_cancels_the_operation(operation: str, reactor: Any) -> None:
@@ -431,7 +419,7 @@ async def test_cancelling_the_task_cancels_the_operation(operation: str, reactor
     await on_asyncio(scenario())
 
 
-@pytest.mark.parametrize("operation", CANCELLABLE)
+@pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.usefixtures("asyncio_pass")
 @pytest_twisted.ensureDeferred
 async def test_a_deadline_raises_asyncio_timeout_error(operation: str, reactor: Any) -> None:

@@ -385,6 +385,12 @@ def test_put_then_get_through_the_form(network: list[NodeProcess], browser: Brow
     stored_on = int(browser.text("put-count"))
     assert 1 <= stored_on <= 3
     assert "stored on" in browser.text("put-result")
+    # The holders, by id: nodes of the network, the page's own node named "this node".
+    holders = browser.text("put-holders").split(", ")
+    assert len(set(holders)) == len(holders) == stored_on, holders
+    own = network[1].api("/v1/status")["id"][:12] + "…"
+    ids = {node.api("/v1/status")["id"][:12] + "…" for node in network} - {own}
+    assert set(holders) <= ids | {"this node"}, (holders, ids)
     assert find(By.ID, "get-key").get_attribute("value") == key
     find(By.ID, "get-button").click()
     until("the value", lambda: browser.text("get-value") == "hello from the browser ☃")

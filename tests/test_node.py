@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -291,6 +293,32 @@ def test_get_and_put_can_be_cancelled() -> None:
         net.run(get)
     with pytest.raises(CancelledError):
         net.run(put)
+    assert net.clock.getDelayedCalls() == []
+
+
+def test_join_refresh_and_a_put_storing_can_be_cancelled() -> None:
+    """Cancelling a join (its seed pings in flight), a refresh (its lookups in flight) or a
+    put whose stores are in flight fails it with CancelledError at once: the waits on many
+    requests do not take the cancelled requests for failures and go on."""
+    net = MemoryNetwork()
+    nodes = net.create(6)
+    seed, fresh = nodes[1], net.add_node()
+    net.silence(seed)
+    join = fresh.join([("127.0.0.1", seed.port)])
+    refresh = nodes[0].refresh(0.0)
+    net.flush()
+    for node in nodes[2:]:
+        net.silence(node)
+    put = nodes[0].put("n", b"v")
+    net.flush()
+    operations: list[Deferred[Any]] = [join, refresh, put]
+    for d in operations:
+        d.cancel()
+        with pytest.raises(CancelledError):
+            net.run(d, max_seconds=0.0)
+    assert not fresh._running
+    assert not nodes[0]._running
+    assert not any(p.pending for node in (fresh, nodes[0]) for p in node._protocols)
     assert net.clock.getDelayedCalls() == []
 
 

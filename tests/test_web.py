@@ -128,6 +128,9 @@ async def test_put_name_then_get_from_another_node(api: API) -> None:
     )
     assert status == 201
     assert body["stored_on"] == 3
+    # Every node of the three holds it (k is 20); the API's own node, which keeps a copy, first.
+    assert body["holders"][0] == api.nodes[0].id
+    assert sorted(body["holders"]) == sorted(node.id for node in api.nodes)
     assert await api.nodes[2].get(body["key"]) == b"\x00value\xff"
     status, data, response = await api.request("GET", f"/v1/keys/{body['key']}")
     assert (status, data) == (200, b"\x00value\xff")
@@ -148,7 +151,9 @@ async def test_post_blob(api: API) -> None:
     """POST /v1/blobs stores an immutable blob under the sha512 of its value."""
     status, body = await api.json("POST", "/v1/blobs", b"blob bytes")
     assert status == 201
-    assert body == {"key": id_to_hex(blob(b"blob bytes").key), "stored_on": 3}
+    assert body["key"] == id_to_hex(blob(b"blob bytes").key)
+    assert body["stored_on"] == 3 == len(set(body["holders"]))
+    assert set(body["holders"]) == {node.id for node in api.nodes}
 
 
 @pytest_twisted.ensureDeferred
@@ -186,7 +191,7 @@ async def test_bad_names_are_400(api: API, name: str) -> None:
 async def test_put_nobody_accepts_is_503(api: API) -> None:
     """When no node stores the item, the answer is 503 put_failed."""
 
-    async def refuse(item: Any, ttl: float, cas: int | None = None) -> int:
+    async def refuse(item: Any, ttl: float, cas: int | None = None) -> list[int]:
         from txdht.errors import PutError
 
         raise PutError("no node stored the item (2 were asked)")
@@ -210,7 +215,7 @@ async def test_put_nobody_accepts_is_503(api: API) -> None:
 async def test_put_refused_by_every_node(api: API, codes: set[int], status: int, code: str) -> None:
     """A put every node refused for one reason answers with that reason; mixed ones are 503."""
 
-    async def refuse(item: Any, ttl: float, cas: int | None = None) -> int:
+    async def refuse(item: Any, ttl: float, cas: int | None = None) -> list[int]:
         raise PutError(
             "no node stored the item (2 were asked); first refusal: ...", frozenset(codes)
         )

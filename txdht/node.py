@@ -77,6 +77,18 @@ HOUSEKEEPING_CONCURRENCY = 8
 
 Address = tuple[str, int]
 _D = TypeVar("_D", bound="Deferred[Any]")
+
+
+async def _settled(waits: list[Deferred[Any]]) -> list[tuple[bool, Any]]:
+    """Wait for every Deferred in ``waits``, a failure being a result like any other; but when
+    the wait is cancelled (the operation awaiting it was), raise ``CancelledError`` instead of
+    going on with the cancelled requests as if they had failed by themselves."""
+    results: list[tuple[bool, Any]] = await DeferredList(waits, consumeErrors=True)
+    if any(not ok and result.check(defer.CancelledError) for ok, result in results):
+        raise defer.CancelledError()
+    return results
+
+
 Connector = Callable[[Address, "DHTFactory"], "Deferred[DHTProtocol]"]
 
 
@@ -363,17 +375,27 @@ class Node:
     ) -> Deferred[int]:
         """Publish an item of ours: store it on the k closest nodes and, once stored,
         remember it for republishing; fires with how many accepted it."""
+        return self.publish_own_holders(item, ttl, cas).addCallback(len)
 
-        def remember(stored: int) -> int:
+    def publish_own_holders(
+        self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
+    ) -> Deferred[list[int]]:
+        """``publish_own``, firing with the ids of the nodes that accepted the item (this
+        node's own id first, when it keeps a copy): what the dashboard's put form shows."""
+
+        def remember(holders: list[int]) -> list[int]:
             self.engine.remember(item, ttl)
-            return stored
+            return holders
 
-        return self.publish(item, ttl, cas).addCallback(remember)
+        return self._publish_holders(item, ttl, cas).addCallback(remember)
 
     def publish(
         self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
     ) -> Deferred[int]:
         """Store ``item`` on the k closest nodes; fires with how many accepted it."""
+        return self._publish_holders(item, ttl, cas).addCallback(len)
+
+    def _publish_holders(self, item: Item, ttl: float, cas: int | None) -> Deferred[list[int]]:
         item.verify(self.engine.max_value)
         return self._track(Deferred.fromCoroutine(self._publish(item, ttl, cas)))
 
@@ -614,7 +636,7 @@ class Node:
     async def _join(self, seeds: list[Address]) -> int:
         challenges = [os.urandom(CHALLENGE_BYTES) for _ in seeds]
         pings = [self.call(a, Ping, challenge=c) for a, c in zip(seeds, challenges, strict=True)]
-        results = await DeferredList(pings, consumeErrors=True)
+        results = await _settled(pings)
         now = self.reactor.seconds()
         for address, challenge, (ok, reply) in zip(seeds, challenges, results, strict=True):
             if ok:
@@ -637,33 +659,30 @@ class Node:
 
     async def _refresh(self, interval: float) -> int:
         targets = self.engine.refresh_targets(self.reactor.seconds(), interval, self._rng)
-        await DeferredList([self.lookup(target) for target in targets])
+        await _settled([self.lookup(target) for target in targets])
         return len(targets)
 
     async def _publish_all(self, jobs: list[tuple[Item, float]]) -> int:
         limit = DeferredSemaphore(HOUSEKEEPING_CONCURRENCY)
-        results = await DeferredList(
-            [limit.run(self.publish, item, ttl) for item, ttl in jobs], consumeErrors=True
-        )
+        results = await _settled([limit.run(self.publish, item, ttl) for item, ttl in jobs])
         return sum(1 for ok, _ in results if ok)
 
-    async def _publish(self, item: Item, ttl: float, cas: int | None = None) -> int:
+    async def _publish(self, item: Item, ttl: float, cas: int | None = None) -> list[int]:
         machine = await self.lookup(item.key)
         keep, targets = self.engine.placement(item.key, machine.closest())
-        stored, reasons, codes = 0, [], set()
+        holders: list[int] = []
+        reasons, codes = [], set()
         if keep:
             try:
                 self.engine.store(item, ttl, self.reactor.seconds(), cas)
-                stored += 1
+                holders.append(self.engine.id)
             except ProtocolError as e:
                 reasons.append(f"this node: {e}")
                 codes.add(int(e.code))
         calls = [self.call(c, Store, item=item, ttl=ttl, cas=cas) for c in targets]
-        for contact, (ok, result) in zip(
-            targets, await DeferredList(calls, consumeErrors=True), strict=True
-        ):
+        for contact, (ok, result) in zip(targets, await _settled(calls), strict=True):
             if ok:
-                stored += 1
+                holders.append(contact.id)
             else:
                 failure = cast(Failure, result)
                 reason = failure.getErrorMessage()
@@ -677,11 +696,11 @@ class Node:
                     key=key,
                     reason=reason,
                 )
-        if not stored:
+        if not holders:
             first = f"; first refusal: {reasons[0]}" if reasons else ""
             message = f"no node stored the item ({len(targets)} were asked){first}"
             raise PutError(message, frozenset(codes))
-        return stored
+        return holders
 
     async def _get(self, key: int) -> bytes:
         local = self.engine.get(key, self.reactor.seconds())
@@ -701,5 +720,5 @@ class Node:
                 seq=best.seq,
             )
             repairs = [self.call(peer, Store, item=best, ttl=DEFAULT_TTL) for peer in stale]
-            await DeferredList(repairs, consumeErrors=True)
+            await _settled(repairs)
         return best.value

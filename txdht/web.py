@@ -3,8 +3,8 @@
 ======  =====================  ===========================================================
 method  path                   answer
 ======  =====================  ===========================================================
-PUT     /v1/names/{name}       body = value; signs and stores it: 201 {"key", "stored_on"}
-POST    /v1/blobs              body = value; stores an immutable blob: 201 {"key", "stored_on"}
+PUT     /v1/names/{name}       body = value; signs and stores it: 201 (below)
+POST    /v1/blobs              body = value; stores an immutable blob: 201 (below)
 GET     /v1/keys/{key}         200 the value bytes; 404 not found; 400 malformed key
 GET     /v1/status             id, version, endpoints, port, peers, items, uptime
 GET     /v1/peers              the routing table: id, host, port, bucket, last_seen, failures
@@ -14,6 +14,9 @@ GET     /v1/stats              RPC counts (sent, received, failed, by type), loo
 GET     /metrics               Prometheus text: RPCs, lookup latency, items, peers
 GET     /                      the dashboard page (with /static/app.js, /static/style.css)
 ======  =====================  ===========================================================
+
+A store answers ``{"key", "stored_on", "holders"}``: the item's key, how many nodes accepted
+it, and their ids (this node's own first, when it keeps a copy).
 
 Every error is JSON ``{"error": code, "message": text}`` with a 4xx or 5xx status, never a
 traceback page. The API has no authentication: it is bound to 127.0.0.1 by default, and anyone
@@ -335,10 +338,11 @@ class APIResource(Resource):
         return self._stored(blob(self._value(request)))
 
     def _stored(self, item: Item) -> Deferred[tuple[int, Any]]:
-        def done(count: int) -> tuple[int, Any]:
-            return 201, {"key": id_to_hex(item.key), "stored_on": count}
+        def done(holders: list[int]) -> tuple[int, Any]:
+            ids = [id_to_hex(ident) for ident in holders]
+            return 201, {"key": id_to_hex(item.key), "stored_on": len(ids), "holders": ids}
 
-        return self.node.publish_own(item).addCallback(done)
+        return self.node.publish_own_holders(item).addCallback(done)
 
     def _value(self, request: Request) -> bytes:
         content = request.content

@@ -378,6 +378,9 @@
         text("stored on "), text(String(body.stored_on), "count", "put-count"),
         text(body.stored_on === 1 ? " node under key " : " nodes under key "),
         text(body.key, "mono key", "put-key"),
+        text(": "),
+        text(body.holders.map((id) => id === state.selfId ? "this node" : short(id)).join(", "),
+          "mono", "put-holders"),
       ]);
       $("get-key").value = body.key;
     } catch (e) {
