@@ -493,3 +493,40 @@ def test_invariants_hold_after_any_operations(
             table.remove(ident)
             assert ident not in table
         check_invariants(table)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    own=ANY_ID,
+    k=st.integers(1, 5),
+    pool=st.lists(ANY_ID, min_size=1, max_size=40, unique=True),
+    failures=st.lists(st.integers(0, 39), max_size=30),
+    target=ANY_ID,
+    count=st.one_of(st.none(), st.integers(1, 50)),
+    exclude=st.one_of(st.none(), st.integers(0, 39)),
+    live=st.booleans(),
+)
+def test_closest_is_the_brute_force_answer(
+    own: int,
+    k: int,
+    pool: list[int],
+    failures: list[int],
+    target: int,
+    count: int | None,
+    exclude: int | None,
+    live: bool,
+) -> None:
+    """closest(), which sorts only the buckets nearest the target, gives exactly what sorting
+    the whole table by distance gives, for any table, target, count, exclusion and liveness."""
+    table = RoutingTable(own, k=k)
+    for now, ident in enumerate(pool):
+        table.seen(c(ident), float(now))
+    for index in failures:
+        table.failed(pool[index % len(pool)])
+    excluded = None if exclude is None else pool[exclude % len(pool)]
+    everyone = [e for b in table.buckets for e in b.entries.values()]
+    allowed = [
+        e.contact for e in everyone if e.contact.id != excluded and not (live and e.failures >= 2)
+    ]
+    expected = sorted(allowed, key=lambda contact: contact.id ^ target)[: count or k]
+    assert table.closest(target, count, excluded, live) == expected

@@ -118,16 +118,12 @@ def _name_problem(name: str) -> str | None:
 
 def _seq_problem(seq: int) -> str | None:
     """Why ``seq`` cannot be a sequence number, or None when it can."""
-    if 0 <= seq <= MAX_SEQ:
-        return None
-    return f"the sequence number must be from 0 to 2**63 - 1, got {seq}"
+    return None if 0 <= seq <= MAX_SEQ else f"a sequence number is 0 to 2**63 - 1, got {seq}"
 
 
 def _size_problem(what: str, data: bytes, size: int) -> str | None:
     """Why ``data`` cannot be the item's ``what``, or None when it is ``size`` bytes long."""
-    if len(data) == size:
-        return None
-    return f"the {what} must be {size} bytes long, got {len(data)}"
+    return None if len(data) == size else f"the {what} must be {size} bytes, got {len(data)}"
 
 
 def to_base64(data: bytes) -> str:

@@ -36,11 +36,13 @@ crash every lookup would otherwise spend a timeout on each dead node near its ta
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable
 from enum import Enum
 
 from txdht.core.errors import ProtocolError
-from txdht.core.ids import Contact, closest
+from txdht.core.ids import Contact
 from txdht.core.items import Item
 from txdht.core.routing import K
 
@@ -85,6 +87,8 @@ class IterativeLookup:
         self.trace: list[tuple[str, Contact]] = []
         self._contacts: dict[int, Contact] = {}
         self._state: dict[int, _State] = {}
+        #: The ids of the contacts to ask, nearest the target first, kept sorted as they come.
+        self._order: list[int] = []
         for contact in dead:  # known dead: never asked, even when a peer names them
             self._contacts[contact.id], self._state[contact.id] = contact, _State.FAILED
         self._add(seeds)
@@ -144,8 +148,8 @@ class IterativeLookup:
 
     def closest(self) -> list[Contact]:
         """The k closest contacts that answered, nearest first."""
-        answered = (c for i, c in self._contacts.items() if self._state[i] is _State.ANSWERED)
-        return closest(self.target, answered, self.k)
+        answered = (self._contacts[i] for i in self._order if self._state[i] is _State.ANSWERED)
+        return list(itertools.islice(answered, self.k))
 
     def _answer(self, peer: Contact) -> bool:
         if self._state.get(peer.id) is not _State.IN_FLIGHT:
@@ -159,7 +163,8 @@ class IterativeLookup:
             if contact.id != self.own_id and contact.id not in self._contacts:
                 self._contacts[contact.id] = contact
                 self._state[contact.id] = _State.NEW
+                bisect.insort(self._order, contact.id, key=lambda i: i ^ self.target)
 
     def _shortlist(self) -> list[Contact]:
-        alive = (c for i, c in self._contacts.items() if self._state[i] is not _State.FAILED)
-        return closest(self.target, alive, self.k)
+        alive = (self._contacts[i] for i in self._order if self._state[i] is not _State.FAILED)
+        return list(itertools.islice(alive, self.k))

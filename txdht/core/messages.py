@@ -208,7 +208,7 @@ def decode(data: bytes) -> Message:
     fields.in_reply = cls in REPLY_TYPES
     rid, sender = fields.int_in("rid", 0, MAX_REQUEST_ID), fields.id("sender")
     port = fields.int_in("port", 0, 65535)
-    return cls(rid=rid, sender=sender, port=port, **_BODY_PARSERS.get(kind, _no_body)(fields))
+    return cls(rid=rid, sender=sender, port=port, **_BODY_PARSERS[kind](fields))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -308,14 +308,11 @@ def _error_body(f: _Fields) -> dict[str, Any]:
     return {"code": f.get("code", int), "message": f.get("message", str)[:MAX_ERROR_TEXT]}
 
 
-def _no_body(f: _Fields) -> dict[str, Any]:
-    return {}
-
-
-#: How to read each type's body (ping, pong and ok have none).
+#: How to read each type's body (ok has none; a ping or pong may have none).
 _BODY_PARSERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
     "ping": lambda f: {"challenge": f.b64("challenge", 16, 64)},
     "pong": lambda f: {"proof": f.b64("proof", PROOF_BYTES, PROOF_BYTES)},
+    "ok": lambda f: {},
     "store": _store_body,
     "find_node": lambda f: {"target": f.id("target")},
     "find_value": lambda f: {"key": f.id("key")},

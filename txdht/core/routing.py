@@ -74,6 +74,10 @@ class KBucket:
         """Whether ``ident`` falls in this bucket's range."""
         return self.low <= ident < self.high
 
+    def contacts(self, live: bool = False) -> list[Contact]:
+        """The bucket's contacts; ``live``: not those whose last two requests failed."""
+        return [e.contact for e in self.entries.values() if not (live and e.failures >= 2)]
+
     def random_id(self, rng: random.Random) -> int:
         """A random id in this bucket's range: the target of a refresh lookup."""
         return self.low + rng.randrange(self.high - self.low)
@@ -122,8 +126,7 @@ class RoutingTable:
     def contacts(self, live: bool = False) -> list[Contact]:
         """Every contact in the table, bucket by bucket; ``live``: not those whose last two
         requests failed (one lost message should not hide a node; two in a row rarely are)."""
-        entries = [e for b in self.buckets for e in b.entries.values()]
-        return [e.contact for e in entries if not (live and e.failures >= 2)]
+        return [c for b in self.buckets for c in b.contacts(live)]
 
     def entry(self, ident: int) -> _Entry | None:
         """What the table knows of a contact: address, last seen, failures."""
@@ -135,9 +138,18 @@ class RoutingTable:
         """The ``count`` (default k) contacts closest to ``target``, nearest first; ``live``
         leaves out contacts that look dead (see ``contacts``): replies should not send peers to
         them, or after a mass crash half of every reply is dead and lookups never reach the
-        live nodes near a key."""
-        found = (c for c in self.contacts(live) if c.id != exclude)
-        return closest(target, found, self.k if count is None else count)
+        live nodes near a key.
+
+        Buckets cover aligned blocks of ids, and XOR with the target maps each onto an aligned
+        block of distances, so every contact of a bucket nearer the target is closer than every
+        contact of one further away: whole buckets are taken, nearest first, until there are
+        enough, and only those are sorted (not the whole table, on every request served)."""
+        count, found = self.k if count is None else count, []
+        for bucket in sorted(self.buckets, key=lambda b: (b.low ^ target) | (b.high - b.low - 1)):
+            found += [c for c in bucket.contacts(live) if c.id != exclude]
+            if len(found) >= count:
+                break
+        return closest(target, found, count)
 
     def seen(self, contact: Contact, now: float) -> Contact | None:
         """We heard from ``contact``; return a contact the shell must ping, if any (rule 4)."""
