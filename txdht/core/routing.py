@@ -222,12 +222,13 @@ class RoutingTable:
     def _admissible(self, bucket: KBucket, contact: Contact) -> bool:
         """Hygiene: one live contact per address, and few per subnet in a bucket, so that one
         host or one network cannot fill a bucket with ids of its choosing."""
-        for other in [e for b in self.buckets for e in b.entries.values()]:
-            if other.contact.address == contact.address:
-                if other.failures < self.max_failures:
-                    return False
-                self.remove(other.contact.id)
-        subnet = _subnet(contact.host)
+        port, host = contact.port, contact.host  # compared field by field: this runs often
+        entries = [e for b in self.buckets for e in b.entries.values()]
+        for other in [e for e in entries if e.contact.port == port and e.contact.host == host]:
+            if other.failures < self.max_failures:
+                return False
+            self.remove(other.contact.id)
+        subnet = _subnet(host)
         if subnet is None or not self.max_per_subnet:
             return True
         same = sum(1 for e in bucket.entries.values() if _subnet(e.contact.host) == subnet)
