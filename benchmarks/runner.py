@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     run_settings = SETTINGS[mode]["run"]
     repeat = max(1, args.repeat or int(run_settings["repeat"]))
     budget = float(args.budget or run_settings["budget"])
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

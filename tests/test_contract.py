@@ -191,7 +191,7 @@ class AsyncioKit(Kit):
         while replies == 0 or len(got.messages) < replies:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             except ConnectionError:
                 chunk = b""

@@ -21,13 +21,13 @@ names. ``AsyncioNode.join`` therefore resolves seed host names itself, with the 
 ``getaddrinfo``, before handing IPv4 addresses to the node.
 
 Errors cross the boundary as asyncio code expects them: Twisted's ``defer.TimeoutError``
-becomes ``asyncio.TimeoutError`` (the builtin ``TimeoutError`` from Python 3.11 on, a class of
-its own on 3.10) and ``defer.CancelledError`` becomes ``asyncio.CancelledError``; txdht's own
-errors (``NotFoundError``, ``JoinError``, ``PutError``, ``RemoteError``, ``ProtocolError``,
-``ValueError`` for a bad key) pass through unchanged. Cancelling the task that awaits a method
+becomes ``TimeoutError`` (which ``asyncio.TimeoutError`` is) and ``defer.CancelledError``
+becomes ``asyncio.CancelledError``; txdht's own errors (``NotFoundError``, ``JoinError``,
+``PutError``, ``RemoteError``, ``ProtocolError``, ``ValueError`` for a bad key) pass through
+unchanged. Cancelling the task that awaits a method
 cancels the Deferred beneath it, which stops its requests. For a deadline, use
-``asyncio.wait_for()`` around the call (or, on Python 3.11 and later, ``asyncio.timeout()``);
-either raises ``asyncio.TimeoutError`` and cancels the operation.
+``asyncio.timeout()`` (or ``asyncio.wait_for()``) around the call; either raises
+``TimeoutError`` and cancels the operation.
 
 Example::
 
@@ -64,8 +64,9 @@ from txdht.node import Node
 if TYPE_CHECKING:
     import random
     from types import TracebackType
+    from typing import Self
 
-    from typing_extensions import Self, Unpack
+    from typing_extensions import Unpack
 
     from txdht.core.items import Identity
     from txdht.interfaces import IStorage
@@ -147,8 +148,7 @@ async def _wait(d: Deferred[_T]) -> _T:
     try:
         return await d.asFuture(asyncio.get_running_loop())
     except defer.TimeoutError as e:
-        # Not the builtin TimeoutError: on Python 3.10 asyncio's is another class.
-        raise asyncio.TimeoutError(str(e)) from e
+        raise TimeoutError(str(e)) from e
     except defer.CancelledError as e:
         raise asyncio.CancelledError(str(e)) from e
 
