@@ -140,7 +140,7 @@ async def network(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
     result["msgs_per_put"] = _mean(result["msgs_per_put_seq"], result["msgs_per_put_conc"])
     result["msgs_per_get"] = _mean(result["msgs_per_get_seq"], result["msgs_per_get_conc"])
     if profiler is not None:
-        _write_profile(profiler, str(params["profile_path"]), params)
+        _write_profile(profiler, str(params["profile_path"]), params, result)
     return result
 
 
@@ -154,8 +154,9 @@ async def _phase(
     tally: dict[str, int],
     profiler: cProfile.Profile | None,
 ) -> dict[str, Any]:
-    """``ops`` puts from random nodes, then a get of each stored value from a random node that
-    does not hold it; at ``concurrency``. Returns the phase's metrics, suffixed by ``phase``."""
+    """``ops`` puts from random nodes, then ``ops`` gets of the stored values in turn, each from
+    a random node that does not hold it; at ``concurrency``, each kind for at most
+    ``phase_timeout`` seconds. Returns the phase's metrics, suffixed by ``phase``."""
     ops, count = int(params["ops"]), len(nodes)
     values = [rng.randbytes(int(params["value_size"])) for _ in range(ops)]
     writers = [rng.randrange(count) for _ in range(ops)]
@@ -188,17 +189,17 @@ async def _phase(
             readers.append(rng.randrange(count))
 
     async def get_op(n: int) -> Any:
-        i = stored[n]
-        value, finished = await shell.get(nodes[readers[n]], keys[i])
+        # ``ops`` gets, whatever number of puts finished: the stored values in turn.
+        i = stored[n % len(stored)]
+        value, finished = await shell.get(nodes[readers[n % len(stored)]], keys[i])
         success = value == values[i]
         return success if finished is None else (success, finished)
 
     sent = shell.sent_total(nodes)
     if profiler is not None:
         profiler.enable()
-    get = await drive(
-        get_op, shell.gather, count=len(stored), concurrency=concurrency, duration=timeout
-    )
+    gets = ops if stored else 0
+    get = await drive(get_op, shell.gather, count=gets, concurrency=concurrency, duration=timeout)
     if profiler is not None:
         profiler.disable()
     await shell.quiesce()
@@ -206,7 +207,7 @@ async def _phase(
     tally["gets_ok"] += get["ok"]
     tally["gets"] += get["count"]
     result: dict[str, Any] = {}
-    for name, measured, wanted in (("put", put, ops), ("get", get, len(stored))):
+    for name, measured, wanted in (("put", put, ops), ("get", get, ops)):
         result[f"{name}_{phase}_ops_per_s"] = measured["ops_per_s"]
         result[f"{name}_{phase}_p50_ms"] = measured["p50_ms"]
         result[f"{name}_{phase}_p99_ms"] = measured["p99_ms"]
@@ -231,11 +232,18 @@ def _mean(a: float | None, b: float | None) -> float | None:
     return (a + b) / 2
 
 
-def _write_profile(profiler: cProfile.Profile, path: str, params: dict[str, Any]) -> None:
+def _write_profile(
+    profiler: cProfile.Profile, path: str, params: dict[str, Any], result: dict[str, Any]
+) -> None:
+    labels = {"seq": "sequential", "conc": f"at concurrency {params['concurrency']}"}
+    done = ", ".join(
+        f"{result[f'{op}_{phase}_count']} {op}s {label}"
+        for op in ("put", "get")
+        for phase, label in labels.items()
+    )
     out = io.StringIO()
     out.write(
-        f"cProfile of the put and get phases (sequential and at concurrency "
-        f"{params['concurrency']}, {params['ops']} operations each) on a {params['nodes']}-node "
+        f"cProfile of the put and get phases ({done}) on a {params['nodes']}-node "
         "twisted-epoll network in one process.\n\n"
         "== top 15 by cumulative time ==\n"
     )
