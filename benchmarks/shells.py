@@ -747,10 +747,17 @@ class OpenDHTShell:
     async def stop_all(self, nodes: list[Any]) -> None:
         with contextlib.suppress(RuntimeError):
             await self.quiesce()
+        # Shut down, then wait on the loop (which gives up the GIL) until every runner has
+        # stopped before joining it: OpenDHT's shutdown callback takes the GIL on the runner's
+        # thread, and starting a helper thread to join while those callbacks wait for it
+        # deadlocked about one run in three.
         for node in nodes:
             node.shutdown()
+        deadline = time.monotonic() + 10.0
+        while any(node.isRunning() for node in nodes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         for node in nodes:
-            await asyncio.to_thread(node.join)
+            node.join()
 
 
 def _set_once(future: asyncio.Future[Any], value: Any) -> None:

@@ -104,10 +104,10 @@ def _run(out: Path) -> tuple[str, dict[str, Any]]:
     only = ["--only", ",".join(CONTENDERS), "--only", ",".join(MEASURES)]
     command = [sys.executable, "-m", "benchmarks", "--quick", "--tiny", "--out", str(out)]
     done = subprocess.run(
-        [*command, *only, "--budget", "90"],
+        [*command, *only, "--budget", "150"],
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=240,
         env=env,
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
