@@ -245,6 +245,6 @@ class Engine:
         one per item) until it leaves the table. When no contact looks alive (this node's own
         network was down), all are asked again."""
         self.routing.touch(target, now)
-        seeds, live = self.routing.contacts(), set(self.routing.contacts(live=True))
-        dead = [c for c in seeds if c not in live] if live else []
+        seeds, live = self.routing.contacts(), {c.id for c in self.routing.contacts(live=True)}
+        dead = [c for c in seeds if c.id not in live] if live else []
         return IterativeLookup(target, seeds, self.id, self.k, self.alpha, find_value, dead)

@@ -36,7 +36,6 @@ crash every lookup would otherwise spend a timeout on each dead node near its ta
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections.abc import Iterable
 from enum import Enum
@@ -163,7 +162,8 @@ class IterativeLookup:
             if contact.id != self.own_id and contact.id not in self._contacts:
                 self._contacts[contact.id] = contact
                 self._state[contact.id] = _State.NEW
-                bisect.insort(self._order, contact.id, key=lambda i: i ^ self.target)
+                self._order.append(contact.id)
+        self._order.sort(key=lambda i: i ^ self.target)  # nearly sorted already: one pass
 
     def _shortlist(self) -> list[Contact]:
         alive = (self._contacts[i] for i in self._order if self._state[i] is not _State.FAILED)
