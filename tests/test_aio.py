@@ -736,7 +736,9 @@ def test_call_to_nobody_fails_with_connection_refused() -> None:
 def test_reply_to_a_request_cancelled_an_instant_ago_is_ignored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A reply, whole or broken, to a request cancelled before its entry is dropped is ignored."""
+    """A reply, whole or broken, to a request cancelled before its entry is dropped is ignored:
+    the whole one quietly (it was expected late), the broken one as a bad message; a second
+    reply to an answered request is logged as unsolicited."""
     caplog.set_level(logging.INFO, logger="txdht.aio")
 
     async def scenario() -> None:
@@ -747,15 +749,46 @@ def test_reply_to_a_request_cancelled_an_instant_ago_is_ignored(
             (rid,) = protocol.pending
             waiting.cancel()
             protocol.data_received(netstring(encode(a.engine.message(Pong, rid))))
-            assert logged(caplog, "which nobody awaits") == 1
+            assert logged(caplog, "which nobody awaits") == 0
             broken = protocol.request(b.engine.message(Ping))
             (rid,) = protocol.pending
             broken.cancel()
             protocol.data_received(message(type="pong", rid=rid, port="bad"))
             assert logged(caplog, "bad message") == 1
+            answered = protocol.request(b.engine.message(Ping))
+            (rid,) = (r for r in protocol.pending if not protocol.pending[r].done())
+            pong = netstring(encode(a.engine.message(Pong, rid)))
+            protocol.data_received(pong + pong)  # the second comes before the entry is gone
+            assert isinstance(await answered, Pong)
+            assert logged(caplog, "which nobody awaits") == 1
             await until(lambda: not protocol.pending)
             assert isinstance(await b.call(address(a), Ping), Pong)
             assert len(b._protocols) == 1
+
+    run_async(scenario)
+
+
+def test_late_replies_to_abandoned_requests_are_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cancelled request's late reply is dropped without a log line (once: a second reply
+    to it is unsolicited, and logged)."""
+    caplog.set_level(logging.INFO, logger="txdht.aio")
+
+    async def scenario() -> None:
+        async with network() as net:
+            a, b = await net.create(2)
+            protocol = b._connections[address(a)]
+            waiting = protocol.request(b.engine.message(Ping))
+            (rid,) = protocol.pending
+            waiting.cancel()
+            # The peer's real pong comes late: once the next ping on the connection (replies
+            # keep their order) is answered, it has come, and was dropped without a word.
+            assert isinstance(await b.call(address(a), Ping), Pong)
+            assert not protocol.pending
+            assert logged(caplog, "which nobody awaits") == 0
+            protocol.data_received(netstring(encode(a.engine.message(Pong, rid))))
+            assert logged(caplog, "which nobody awaits") == 1
 
     run_async(scenario)
 

@@ -182,6 +182,27 @@ def test_unsolicited_reply_is_ignored_and_logged() -> None:
     setup.still_serving()
 
 
+def test_late_reply_to_a_cancelled_request_is_dropped_quietly() -> None:
+    """The reply to a request we cancelled comes late and is dropped without a log line; a
+    second reply under that id is unsolicited, and logged."""
+    setup = Setup()
+    net, node, peer = setup.net, setup.node, setup.other
+    outcome: list[object] = []
+    with capturedLogs() as events:
+        d = node.call(("127.0.0.1", peer.port), Ping)
+        d.addErrback(outcome.append)
+        connection = node._connections[("127.0.0.1", peer.port)]
+        (request_id,) = connection.pending
+        d.cancel()
+        net.flush()  # the peer's pong arrives, for nobody
+        assert not logged(list(events), "which nobody awaits")
+        pong = node.engine.message(Pong, request_id)
+        connection.dataReceived(netstring(encode(replace(pong, sender=peer.engine.id))))
+    assert logged(list(events), "which nobody awaits")
+    assert len(outcome) == 1
+    setup.still_serving()
+
+
 def test_broken_reply_fails_the_waiting_request() -> None:
     """A malformed reply fails the request it answers, instead of drawing an error reply."""
     setup = Setup()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
+    "Abandoned",
     "Limits",
     "RateLimiter",
     "TokenBucket",
@@ -167,3 +168,24 @@ class RateLimiter:
         """Drop cool-off entries that have ended (called from housekeeping)."""
         for peer in [p for p, until in self._cooling.items() if until <= now]:
             del self._cooling[peer]
+
+
+class Abandoned:
+    """The ids of the requests a connection gave up on (cancelled, or timed out), the newest
+    ``size`` of them: a reply to one of those is expected to come late, and is dropped without
+    the log line an unsolicited reply gets (a lookup that ends cancels its last queries, so a
+    busy node would otherwise log a line for most lookups)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._ids: dict[int, None] = {}
+
+    def add(self, rid: int) -> None:
+        """Remember that request ``rid`` was given up on."""
+        self._ids[rid] = None
+        if len(self._ids) > self.size:
+            del self._ids[next(iter(self._ids))]
+
+    def claim(self, rid: int) -> bool:
+        """Whether ``rid`` was given up on (forgetting it: one reply per request)."""
+        return self._ids.pop(rid, 0) is None

@@ -61,7 +61,7 @@ from txdht.core.storage import MemoryStorage
 from txdht.errors import JoinError, NotFoundError, PutError, RemoteError
 from txdht.interfaces import IStorage
 from txdht.intervals import REFRESH_INTERVAL
-from txdht.limits import Limits, Verdict, is_loopback, peer_key
+from txdht.limits import Abandoned, Limits, Verdict, is_loopback, peer_key
 from txdht.metrics import Metrics
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]
@@ -104,6 +104,7 @@ class DHTProtocol(NetstringReceiver):
         #: The peer's listening address, once it is known.
         self.address: Address | None = None
         self.pending: dict[int, Deferred[Message]] = {}
+        self.abandoned = Abandoned()
         self.closed: Deferred[None] = Deferred()
         self.peer_port = 0
         #: Malformed messages received on this connection.
@@ -156,6 +157,8 @@ class DHTProtocol(NetstringReceiver):
 
     def _reply_received(self, reply: Message) -> None:
         waiting = self.pending.pop(reply.rid, None)
+        if waiting is None and self.abandoned.claim(reply.rid):
+            return  # the late reply to a request we cancelled or timed out
         if waiting is None:
             self.log.info(
                 "ignored a {type} reply from {host} to request {rid}, which nobody awaits",
@@ -175,6 +178,7 @@ class DHTProtocol(NetstringReceiver):
 
         def forget(d: Deferred[Message]) -> None:
             self.pending.pop(message.rid, None)
+            self.abandoned.add(message.rid)
 
         d: Deferred[Message] = Deferred(forget)
         self.pending[message.rid] = d

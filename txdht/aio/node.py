@@ -50,7 +50,7 @@ from txdht.core.storage import MemoryStorage
 from txdht.errors import JoinError, NotFoundError, PutError, RemoteError
 from txdht.interfaces import IStorage
 from txdht.intervals import REFRESH_INTERVAL, Intervals
-from txdht.limits import Limits, Verdict, is_loopback, peer_key
+from txdht.limits import Abandoned, Limits, Verdict, is_loopback, peer_key
 from txdht.metrics import Metrics
 
 __all__ = ["DEFAULT_MAX_MESSAGE", "DEFAULT_RPC_TIMEOUT", "Lookup", "NetstringProtocol", "Node"]
@@ -79,6 +79,7 @@ class NetstringProtocol(asyncio.Protocol):
         #: The peer's listening address, once it is known.
         self.address: Address | None = None
         self.pending: dict[int, asyncio.Future[Message]] = {}
+        self.abandoned = Abandoned()
         self.closed: asyncio.Future[None] = node.loop.create_future()
         self.peer_port = 0
         self._outbox: list[bytes] | None = None
@@ -134,6 +135,9 @@ class NetstringProtocol(asyncio.Protocol):
             return
         if isinstance(message, REPLY_TYPES):
             waiting = self.pending.pop(message.rid, None)
+            late = waiting.cancelled() if waiting else self.abandoned.claim(message.rid)
+            if late:
+                return  # the late reply to a request we cancelled or timed out
             if waiting is None or waiting.done():
                 log.info(
                     "ignored a %s reply from %s to request %d, which nobody awaits",
@@ -164,9 +168,14 @@ class NetstringProtocol(asyncio.Protocol):
         """Send a request; the future resolves to the reply (cancel it to stop waiting)."""
         waiting: asyncio.Future[Message] = self.node.loop.create_future()
         self.pending[message.rid] = waiting
-        waiting.add_done_callback(lambda _: self.pending.pop(message.rid, None))
+        waiting.add_done_callback(lambda _: self._done(message.rid, waiting))
         self.send(message)
         return waiting
+
+    def _done(self, rid: int, waiting: asyncio.Future[Message]) -> None:
+        self.pending.pop(rid, None)
+        if waiting.cancelled():  # cancelled, or timed out (asyncio.timeout cancels)
+            self.abandoned.add(rid)
 
     def connection_lost(self, exc: Exception | None) -> None:
         pending, self.pending = self.pending, {}
