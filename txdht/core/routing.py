@@ -237,9 +237,9 @@ class RoutingTable:
     def _may_split(self, bucket: KBucket, newcomer: int) -> bool:
         if bucket.covers(self.own_id):
             return True
-        mine = newcomer ^ self.own_id
-        closer = sum(1 for c in self.contacts() if c.id ^ self.own_id < mine)
-        return closer < self.k
+        # Fewer than k contacts are closer to us than the newcomer (ids, so distances, differ).
+        near = self.closest(self.own_id)
+        return len(near) < self.k or newcomer ^ self.own_id < near[-1].id ^ self.own_id
 
     def _split(self, bucket: KBucket, newcomer: int) -> KBucket:
         index = self.buckets.index(bucket)
