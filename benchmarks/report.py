@@ -189,8 +189,9 @@ def _versus_kademlia(contender: str, net: dict[str, Any], kad: dict[str, Any]) -
     known = [v for v in margins.values() if v is not None]
     if not known:
         return _target("ahead-of-kademlia", contender, None, "> 1x", None, "no data")
-    worst_name = min((k for k, v in margins.items() if v is not None), key=lambda k: margins[k])
-    worst = margins[worst_name]
+    measured = {k: v for k, v in margins.items() if v is not None}
+    worst_name = min(measured, key=measured.__getitem__)
+    worst = measured[worst_name]
     success = net.get("get_success")
     met = all(v > 1 for v in known) and success == 1.0
     detail = (

@@ -192,3 +192,16 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
         assert (tmp_path / f"{stamp}-{plot}.png").stat().st_size > 0
     profile = (tmp_path / f"{stamp}-profile-twisted-epoll.txt").read_text(encoding="utf-8")
     assert "cumulative" in profile
+
+
+def test_phase_seconds_bounds_every_network_phase(tmp_path: Path) -> None:
+    """--phase-seconds replaces the bound of every put and get phase, and nothing else."""
+    from benchmarks.runner import SETTINGS, parse, plan
+
+    args = parse(["--phase-seconds", "12", "--only", "twisted-epoll"])
+    configs = plan("default", args.only, tmp_path, "stamp", args.phase_seconds)
+    bounded = {c.measure: c.params["phase_timeout"] for c in configs if "phase_timeout" in c.params}
+    assert bounded == {"network": 12.0, "profile": 12.0}
+    assert SETTINGS["default"]["network"]["phase_timeout"] == 6.0  # the defaults are untouched
+    unbounded = plan("default", args.only, tmp_path, "stamp")
+    assert {c.params.get("phase_timeout") for c in unbounded if c.measure == "network"} == {6.0}
