@@ -202,6 +202,6 @@ def test_phase_seconds_bounds_every_network_phase(tmp_path: Path) -> None:
     configs = plan("default", args.only, tmp_path, "stamp", args.phase_seconds)
     bounded = {c.measure: c.params["phase_timeout"] for c in configs if "phase_timeout" in c.params}
     assert bounded == {"network": 12.0, "profile": 12.0}
-    assert SETTINGS["default"]["network"]["phase_timeout"] == 6.0  # the defaults are untouched
+    assert SETTINGS["default"]["network"]["phase_timeout"] == 10.0  # the defaults are untouched
     unbounded = plan("default", args.only, tmp_path, "stamp")
-    assert {c.params.get("phase_timeout") for c in unbounded if c.measure == "network"} == {6.0}
+    assert {c.params.get("phase_timeout") for c in unbounded if c.measure == "network"} == {10.0}
