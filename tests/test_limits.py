@@ -14,7 +14,7 @@ from txdht.core.messages import Error, Ping, Pong, Store, decode, encode
 from txdht.core.routing import RoutingTable
 from txdht.core.storage import MemoryStorage
 from txdht.errors import PutError, RemoteError
-from txdht.limits import Limits, RateLimiter, TokenBucket, Verdict, is_loopback, peer_key
+from txdht.limits import Abandoned, Limits, RateLimiter, TokenBucket, Verdict, is_loopback, peer_key
 from txdht.testing import MemoryNetwork
 
 PUBLISHER = Identity.from_private_bytes(b"p" * 32)
@@ -269,3 +269,16 @@ def test_a_limit_that_makes_no_sense_is_refused(changes: dict[str, float], messa
     with pytest.raises(ValueError, match=message):
         Limits(**changes)  # type: ignore[arg-type]
     assert Limits(max_per_subnet=0).max_per_subnet == 0
+
+
+def test_abandoned_requests_are_remembered_up_to_a_bound() -> None:
+    """A connection remembers the newest abandoned request ids, each claimable once; past the
+    bound the oldest is forgotten (its late reply is then logged like an unsolicited one)."""
+    abandoned = Abandoned(size=2)
+    for rid in (1, 2, 3):
+        abandoned.add(rid)
+    assert not abandoned.claim(1)  # forgotten: the bound is 2
+    assert abandoned.claim(2)
+    assert not abandoned.claim(2)  # one reply per request
+    assert abandoned.claim(3)
+    assert not abandoned.claim(4)  # never abandoned
