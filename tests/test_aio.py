@@ -733,6 +733,15 @@ def test_call_to_nobody_fails_with_connection_refused() -> None:
     run_async(scenario)
 
 
+def cancel_a_ping(protocol: NetstringProtocol, sender: Node) -> int:
+    """Send a ping on ``protocol`` (which has no other request in flight) from ``sender`` and
+    cancel it at once; its request id."""
+    waiting = protocol.request(sender.engine.message(Ping))
+    (rid,) = protocol.pending  # the only request in flight on it
+    waiting.cancel()
+    return rid
+
+
 def test_reply_to_a_request_cancelled_an_instant_ago_is_ignored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -745,14 +754,10 @@ def test_reply_to_a_request_cancelled_an_instant_ago_is_ignored(
         async with network() as net:
             a, b = await net.create(2)
             protocol = b._connections[address(a)]
-            waiting = protocol.request(b.engine.message(Ping))
-            (rid,) = protocol.pending
-            waiting.cancel()
+            rid = cancel_a_ping(protocol, b)
             protocol.data_received(netstring(encode(a.engine.message(Pong, rid))))
             assert logged(caplog, "which nobody awaits") == 0
-            broken = protocol.request(b.engine.message(Ping))
-            (rid,) = protocol.pending
-            broken.cancel()
+            rid = cancel_a_ping(protocol, b)
             protocol.data_received(message(type="pong", rid=rid, port="bad"))
             assert logged(caplog, "bad message") == 1
             answered = protocol.request(b.engine.message(Ping))
@@ -779,9 +784,7 @@ def test_late_replies_to_abandoned_requests_are_dropped_quietly(
         async with network() as net:
             a, b = await net.create(2)
             protocol = b._connections[address(a)]
-            waiting = protocol.request(b.engine.message(Ping))
-            (rid,) = protocol.pending
-            waiting.cancel()
+            rid = cancel_a_ping(protocol, b)
             # The peer's real pong comes late: once the next ping on the connection (replies
             # keep their order) is answered, it has come, and was dropped without a word.
             assert isinstance(await b.call(address(a), Ping), Pong)

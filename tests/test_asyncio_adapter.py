@@ -10,6 +10,7 @@ default reactor. A subprocess runs the adapter the way applications do, under ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -384,13 +385,26 @@ OPERATIONS: dict[str, Callable[[AsyncioNode, AsyncioNode], Coroutine[Any, Any, o
 }
 
 
-async def stalled(
-    operation: str, peer: AsyncioNode, caller: AsyncioNode
-) -> Coroutine[Any, Any, object]:
-    """``operation`` of ``caller``, not yet started, once ``peer`` (its one contact) is silent."""
-    await caller.join([("127.0.0.1", peer.port)])
-    await silence(peer, caller)
-    return OPERATIONS[operation](caller, peer)
+@contextlib.asynccontextmanager
+async def stalled(operation: str) -> AsyncIterator[tuple[AsyncioNode, Coroutine[Any, Any, object]]]:
+    """A caller and ``operation`` of it, not yet started, once its one contact is silent; both
+    nodes are stopped at the end."""
+    peer, caller = AsyncioNode(), AsyncioNode(rpc_timeout=20)
+    await peer.start()
+    await caller.start()
+    try:
+        await caller.join([("127.0.0.1", peer.port)])
+        await silence(peer, caller)
+        yield caller, OPERATIONS[operation](caller, peer)
+    finally:
+        await stop_all([caller, peer])
+
+
+def assert_nothing_left(caller: AsyncioNode, reactor: Any) -> None:
+    """No request of ``caller`` pending, no operation running, no timer left."""
+    assert not pending(caller)
+    assert not caller.node._running
+    assert not active_calls(reactor)
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
@@ -400,21 +414,14 @@ async def test_cancelling_the_task_cancels_the_operation(operation: str, reactor
     """Cancelling a task awaiting an operation on a silent peer cancels its requests and timers."""
 
     async def scenario() -> None:
-        peer, caller = AsyncioNode(), AsyncioNode(rpc_timeout=20)
-        await peer.start()
-        await caller.start()
-        try:
-            task = asyncio.ensure_future(await stalled(operation, peer, caller))
+        async with stalled(operation) as (caller, work):
+            task = asyncio.ensure_future(work)
             await until(lambda: pending(caller) > 0)
             assert active_calls(reactor)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert not pending(caller)
-            assert not caller.node._running
-            assert not active_calls(reactor)
-        finally:
-            await stop_all([caller, peer])
+            assert_nothing_left(caller, reactor)
 
     await on_asyncio(scenario())
 
@@ -426,19 +433,12 @@ async def test_a_deadline_raises_asyncio_timeout_error(operation: str, reactor: 
     """An operation past its asyncio.wait_for deadline raises asyncio.TimeoutError, cancelled."""
 
     async def scenario() -> None:
-        peer, caller = AsyncioNode(), AsyncioNode(rpc_timeout=20)
-        await peer.start()
-        await caller.start()
-        try:
+        async with stalled(operation) as (caller, work):
             started = asyncio.get_running_loop().time()
             with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(await stalled(operation, peer, caller), 0.3)
+                await asyncio.wait_for(work, 0.3)
             assert asyncio.get_running_loop().time() - started < 5
-            assert not pending(caller)
-            assert not caller.node._running
-            assert not active_calls(reactor)
-        finally:
-            await stop_all([caller, peer])
+            assert_nothing_left(caller, reactor)
 
     await on_asyncio(scenario())
 

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from tests.test_processes import kill_all
+
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
 
@@ -168,19 +170,6 @@ class NodeProcess:
         """Wait at most ``timeout`` seconds for the process to exit (TimeoutExpired if not)."""
         if self.process is not None:
             self.process.wait(timeout=timeout)
-
-
-def kill_all(nodes: list[NodeProcess]) -> None:
-    """SIGKILL every node first, then wait (bounded) for each, so one slow exit strands none."""
-    for node in nodes:
-        node.send_kill()
-    stuck = []
-    for node in nodes:
-        try:
-            node.wait_gone()
-        except subprocess.TimeoutExpired:
-            stuck.append(node.data_dir.name)
-    assert not stuck, f"still running {KILL_TIMEOUT} s after SIGKILL: {stuck}"
 
 
 @pytest.fixture(scope="module")

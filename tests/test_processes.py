@@ -16,8 +16,9 @@ import sys
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -170,7 +171,17 @@ def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
         kill_all(started)
 
 
-def kill_all(nodes: list[NodeProcess]) -> None:
+class Killable(Protocol):
+    """A node process ``kill_all`` can stop (this module's and test_dashboard's)."""
+
+    data_dir: Path
+
+    def send_kill(self) -> None: ...
+
+    def wait_gone(self) -> None: ...
+
+
+def kill_all(nodes: Sequence[Killable]) -> None:
     """SIGKILL every node first, then wait (bounded) for each, so one slow exit strands none."""
     for node in nodes:
         node.send_kill()
