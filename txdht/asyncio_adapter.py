@@ -24,10 +24,9 @@ Errors cross the boundary as asyncio code expects them: Twisted's ``defer.Timeou
 becomes ``TimeoutError`` (which ``asyncio.TimeoutError`` is) and ``defer.CancelledError``
 becomes ``asyncio.CancelledError``; txdht's own errors (``NotFoundError``, ``JoinError``,
 ``PutError``, ``RemoteError``, ``ProtocolError``, ``ValueError`` for a bad key) pass through
-unchanged. Cancelling the task that awaits a method
-cancels the Deferred beneath it, which stops its requests. For a deadline, use
-``asyncio.timeout()`` (or ``asyncio.wait_for()``) around the call; either raises
-``TimeoutError`` and cancels the operation.
+unchanged. Cancelling the task that awaits a method cancels the Deferred beneath it, which
+stops its requests. For a deadline, use ``asyncio.timeout()`` (or ``asyncio.wait_for()``)
+around the call; either raises ``TimeoutError`` and cancels the operation.
 
 Example::
 
