@@ -162,11 +162,15 @@ class Config:
         return f"{self.contender} {self.measure}"
 
 
-def _params(mode: str, contender: str, measure: str, out: Path, stamp: str) -> dict[str, Any]:
+def _params(
+    mode: str, contender: str, measure: str, out: Path, stamp: str, phase_seconds: float | None
+) -> dict[str, Any]:
     settings = SETTINGS[mode]
     if measure.startswith("rpc-c"):
         return {**settings["rpc"], "concurrency": int(measure.removeprefix("rpc-c"))}
     params = dict(settings[measure])
+    if phase_seconds is not None and "phase_timeout" in params:
+        params["phase_timeout"] = phase_seconds
     if measure == "profile":
         params["profile_path"] = str(out / f"{stamp}-profile-{contender}.txt")
     return params
@@ -196,16 +200,12 @@ def plan(
     """The configurations to run, in a stable order (ours, the others, the floors);
     ``phase_seconds`` replaces the mode's bound on each put and get phase."""
     contenders, measures = select(only)
-    configs = [
-        Config(contender, measure, _params(mode, contender, measure, out, stamp))
+    return [
+        Config(contender, measure, _params(mode, contender, measure, out, stamp, phase_seconds))
         for measure in MEASURES
         for contender in CONTENDERS
         if contender in contenders and measure in measures and measure in MEASURES_OF[contender]
     ]
-    for config in configs:
-        if phase_seconds is not None and "phase_timeout" in config.params:
-            config.params["phase_timeout"] = phase_seconds
-    return configs
 
 
 def _env() -> dict[str, str]:
