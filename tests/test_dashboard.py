@@ -2,10 +2,11 @@
 
 Five `twistd -n dht` processes on loopback (k = 3, so not every node holds every item) serve
 the page from their real ``APIResource``. The tests open it, count the dots on the clock face,
-check each dot's colour, fade and angle, put and get through the form (and see a get's error),
-watch a lookup's path appear, stop a node to see the page say so and recover, check the
-phone-width layout, and fail on any error in the browser's console. Screenshots go to
-``$TXDHT_ARTIFACTS`` (``.ci/run`` sets it to ``artifacts/``; default: the test's tmp_path).
+hover one, check each dot's colour, fade and angle, put and get through the form (and see a
+get's error), watch a lookup's path appear, compare the panels with /metrics, stop a node to
+see the page say so and recover, check the phone-width layout, and fail on any error in the
+browser's console. Screenshots go to ``$TXDHT_ARTIFACTS`` (``.ci/run`` sets it to
+``artifacts/``; default: the test's tmp_path).
 
 They need Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package (all
 installed by ``.ci/run``). Without them they are skipped, saying what is missing, unless
@@ -346,24 +347,26 @@ def test_face_shows_every_contact(
     assert "last seen" in title
     # Ids that share a long prefix sit close together, near this node's own dot too, which is
     # drawn under the contacts so that it never hides one. Hover a dot that nothing covers; the
-    # face is redrawn every poll, so the pointer goes to a position, not to an element that may
-    # be replaced meanwhile.
+    # contacts are redrawn every poll, so the pointer goes to an offset from the centre of the
+    # face (which stays), not to a dot element that may be replaced meanwhile.
     dots = browser.js(
+        "const face = document.getElementById('face').getBoundingClientRect();"
+        "const middle = (box) => [box.left + box.width / 2, box.top + box.height / 2];"
+        "const [fx, fy] = middle(face);"
         "return [...document.querySelectorAll('#contacts circle.contact')].map((dot) => {"
-        "  const box = dot.getBoundingClientRect();"
-        "  const x = box.left + box.width / 2, y = box.top + box.height / 2;"
+        "  const [x, y] = middle(dot.getBoundingClientRect());"
         "  const top = document.elementFromPoint(x, y);"
         "  const cover = top === dot ? null : top.tagName + '.' + top.getAttribute('class');"
-        "  return [dot.dataset.id, Math.round(x), Math.round(y), cover];"
+        "  return [dot.dataset.id, Math.round(x - fx), Math.round(y - fy), cover];"
         "})"
     )
     assert [cover for *_, cover in dots if cover and not cover.startswith("circle.contact")] == []
-    shown_id, x, y, _ = [dot for dot in dots if dot[3] is None][-1]  # the last drawn is on top
+    shown_id, dx, dy, _ = [dot for dot in dots if dot[3] is None][-1]  # the last drawn is on top
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
 
-    actions = ActionChains(browser.driver)
-    actions.w3c_actions.pointer_action.move_to_location(x, y)
-    actions.perform()
+    face = browser.driver.find_element(By.ID, "face")
+    ActionChains(browser.driver).move_to_element_with_offset(face, dx, dy).perform()
     until("the hover details", lambda: shown_id in browser.text("hover"))
     assert "last seen" in browser.text("hover")
     items = len(node.api("/v1/items")["items"])
@@ -566,6 +569,71 @@ def test_get_draws_the_lookup_path(network: list[NodeProcess], browser: Browser)
     assert f"{lookup['hops']} hops" in listed
     assert "found" in listed
     assert not browser.severe(), browser.severe()
+
+
+RPC_LINE = re.compile(
+    r'^txdht_rpcs_total\{direction="(sent|received)",type="\w+",outcome="(\w+)"\} (\d+)$', re.M
+)
+LOOKUPS_LINE = re.compile(r"^txdht_lookup_duration_seconds_count (\d+)$", re.M)
+
+
+def metric_counts(node: NodeProcess) -> dict[str, str]:
+    """The panels' figures added up from the node's /metrics text, as the page shows them."""
+    with urllib.request.urlopen(node.url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    counts = dict.fromkeys(("sent", "received", "failed"), 0)
+    for direction, outcome, count in RPC_LINE.findall(text):
+        counts[direction] += int(count)
+        if direction == "sent" and outcome not in ("ok", "cancelled"):
+            counts["failed"] += int(count)
+    lookups = LOOKUPS_LINE.search(text)
+    assert lookups is not None, text
+    return {"lookups": lookups.group(1)} | {name: str(n) for name, n in counts.items()}
+
+
+def panel_counts(browser: Browser) -> dict[str, str]:
+    """The lookups and RPCs sent, received and failed, as the page's panels show them."""
+    return {
+        name: browser.text(f"stat-{name}") for name in ("lookups", "sent", "received", "failed")
+    }
+
+
+def panels_agree(node: NodeProcess, browser: Browser) -> dict[str, str]:
+    """Wait (bounded) until the panels show what /metrics says, read before and after them."""
+
+    def agree() -> dict[str, str] | None:
+        before, shown, after = metric_counts(node), panel_counts(browser), metric_counts(node)
+        return shown if before == shown == after else None
+
+    return until("the panels to show the counters of /metrics", agree)
+
+
+def test_panels_show_the_counters_of_metrics(
+    network: list[NodeProcess], browser: Browser, tmp_path: Path
+) -> None:
+    """The RPC and lookup panels add up the node's Prometheus counters: sent, received, failed
+    (sent and ended other than ok or cancelled) and lookups, with a rate per second."""
+    browser.open(network[0])  # the seed: everyone joined through it
+    shown = panels_agree(network[0], browser)
+    assert int(shown["sent"]) > 0
+    assert int(shown["received"]) > 0
+    until(  # from the second update on: the change since the last, per second
+        "the rates",
+        lambda: re.fullmatch(r"\d+\.\d /s", browser.text("stat-received-rate")),
+    )
+    # A node whose only seed does not answer: its requests to the seed fail.
+    unreachable = NodeProcess(tmp_path / "nobody")  # given ports, never started
+    node = NodeProcess(tmp_path / "alone")
+    try:
+        node.start(seed=unreachable)
+        node.wait_ready()
+        browser.open(node)
+        shown = panels_agree(node, browser)
+        assert int(shown["failed"]) >= 1
+        assert shown["received"] == "0"
+        assert not browser.severe(), browser.severe()
+    finally:
+        node.kill()
 
 
 def test_narrow_width_stacks_without_horizontal_scroll(

@@ -577,27 +577,6 @@ async def test_lookups_show_failures_and_keep_the_last_twenty(api: API) -> None:
     assert [lookup["number"] for lookup in body["lookups"]] == list(range(25, 5, -1))
 
 
-@pytest_twisted.ensureDeferred
-async def test_stats(api: API) -> None:
-    """GET /v1/stats counts RPCs sent, received and failed, by type, and the lookups."""
-    await api.json("POST", "/v1/blobs", b"v")
-    api.nodes[0].metrics.rpc("sent", "ping", "timeout")
-    api.nodes[0].metrics.rpc("sent", "find_value", "cancelled")  # not a failure
-    status, body = await api.json("GET", "/v1/stats")
-    assert status == 200
-    metrics = api.nodes[0].metrics
-    sent = sum(n for (direction, _, _), n in metrics.rpcs.items() if direction == "sent")
-    received = sum(n for (direction, _, _), n in metrics.rpcs.items() if direction == "received")
-    assert body["rpcs"] == {"sent": sent, "received": received, "failed": 1}
-    assert {"direction": "sent", "type": "store", "outcome": "ok", "count": 2} in body["by_type"]
-    assert {"direction": "sent", "type": "ping", "outcome": "timeout", "count": 1} in body[
-        "by_type"
-    ]
-    assert received > 0
-    assert body["lookups"] == {"count": 1, "seconds": round(metrics.lookup_sum, 6)}
-    assert body["uptime"] >= 0
-
-
 # -- web pages of other sites: DNS rebinding and cross-site writes ----------------------------
 
 

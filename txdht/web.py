@@ -10,7 +10,6 @@ GET     /v1/status             id, version, endpoints, port, peers, items, uptim
 GET     /v1/peers              the routing table: id, host, port, bucket, last_seen, failures
 GET     /v1/items              the items held: key, kind, name, seq, size, expires_in
 GET     /v1/lookups            the last lookups: target, kind, seconds, age, trace of queries
-GET     /v1/stats              RPC counts (sent, received, failed, by type), lookups, uptime
 GET     /metrics               Prometheus text: RPCs, lookup latency, items, peers
 GET     /                      the dashboard page (with /static/app.js, /static/style.css)
 ======  =====================  ===========================================================
@@ -194,7 +193,6 @@ class APIResource(Resource):
             (b"v1", b"peers"): ("GET", self._peers),
             (b"v1", b"items"): ("GET", self._items),
             (b"v1", b"lookups"): ("GET", self._recent_lookups),
-            (b"v1", b"stats"): ("GET", self._stats),
             (b"metrics",): ("GET", self._metrics),
             (b"v1", b"blobs"): ("POST", self._put_blob),
         }
@@ -267,22 +265,6 @@ class APIResource(Resource):
             {**summary, "age": round(now - finished, 3)} for finished, summary in self.lookups
         ]
         return 200, {"count": self._lookup_count, "lookups": lookups}
-
-    def _stats(self, request: Request) -> tuple[int, Any]:
-        metrics = self.node.metrics
-        totals = {"sent": 0, "received": 0, "failed": 0}
-        rpcs = []
-        for (direction, kind, outcome), count in sorted(metrics.rpcs.items()):
-            totals[direction] = totals.get(direction, 0) + count  # "sent" or "received"
-            if direction == "sent" and outcome not in ("ok", "cancelled"):
-                totals["failed"] += count
-            rpcs.append({"direction": direction, "type": kind, "outcome": outcome, "count": count})
-        return 200, {
-            "rpcs": totals,
-            "by_type": rpcs,
-            "lookups": {"count": metrics.lookup_count, "seconds": round(metrics.lookup_sum, 6)},
-            "uptime": round(self.node.reactor.seconds() - self.started, 3),
-        }
 
     def _static(self, path: tuple[bytes, ...], request: Request) -> tuple[int, Any]:
         name, content_type = STATIC_FILES[path]

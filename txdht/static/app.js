@@ -99,6 +99,33 @@
     return response.json();
   }
 
+  // The RPC line of the Prometheus text /metrics serves: direction, type, outcome, count.
+  const RPC_LINE = /^txdht_rpcs_total\{direction="(sent|received)",type="[^"]*",outcome="([^"]*)"\} (\d+)$/;
+
+  async function counters() {
+    // RPCs sent, received and failed (sent, ended other than ok or cancelled) and the lookups,
+    // added up from the node's Prometheus metrics.
+    const response = await request("metrics");
+    if (!response.ok) throw new Error("metrics answered " + response.status);
+    const counts = { sent: 0, received: 0, failed: 0, lookups: 0, lookupSeconds: 0 };
+    for (const line of (await response.text()).split("\n")) {
+      const rpc = RPC_LINE.exec(line);
+      const [name, value] = line.split(" ");
+      if (rpc) {
+        const [, direction, outcome, count] = rpc;
+        counts[direction] += Number(count);
+        if (direction === "sent" && outcome !== "ok" && outcome !== "cancelled") {
+          counts.failed += Number(count);
+        }
+      } else if (name === "txdht_lookup_duration_seconds_count") {
+        counts.lookups = Number(value);
+      } else if (name === "txdht_lookup_duration_seconds_sum") {
+        counts.lookupSeconds = Number(value);
+      }
+    }
+    return counts;
+  }
+
   async function errorText(response) {
     try {
       const body = await response.json();
@@ -285,26 +312,26 @@
   function rate(now, previous, field) {
     if (!previous) return "… /s";
     const seconds = (now.time - previous.time) / 1000;
-    const perSecond = seconds > 0 ? (now.stats.rpcs[field] - previous.stats.rpcs[field]) / seconds : 0;
+    const perSecond = seconds > 0 ? (now.counts[field] - previous.counts[field]) / seconds : 0;
     return perSecond.toFixed(1) + " /s";
   }
 
-  function showPanels(status, stats) {
-    const now = { time: performance.now(), stats: stats };
+  function showPanels(status, counts) {
+    const now = { time: performance.now(), counts: counts };
     $("stat-id").textContent = status.id.slice(0, 32) + "…";
     $("stat-id").title = status.id;
     $("stat-uptime").textContent = span(status.uptime);
     $("stat-peers").textContent = status.peers;
     $("stat-items").textContent = status.items;
     $("stat-port").textContent = status.port;
-    const lookups = stats.lookups;
-    $("stat-lookups").textContent = lookups.count;
-    $("stat-lookup-time").textContent = lookups.count ? duration(lookups.seconds / lookups.count) : "–";
-    $("stat-sent").textContent = stats.rpcs.sent;
+    $("stat-lookups").textContent = counts.lookups;
+    $("stat-lookup-time").textContent =
+      counts.lookups ? duration(counts.lookupSeconds / counts.lookups) : "–";
+    $("stat-sent").textContent = counts.sent;
     $("stat-sent-rate").textContent = rate(now, state.previous, "sent");
-    $("stat-received").textContent = stats.rpcs.received;
+    $("stat-received").textContent = counts.received;
     $("stat-received-rate").textContent = rate(now, state.previous, "received");
-    $("stat-failed").textContent = stats.rpcs.failed;
+    $("stat-failed").textContent = counts.failed;
     state.previous = now;
   }
 
@@ -320,8 +347,8 @@
 
   async function poll() {
     try {
-      const [status, peers, items, lookups, stats] = await Promise.all([
-        json("v1/status"), json("v1/peers"), json("v1/items"), json("v1/lookups"), json("v1/stats"),
+      const [status, peers, items, lookups, counts] = await Promise.all([
+        json("v1/status"), json("v1/peers"), json("v1/items"), json("v1/lookups"), counters(),
       ]);
       state.selfId = status.id;
       state.lookups = lookups.lookups;
@@ -330,7 +357,7 @@
       drawItems(items.items);
       drawPaths();
       listLookups();
-      showPanels(status, stats);
+      showPanels(status, counts);
       document.title = "txdht " + status.id.slice(0, 8) + " · " + status.peers + " peers";
       setReachable(true, "live · updated " + new Date().toLocaleTimeString());
       state.downSince = null;
