@@ -7,6 +7,7 @@ other processes, so the test process's reactor does not matter to them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -346,3 +347,58 @@ def test_plugin_is_found_after_a_plain_pip_install(tmp_path: Path) -> None:
         installed = site / "txdht" / "static" / name
         assert installed.is_file(), f"{installed} was not installed"
         assert installed.read_bytes() == (ROOT / "txdht" / "static" / name).read_bytes()
+
+
+def test_daemon_mode_writes_a_pidfile_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`twistd dht` without -n detaches: the command returns at once, the node serves from the
+    pid in its pidfile and logs to --logfile; SIGTERM stops it cleanly (pidfile removed), and
+    it starts again detached with the same id and items."""
+    node = NodeProcess(tmp_path / "daemon")  # its ports and data dir; the process is detached
+    node.data_dir.mkdir()
+    pidfile, logfile = node.data_dir / "twistd.pid", node.data_dir / "daemon.log"
+    args = [str(BIN / "twistd"), f"--pidfile={pidfile}", f"--logfile={logfile}", "dht"]
+    args += ["--port", f"tcp:{node.port}:interface=127.0.0.1", "--data-dir", str(node.data_dir)]
+    args += ["--http", f"tcp:{node.http}:interface=127.0.0.1"]
+
+    def launch() -> int:
+        """Start the daemon; once it answers, the pid its pidfile names."""
+        launcher = subprocess.run(
+            args, env=environment(), cwd=node.data_dir, capture_output=True, timeout=START_TIMEOUT
+        )
+        assert launcher.returncode == 0, launcher.stderr
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                status = node.status()
+                pids.append(int(pidfile.read_text()))
+                assert status["port"] == node.port
+                return pids[-1]
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        raise AssertionError(f"daemon not serving in {START_TIMEOUT} s: {logfile.read_text()}")
+
+    def stop(pid: int) -> None:
+        """SIGTERM, then wait (bounded) for the clean exit: the pidfile goes and the log says so."""
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pidfile.exists(), logfile.read_text()[-3000:]
+        assert "Main loop terminated." in logfile.read_text()
+
+    pids: list[int] = []
+    try:
+        pid = launch()
+        assert pid != os.getpid()
+        assert txdht(node, "put", "kept", "v").returncode == 0
+        first = node.status()
+        assert f"node {str(first['id'])[:16]} listens on port {node.port}" in logfile.read_text()
+        stop(pid)
+        pid = launch()
+        again = node.status()
+        assert (again["id"], again["items"]) == (first["id"], first["items"])
+        stop(pid)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # gone, as it should be
+                os.kill(pid, signal.SIGKILL)
