@@ -402,3 +402,37 @@ def test_daemon_mode_writes_a_pidfile_logs_and_stops_on_sigterm(tmp_path: Path) 
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):  # gone, as it should be
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("fault", ["damaged database", "busy port"])
+def test_daemon_mode_reports_a_failed_start_from_the_command_itself(
+    tmp_path: Path, fault: str
+) -> None:
+    """Without -n, a node that cannot start makes the twistd command exit non-zero, saying
+    why on the terminal; no daemon is left behind."""
+    data = tmp_path / "daemon"
+    data.mkdir()
+    port, log = free_port(), data / "daemon.log"
+    with socket.socket() as taken:
+        if fault == "busy port":
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+        else:
+            (data / "node.sqlite3").write_bytes(b"garbage" * 1000)
+        args = [str(BIN / "twistd"), f"--pidfile={data / 'twistd.pid'}", f"--logfile={log}"]
+        args += ["dht", "--port", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)]
+        launcher = subprocess.run(
+            [*args, "--http", "none"],
+            env=environment(),
+            cwd=data,
+            capture_output=True,
+            timeout=START_TIMEOUT,
+        )
+    said = (launcher.stdout + launcher.stderr).decode()
+    assert launcher.returncode != 0
+    if fault == "busy port":  # found when the services start, after the log is opened
+        assert f"Couldn't listen on 127.0.0.1:{port}" in said
+        assert "Address already in use" in log.read_text()
+    else:  # found while the service is made, before twistd detaches or opens the log
+        assert "node.sqlite3 is not a txdht database or is damaged" in said
+    assert not (data / "twistd.pid").exists()
