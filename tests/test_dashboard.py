@@ -23,10 +23,6 @@ import json
 import math
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,23 +32,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from tests.test_processes import kill_all
+from tests.test_processes import NodeProcess, kill_all
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = Path(sys.executable).parent / "twistd"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-START_TIMEOUT = 30.0
-#: Bound on the wait for a process to go after SIGKILL.
-KILL_TIMEOUT = 10.0
 #: Bound on every wait for the page: a few poll periods (1.5 s) plus a lookup.
 PAGE_TIMEOUT = 20.0
 NETWORK_SIZE = 5
+#: Replicas per item: fewer than the nodes, so that not every node holds every item.
+K = 3
 UNREACHABLE = "node unreachable — retrying"
 #: Set (to anything but "" or "0") to fail, not skip, the tests when the browser is missing.
 REQUIRE_BROWSER = "TXDHT_REQUIRE_BROWSER"
@@ -89,13 +82,6 @@ def _requirements(request: pytest.FixtureRequest) -> None:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def until(what: str, check: Callable[[], T | None], timeout: float = PAGE_TIMEOUT) -> T:
     """Poll ``check`` until it returns something other than None or False; fail after timeout."""
     deadline = time.monotonic() + timeout
@@ -108,81 +94,16 @@ def until(what: str, check: Callable[[], T | None], timeout: float = PAGE_TIMEOU
         time.sleep(0.1)
 
 
-class NodeProcess:
-    """One `twistd -n dht` node with its own data dir, DHT port and HTTP port on loopback."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.http = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """The node's HTTP endpoint: the API and the dashboard."""
-        return f"http://127.0.0.1:{self.http}"
-
-    def start(self, seed: NodeProcess | None = None) -> None:
-        """Start the process, joining through ``seed`` if given (else its saved contacts)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(TWISTD), "-n", "--pidfile=", "dht", "--k", "3", "--rpc-timeout", "2"]
-        args += ["--port", f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.data_dir)]
-        args += ["--http", f"tcp:{self.http}:interface=127.0.0.1"]
-        if seed is not None:
-            args += ["--peer", f"127.0.0.1:{seed.port}"]
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        with (self.data_dir / "twistd.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.data_dir
-            )
-
-    def api(self, path: str, method: str = "GET", body: bytes | None = None) -> Any:
-        """One JSON answer from the node's API."""
-        request = urllib.request.Request(self.url + path, data=body, method=method)
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return json.loads(answer.read())
-
-    def wait_ready(self, peers: int = 0) -> None:
-        """Wait (bounded) until the API answers and the node knows at least ``peers`` contacts."""
-
-        def ready() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                log = (self.data_dir / "twistd.log").read_text()[-3000:]
-                raise AssertionError(f"node exited: {log}")
-            try:
-                return int(self.api("/v1/status")["peers"]) >= peers
-            except OSError:
-                return False
-
-        until(f"the node at {self.url}", ready, START_TIMEOUT)
-
-    def kill(self) -> None:
-        """SIGKILL, and wait (bounded) for the process to go."""
-        self.send_kill()
-        self.wait_gone()
-
-    def send_kill(self) -> None:
-        """Send SIGKILL if the process is running, without waiting for it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-
-    def wait_gone(self, timeout: float = KILL_TIMEOUT) -> None:
-        """Wait at most ``timeout`` seconds for the process to exit (TimeoutExpired if not)."""
-        if self.process is not None:
-            self.process.wait(timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
     """Five node processes joined through the first; all are killed at the end."""
     base = tmp_path_factory.mktemp("dashboard")
     nodes = [NodeProcess(base / f"node{i}") for i in range(NETWORK_SIZE)]
     try:
-        nodes[0].start()
+        nodes[0].start(k=K)
         nodes[0].wait_ready()
         for node in nodes[1:]:
-            node.start(seed=nodes[0])
+            node.start(peers=[nodes[0]], k=K)
         for node in nodes:
             node.wait_ready(peers=1)
         yield nodes
@@ -625,7 +546,7 @@ def test_panels_show_the_counters_of_metrics(
     unreachable = NodeProcess(tmp_path / "nobody")  # given ports, never started
     node = NodeProcess(tmp_path / "alone")
     try:
-        node.start(seed=unreachable)
+        node.start(peers=[unreachable], k=K)
         node.wait_ready()
         browser.open(node)
         shown = panels_agree(node, browser)
@@ -669,7 +590,7 @@ def test_unreachable_node_then_recovery(tmp_path: Path, browser: Browser) -> Non
     """When the node stops answering the page says so and keeps trying; it recovers after."""
     node = NodeProcess(tmp_path / "solo")
     try:
-        node.start()
+        node.start(k=K)
         node.wait_ready()
         browser.open(node)
         assert browser.js("return document.getElementById('unreachable').hidden") is True
@@ -684,7 +605,7 @@ def test_unreachable_node_then_recovery(tmp_path: Path, browser: Browser) -> Non
 
         until("the unreachable message", banner)
         assert browser.js("return document.body.classList.contains('offline')") is True
-        node.start()  # same ports, same data dir: the same node comes back
+        node.start(k=K)  # same ports, same data dir: the same node comes back
         node.wait_ready()
         until(
             "the recovery",

@@ -19,7 +19,7 @@ import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import pytest
 
@@ -85,10 +85,15 @@ class NodeProcess:
                 args, stdout=log, stderr=subprocess.STDOUT, env=environment(), cwd=self.data_dir
             )
 
+    def api(self, path: str, method: str = "GET", body: bytes | None = None) -> Any:
+        """One JSON answer from the node's HTTP API."""
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
     def status(self) -> dict[str, object]:
         """The node's /v1/status."""
-        with urllib.request.urlopen(self.url + "/v1/status", timeout=5) as answer:
-            return dict(json.loads(answer.read()))
+        return dict(self.api("/v1/status"))
 
     def wait_ready(self, peers: int = 0) -> dict[str, object]:
         """Wait (bounded) until the API answers and the node knows at least ``peers`` contacts."""
@@ -172,17 +177,7 @@ def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
         kill_all(started)
 
 
-class Killable(Protocol):
-    """A node process ``kill_all`` can stop (this module's and test_dashboard's)."""
-
-    data_dir: Path
-
-    def send_kill(self) -> None: ...
-
-    def wait_gone(self) -> None: ...
-
-
-def kill_all(nodes: Sequence[Killable]) -> None:
+def kill_all(nodes: Sequence[NodeProcess]) -> None:
     """SIGKILL every node first, then wait (bounded) for each, so one slow exit strands none."""
     for node in nodes:
         node.send_kill()
