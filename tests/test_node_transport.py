@@ -1,0 +1,243 @@
+"""The Twisted shell on Twisted's own test doubles: ``MemoryReactorClock`` and ``StringTransport``.
+
+No sockets and no real time: the node listens and connects on a ``MemoryReactorClock``, each
+connection is a ``StringTransport`` whose written bytes the test reads and whose received bytes
+it feeds, and timeouts happen when the test advances the clock. This is the shell's byte-level
+behaviour: netstrings in and out, one connection reused for many requests, request timeouts,
+cancellation, lost and refused connections, and the answer to every kind of bad input.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from txdht.core.errors import ErrorCode
+from txdht.core.framing import NetstringDecoder, netstring
+from txdht.core.items import Identity, proves
+from txdht.core.messages import Error, Message, Ping, Pong, decode, encode
+from txdht.node import DHTProtocol, Node
+
+PEER = ("127.0.0.1", 4001)
+TIMEOUT = 5.0
+
+
+@pytest.fixture
+def reactor() -> MemoryReactorClock:
+    """A reactor that records listens and connects and whose clock the test moves."""
+    return MemoryReactorClock()
+
+
+@pytest.fixture
+def node(reactor: MemoryReactorClock) -> Node:
+    """A node listening on port 4000 of the memory reactor."""
+    node = Node(reactor, rpc_timeout=TIMEOUT)
+    node.listen("tcp:4000:interface=127.0.0.1")
+    assert node.port == 4000
+    return node
+
+
+def connect(protocol: Any, peer: tuple[str, int]) -> StringTransport:
+    """Attach ``protocol`` to a new StringTransport from ``peer``; return the transport."""
+    transport = StringTransport(peerAddress=IPv4Address("TCP", *peer))
+    protocol.makeConnection(transport)
+    return transport
+
+
+def accept(
+    node: Node, peer: tuple[str, int] = ("127.0.0.1", 50000)
+) -> tuple[DHTProtocol, StringTransport]:
+    """An incoming connection from ``peer`` to the node's listening factory."""
+    protocol = node.factory.buildProtocol(IPv4Address("TCP", *peer))
+    return protocol, connect(protocol, peer)
+
+
+def complete_connect(reactor: MemoryReactorClock, index: int = 0) -> tuple[Any, StringTransport]:
+    """Make the ``index``-th outgoing connection attempt succeed: the protocol the connection
+    delivers bytes to (the endpoint's wrapper around the node's) and its transport."""
+    host, port, factory, _, _ = reactor.tcpClients[index]
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    return protocol, connect(protocol, (host, port))
+
+
+def written(transport: StringTransport) -> list[Message]:
+    """The messages written to ``transport`` since the last look (the buffer is cleared)."""
+    decoder = NetstringDecoder(1 << 20)
+    payloads = decoder.feed(transport.value())
+    transport.clear()
+    assert decoder.error is None
+    return [decode(payload) for payload in payloads]
+
+
+def test_listens_where_told_and_answers_a_ping_on_the_same_connection(
+    reactor: MemoryReactorClock, node: Node
+) -> None:
+    """The node listens on the endpoint given; a challenge ping in gets a pong out that proves
+    the node's id, and the sender joins the routing table."""
+    assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [
+        (4000, "127.0.0.1")
+    ]
+    peer = Identity.generate()
+    challenge = os.urandom(32)
+    protocol, transport = accept(node)
+    ping = Ping(rid=7, sender=peer.node_id, port=4001, challenge=challenge)
+    protocol.dataReceived(netstring(encode(ping)))
+    (pong,) = written(transport)
+    assert isinstance(pong, Pong)
+    assert (pong.rid, pong.sender, pong.port) == (7, node.engine.id, 4000)
+    assert pong.proof is not None
+    assert proves(node.engine.id, challenge, pong.proof)
+    assert peer.node_id in node.engine.routing
+    assert not transport.disconnecting
+
+
+def test_requests_to_one_address_share_one_connection(
+    reactor: MemoryReactorClock, node: Node
+) -> None:
+    """The first request to an address connects; replies fire the right Deferreds by request
+    id, in any order; later requests reuse the connection."""
+    first, second = node.call(PEER, Ping), node.call(PEER, Ping)
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [PEER]
+    protocol, transport = complete_connect(reactor)
+    requests = written(transport)
+    assert [type(r) for r in requests] == [Ping, Ping]
+    results: list[Message] = []
+    first.addCallback(results.append)
+    second.addCallback(results.append)
+    peer = Identity.generate().node_id
+    for request in reversed(requests):  # answered out of order
+        reply = Pong(rid=request.rid, sender=peer, port=PEER[1])
+        protocol.dataReceived(netstring(encode(reply)))
+    assert [r.rid for r in results] == [requests[1].rid, requests[0].rid]
+    third = node.call(PEER, Ping)
+    assert len(reactor.tcpClients) == 1
+    assert [type(r) for r in written(transport)] == [Ping]
+    third.cancel()
+    third.addErrback(lambda f: f.trap(defer.CancelledError))
+
+
+def test_a_request_times_out_on_the_clock_and_a_late_reply_is_dropped(
+    reactor: MemoryReactorClock, node: Node
+) -> None:
+    """With no reply, the request fails with TimeoutError when the clock reaches the
+    timeout, not before; the reply that comes later changes nothing and closes nothing."""
+    d = node.call(PEER, Ping)
+    protocol, transport = complete_connect(reactor)
+    (request,) = written(transport)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    reactor.advance(TIMEOUT - 0.01)
+    assert not failures
+    reactor.advance(0.01)
+    (failure,) = failures
+    assert failure.check(defer.TimeoutError)
+    late = Pong(rid=request.rid, sender=Identity.generate().node_id, port=PEER[1])
+    protocol.dataReceived(netstring(encode(late)))
+    assert transport.value() == b""
+    assert not transport.disconnecting
+    assert node.metrics.rpcs[("sent", "ping", "timeout")] == 1
+
+
+def test_cancelling_a_request_forgets_it_and_leaves_no_timer(
+    reactor: MemoryReactorClock, node: Node
+) -> None:
+    """A cancelled request fails with CancelledError, is no longer pending, and its timeout
+    call is gone from the clock; its reply, when it comes, is dropped without a word."""
+    d = node.call(PEER, Ping)
+    protocol, transport = complete_connect(reactor)
+    (request,) = written(transport)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    d.cancel()
+    assert failures[0].check(defer.CancelledError)
+    assert node._connections[PEER].pending == {}
+    assert not [call for call in reactor.getDelayedCalls() if call.active()]
+    late = Pong(rid=request.rid, sender=Identity.generate().node_id, port=PEER[1])
+    protocol.dataReceived(netstring(encode(late)))
+    assert transport.value() == b""
+    assert not transport.disconnecting
+    assert node.metrics.rpcs[("sent", "ping", "cancelled")] == 1
+
+
+def test_a_lost_connection_fails_its_requests_and_the_next_one_reconnects(
+    reactor: MemoryReactorClock, node: Node
+) -> None:
+    """Requests waiting on a connection that closes fail at once; the next request to the
+    address opens a new connection."""
+    d = node.call(PEER, Ping)
+    protocol, _ = complete_connect(reactor)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    (failure,) = failures
+    assert failure.check(ConnectionDone)
+    again = node.call(PEER, Ping)
+    assert len(reactor.tcpClients) == 2
+    again.cancel()
+    again.addErrback(lambda f: f.trap(defer.CancelledError))
+
+
+def test_a_refused_connection_fails_the_request(reactor: MemoryReactorClock, node: Node) -> None:
+    """A connection attempt that fails fails every request that waited for it."""
+    d = node.call(PEER, Ping)
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    factory = reactor.tcpClients[0][2]
+    factory.clientConnectionFailed(reactor.connectors[0], Failure(ConnectionRefusedError()))
+    (failure,) = failures
+    assert failure.check(ConnectionRefusedError)
+    assert node.metrics.rpcs[("sent", "ping", "failed")] == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"not json", ErrorCode.MALFORMED),
+        (b'{"v": 1, "type": "ping", "rid": "seven"}', ErrorCode.BAD_FIELD),
+        (b'{"v": 1, "type": "gossip", "rid": 3}', ErrorCode.UNKNOWN_TYPE),
+        (b'{"v": 99, "type": "ping", "rid": 3}', ErrorCode.BAD_VERSION),
+        (b"[1, 2, 3]", ErrorCode.MALFORMED),
+    ],
+)
+def test_a_bad_message_gets_an_error_reply_and_the_connection_keeps_serving(
+    node: Node, payload: bytes, code: ErrorCode
+) -> None:
+    """A well-framed but bad message is answered with an error naming what is wrong; a ping
+    on the same connection is answered afterwards."""
+    protocol, transport = accept(node)
+    protocol.dataReceived(netstring(payload))
+    (error,) = written(transport)
+    assert isinstance(error, Error)
+    assert error.code == code
+    assert error.message
+    ping = Ping(rid=8, sender=Identity.generate().node_id, port=4001)
+    protocol.dataReceived(netstring(encode(ping)))
+    (pong,) = written(transport)
+    assert (type(pong), pong.rid) == (Pong, 8)
+    assert not transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"abc:xyz,", b"5:hello;", b"%d:" % ((1 << 20) + 1), b"99999999999999999999:"],
+    ids=["not a length", "no comma", "over the limit", "absurd length"],
+)
+def test_broken_framing_closes_the_connection_without_a_reply(node: Node, data: bytes) -> None:
+    """When the framing cannot be trusted (a malformed or over-long netstring) the connection
+    is closed and nothing is sent on it; the node goes on serving other connections."""
+    protocol, transport = accept(node)
+    protocol.dataReceived(data)
+    assert transport.disconnecting
+    assert transport.value() == b""
+    other, other_transport = accept(node, ("127.0.0.1", 50001))
+    ping = Ping(rid=9, sender=Identity.generate().node_id, port=4002)
+    other.dataReceived(netstring(encode(ping)))
+    (pong,) = written(other_transport)
+    assert (type(pong), pong.rid) == (Pong, 9)
