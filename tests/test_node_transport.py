@@ -123,47 +123,33 @@ def test_requests_to_one_address_share_one_connection(
     third.addErrback(lambda f: f.trap(defer.CancelledError))
 
 
-def test_a_request_times_out_on_the_clock_and_a_late_reply_is_dropped(
-    reactor: MemoryReactorClock, node: Node
+@pytest.mark.parametrize("ending", ["timeout", "cancelled"])
+def test_a_request_that_times_out_or_is_cancelled_is_forgotten(
+    reactor: MemoryReactorClock, node: Node, ending: str
 ) -> None:
-    """With no reply, the request fails with TimeoutError when the clock reaches the
-    timeout, not before; the reply that comes later changes nothing and closes nothing."""
+    """A request fails with TimeoutError when the clock reaches the rpc timeout, not before,
+    or with CancelledError when cancelled; either way nothing is left pending nor on the
+    clock, and the reply that comes later is dropped without a word."""
     d = node.call(PEER, Ping)
     protocol, transport = complete_connect(reactor)
     (request,) = written(transport)
     failures: list[Failure] = []
     d.addErrback(failures.append)
-    reactor.advance(TIMEOUT - 0.01)
-    assert not failures
-    reactor.advance(0.01)
+    if ending == "timeout":
+        reactor.advance(TIMEOUT - 0.01)
+        assert not failures
+        reactor.advance(0.01)
+    else:
+        d.cancel()
     (failure,) = failures
-    assert failure.check(defer.TimeoutError)
-    late = Pong(rid=request.rid, sender=Identity.generate().node_id, port=PEER[1])
-    protocol.dataReceived(netstring(encode(late)))
-    assert transport.value() == b""
-    assert not transport.disconnecting
-    assert node.metrics.rpcs[("sent", "ping", "timeout")] == 1
-
-
-def test_cancelling_a_request_forgets_it_and_leaves_no_timer(
-    reactor: MemoryReactorClock, node: Node
-) -> None:
-    """A cancelled request fails with CancelledError, is no longer pending, and its timeout
-    call is gone from the clock; its reply, when it comes, is dropped without a word."""
-    d = node.call(PEER, Ping)
-    protocol, transport = complete_connect(reactor)
-    (request,) = written(transport)
-    failures: list[Failure] = []
-    d.addErrback(failures.append)
-    d.cancel()
-    assert failures[0].check(defer.CancelledError)
+    assert failure.check(defer.TimeoutError if ending == "timeout" else defer.CancelledError)
     assert node._connections[PEER].pending == {}
     assert not [call for call in reactor.getDelayedCalls() if call.active()]
     late = Pong(rid=request.rid, sender=Identity.generate().node_id, port=PEER[1])
     protocol.dataReceived(netstring(encode(late)))
     assert transport.value() == b""
     assert not transport.disconnecting
-    assert node.metrics.rpcs[("sent", "ping", "cancelled")] == 1
+    assert node.metrics.rpcs[("sent", "ping", ending)] == 1
 
 
 def test_a_lost_connection_fails_its_requests_and_the_next_one_reconnects(
