@@ -345,9 +345,9 @@ def test_plugin_is_found_after_a_plain_pip_install(tmp_path: Path) -> None:
 
 
 def test_daemon_mode_writes_a_pidfile_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """`twistd dht` without -n detaches: the command returns at once, the node serves from the
-    pid in its pidfile and logs to --logfile; SIGTERM stops it cleanly (pidfile removed), and
-    it starts again detached with the same id and items."""
+    """`twistd dht` without -n detaches: the command returns once the node has started, the
+    node serves from the pid in its pidfile and logs to --logfile; SIGTERM stops it cleanly
+    (pidfile removed, process gone), and it starts again detached with the same id and items."""
     node = NodeProcess(tmp_path / "daemon")  # its ports and data dir; the process is detached
     node.data_dir.mkdir()
     pidfile, logfile = node.data_dir / "twistd.pid", node.data_dir / "daemon.log"
@@ -380,11 +380,12 @@ def test_daemon_mode_writes_a_pidfile_logs_and_stops_on_sigterm(tmp_path: Path) 
             time.sleep(0.1)
         assert not pidfile.exists(), logfile.read_text()[-3000:]
         assert "Main loop terminated." in logfile.read_text()
+        wait_until_gone(str(node.data_dir))
 
     pids: list[int] = []
     try:
         pid = launch()
-        assert pid != os.getpid()
+        assert running_with(str(node.data_dir)) == [pid]
         assert txdht(node, "put", "kept", "v").returncode == 0
         first = node.status()
         assert f"node {str(first['id'])[:16]} listens on port {node.port}" in logfile.read_text()
@@ -431,3 +432,25 @@ def test_daemon_mode_reports_a_failed_start_from_the_command_itself(
     else:  # found while the service is made, before twistd detaches or opens the log
         assert "node.sqlite3 is not a txdht database or is damaged" in said
     assert not (data / "twistd.pid").exists()
+    wait_until_gone(str(data))
+
+
+def wait_until_gone(argument: str) -> None:
+    """Wait (bounded) until no process has ``argument`` on its command line."""
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while running_with(argument) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running_with(argument) == []
+
+
+def running_with(argument: str) -> list[int]:
+    """The pids of live processes whose command line holds ``argument`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:  # gone meanwhile
+            continue
+        if argument.encode() in command.split(b"\0"):
+            found.append(int(entry.name))
+    return found
