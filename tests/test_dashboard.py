@@ -288,7 +288,8 @@ def test_face_shows_every_contact(
 
     face = browser.driver.find_element(By.ID, "face")
     ActionChains(browser.driver).move_to_element_with_offset(face, dx, dy).perform()
-    until("the hover details", lambda: shown_id in browser.text("hover"))
+    # Its details: alone, with its whole id; touching other dots, a line each, its own first.
+    until("the hover details", lambda: shown_id[:16] in browser.text("hover"))
     assert "last seen" in browser.text("hover")
     items = len(node.api("/v1/items")["items"])
     until("the items", lambda: browser.count("#items rect.item") == items)
@@ -298,6 +299,32 @@ def test_face_shows_every_contact(
         box = browser.js(f"return document.getElementById('{element_id}').getBoundingClientRect()")
         assert 0 <= box["top"] < box["bottom"] <= 800, element_id
     browser.driver.save_screenshot(str(artifacts / "dashboard-1280x800.png"))
+    assert not browser.severe(), browser.severe()
+
+
+def test_hovering_dots_that_overlap_lists_every_contact_there(
+    network: list[NodeProcess], browser: Browser
+) -> None:
+    """Contacts with nearby ids share a spot on the face; hovering there lists each of them
+    (the one under the pointer first), so none is hidden by the dot drawn over it."""
+    node = network[0]
+    browser.open(node)
+    until("two contacts", lambda: browser.count("#contacts circle.contact") >= 2)
+    # One script, so that no redraw comes between: move a second dot onto the first, hover it.
+    ids, text = browser.js(
+        "const [a, b] = document.querySelectorAll('#contacts circle.contact');"
+        "b.setAttribute('cx', a.getAttribute('cx'));"
+        "b.setAttribute('cy', a.getAttribute('cy'));"
+        "a.dispatchEvent(new MouseEvent('mouseover', {bubbles: true}));"
+        "return [[a.dataset.id, b.dataset.id], document.getElementById('hover').textContent];"
+    )
+    lines = text.split("\n")
+    count = int(lines[0].split()[0])
+    assert lines[0] == f"{count} contacts here:"
+    assert count >= 2
+    assert lines[1].startswith(ids[0][:16] + "…")  # the hovered one first
+    assert any(line.startswith(ids[1][:16] + "…") for line in lines[2:])
+    assert all("127.0.0.1:" in line and "last seen" in line for line in lines[1:] if "…" in line)
     assert not browser.severe(), browser.severe()
 
 

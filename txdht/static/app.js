@@ -10,6 +10,8 @@
   const RING = 400; // contacts and this node
   const ITEM_RING = 330; // items held here
   const OLD_PATHS = 4; // earlier lookups drawn faintly besides the selected one
+  const DOT_RADIUS = 10; // a contact's dot
+  const MAX_LISTED_HERE = 4; // contacts listed when dots overlap (the hover box has 6 lines)
   const OUTCOME = {
     answered: "answered",
     failed: "failed",
@@ -184,14 +186,15 @@
       const [x, y] = point(peer.id, RING);
       const dot = svg("circle", {
         class: peer.failures ? "contact failing" : "contact",
-        cx: x, cy: y, r: 10,
+        cx: x, cy: y, r: DOT_RADIUS,
         fill: bucketColour(peer.bucket),
         opacity: fade(peer.last_seen),
         "data-id": peer.id,
       }, group);
-      titled(dot, "contact " + peer.id + "\n" + peer.host + ":" + peer.port +
-        "\nbucket " + peer.bucket + ", last seen " + ago(peer.last_seen) +
-        (peer.failures ? ", " + peer.failures + " failed requests" : ""));
+      const seen = "bucket " + peer.bucket + ", last seen " + ago(peer.last_seen) +
+        (peer.failures ? ", " + peer.failures + " failed requests" : "");
+      titled(dot, "contact " + peer.id + "\n" + peer.host + ":" + peer.port + "\n" + seen);
+      dot.dataset.line = peer.id.slice(0, 16) + "… " + peer.host + ":" + peer.port + ", " + seen;
       buckets.set(peer.bucket, (buckets.get(peer.bucket) || 0) + 1);
     }
     const legend = $("legend");
@@ -457,7 +460,24 @@
 
   function hover(event) {
     const target = event.target.closest && event.target.closest("[data-tip]");
-    $("hover").textContent = target ? target.dataset.tip : HINT();
+    $("hover").textContent = target ? details(target) : HINT();
+  }
+
+  function details(target) {
+    // Contacts with nearby ids share a spot on the face, so the dot on top would hide the
+    // others: a contact's details come with a line for every contact whose dot it touches.
+    if (!target.classList.contains("contact")) return target.dataset.tip;
+    const at = (dot) => [Number(dot.getAttribute("cx")), Number(dot.getAttribute("cy"))];
+    const [x, y] = at(target);
+    const here = [...$("contacts").querySelectorAll("circle.contact")].filter((dot) => {
+      const [dx, dy] = at(dot);
+      return Math.hypot(dx - x, dy - y) < 2 * DOT_RADIUS;
+    });
+    if (here.length < 2) return target.dataset.tip;
+    here.sort((a, b) => (b === target) - (a === target)); // the one under the pointer first
+    const shown = here.slice(0, MAX_LISTED_HERE).map((dot) => dot.dataset.line);
+    const more = here.length - shown.length;
+    return here.length + " contacts here:\n" + shown.join("\n") + (more ? "\nand " + more + " more" : "");
   }
 
   function start() {
