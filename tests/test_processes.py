@@ -74,16 +74,30 @@ class NodeProcess:
     def start(self, peers: list[NodeProcess] = (), k: int = 5) -> None:  # type: ignore[assignment]
         """Start the process (it joins through ``peers``, or its saved contacts)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(BIN / "twistd"), "-n", "--pidfile=", f"--reactor={self.reactor}", "dht"]
-        args += ["--port", f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.data_dir)]
-        args += ["--http", f"tcp:{self.http}:interface=127.0.0.1", "--k", str(k)]
-        args += ["--rpc-timeout", "2"]
+        args = self.command("-n", "--pidfile=", f"--reactor={self.reactor}")
+        args += ["--k", str(k), "--rpc-timeout", "2"]
         for peer in peers:
             args += ["--peer", f"127.0.0.1:{peer.port}"]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env=environment(), cwd=self.data_dir
             )
+
+    def command(self, *twistd_options: str) -> list[str]:
+        """``twistd [twistd_options] dht`` on this node's ports and data dir."""
+        args = [str(BIN / "twistd"), *twistd_options, "dht"]
+        args += ["--port", f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.data_dir)]
+        return [*args, "--http", f"tcp:{self.http}:interface=127.0.0.1"]
+
+    def detach(self, pidfile: Path, logfile: Path) -> subprocess.CompletedProcess[bytes]:
+        """Run twistd without -n, so that it detaches: what the command itself did."""
+        return subprocess.run(
+            self.command(f"--pidfile={pidfile}", f"--logfile={logfile}"),
+            env=environment(),
+            cwd=self.data_dir,
+            capture_output=True,
+            timeout=START_TIMEOUT,
+        )
 
     def api(self, path: str, method: str = "GET", body: bytes | None = None) -> Any:
         """One JSON answer from the node's HTTP API."""
@@ -351,15 +365,10 @@ def test_daemon_mode_writes_a_pidfile_logs_and_stops_on_sigterm(tmp_path: Path) 
     node = NodeProcess(tmp_path / "daemon")  # its ports and data dir; the process is detached
     node.data_dir.mkdir()
     pidfile, logfile = node.data_dir / "twistd.pid", node.data_dir / "daemon.log"
-    args = [str(BIN / "twistd"), f"--pidfile={pidfile}", f"--logfile={logfile}", "dht"]
-    args += ["--port", f"tcp:{node.port}:interface=127.0.0.1", "--data-dir", str(node.data_dir)]
-    args += ["--http", f"tcp:{node.http}:interface=127.0.0.1"]
 
     def launch() -> int:
         """Start the daemon; once it answers, the pid its pidfile names."""
-        launcher = subprocess.run(
-            args, env=environment(), cwd=node.data_dir, capture_output=True, timeout=START_TIMEOUT
-        )
+        launcher = node.detach(pidfile, logfile)
         assert launcher.returncode == 0, launcher.stderr
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -406,24 +415,16 @@ def test_daemon_mode_reports_a_failed_start_from_the_command_itself(
 ) -> None:
     """Without -n, a node that cannot start makes the twistd command exit non-zero, saying
     why on the terminal; no daemon is left behind."""
-    data = tmp_path / "daemon"
+    node = NodeProcess(tmp_path / "daemon")
+    data, port, log = node.data_dir, node.port, node.data_dir / "daemon.log"
     data.mkdir()
-    port, log = free_port(), data / "daemon.log"
     with socket.socket() as taken:
         if fault == "busy port":
             taken.bind(("127.0.0.1", port))
             taken.listen()
         else:
             (data / "node.sqlite3").write_bytes(b"garbage" * 1000)
-        args = [str(BIN / "twistd"), f"--pidfile={data / 'twistd.pid'}", f"--logfile={log}"]
-        args += ["dht", "--port", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data)]
-        launcher = subprocess.run(
-            [*args, "--http", "none"],
-            env=environment(),
-            cwd=data,
-            capture_output=True,
-            timeout=START_TIMEOUT,
-        )
+        launcher = node.detach(data / "twistd.pid", log)
     said = (launcher.stdout + launcher.stderr).decode()
     assert launcher.returncode != 0
     if fault == "busy port":  # found when the services start, after the log is opened
