@@ -112,18 +112,17 @@
     const counts = { sent: 0, received: 0, failed: 0, lookups: 0, lookupSeconds: 0 };
     for (const line of (await response.text()).split("\n")) {
       const rpc = RPC_LINE.exec(line);
-      const [name, value] = line.split(" ");
       if (rpc) {
         const [, direction, outcome, count] = rpc;
         counts[direction] += Number(count);
         if (direction === "sent" && outcome !== "ok" && outcome !== "cancelled") {
           counts.failed += Number(count);
         }
-      } else if (name === "txdht_lookup_duration_seconds_count") {
-        counts.lookups = Number(value);
-      } else if (name === "txdht_lookup_duration_seconds_sum") {
-        counts.lookupSeconds = Number(value);
+        continue;
       }
+      const [name, value] = line.split(" ");
+      if (name === "txdht_lookup_duration_seconds_count") counts.lookups = Number(value);
+      if (name === "txdht_lookup_duration_seconds_sum") counts.lookupSeconds = Number(value);
     }
     return counts;
   }
