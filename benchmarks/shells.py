@@ -61,7 +61,7 @@ def unlimited() -> Any:
     """Limits with the request rates off: the benchmark's peers all live on one host and send
     far more than the defaults allow one peer (or the node in all); kademlia has no limits and
     OpenDHT's are turned off too, so every contender runs unthrottled."""
-    from txdht.limits import Limits
+    from txdht.core.limits import Limits
 
     huge = 1e12
     return Limits(peer_rate=huge, peer_burst=huge, global_rate=huge, global_burst=huge)

@@ -52,9 +52,9 @@ from txdht.core.messages import (
     encode,
 )
 from txdht.core.storage import StoredItem
-from txdht.errors import JoinError, NotFoundError, PutError, RemoteError
-from txdht.intervals import Intervals
-from txdht.limits import Limits
+from txdht.core.errors import JoinError, NotFoundError, PutError, RemoteError
+from txdht.core.schedule import Intervals
+from txdht.core.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The rpc_timeout of tests that wait for requests to time out.

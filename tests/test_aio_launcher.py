@@ -31,7 +31,7 @@ from txdht.aio.launcher import main, parse_args, serve
 from txdht.aio.node import Node
 from txdht.core.ids import id_to_hex
 from txdht.core.items import Identity
-from txdht.limits import Limits, limit_options
+from txdht.core.limits import Limits, limit_options
 from txdht.sqlite import SQLiteStorage
 
 ROOT = Path(__file__).resolve().parent.parent

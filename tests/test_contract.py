@@ -29,7 +29,7 @@ from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.ids import id_from_hex, id_to_hex
 from txdht.core.messages import Error, Message, Ping, Pong, decode, encode
 from txdht.core.storage import StoredItem
-from txdht.errors import JoinError, NotFoundError
+from txdht.core.errors import JoinError, NotFoundError
 
 KINDS = ["twisted", "adapter", "aio"]
 PING = netstring(encode(Ping(rid=1, sender=1, port=0)))

@@ -15,7 +15,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from txdht import Node
 from txdht.core.ids import id_from_hex
 from txdht.core.messages import Ping, Pong
-from txdht.errors import NotFoundError
+from txdht.core.errors import NotFoundError
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from twisted.internet.protocol import ClientCreator, Protocol
 
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.messages import Error, Ping, Pong, decode, encode
-from txdht.limits import Limits
+from txdht.core.limits import Limits
 from txdht.node import Node
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ from txdht.core.items import Identity, blob
 from txdht.core.messages import Error, Ping, Pong, Store, decode, encode
 from txdht.core.routing import RoutingTable
 from txdht.core.storage import MemoryStorage
-from txdht.errors import PutError, RemoteError
-from txdht.limits import Abandoned, Limits, RateLimiter, TokenBucket, Verdict, is_loopback, peer_key
+from txdht.core.errors import PutError, RemoteError
+from txdht.core.limits import Abandoned, Limits, RateLimiter, TokenBucket, Verdict, is_loopback, peer_key
 from txdht.testing import MemoryNetwork
 
 PUBLISHER = Identity.from_private_bytes(b"p" * 32)

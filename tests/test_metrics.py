@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from txdht.metrics import LATENCY_BUCKETS, Metrics
+from txdht.core.metrics import LATENCY_BUCKETS, Metrics
 
 
 def test_counters_are_labelled_and_sorted() -> None:

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 
 from txdht.aio import Node as AioNode
 from txdht.asyncio_adapter import AsyncioNode
-from txdht.errors import NotFoundError
+from txdht.core.errors import NotFoundError
 from txdht.node import Node as TwistedNode
 
 pytestmark = pytest.mark.e2e

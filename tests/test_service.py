@@ -13,8 +13,8 @@ from twisted.logger import LogEvent, capturedLogs, eventAsText, formatEvent
 
 from txdht.core.ids import id_from_hex
 from txdht.core.items import Identity, blob
-from txdht.errors import NotFoundError
-from txdht.intervals import Intervals
+from txdht.core.errors import NotFoundError
+from txdht.core.schedule import Intervals
 from txdht.node import Node
 from txdht.service import DHTService
 from txdht.testing import MemoryNetwork

@@ -23,8 +23,8 @@ from txdht.core.ids import Contact, sha512_id
 from txdht.core.items import Identity, Item, blob
 from txdht.core.messages import FindNode, Message, Ping, Pong, Store
 from txdht.core.storage import StoredItem
-from txdht.intervals import Intervals
-from txdht.limits import Limits
+from txdht.core.schedule import Intervals
+from txdht.core.limits import Limits
 from txdht.sim import Network, Report, Settings, SimLookup, SimNode, SimulationError, run
 from txdht.sim.cli import main
 from txdht.sim.ideal import PerfectTables, ideal_lookup

@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, blob
 from txdht.core.storage import MemoryStorage, PublishedItem, StoredItem
-from txdht.interfaces import IStorage
+from txdht.core.interfaces import IStorage
 from txdht.sqlite import SQLiteStorage
 
 OWNER = Identity.from_private_bytes(bytes(range(32)))

@@ -15,8 +15,8 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 from twisted.web.server import Site
 
-from txdht.intervals import REFRESH_INTERVAL, Intervals
-from txdht.limits import Limits
+from txdht.core.schedule import REFRESH_INTERVAL, Intervals
+from txdht.core.limits import Limits
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage
 from txdht.tap import DATABASE, Options, default_data_dir, makeService, parse_peer

@@ -23,7 +23,7 @@ from twisted.web.server import Site
 from txdht.core.errors import ErrorCode
 from txdht.core.ids import id_to_hex
 from txdht.core.items import blob
-from txdht.errors import NotFoundError, PutError
+from txdht.core.errors import NotFoundError, PutError
 from txdht.node import Node
 from txdht.web import APIResource
 
@@ -192,7 +192,7 @@ async def test_put_nobody_accepts_is_503(api: API) -> None:
     """When no node stores the item, the answer is 503 put_failed."""
 
     async def refuse(item: Any, ttl: float, cas: int | None = None) -> list[int]:
-        from txdht.errors import PutError
+        from txdht.core.errors import PutError
 
         raise PutError("no node stored the item (2 were asked)")
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.errors import (
+    ErrorCode,
+    JoinError,
+    NotFoundError,
+    ProtocolError,
+    PutError,
+    RemoteError,
+)
 from txdht.core.ids import Contact
+from txdht.core.interfaces import IStorage
 from txdht.core.items import Identity, Item
 from txdht.core.storage import MemoryStorage
-from txdht.errors import JoinError, NotFoundError, PutError, RemoteError
-from txdht.interfaces import IStorage
 
 if TYPE_CHECKING:
     from txdht.node import Lookup, Node

@@ -67,8 +67,8 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
+    from txdht.core.interfaces import IStorage
     from txdht.core.items import Identity
-    from txdht.interfaces import IStorage
 
 __all__ = ["AsyncioNode", "ReactorMismatch", "install_reactor"]
 

@@ -32,9 +32,9 @@ from zope.interface import implementer
 
 from txdht.core.errors import ProtocolError
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
+from txdht.core.interfaces import IStorage
 from txdht.core.items import Item
 from txdht.core.storage import PublishedItem, StoredItem
-from txdht.interfaces import IStorage
 
 __all__ = ["SQLiteStorage", "StorageError"]
 

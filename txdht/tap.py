@@ -20,10 +20,10 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from txdht.core.items import MAX_VALUE_BYTES, Identity
+from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits, limit_options
 from txdht.core.messages import MAX_CONTACTS
-from txdht.intervals import Intervals
-from txdht.limits import Limits, limit_options
-from txdht.node import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Address, Node
+from txdht.core.schedule import Intervals
+from txdht.node import Address, Node
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage, StorageError
 from txdht.web import APIResource

@@ -36,8 +36,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txdht.core.items import Identity
+from txdht.core.limits import Limits
 from txdht.core.messages import Message, decode
-from txdht.limits import Limits
 from txdht.node import DHTFactory, DHTProtocol, Node
 
 __all__ = ["MemoryNetwork", "RawConnection"]

@@ -51,11 +51,10 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.errors import ErrorCode, NotFoundError, ProtocolError, PutError
 from txdht.core.ids import bucket_index, id_from_hex, id_to_hex
 from txdht.core.items import Item, blob
 from txdht.core.lookup import IterativeLookup
-from txdht.errors import NotFoundError, PutError
 from txdht.node import Node
 
 __all__ = ["APIResource"]

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Address, Node, run
+from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Node, run
 from txdht.core.items import MAX_VALUE_BYTES, Identity
-from txdht.errors import JoinError
-from txdht.intervals import Intervals
-from txdht.limits import Limits, limit_options
+from txdht.core.limits import Limits, limit_options
+from txdht.core.schedule import Intervals
 from txdht.sqlite import SQLiteStorage, StorageError
 
 __all__ = ["main", "parse_args"]
@@ -83,26 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def join_with_retries(node: Node, seeds: Callable[[], list[Address]], longest: float) -> int:
-    """Join through ``seeds()``; while none answers (or there are none yet), try again after
-    1 s, 2 s, 4 s... (at most ``longest``): nodes restarted together, each saved as the other's
-    contact, find each other, and the first node of a network joins through the first nodes
-    that contact it. Returns how many contacts the node knows once joined; cancel to give up."""
-    delay = 1.0
-    while True:
-        if found := seeds():
-            try:
-                count = await node.join(found)
-            except JoinError as e:
-                log.warning("could not join yet (%s); retrying in %g s", e, delay)
-            else:
-                node.save_contacts()
-                log.info("joined the network; %d contacts", count)
-                return count
-        await asyncio.sleep(delay)
-        delay = min(2 * delay, longest)
-
-
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
     """Run one node until ``stop`` is set (or SIGINT/SIGTERM arrives)."""
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -129,23 +106,11 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         for signum in signals:
             loop.add_signal_handler(signum, stop.set)
         log.info("node %s listens on %s:%d", node.id[:16], args.host, node.port)
-        seeds = args.peer or [c.address for c in storage.contacts()]
-        if not seeds:
-            log.info("no --peer and no saved contacts: this is the first node of a new network")
-
-        def current_seeds() -> list[Address]:
-            return seeds or [c.address for c in node.engine.routing.contacts()]
-
-        joining = asyncio.create_task(join_with_retries(node, current_seeds, Intervals().refresh))
-        node.start_housekeeping()
+        node.serve(args.peer, Intervals())
         await stop.wait()
         log.info("stopping")
-        joining.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await joining
         for signum in signals:
             loop.remove_signal_handler(signum)
-        node.save_contacts()
         await node.stop()
     finally:
         storage.close()

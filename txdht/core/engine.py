@@ -1,51 +1,102 @@
-"""One node's DHT logic, shared by both shells: answer requests, keep the table, decide stores.
+"""One node's DHT: every decision it makes, fed events and returning commands.
 
-The engine owns the routing table and the store. A shell hands it each decoded request with the
-host it came from and the time, and sends back the reply the engine returns; it tells the engine
-when a peer answered (``seen``) or failed (``failed``) one of our requests; it starts lookups
-with ``lookup``. Whenever the routing table wants a contact pinged before evicting it, the engine
-returns that contact and the shell pings it, reporting the outcome like any other request.
+Theory of operation
+-------------------
+The engine is the whole node but its I/O. A driver (the Twisted node, the asyncio twin, the
+simulator) feeds it events and carries out the commands it returns (``txdht.core.commands``):
+
+- ``request_received``: a peer's request; returns the reply to send back (None: drop it, the
+  peer is over its rate), after the rate verdict, the routing table update and the answer.
+- ``reply_received`` and ``request_failed``: the outcome of one of our requests (the driver
+  reports lost and refused connections; the engine times requests out itself).
+- ``start`` and ``cancel``: an operation (``txdht.core.operations``: join, put, get...) the
+  driver's caller asked for; it ends as a ``Done`` or ``Failed`` command.
+- ``timer_fired``: the time has come for what ``next_timer`` said (request deadlines, the
+  housekeeping schedule, join retries): a driver keeps one timer per node, nothing more.
+
+Each of these returns the commands its event caused. Requests leave as ``Send`` commands (or,
+through ``Streams``, as ``Write`` and ``Connect`` on connections). Everything is decided here,
+once, for every driver: which contacts to ask, how long to wait, whom to ping before evicting,
+what to copy to a newcomer, what a peer may store, when to give up and what error to raise.
+
+Time is only ever passed in: each event carries ``now``, which the operations read as
+``engine.now`` until the next event.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import os
 import random
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from txdht.core import messages as m
-from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.commands import Command, Done, Failed, Log, Send
+from txdht.core.errors import ErrorCode, ProtocolError, RemoteError
 from txdht.core.ids import Contact
-from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, accept, mutable_key
+from txdht.core.interfaces import IStorage
+from txdht.core.items import (
+    CHALLENGE_BYTES,
+    MAX_TTL,
+    MAX_VALUE_BYTES,
+    Identity,
+    Item,
+    accept,
+    mutable_key,
+    proves,
+)
+from txdht.core.limits import DEFAULT_RPC_TIMEOUT, Abandoned, Limits, RateLimiter, Verdict, peer_key
 from txdht.core.lookup import ALPHA, IterativeLookup
+from txdht.core.metrics import Metrics
+from txdht.core.operations import Handoff, Lookup, Operation, PingCheck, Request
 from txdht.core.routing import K, RoutingTable
 from txdht.core.storage import PublishedItem, StoredItem
-from txdht.interfaces import IStorage
-from txdht.limits import Limits, RateLimiter
 
-__all__ = ["Engine", "Handled", "Seen"]
+__all__ = ["Engine", "Timer", "outcome"]
 
-
-@dataclass(frozen=True)
-class Seen:
-    """What hearing from a contact asks of the shell: a contact to ping (ping-before-evict),
-    and, for a contact new to the table, the records to copy to it (``handoff``)."""
-
-    ping: Contact | None = None
-    handoff: tuple[StoredItem, ...] = ()
+Address = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class Handled:
-    """The outcome of one request: the reply to send, and what hearing from the sender asks."""
+class Timer:
+    """An action due at ``when``; ``cancel`` it to skip it."""
 
-    reply: m.Message
-    seen: Seen
+    __slots__ = ("action", "args", "cancelled", "when")
+
+    def __init__(self, when: float, action: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.when, self.action, self.args = when, action, args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run the action."""
+        self.cancelled = True
+
+
+def outcome(error: BaseException | None) -> str:
+    """How a request ended, as the metrics label it."""
+    if error is None:
+        return "ok"
+    if isinstance(error, RemoteError):
+        return "error"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    return "failed"
+
+
+def _urandom_challenge(to: object, now: float) -> bytes:
+    return os.urandom(CHALLENGE_BYTES)
 
 
 class Engine:
-    """The DHT logic of one node (see the module docstring)."""
+    """The DHT of one node (see the module docstring).
+
+    :param challenge: makes the identity handshake's challenges (random bytes by default; the
+        simulator derives them, to stay reproducible).
+    :param rng: draws refresh targets.
+    """
 
     def __init__(
         self,
@@ -57,55 +108,313 @@ class Engine:
         alpha: int = ALPHA,
         max_value: int = MAX_VALUE_BYTES,
         limits: Limits | None = None,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        rng: random.Random | None = None,
+        challenge: Callable[[object, float], bytes] = _urandom_challenge,
     ) -> None:
         if not 1 <= k <= m.MAX_CONTACTS:
             raise ValueError(f"k must be from 1 to {m.MAX_CONTACTS} (what a nodes reply may carry)")
         if alpha < 1:
             raise ValueError("alpha must be at least 1")
+        if rpc_timeout <= 0:
+            raise ValueError("rpc_timeout must be above 0 seconds")
         self.identity = identity
         self.id = identity.node_id
         self.storage = storage
         self.k = k
         self.alpha = alpha
         self.max_value = max_value
+        self.rpc_timeout = rpc_timeout
+        self.now = now
         #: The port this node listens on, sent in every message (0 until it listens).
         self.port = 0
         self.limits = limits = limits or Limits()
         self.routing = RoutingTable(self.id, k, now, max_per_subnet=limits.max_per_subnet)
         self.rate_limiter = RateLimiter(limits, now)
-        self._count_publishers()
+        #: RPC counters and lookup latencies, served at ``/metrics``.
+        self.metrics = Metrics()
+        #: Called with (state machine, seconds) when a lookup ends (the dashboard's feed).
+        self.lookup_observers: list[Callable[[IterativeLookup, float], None]] = []
+        #: Whether ``Log`` commands are made (the simulator turns them off).
+        self.logging = True
+        #: How a request leaves: as a ``Send`` command, unless ``Streams`` takes it over.
+        self.sender: Callable[[Request], None] = self._emit_send
+        self._rng = rng or random.Random()
+        self._challenge = challenge
         self._rids = itertools.count(1)
+        self._requests: dict[int, Request] = {}
+        self._abandoned = Abandoned()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+        self._out: list[Command] = []
+        self._queue: deque[Callable[[], None]] = deque()
+        self._running: set[Operation] = set()
+        self._count_publishers()
+
+    # -- events from the driver ----------------------------------------------------------------
+
+    def request_received(
+        self, request: m.Message, host: str, port: int, now: float
+    ) -> tuple[m.Message | None, list[Command]]:
+        """A peer at ``host`` (from its port ``port``) sent ``request``: the reply to send back
+        on the same connection (None: send nothing), and the commands it caused."""
+        self.now = now
+        verdict = self.rate_limiter.check(peer_key(host, port), now)
+        if verdict != Verdict.SERVE:
+            self.metrics.rpc("received", request.TYPE, verdict)
+            if verdict == Verdict.DROP:
+                return None, self.settle()
+            self.log("warn", "{host} is over its request rate: ignored for a while", host=host)
+            text = "too many requests: ignored for a while"
+            return self.error(request.rid, ErrorCode.RATE_LIMITED, text), self.settle()
+        if request.port and request.sender != self.id:
+            self._seen(Contact(request.sender, host, request.port))
+        try:
+            reply = self._answer(request)
+        except ProtocolError as e:
+            reply = self.error(request.rid, e.code, e.message)
+            self.log(
+                "warn",
+                "refused a {type} request from {host}: {message}",
+                type=request.TYPE,
+                host=host,
+                message=e.message,
+            )
+        self.metrics.rpc("received", request.TYPE, "error" if isinstance(reply, m.Error) else "ok")
+        return reply, self.settle()
+
+    def reply_received(
+        self, reply: m.Message, host: str, now: float, link: object = None
+    ) -> list[Command]:
+        """A reply came from ``host`` (on connection ``link``, where there are connections:
+        it must be the one its request went out on)."""
+        self.now = now
+        request = self._requests.get(reply.rid)
+        if request is None or (link is not None and request.link is not link):
+            if not self._abandoned.claim(reply.rid):
+                self.log(
+                    "info",
+                    "ignored a {type} reply from {host} to request {rid}, which nobody awaits",
+                    type=reply.TYPE,
+                    host=host,
+                    rid=reply.rid,
+                )
+            return self.settle()
+        self._close(request)
+        contact = request.contact
+        if isinstance(reply, m.Error):
+            self._failed(request, RemoteError(reply.code, reply.message))
+        elif contact is not None and reply.sender != contact.id:
+            error = ProtocolError(ErrorCode.UNEXPECTED, f"{contact} answered with another id")
+            self._failed(request, error)
+        else:
+            self.metrics.rpc("sent", request.message.TYPE, "ok")
+            if contact is not None:
+                self._seen(contact)
+            request.op.replied(request, reply)
+        return self.settle()
+
+    def request_failed(self, rid: int, error: Exception, now: float) -> list[Command]:
+        """Our request ``rid`` failed before a reply came: the connection was refused or lost,
+        or the reply could not be read (``error`` says which)."""
+        self.now = now
+        request = self._requests.get(rid)
+        if request is not None:
+            self._close(request)
+            self._failed(request, error)
+        return self.settle()
+
+    def timer_fired(self, now: float) -> list[Command]:
+        """Run every timer due by ``now``."""
+        self.now = now
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            timer = heapq.heappop(timers)[2]
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.action(*timer.args)
+                self._drain()
+        return self.settle()
+
+    def next_timer(self) -> float | None:
+        """When ``timer_fired`` should be called next (None: no timer is set)."""
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def start(self, op: Operation, now: float) -> list[Command]:
+        """Start ``op`` for the driver; it ends with a ``Done`` or ``Failed`` command."""
+        self.now = now
+        op.public = True
+        self.begin(op, None)
+        return self.settle()
+
+    def cancel(self, op: Operation, now: float) -> list[Command]:
+        """Stop ``op`` and everything it has in flight; no ``Done`` or ``Failed`` follows."""
+        self.now = now
+        self._cancel(op)
+        return self.settle()
+
+    def seen(self, contact: Contact, now: float) -> list[Command]:
+        """We heard from ``contact`` (a request, or a reply to ours): update the table, which
+        may ping the head of a full bucket and copy records to a newcomer."""
+        self.now = now
+        self._seen(contact)
+        return self.settle()
+
+    def stop(self, now: float) -> list[Command]:
+        """Cancel every operation and timer."""
+        self.now = now
+        for op in list(self._running):
+            self._cancel(op)
+        self._timers.clear()
+        return self.settle()
+
+    def settle(self) -> list[Command]:
+        """Let the operations react to what ended, then hand over the commands so far."""
+        self._drain()
+        out, self._out = self._out, []
+        return out
+
+    # -- state, for the drivers and the operations ------------------------------------------
+
+    def pending(self) -> list[Request]:
+        """Our requests in flight."""
+        return list(self._requests.values())
+
+    def request(self, rid: int) -> Request | None:
+        """Our request ``rid``, while it is in flight."""
+        return self._requests.get(rid)
 
     def message(self, cls: type[m.Message], rid: int | None = None, **fields: object) -> m.Message:
         """A message from this node; a request gets a fresh request id."""
         rid = next(self._rids) if rid is None else rid
         return cls(rid=rid, sender=self.id, port=self.port, **fields)
 
-    def handle(self, request: m.Message, host: str, now: float) -> Handled:
-        """Answer ``request``, which came from ``host``; peers' mistakes become error replies."""
-        seen = Seen()
-        if request.port and request.sender != self.id:
-            seen = self.seen(Contact(request.sender, host, request.port), now)
-        try:
-            reply = self._answer(request, now)
-        except ProtocolError as e:
-            reply = self.error(request.rid, e.code, e.message)
-        return Handled(reply, seen)
+    def error(self, rid: int, code: ErrorCode, text: str) -> m.Message:
+        """An error reply."""
+        return self.message(m.Error, rid, code=int(code), message=text)
 
-    def seen(self, contact: Contact, now: float) -> Seen:
-        """We heard from ``contact`` (a request, or a reply to ours): update the table.
+    def log(self, level: str, text: str, **fields: Any) -> None:
+        """Add a ``Log`` command (unless logging is off)."""
+        if self.logging:
+            self._out.append(Log(level, text, fields))
 
-        A contact new to the table gets a copy of the records it is now among the k closest
-        to, when this node is the closest holder it knows (so that one node, not k, sends it).
-        """
+    def emit(self, command: Command) -> None:
+        """Add a command (``Streams`` adds its own this way)."""
+        self._out.append(command)
+
+    def challenge(self, to: object) -> bytes:
+        """A fresh identity-handshake challenge for ``to``."""
+        return self._challenge(to, self.now)
+
+    def call_at(self, when: float, action: Callable[..., None], *args: Any) -> Timer:
+        """Run ``action(*args)`` at ``when``."""
+        timer = Timer(when, action, args)
+        heapq.heappush(self._timers, (when, next(self._order), timer))
+        return timer
+
+    def lookup_finished(self, lookup: Lookup) -> None:
+        """Record a finished lookup, and tell the observers."""
+        self.metrics.lookup(lookup.latency)
+        for observer in list(self.lookup_observers):
+            observer(lookup.machine, lookup.latency)
+
+    # -- operations and requests -------------------------------------------------------------
+
+    def begin(self, op: Operation, parent: Operation | None) -> None:
+        """Start ``op``, inside ``parent`` (None: at the top)."""
+        op.engine, op.parent = self, parent
+        self._running.add(op)
+        if parent is not None:
+            parent.children.add(op)
+        op.begin()
+
+    def end(self, op: Operation, result: Any, error: Exception | None) -> None:
+        """``op`` ended with ``result`` or ``error``: abandon what it has in flight, then tell
+        its parent (through the queue) or the driver."""
+        if op.ended:
+            return
+        op.result, op.error = result, error
+        self._stop(op)
+        parent = op.parent
+        if parent is not None:
+            if not parent.ended:
+                self._queue.append(partial(parent.child_ended, op))
+        elif op.public:
+            self._out.append(Done(op) if error is None else Failed(op))
+
+    def send(
+        self, op: Operation, to: Contact | Address, cls: type[m.Message], **fields: Any
+    ) -> Request:
+        """Send a request for ``op``; it fails with ``TimeoutError`` after ``rpc_timeout``."""
+        request = Request(self.message(cls, **fields), to, op, self.now)
+        self._requests[request.rid] = request
+        op.requests[request.rid] = request
+        request.timer = self.call_at(self.now + self.rpc_timeout, self._timed_out, request)
+        self.sender(request)
+        return request
+
+    def _emit_send(self, request: Request) -> None:
+        self._out.append(Send(request))
+
+    def _cancel(self, op: Operation) -> None:
+        if not op.ended:
+            self._stop(op)
+            op.cancelled()
+
+    def _stop(self, op: Operation) -> None:
+        op.ended = True
+        self._running.discard(op)
+        if op.parent is not None:
+            op.parent.children.discard(op)
+        for request in list(op.requests.values()):
+            self._close(request)
+            self._abandoned.add(request.rid)
+            self.metrics.rpc("sent", request.message.TYPE, "cancelled")
+        for child in list(op.children):
+            self._cancel(child)
+        for timer in op.timers:
+            timer.cancel()
+
+    def _close(self, request: Request) -> None:
+        request.ended = True
+        del self._requests[request.rid]
+        del request.op.requests[request.rid]
+        assert request.timer is not None
+        request.timer.cancel()
+
+    def _timed_out(self, request: Request) -> None:
+        self._close(request)
+        self._abandoned.add(request.rid)
+        self._failed(request, TimeoutError(f"no reply within {self.rpc_timeout:g} s"))
+
+    def _failed(self, request: Request, error: Exception) -> None:
+        self.metrics.rpc("sent", request.message.TYPE, outcome(error))
+        request.op.request_failed(request, error)
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            queue.popleft()()
+
+    # -- the routing table -----------------------------------------------------------------
+
+    def _seen(self, contact: Contact) -> None:
         known = contact.id in self.routing
-        ping = self.routing.seen(contact, now)
-        if known or contact.id not in self.routing:
-            return Seen(ping)
-        return Seen(ping, tuple(self._handoff(contact, now)))
+        ping = self.routing.seen(contact, self.now)
+        if ping is not None:
+            self.begin(PingCheck(ping), None)
+        if not known and contact.id in self.routing:
+            records = self._handoff(contact)
+            if records:
+                self.begin(Handoff(contact, records), None)
 
-    def _handoff(self, newcomer: Contact, now: float) -> list[StoredItem]:
-        records = []
+    def _handoff(self, newcomer: Contact) -> list[StoredItem]:
+        """The records ``newcomer`` is now among the k closest to, when this node is the
+        closest holder it knows (so that one node, not k, sends each)."""
+        records, now = [], self.now
         for record in self.storage.records():
             if record.expires_at <= now:
                 continue
@@ -119,20 +428,62 @@ class Engine:
                 records.append(record)
         return records
 
-    def error(self, rid: int, code: ErrorCode, text: str) -> m.Message:
-        """An error reply."""
-        return self.message(m.Error, rid, code=int(code), message=text)
+    def peer_failed(self, contact: Contact, why: str) -> None:
+        """A request to ``contact`` failed or timed out: count it against it."""
+        self.log("debug", "request to {peer} failed: {reason}", peer=str(contact), reason=why)
+        self.routing.failed(contact.id)
 
-    def _answer(self, request: m.Message, now: float) -> m.Message:
+    def proven(self, contact: Contact, challenge: bytes, pong: m.Message) -> bool:
+        """Whether ``pong`` proves that ``contact`` holds the key its id is the hash of (the
+        identity handshake); if not, it is logged and dropped from the routing table."""
+        if isinstance(pong, m.Pong) and pong.proof and proves(contact.id, challenge, pong.proof):
+            return True
+        self.log(
+            "warn",
+            "{peer} failed the identity handshake (its id is not the hash of a key it holds): "
+            "dropped",
+            peer=str(contact),
+        )
+        self.routing.remove(contact.id)
+        return False
+
+    def lookup_machine(self, target: int, find_value: bool = False) -> IterativeLookup:
+        """A new lookup machine for ``target``, seeded with the whole routing table: it starts
+        from the k closest, and when those fail (after a mass crash every one of them may be
+        dead) the next closest contacts we know step in, instead of the lookup ending with
+        nothing.
+
+        Contacts whose last two requests failed are not asked, nor added when a peer names
+        them: after a mass crash, each would cost a timeout in every lookup (replication runs
+        one per item) until it leaves the table. When no contact looks alive (this node's own
+        network was down), all are asked again."""
+        self.routing.touch(target, self.now)
+        seeds, live = self.routing.contacts(), {c.id for c in self.routing.contacts(live=True)}
+        dead = [c for c in seeds if c.id not in live] if live else []
+        return IterativeLookup(target, seeds, self.id, self.k, self.alpha, find_value, dead)
+
+    def refresh_targets(self, now: float, interval: float) -> list[int]:
+        """A random id in each bucket no lookup has targeted for ``interval`` seconds."""
+        return [b.random_id(self._rng) for b in self.routing.stale_buckets(now, interval)]
+
+    def save_contacts(self) -> int:
+        """Save the routing table's contacts to the store (to rejoin after a restart)."""
+        contacts = self.routing.contacts()
+        self.storage.set_contacts(contacts)
+        return len(contacts)
+
+    # -- requests we answer ----------------------------------------------------------------
+
+    def _answer(self, request: m.Message) -> m.Message:
         rid = request.rid
         if isinstance(request, m.Ping):
             proof = None if request.challenge is None else self.identity.prove(request.challenge)
             return self.message(m.Pong, rid, proof=proof)
         if isinstance(request, m.Store):
-            self.store(request.item, request.ttl, now, request.cas)
+            self.store(request.item, request.ttl, self.now, request.cas)
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
-            item = self.get(request.key, now)
+            item = self.get(request.key, self.now)
             if item is not None:
                 return self.message(m.Value, rid, item=item)
             return self._nodes(rid, request.key, request.sender)
@@ -143,6 +494,8 @@ class Engine:
     def _nodes(self, rid: int, target: int, asker: int) -> m.Message:
         nodes = self.routing.closest(target, exclude=asker, live=True)
         return self.message(m.Nodes, rid, nodes=tuple(nodes))
+
+    # -- items -----------------------------------------------------------------------------
 
     def store(self, item: Item, ttl: float, now: float, cas: int | None = None) -> None:
         """Keep ``item`` for ``ttl`` seconds if it verifies and may replace what is stored;
@@ -163,6 +516,14 @@ class Engine:
             expires = max(expires, stored.expires_at)
         self.storage.put(StoredItem(item, expires))
 
+    def store_here(self, item: Item, ttl: float, cas: int | None) -> ProtocolError | None:
+        """``store`` at the current time; the refusal, if any, instead of raising it."""
+        try:
+            self.store(item, ttl, self.now, cas)
+        except ProtocolError as e:
+            return e
+        return None
+
     def _check_quota(self, item: Item) -> None:
         limits = self.limits
         if self.storage.count() >= limits.max_items:
@@ -173,7 +534,8 @@ class Engine:
             raise ProtocolError(ErrorCode.STORAGE_FULL, text)
 
     def expire(self, now: float) -> int:
-        """Drop expired items; return how many."""
+        """Drop expired items and ended rate-limit cool-offs; return how many items."""
+        self.rate_limiter.forget(now)
         dropped = self.storage.expire(now)
         if dropped:
             self._count_publishers()
@@ -191,21 +553,13 @@ class Engine:
         self, key: int, found: IterativeLookup, now: float, ttl: float
     ) -> tuple[Item | None, list[Contact]]:
         """The newest of our copy and the versions a FIND_VALUE lookup found, with the peers
-        that sent an older one, for the shell to store the newest on for ``ttl`` seconds (read
-        repair). An older copy held here is replaced at once, for ``ttl`` seconds too."""
+        that sent an older one, to store the newest on for ``ttl`` seconds (read repair). An
+        older copy held here is replaced at once, for ``ttl`` seconds too."""
         local = self.get(key, now)
         best = max(filter(None, (found.value, local)), key=lambda item: item.seq, default=None)
         if local and best and best.seq > local.seq:
             self.store(best, ttl, now)
         return best, [peer for peer, item in found.found if best and item.seq < best.seq]
-
-    def failed(self, contact: Contact) -> None:
-        """A request to ``contact`` failed or timed out."""
-        self.routing.failed(contact.id)
-
-    def refresh_targets(self, now: float, interval: float, rng: random.Random) -> list[int]:
-        """A random id in each bucket no lookup has targeted for ``interval`` seconds."""
-        return [b.random_id(rng) for b in self.routing.stale_buckets(now, interval)]
 
     def next_version(self, name: str, value: bytes, cas: int | None = None) -> Item:
         """``value`` signed under ``name`` with the sequence number after our last one (or
@@ -234,17 +588,3 @@ class Engine:
     def republish_jobs(self) -> list[tuple[Item, float]]:
         """Every item this node published, with its ttl: what republishing stores again."""
         return [(p.item, p.ttl) for p in self.storage.published_items()]
-
-    def lookup(self, target: int, now: float, find_value: bool = False) -> IterativeLookup:
-        """A new lookup for ``target``, seeded with the whole routing table: it starts from the
-        k closest, and when those fail (after a mass crash every one of them may be dead) the
-        next closest contacts we know step in, instead of the lookup ending with nothing.
-
-        Contacts whose last two requests failed are not asked, nor added when a peer names
-        them: after a mass crash, each would cost a timeout in every lookup (replication runs
-        one per item) until it leaves the table. When no contact looks alive (this node's own
-        network was down), all are asked again."""
-        self.routing.touch(target, now)
-        seeds, live = self.routing.contacts(), {c.id for c in self.routing.contacts(live=True)}
-        dead = [c for c in seeds if c.id not in live] if live else []
-        return IterativeLookup(target, seeds, self.id, self.k, self.alpha, find_value, dead)

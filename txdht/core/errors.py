@@ -4,15 +4,18 @@ Whatever a peer sends that txdht will not accept (a message it cannot parse, an 
 signature does not verify, a sequence number older than the one stored) becomes a
 ``ProtocolError`` carrying a code from ``ErrorCode`` and a readable message. The shells turn it
 into an ``error`` reply to the peer and a log line; nothing else about the node changes. The same
-codes come back to a caller as ``txdht.errors.RemoteError`` when a peer refuses one of our
+codes come back to a caller as ``txdht.core.errors.RemoteError`` when a peer refuses one of our
 requests.
+
+The other errors are what a caller of ``put``, ``get`` and ``join`` sees when the network could
+not do what was asked; every driver raises these same classes.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["ErrorCode", "ProtocolError"]
+__all__ = ["ErrorCode", "JoinError", "NotFoundError", "ProtocolError", "PutError", "RemoteError"]
 
 
 class ErrorCode(IntEnum):
@@ -65,3 +68,32 @@ class ProtocolError(Exception):
         self.message = message
         self.request_id = request_id
         self.in_reply = in_reply
+
+
+class RemoteError(Exception):
+    """A peer answered one of our requests with an ``error`` reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"peer refused the request with error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NotFoundError(LookupError):
+    """No node holds a valid value under the key that was asked for."""
+
+
+class JoinError(Exception):
+    """None of the seed nodes answered, so the node could not join the network."""
+
+
+class PutError(Exception):
+    """No node accepted the item, so nothing was stored.
+
+    ``codes`` holds the error codes of the refusals (empty when nodes failed to answer): all
+    ``STALE_SEQUENCE`` or ``CAS_MISMATCH`` means a newer version is out there.
+    """
+
+    def __init__(self, message: str, codes: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.codes = codes

@@ -84,13 +84,18 @@ class IterativeLookup:
         self.queries = 0
         #: What happened, in order: ("sent" | "answered" | "failed", contact) (for display).
         self.trace: list[tuple[str, Contact]] = []
+        #: How far each contact is from us along the lookup: 1 for the seeds, and one more
+        #: than the peer that first named it for the others (the hops a lookup takes).
+        self.depth: dict[int, int] = {}
+        #: The depth of the peer the last valid value came from (0: no value yet).
+        self.value_depth = 0
         self._contacts: dict[int, Contact] = {}
         self._state: dict[int, _State] = {}
         #: The ids of the contacts to ask, nearest the target first, kept sorted as they come.
         self._order: list[int] = []
         for contact in dead:  # known dead: never asked, even when a peer names them
             self._contacts[contact.id], self._state[contact.id] = contact, _State.FAILED
-        self._add(seeds)
+        self._add(seeds, 1)
 
     @property
     def value(self) -> Item | None:
@@ -120,7 +125,7 @@ class IterativeLookup:
     def nodes_received(self, peer: Contact, contacts: Iterable[Contact]) -> None:
         """``peer`` answered with the contacts it knows closest to the target."""
         if self._answer(peer):
-            self._add(contacts)
+            self._add(contacts, self.depth.get(peer.id, 1) + 1)
 
     def value_received(self, peer: Contact, item: Item) -> bool:
         """``peer`` answered with an item; returns whether it verifies against the key.
@@ -137,6 +142,7 @@ class IterativeLookup:
             self.bad_values.append((peer, e))
             return False
         self.found.append((peer, item))
+        self.value_depth = self.depth.get(peer.id, 1)
         return True
 
     def query_failed(self, peer: Contact) -> None:
@@ -150,6 +156,14 @@ class IterativeLookup:
         answered = (self._contacts[i] for i in self._order if self._state[i] is _State.ANSWERED)
         return list(itertools.islice(answered, self.k))
 
+    def hops(self) -> int:
+        """How deep the lookup went: the depth of the value's source, or of the closest
+        contact that answered (0 when none did)."""
+        if self.value_depth:
+            return self.value_depth
+        closest = self.closest()
+        return self.depth.get(closest[0].id, 1) if closest else 0
+
     def _answer(self, peer: Contact) -> bool:
         if self._state.get(peer.id) is not _State.IN_FLIGHT:
             return False
@@ -157,8 +171,9 @@ class IterativeLookup:
         self.trace.append(("answered", peer))
         return True
 
-    def _add(self, contacts: Iterable[Contact]) -> None:
+    def _add(self, contacts: Iterable[Contact], depth: int) -> None:
         for contact in contacts:
+            self.depth.setdefault(contact.id, depth)
             if contact.id != self.own_id and contact.id not in self._contacts:
                 self._contacts[contact.id] = contact
                 self._state[contact.id] = _State.NEW

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from zope.interface import implementer
 
 from txdht.core.ids import Contact
+from txdht.core.interfaces import IStorage
 from txdht.core.items import Item
-from txdht.interfaces import IStorage
 
 __all__ = ["MemoryStorage", "PublishedItem", "StoredItem"]
 

@@ -19,9 +19,9 @@ from typing import IO, TypeVar
 
 from txdht.core.ids import Contact
 from txdht.core.items import DEFAULT_TTL, Item, blob, mutable_key
+from txdht.core.limits import DEFAULT_RPC_TIMEOUT
 from txdht.core.lookup import ALPHA
 from txdht.core.routing import K
-from txdht.node import DEFAULT_RPC_TIMEOUT
 from txdht.sim.ideal import PerfectTables, ideal_lookup
 from txdht.sim.network import Network, SimLookup, SimNode, _Pool
 from txdht.sim.report import (
@@ -218,7 +218,7 @@ def run(name: str, settings: Settings) -> Report:
 def _counters(nets: list[Network]) -> dict[str, int]:
     totals: dict[str, int] = {}
     for net in nets:
-        for kind, count in [*net.sent.items(), *net.counts.items()]:
+        for kind, count in net.counters().items():
             totals[kind] = totals.get(kind, 0) + count
     totals["events"] = sum(net.clock.events for net in nets)
     return totals

@@ -1,10 +1,11 @@
-"""Limits on what peers may ask of a node: token buckets per peer and overall, time passed in.
+"""Limits on what peers may ask of a node, and the defaults every driver shares.
 
 A DHT is open to anyone who can reach it, so every resource a peer can consume has a named
 bound (docs/security.md lists them all). Requests are paced with token buckets: a peer may
 send ``burst`` requests at once and ``rate`` per second after that. A peer over its rate gets
 an error reply (RATE_LIMITED) for that request and is then ignored for ``cool_off`` seconds (no
 reply at all, which costs it a timeout per request); a global bucket caps the node's total.
+Time is passed in, as everywhere in the core.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "DEFAULT_RPC_TIMEOUT",
+    "HOUSEKEEPING_CONCURRENCY",
     "Abandoned",
     "Limits",
     "RateLimiter",
@@ -25,6 +29,16 @@ __all__ = [
     "limit_options",
     "peer_key",
 ]
+
+
+#: The longest netstring accepted by default: a 64 KiB value in base64 plus its envelope fits
+#: many times over, and a peer cannot make us buffer more than this for one message.
+DEFAULT_MAX_MESSAGE = 1024 * 1024
+#: Seconds to wait for a connection and a reply before a request counts as failed.
+DEFAULT_RPC_TIMEOUT = 5.0
+#: Items replicated or republished at once by housekeeping, so a large store cannot flood
+#: the network or the node's own connection table in one go.
+HOUSEKEEPING_CONCURRENCY = 8
 
 
 def _limit(default: Any, text: str) -> Any:

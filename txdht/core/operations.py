@@ -1,0 +1,532 @@
+"""The node's multi-step operations, each a machine fed events by the ``Engine``.
+
+Theory of operation
+-------------------
+An operation (join, put, get, a lookup, a refresh...) is an object with a few event methods:
+``begin`` when it starts, ``replied`` or ``request_failed`` for each request it sent, and
+``child_ended`` for each operation it started inside itself (a put starts a lookup; a refresh
+starts one lookup per idle bucket). It acts only through its engine: ``send`` a request,
+``spawn`` a child, ``later`` a timer, then ``finish`` with a result or ``fail`` with an error.
+It never touches a socket, a clock or a Deferred; the drivers do that with the commands the
+engine returns.
+
+When an operation ends, the engine abandons what it still has in flight (its requests, its
+children, its timers), so a finished lookup's last queries, or a cancelled put, leave nothing
+behind. A child's end reaches its parent through the engine's queue, never as a nested call, so
+a replication of ten thousand items that each end at once never grows the stack.
+
+Every request ends exactly once: with a reply (``replied``) or a failure (``request_failed``:
+an error reply, a timeout, a lost or refused connection, a reply from the wrong id), unless
+its operation ended first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from txdht.core.errors import JoinError, NotFoundError, ProtocolError, PutError, RemoteError
+from txdht.core.ids import Contact, id_to_hex
+from txdht.core.items import DEFAULT_TTL, Item
+from txdht.core.limits import HOUSEKEEPING_CONCURRENCY
+from txdht.core.messages import FindNode, FindValue, Message, Nodes, Ping, Store, Value
+
+if TYPE_CHECKING:
+    from txdht.core.engine import Engine, Timer
+    from txdht.core.storage import StoredItem
+    from txdht.core.streams import Link
+
+__all__ = [
+    "JOIN_REFRESH",
+    "Call",
+    "Get",
+    "Handoff",
+    "Join",
+    "Lookup",
+    "Operation",
+    "PingCheck",
+    "Publish",
+    "PublishAll",
+    "Refresh",
+    "Request",
+]
+
+Address = tuple[str, int]
+#: The refresh interval a join ends with: every bucket no lookup touched yet is refreshed,
+#: which fills the buckets further away from our own id.
+JOIN_REFRESH = 0.001
+
+
+class Request:
+    """One request of ours in flight: the message, to whom, for which operation."""
+
+    __slots__ = ("address", "contact", "ended", "link", "message", "op", "sent_at", "timer")
+
+    def __init__(self, message: Message, to: Contact | Address, op: Operation, now: float) -> None:
+        self.message = message
+        #: The contact it was sent to (its reply must come from that id), or None for a bare
+        #: address (a seed, before we know its id).
+        self.contact = to if isinstance(to, Contact) else None
+        self.address: Address = to.address if isinstance(to, Contact) else to
+        self.op = op
+        self.sent_at = now
+        self.timer: Timer | None = None
+        #: The connection it was written on (set by ``Streams``; None in the simulator).
+        self.link: Link | None = None
+        self.ended = False
+
+    @property
+    def rid(self) -> int:
+        """The request id its reply echoes."""
+        return self.message.rid
+
+    @property
+    def peer(self) -> str:
+        """Whom it went to, for a person to read."""
+        return str(self.contact) if self.contact else f"{self.address[0]}:{self.address[1]}"
+
+
+class Operation:
+    """One multi-step operation; see the module docstring.
+
+    ``result`` or ``error`` holds the outcome once ``ended``. An operation the driver started
+    (``Engine.start``) is reported back to it as ``Done`` or ``Failed``.
+    """
+
+    engine: Engine
+
+    def __init__(self) -> None:
+        self.parent: Operation | None = None
+        self.public = False
+        self.requests: dict[int, Request] = {}
+        self.children: set[Operation] = set()
+        self.timers: list[Timer] = []
+        self.ended = False
+        self.result: Any = None
+        self.error: Exception | None = None
+
+    # -- events, from the engine ---------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start: send the first requests, or spawn the first children."""
+        raise NotImplementedError  # pragma: no cover (every operation defines it)
+
+    def replied(self, request: Request, reply: Message) -> None:
+        """``request`` was answered with ``reply`` (never an error reply)."""
+
+    def request_failed(self, request: Request, error: Exception) -> None:
+        """``request`` failed: ``error`` says how (``RemoteError``, ``TimeoutError``...)."""
+
+    def child_ended(self, child: Operation) -> None:
+        """``child`` ended; its ``result`` or ``error`` says how."""
+
+    def cancelled(self) -> None:
+        """It was stopped (``Engine.cancel``, or its parent ended) with all it had in flight."""
+
+    # -- actions, through the engine -----------------------------------------------------------
+
+    def send(self, to: Contact | Address, cls: type[Message], **fields: Any) -> Request:
+        """Send a request for this operation."""
+        return self.engine.send(self, to, cls, **fields)
+
+    def spawn(self, child: Operation) -> Operation:
+        """Start ``child`` inside this operation; ``child_ended`` follows."""
+        self.engine.begin(child, self)
+        return child
+
+    def later(self, delay: float, action: Callable[..., None], *args: Any) -> None:
+        """Run ``action(*args)`` in ``delay`` seconds, unless this operation has ended."""
+        self.timers.append(self.engine.call_at(self.engine.now + delay, action, *args))
+
+    def finish(self, result: Any = None) -> None:
+        """End with ``result``."""
+        self.engine.end(self, result, None)
+
+    def fail(self, error: Exception) -> None:
+        """End with ``error``."""
+        self.engine.end(self, None, error)
+
+
+class Call(Operation):
+    """One request, ending with its reply (or failing as the request did)."""
+
+    def __init__(self, to: Contact | Address, cls: type[Message], **fields: Any) -> None:
+        super().__init__()
+        self.to, self.cls, self.fields = to, cls, fields
+
+    def begin(self) -> None:
+        self.send(self.to, self.cls, **self.fields)
+
+    def replied(self, request: Request, reply: Message) -> None:
+        self.finish(reply)
+
+    def request_failed(self, request: Request, error: Exception) -> None:
+        self.fail(error)
+
+
+class Lookup(Operation):
+    """An iterative lookup: drives ``IterativeLookup`` with alpha requests in flight, sending a
+    new one whenever one answers or fails; ends with the finished machine."""
+
+    def __init__(self, target: int, find_value: bool = False) -> None:
+        super().__init__()
+        self.target = target
+        self.find_value = find_value
+        self.started = self.ended_at = 0.0
+
+    def begin(self) -> None:
+        self.started = self.engine.now
+        self.machine = self.engine.lookup_machine(self.target, self.find_value)
+        self._step()
+
+    @property
+    def latency(self) -> float:
+        """Seconds from start to end (once ended)."""
+        return self.ended_at - self.started
+
+    def hops(self) -> int:
+        """How deep the lookup went (``IterativeLookup.hops``)."""
+        return self.machine.hops()
+
+    def _step(self) -> None:
+        machine = self.machine
+        if machine.done:
+            self.ended_at = self.engine.now
+            self.engine.lookup_finished(self)
+            self.finish(machine)
+            return
+        for contact in machine.next_queries():
+            if self.find_value:
+                self.send(contact, FindValue, key=self.target)
+            else:
+                self.send(contact, FindNode, target=self.target)
+
+    def replied(self, request: Request, reply: Message) -> None:
+        contact = request.contact
+        assert contact is not None
+        if isinstance(reply, Nodes):
+            self.machine.nodes_received(contact, reply.nodes)
+        elif isinstance(reply, Value) and self.find_value:
+            if not self.machine.value_received(contact, reply.item):
+                self.engine.peer_failed(contact, "it sent a value that does not verify")
+        else:
+            self.machine.query_failed(contact)
+            self.engine.peer_failed(contact, f"it answered with a {reply.TYPE} reply")
+        self._step()
+
+    def request_failed(self, request: Request, error: Exception) -> None:
+        assert request.contact is not None
+        self.machine.query_failed(request.contact)
+        self.engine.peer_failed(request.contact, str(error))
+        self._step()
+
+
+class _Gather(Operation):
+    """An operation that waits for several requests; ``all_ended`` runs after the last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    def send_all(self, to: list[Contact], cls: type[Message], **fields: Any) -> None:
+        """Send the same request to each of ``to``; with none, ``all_ended`` runs at once."""
+        self.waiting = len(to)
+        for contact in to:
+            self.send(contact, cls, **fields)
+        if not to:
+            self.all_ended()
+
+    def replied(self, request: Request, reply: Message) -> None:
+        self.answered(request, reply)
+        self._one_ended()
+
+    def request_failed(self, request: Request, error: Exception) -> None:
+        self.refused(request, error)
+        self._one_ended()
+
+    def _one_ended(self) -> None:
+        self.waiting -= 1
+        if not self.waiting:
+            self.all_ended()
+
+    def answered(self, request: Request, reply: Message) -> None:
+        """One request was answered."""
+
+    def refused(self, request: Request, error: Exception) -> None:
+        """One request failed."""
+
+    def all_ended(self) -> None:
+        """Every request has ended."""
+        raise NotImplementedError  # pragma: no cover (every gathering operation defines it)
+
+
+class Publish(_Gather):
+    """Store ``item`` on the k closest nodes: a FIND_NODE lookup for its key, then a store on
+    each of the closest (and here, when this node is among them); ends with the ids of the
+    nodes that took it, this node's first, or fails with ``PutError`` when none did. With
+    ``remember``, an item of ours, kept to be republished once stored."""
+
+    def __init__(
+        self, item: Item, ttl: float, cas: int | None = None, remember: bool = False
+    ) -> None:
+        super().__init__()
+        self.item, self.ttl, self.cas, self.remember = item, ttl, cas, remember
+        self.holders: list[int] = []
+        self.reasons: list[str] = []
+        self.codes: set[int] = set()
+
+    def begin(self) -> None:
+        try:
+            self.item.verify(self.engine.max_value)
+        except ProtocolError as e:
+            self.fail(e)
+            return
+        self.spawn(Lookup(self.item.key))
+
+    def child_ended(self, child: Operation) -> None:
+        engine, item = self.engine, self.item
+        keep, targets = engine.placement(item.key, child.result.closest())
+        if keep:
+            error = engine.store_here(item, self.ttl, self.cas)
+            if error is None:
+                self.holders.append(engine.id)
+            else:
+                self.reasons.append(f"this node: {error}")
+                self.codes.add(int(error.code))
+        self.targets = targets
+        self.took: set[int] = set()
+        self.send_all(targets, Store, item=item, ttl=self.ttl, cas=self.cas)
+
+    def answered(self, request: Request, reply: Message) -> None:
+        assert request.contact is not None
+        self.took.add(request.contact.id)
+
+    def refused(self, request: Request, error: Exception) -> None:
+        self.reasons.append(f"{request.peer}: {error}")
+        if isinstance(error, RemoteError):
+            self.codes.add(error.code)
+        self.engine.log(
+            "info",
+            "{peer} did not store {key}: {reason}",
+            peer=request.peer,
+            key=id_to_hex(self.item.key)[:12],
+            reason=str(error),
+        )
+
+    def all_ended(self) -> None:
+        self.holders += [c.id for c in self.targets if c.id in self.took]  # in placement order
+        if not self.holders:
+            first = f"; first refusal: {self.reasons[0]}" if self.reasons else ""
+            text = f"no node stored the item ({len(self.targets)} were asked){first}"
+            self.fail(PutError(text, frozenset(self.codes)))
+            return
+        if self.remember:
+            self.engine.remember(self.item, self.ttl)
+        self.finish(self.holders)
+
+
+class Get(_Gather):
+    """The newest valid item under ``key``: a blob held here at once (it cannot change), else
+    a FIND_VALUE lookup whose newest version wins over our own copy; peers that sent an older
+    version get the newest before this ends (read repair). Fails with ``NotFoundError``."""
+
+    def __init__(self, key: int) -> None:
+        super().__init__()
+        self.key = key
+        self.lookup: Lookup | None = None
+
+    def begin(self) -> None:
+        local = self.engine.get(self.key, self.engine.now)
+        if local is not None and not local.mutable:
+            self.finish(local)
+            return
+        self.lookup = Lookup(self.key, find_value=True)
+        self.spawn(self.lookup)
+
+    def child_ended(self, child: Operation) -> None:
+        engine, machine = self.engine, child.result
+        for peer, error in machine.bad_values:
+            engine.log(
+                "warn", "{peer} sent an invalid value: {error}", peer=str(peer), error=str(error)
+            )
+        self.best, stale = engine.newest(self.key, machine, engine.now, DEFAULT_TTL)
+        if self.best is None:
+            self.fail(NotFoundError(f"no value found under {id_to_hex(self.key)[:16]}..."))
+            return
+        if stale:
+            engine.log(
+                "info",
+                "{count} peers sent an older version of {key} than seq {seq}; repairing them",
+                count=len(stale),
+                key=id_to_hex(self.key)[:12],
+                seq=self.best.seq,
+            )
+        self.send_all(stale, Store, item=self.best, ttl=DEFAULT_TTL)
+
+    def all_ended(self) -> None:
+        self.finish(self.best)
+
+
+class PingCheck(_Gather):
+    """Ping-before-evict: ping the head of a full bucket with an identity challenge; it stays
+    if it answers with a proof of its id, is dropped if it proves something else, and counts a
+    failure (evicted, when a newcomer waits) if it does not answer."""
+
+    def __init__(self, contact: Contact) -> None:
+        super().__init__()
+        self.contact = contact
+
+    def begin(self) -> None:
+        self.challenge = self.engine.challenge(self.contact)
+        self.send_all([self.contact], Ping, challenge=self.challenge)
+
+    def answered(self, request: Request, reply: Message) -> None:
+        self.engine.proven(self.contact, self.challenge, reply)
+
+    def refused(self, request: Request, error: Exception) -> None:
+        self.engine.log(
+            "info", "ping to {peer} failed: {error}", peer=request.peer, error=str(error)
+        )
+        self.engine.peer_failed(self.contact, str(error))
+
+    def all_ended(self) -> None:
+        self.finish()
+
+
+class Handoff(_Gather):
+    """Copy ``records`` to a contact new to the table that is now among their k closest."""
+
+    def __init__(self, contact: Contact, records: list[StoredItem]) -> None:
+        super().__init__()
+        self.contact, self.records = contact, records
+        self.copied = 0
+
+    def begin(self) -> None:
+        self.waiting = len(self.records)
+        for record in self.records:
+            ttl = record.expires_at - self.engine.now
+            self.send(self.contact, Store, item=record.item, ttl=ttl)
+
+    def answered(self, request: Request, reply: Message) -> None:
+        self.copied += 1
+
+    def refused(self, request: Request, error: Exception) -> None:
+        self.engine.log(
+            "info",
+            "could not copy an item to the new contact {peer}: {reason}",
+            peer=request.peer,
+            reason=str(error),
+        )
+
+    def all_ended(self) -> None:
+        self.finish(self.copied)
+
+
+class _Children(Operation):
+    """An operation that runs children, at most ``limit`` at once, and counts the successes;
+    it ends with that count once the last child has ended."""
+
+    def __init__(self, limit: int = 0) -> None:
+        super().__init__()
+        self.limit = limit
+        self.queue: list[Operation] = []
+        self.running = self.succeeded = 0
+
+    def run_all(self, children: list[Operation]) -> None:
+        """Start ``children`` (as many as the limit allows; the rest as others end)."""
+        self.queue = children[::-1]
+        if not children:
+            self.finish(0)
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.queue and (not self.limit or self.running < self.limit):
+            self.running += 1
+            self.spawn(self.queue.pop())
+
+    def child_ended(self, child: Operation) -> None:
+        self.running -= 1
+        self.succeeded += child.error is None
+        self._fill()
+        if not self.running:
+            self.finish(self.succeeded)
+
+
+class Refresh(_Children):
+    """Look up a random id in every bucket no lookup has targeted for ``interval`` seconds;
+    ends with how many buckets that was."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+
+    def begin(self) -> None:
+        targets = self.engine.refresh_targets(self.engine.now, self.interval)
+        self.run_all([Lookup(target) for target in targets])
+
+
+class PublishAll(_Children):
+    """Publish each of ``jobs`` (item, ttl), ``HOUSEKEEPING_CONCURRENCY`` at a time (so a large
+    store cannot flood the network in one go); ends with how many were stored somewhere."""
+
+    def __init__(self, jobs: list[tuple[Item, float]]) -> None:
+        super().__init__(HOUSEKEEPING_CONCURRENCY)
+        self.jobs = jobs
+
+    def begin(self) -> None:
+        self.run_all([Publish(item, ttl) for item, ttl in self.jobs])
+
+
+class Join(Operation):
+    """Join the network through ``seeds``: ping each with an identity challenge, add those that
+    prove their id, look up our own id (the contacts near us learn of us), then refresh every
+    bucket; ends with the number of contacts known, or fails with ``JoinError``."""
+
+    def __init__(self, seeds: list[Address]) -> None:
+        super().__init__()
+        self.seeds = seeds
+
+    def begin(self) -> None:
+        self.challenges: dict[int, bytes] = {}
+        self.left = len(self.seeds)
+        for address in self.seeds:
+            challenge = self.engine.challenge(address)
+            self.challenges[self.send(address, Ping, challenge=challenge).rid] = challenge
+        if not self.seeds:
+            self._pinged()
+
+    def replied(self, request: Request, reply: Message) -> None:
+        contact = Contact(reply.sender, *request.address)
+        if self.engine.proven(contact, self.challenges[request.rid], reply):
+            self.engine.seen(contact, self.engine.now)
+        self._one_ended()
+
+    def request_failed(self, request: Request, error: Exception) -> None:
+        self.engine.log(
+            "warn",
+            "seed {host}:{port} did not answer: {reason}",
+            host=request.address[0],
+            port=request.address[1],
+            reason=str(error),
+        )
+        self._one_ended()
+
+    def _one_ended(self) -> None:
+        self.left -= 1
+        if not self.left:
+            self._pinged()
+
+    def _pinged(self) -> None:
+        if not len(self.engine.routing):
+            count = len(self.seeds)
+            self.fail(JoinError(f"none of the {count} seed nodes answered and proved its id"))
+            return
+        self.step = "lookup"
+        self.spawn(Lookup(self.engine.id))
+
+    def child_ended(self, child: Operation) -> None:
+        if self.step == "lookup":
+            self.step = "refresh"
+            self.spawn(Refresh(JOIN_REFRESH))
+        else:
+            self.finish(len(self.engine.routing))

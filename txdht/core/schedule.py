@@ -1,0 +1,214 @@
+"""A node's life: join (and join again), and the housekeeping jobs on their intervals.
+
+``Service`` is the operation a long-running node runs from start to stop; the Twisted service
+(``txdht.service.DHTService``), the asyncio launcher and the simulator all run this one. At
+start it joins through the seeds (or, after a restart, through the contacts it saved), and it
+sets one timer per housekeeping job:
+
+========== ======== ==========================================================================
+job        default  what it does
+========== ======== ==========================================================================
+refresh    10 min   look up a random id in each bucket no lookup touched for an hour; join
+                    again through the seeds (or the saved contacts) if the routing table has
+                    no live contact left
+replicate  1 h      store every held item again on the current k closest nodes
+republish  12 h     publish again, with a fresh ttl, what this node published (the default ttl
+                    is 24 h, so every item is renewed well before it expires)
+expire     1 min    drop expired items (and ended rate-limit cool-offs)
+save       5 min    save the routing table's contacts, to rejoin without seeds after a restart
+========== ======== ==========================================================================
+
+Jobs run only once the node has tried to join (``Ready``), and a job still running when its
+time comes again is not started twice.
+
+A join that fails (no seed answered: they are down, or, after a restart, every saved contact
+was a node that went down with us) is tried again after 1 s, then 2 s, 4 s... up to the refresh
+interval, until a seed answers: nodes restarted together find each other again. The first node
+of a network (no seeds, nothing saved) checks on the same schedule whether anyone has contacted
+it, and then joins through them: it fills its table and saves its contacts like every other
+node, instead of knowing only the nodes that happened to call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from txdht.core.commands import Joined, Ready
+from txdht.core.errors import JoinError
+from txdht.core.ids import id_to_hex
+from txdht.core.operations import Join, Operation, PublishAll, Refresh
+
+__all__ = ["FIRST_RETRY", "JOBS", "REFRESH_INTERVAL", "Intervals", "Service"]
+
+Address = tuple[str, int]
+#: A bucket no lookup touched for this long is refreshed (the Kademlia paper's hour).
+REFRESH_INTERVAL = 3600.0
+#: Seconds before the first retry of a failed join; each retry waits twice as long as the last.
+FIRST_RETRY = 1.0
+#: The housekeeping jobs, in the order their timers are set.
+JOBS = ("refresh", "replicate", "republish", "expire", "save")
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Seconds between two runs of each housekeeping job."""
+
+    refresh: float = 600.0
+    replicate: float = 3600.0
+    republish: float = 12 * 3600.0
+    expire: float = 60.0
+    save: float = 300.0
+    #: A bucket untouched by lookups for this long is refreshed.
+    stale_bucket: float = REFRESH_INTERVAL
+
+
+class Service(Operation):
+    """Run a node until stopped: join through ``seeds``, keep house (module docstring).
+
+    It never ends by itself; ``Engine.cancel`` (or ``stop``) ends it with everything it runs.
+    """
+
+    def __init__(self, seeds: list[Address], intervals: Intervals | None = None) -> None:
+        super().__init__()
+        self.seeds = list(seeds)
+        self.intervals = intervals or Intervals()
+        #: True once the node has tried to join; jobs wait for it.
+        self.ready = False
+        #: True once a join succeeded.
+        self.joined = False
+        #: The jobs running now (a job is not started again while it runs).
+        self.busy: dict[str, Operation] = {}
+        #: Called with (job, True) when a job starts and (job, False) when it ends.
+        self.job_observers: list[Callable[[str, bool], None]] = []
+        self._retry_delay = FIRST_RETRY
+        self._retry_at: float | None = None
+        self._joining: Join | None = None
+
+    def begin(self) -> None:
+        for job in JOBS:
+            every = getattr(self.intervals, job)
+            self.later(every, self._tick, job, every)
+        seeds = self.current_seeds()
+        if seeds:
+            self._join(seeds)
+            return
+        self.engine.log(
+            "info",
+            "node {id} listens on port {port}; no --peer and no saved contacts: this is the "
+            "first node of a new network",
+            id=id_to_hex(self.engine.id)[:16],
+            port=self.engine.port,
+        )
+        self._schedule_retry()  # to join through the first nodes that contact this one
+        self._ready()
+
+    def current_seeds(self) -> list[Address]:
+        """The seeds given, or else the contacts saved before the last stop."""
+        return self.seeds or [c.address for c in self.engine.storage.contacts()]
+
+    # -- joining -------------------------------------------------------------------------------
+
+    def _join(self, seeds: list[Address]) -> None:
+        self._joining = Join(seeds)
+        self.spawn(self._joining)
+
+    def _ready(self) -> None:
+        if not self.ready:
+            self.ready = True
+            self.engine.emit(Ready(self.joined))
+
+    def _schedule_retry(self) -> float:
+        """Make sure a retry is pending (backing off); return the seconds until it runs."""
+        now = self.engine.now
+        if self._retry_at is None:
+            self._retry_at = now + self._retry_delay
+            self.later(self._retry_delay, self._retry)
+            self._retry_delay = min(2 * self._retry_delay, self.intervals.refresh)
+        return self._retry_at - now
+
+    def _retry(self) -> None:
+        self._retry_at = None
+        if self._joining is not None:
+            return  # a join (by the refresh job) is on its way; its end decides what follows
+        seeds = self.current_seeds()
+        # The first node of a network has no seeds: it joins through whoever contacted it, so
+        # that its table fills (and is saved) like everyone else's.
+        if not seeds and len(self.engine.routing):
+            self.engine.save_contacts()  # before anything else: a crash now still finds them
+            seeds = [c.address for c in self.engine.routing.contacts()]
+        if seeds:
+            self._join(seeds)
+        else:
+            self._schedule_retry()
+
+    def _joined(self, join: Operation) -> None:
+        self._joining = None
+        engine = self.engine
+        if isinstance(join.error, JoinError):
+            delay = self._schedule_retry()
+            engine.log(
+                "warn",
+                "could not join yet ({error}); retrying in {delay:g} s",
+                error=str(join.error),
+                delay=delay,
+            )
+        else:
+            self._retry_delay = FIRST_RETRY
+            self.joined = True
+            engine.save_contacts()
+            engine.log(
+                "info",
+                "node {id} on port {port} joined the network; it knows {count} contacts",
+                id=id_to_hex(engine.id)[:16],
+                port=engine.port,
+                count=join.result,
+            )
+            engine.emit(Joined(join.result))
+        self._ready()
+
+    def cancelled(self) -> None:
+        """Stopped: save the contacts, to rejoin through them after a restart."""
+        self.engine.save_contacts()
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def _tick(self, job: str, every: float) -> None:
+        self.later(every, self._tick, job, every)
+        if not self.ready or job in self.busy:
+            return
+        engine, now = self.engine, self.engine.now
+        op: Operation | None = None
+        if job == "refresh":
+            seeds = self.current_seeds()
+            if not engine.routing.contacts(live=True) and seeds and self._joining is None:
+                self._join(seeds)
+                op = self._joining
+            else:
+                op = Refresh(self.intervals.stale_bucket)
+        elif job == "replicate":
+            op = PublishAll(engine.replication_jobs(now))
+        elif job == "republish":
+            op = PublishAll(engine.republish_jobs())
+        elif job == "expire":
+            result: object = engine.expire(now)
+        else:
+            result = engine.save_contacts()
+        if op is None:
+            engine.log("debug", "{job} done: {result}", job=job, result=result)
+            return
+        self.busy[job] = op
+        for observer in self.job_observers:
+            observer(job, True)
+        if op is not self._joining:
+            self.spawn(op)
+
+    def child_ended(self, child: Operation) -> None:
+        if child is self._joining:
+            self._joined(child)
+        for job, op in list(self.busy.items()):
+            if op is child:
+                del self.busy[job]
+                self.engine.log("debug", "{job} done: {result}", job=job, result=child.result)
+                for observer in self.job_observers:
+                    observer(job, False)

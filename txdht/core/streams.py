@@ -1,0 +1,185 @@
+"""Connections, as the core sees them: what a driver over TCP (or any stream) needs decided.
+
+The engine addresses peers by (host, port); the Twisted node and the asyncio twin talk over
+connections. ``Streams`` sits between: it keeps one ``Link`` per open connection and decides
+
+- which connection a request goes out on: one per peer address, ours or theirs, whichever came
+  first (``Connect`` when there is none yet; requests wait for it, and fail with it);
+- which incoming connection stands for which peer: the listening port in a peer's request
+  names its address, so our requests to that address share the connection it opened;
+- what to do with a payload that is not a valid message: an ``error`` reply (unless it was
+  recognisably a reply: then our own request fails instead), and the connection closed after
+  ``max_bad_messages`` of them; a broken stream (framing lost) is closed at once;
+- whom to refuse: a connection over ``max_connections_per_ip`` from one address (loopback
+  exempt), and every connection once the node has stopped.
+
+The driver frames bytes into payloads and back, and reports each connection's life:
+``opened``, ``connected`` (our attempt to an address succeeded), ``connect_failed``,
+``received``, ``framing_lost``, ``lost``. Every method returns the engine's commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txdht.core.commands import Close, Command, Connect, Write
+from txdht.core.engine import Engine
+from txdht.core.errors import ProtocolError
+from txdht.core.limits import is_loopback
+from txdht.core.messages import REPLY_TYPES, decode
+from txdht.core.operations import Request
+
+__all__ = ["Link", "Streams"]
+
+Address = tuple[str, int]
+
+
+class Link:
+    """One connection, either direction: the driver's ``handle`` for it, and what the core
+    knows of it."""
+
+    __slots__ = ("address", "bad_messages", "handle", "host", "port")
+
+    def __init__(self, handle: Any, host: str, port: int) -> None:
+        #: The driver's object for this connection (its protocol instance).
+        self.handle = handle
+        #: The peer's host and the port its end of the connection is on.
+        self.host, self.port = host, port
+        #: The peer's listening address, once known.
+        self.address: Address | None = None
+        #: Malformed messages received on it.
+        self.bad_messages = 0
+
+
+class Streams:
+    """The connection policy of one node (see the module docstring)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        engine.sender = self._send
+        self.links: set[Link] = set()
+        self.stopped = False
+        self._by_address: dict[Address, Link] = {}
+        self._connecting: dict[Address, list[Request]] = {}
+
+    def link_to(self, address: Address) -> Link | None:
+        """The connection our requests to ``address`` go out on, if there is one."""
+        return self._by_address.get(address)
+
+    def opened(self, handle: Any, host: str, port: int, now: float) -> tuple[Link, list[Command]]:
+        """A connection is up (ours or theirs); it is closed at once if the node has stopped or
+        its host has too many."""
+        link = Link(handle, host, port)
+        self.links.add(link)
+        self.engine.now = now
+        engine, limit = self.engine, self.engine.limits.max_connections_per_ip
+        crowded = not is_loopback(host) and sum(1 for k in self.links if k.host == host) > limit
+        if crowded:
+            engine.log(
+                "warn",
+                "closing connection from {host}: over {limit} connections from it",
+                host=host,
+                limit=limit,
+            )
+        if crowded or self.stopped:
+            engine.emit(Close(link))
+        return link, engine.settle()
+
+    def connected(self, link: Link, address: Address, now: float) -> list[Command]:
+        """Our connection attempt to ``address`` succeeded: the requests waiting go out."""
+        self.engine.now = now
+        self._adopt(link, address)
+        for request in self._connecting.pop(address, []):
+            if not request.ended:  # it may have timed out, or its operation ended, meanwhile
+                self._send(request)
+        return self.engine.settle()
+
+    def connect_failed(self, address: Address, error: Exception, now: float) -> list[Command]:
+        """Our connection attempt to ``address`` failed: so do the requests waiting for it."""
+        commands: list[Command] = []
+        for request in self._connecting.pop(address, []):
+            commands += self.engine.request_failed(request.rid, error, now)
+        return commands
+
+    def lost(self, link: Link, error: Exception, now: float) -> list[Command]:
+        """A connection closed: our requests on it fail with ``error``."""
+        self.links.discard(link)
+        if link.address is not None and self._by_address.get(link.address) is link:
+            del self._by_address[link.address]
+        commands: list[Command] = []
+        for request in self.engine.pending():
+            if request.link is link:
+                commands += self.engine.request_failed(request.rid, error, now)
+        return commands
+
+    def received(self, link: Link, payload: bytes, now: float) -> list[Command]:
+        """One payload (a netstring's contents) arrived on ``link``."""
+        engine = self.engine
+        try:
+            message = decode(payload)
+        except ProtocolError as e:
+            engine.now = now
+            return self._bad(link, e)
+        if isinstance(message, REPLY_TYPES):
+            return engine.reply_received(message, link.host, now, link)
+        if message.port and link.address is None:
+            self._adopt(link, (link.host, message.port))
+        reply, commands = engine.request_received(message, link.host, link.port, now)
+        if reply is not None:
+            commands.insert(0, Write(link, reply))
+        return commands
+
+    def framing_lost(self, link: Link, why: str) -> list[Command]:
+        """The byte stream on ``link`` is broken (``why``): close it."""
+        engine = self.engine
+        engine.log(
+            "warn", "closing connection from {host}: framing lost ({why})", host=link.host, why=why
+        )
+        engine.emit(Close(link))
+        return engine.settle()
+
+    def stop(self, now: float) -> list[Command]:
+        """Stop: every operation ends, every connection closes, new ones are refused."""
+        self.stopped = True
+        commands = self.engine.stop(now)
+        return commands + [Close(link) for link in list(self.links)]
+
+    def _adopt(self, link: Link, address: Address) -> None:
+        link.address = address
+        self._by_address.setdefault(address, link)
+
+    def _bad(self, link: Link, error: ProtocolError) -> list[Command]:
+        engine = self.engine
+        engine.log("warn", "bad message from {host}: {error}", host=link.host, error=str(error))
+        if error.in_reply:
+            request = engine.request(error.request_id or 0)
+            commands = []
+            if request is not None and request.link is link:
+                commands = engine.request_failed(request.rid, error, engine.now)
+        else:
+            engine.emit(Write(link, engine.error(error.request_id or 0, error.code, error.message)))
+            commands = []
+        link.bad_messages += 1
+        if link.bad_messages >= engine.limits.max_bad_messages:
+            engine.log(
+                "warn",
+                "closing connection from {host}: {count} malformed messages",
+                host=link.host,
+                count=link.bad_messages,
+            )
+            engine.emit(Close(link))
+        return commands + engine.settle()
+
+    def _send(self, request: Request) -> None:
+        """The engine sends ``request``: on the peer's connection, or once there is one."""
+        link = self._by_address.get(request.address)
+        if link is not None:
+            request.link = link
+            self.engine.emit(Write(link, request.message))
+            return
+        waiting = self._connecting.get(request.address)
+        if waiting is None:
+            self._connecting[request.address] = [request]
+            self.engine.emit(Connect(request.address))
+        else:
+            waiting.append(request)
