@@ -79,7 +79,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def pending(node: AsyncioNode) -> int:
     """How many requests of ``node`` await a reply."""
-    return sum(len(protocol.pending) for protocol in node.node._protocols)
+    return len(node.node.engine.pending())
 
 
 def active_calls(reactor: Any) -> list[Any]:
@@ -121,11 +121,12 @@ async def silence(peer: AsyncioNode, caller: AsyncioNode) -> None:
     """Make ``peer`` silent and drop its connections, so ``caller`` reconnects to silence."""
     make_silent(peer)
     loop = asyncio.get_running_loop()
-    closing = [protocol.closed.asFuture(loop) for protocol in peer.node._protocols]
-    for protocol in list(peer.node._protocols):
-        protocol.transport.loseConnection()  # type: ignore[union-attr]
+    links = list(peer.node.streams.links)
+    closing = [link.handle.closed.asFuture(loop) for link in links]
+    for link in links:
+        link.handle.transport.loseConnection()
     await asyncio.gather(*closing)
-    await until(lambda: not caller.node._protocols)
+    await until(lambda: not caller.node.streams.links)
 
 
 # -- install_reactor ------------------------------------------------------------------------------
@@ -403,7 +404,7 @@ async def stalled(operation: str) -> AsyncIterator[tuple[AsyncioNode, Coroutine[
 def assert_nothing_left(caller: AsyncioNode, reactor: Any) -> None:
     """No request of ``caller`` pending, no operation running, no timer left."""
     assert not pending(caller)
-    assert not caller.node._running
+    assert not caller.node.engine.running()
     assert not active_calls(reactor)
 
 

@@ -191,8 +191,10 @@ def test_late_reply_to_a_cancelled_request_is_dropped_quietly() -> None:
     with capturedLogs() as events:
         d = node.call(("127.0.0.1", peer.port), Ping)
         d.addErrback(outcome.append)
-        connection = node._connections[("127.0.0.1", peer.port)]
-        (request_id,) = connection.pending
+        link = node.streams.link_to(("127.0.0.1", peer.port))
+        assert link is not None
+        connection = link.handle
+        (request_id,) = [r.rid for r in node.engine.pending()]
         d.cancel()
         net.flush()  # the peer's pong arrives, for nobody
         assert not logged(list(events), "which nobody awaits")
@@ -210,8 +212,10 @@ def test_broken_reply_fails_the_waiting_request() -> None:
     outcome: list[object] = []
     with capturedLogs() as events:
         node.call(("127.0.0.1", peer.port), Ping).addBoth(outcome.append)
-        connection = node._connections[("127.0.0.1", peer.port)]
-        (request_id,) = connection.pending
+        link = node.streams.link_to(("127.0.0.1", peer.port))
+        assert link is not None
+        connection = link.handle
+        (request_id,) = [r.rid for r in node.engine.pending()]
         # The broken pong arrives before the peer's real one, which then has nobody to go to.
         connection.dataReceived(message(type="pong", rid=request_id, port="bad"))
         net.flush()
@@ -296,11 +300,11 @@ def test_both_ends_closing_at_once() -> None:
     """When both ends of a connection close together, each side sees the loss once."""
     setup = Setup()
     raw = setup.net.open_raw(setup.node)
-    protocol = next(p for p in setup.node._protocols if p.address is None)
+    link = next(k for k in setup.node.streams.links if k.address is None)
     assert raw.transport is not None
     raw.transport.loseConnection()
-    protocol.transport.loseConnection()  # type: ignore[union-attr]
+    link.handle.transport.loseConnection()
     setup.net.flush()
     assert raw.lost
-    assert protocol not in setup.node._protocols
+    assert link not in setup.node.streams.links
     setup.still_serving()

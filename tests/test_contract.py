@@ -24,12 +24,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.test_bad_input import ERROR_CASES, FRAMING_CASES, PUBLISHER, message, store
-from txdht.core.errors import ErrorCode
+from txdht.core.errors import ErrorCode, JoinError, NotFoundError
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.ids import id_from_hex, id_to_hex
 from txdht.core.messages import Error, Message, Ping, Pong, decode, encode
 from txdht.core.storage import StoredItem
-from txdht.core.errors import JoinError, NotFoundError
 
 KINDS = ["twisted", "adapter", "aio"]
 PING = netstring(encode(Ping(rid=1, sender=1, port=0)))

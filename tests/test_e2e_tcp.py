@@ -13,9 +13,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 
 from txdht import Node
+from txdht.core.errors import NotFoundError
 from txdht.core.ids import id_from_hex
 from txdht.core.messages import Ping, Pong
-from txdht.core.errors import NotFoundError
 
 pytestmark = pytest.mark.e2e
 
@@ -86,8 +86,8 @@ async def test_lookups_complete_when_some_peers_stop_answering(reactor: Any) -> 
         silent = [n for n in nodes[1:] if n not in holders[:6]][:4]
         for node in silent:
             # Stop reading: the kernel still accepts bytes, but no reply ever comes back.
-            for protocol in node._protocols:
-                protocol.transport.stopReading()  # type: ignore[union-attr]
+            for link in node.streams.links:
+                link.handle.transport.stopReading()
             node.factory.buildProtocol = _silent_protocol  # type: ignore[method-assign,assignment]
         readers = [n for n in nodes if n not in silent and n not in holders]
         for reader in readers or nodes[1:2]:

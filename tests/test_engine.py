@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from txdht.core.engine import Engine, Seen
+from txdht.core.commands import Command, Send
+from txdht.core.engine import Engine
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, Identity, Item, blob
@@ -34,6 +35,29 @@ def make_engine(k: int = 20, max_value: int = 1000) -> Engine:
     return engine
 
 
+def handle(engine: Engine, message: Message, host: str, now: float) -> Message:
+    """The reply ``engine`` sends to ``message`` from ``host``."""
+    reply, _ = engine.request_received(message, host, 9999, now)
+    assert reply is not None
+    return reply
+
+
+def sent(commands: list[Command]) -> list[tuple[str, int | None]]:
+    """The requests ``commands`` send: (message type, the contact's id) each."""
+    found = []
+    for command in commands:
+        assert isinstance(command, Send)
+        contact = command.request.contact
+        found.append((command.request.message.TYPE, contact.id if contact else None))
+    return found
+
+
+def lookup(engine: Engine, target: int, now: float, find_value: bool = False) -> IterativeLookup:
+    """A lookup machine from ``engine`` at time ``now``."""
+    engine.now = now
+    return engine.lookup_machine(target, find_value)
+
+
 def request(
     cls: type[Message], sender: int = 7, port: int | None = None, **fields: object
 ) -> Message:
@@ -46,28 +70,23 @@ def request(
 def test_ping_gets_pong_and_adds_the_sender() -> None:
     """A ping is answered with a pong echoing the request id, and the sender is now a contact."""
     engine = make_engine()
-    handled = engine.handle(request(Ping), "127.0.0.9", 1.0)
-    assert isinstance(handled.reply, Pong)
-    assert (handled.reply.rid, handled.reply.sender, handled.reply.port) == (
-        42,
-        ALICE.node_id,
-        4000,
-    )
+    reply = handle(engine, request(Ping), "127.0.0.9", 1.0)
+    assert isinstance(reply, Pong)
+    assert (reply.rid, reply.sender, reply.port) == (42, ALICE.node_id, 4000)
     assert engine.routing.contacts() == [Contact(7, "127.0.0.9", 1031)]
-    assert handled.seen.ping is None
 
 
 def test_sender_without_port_is_not_added() -> None:
     """A peer that does not listen (port 0) is answered but never enters the routing table."""
     engine = make_engine()
-    assert isinstance(engine.handle(request(Ping, port=0), "127.0.0.9", 1.0).reply, Pong)
+    assert isinstance(handle(engine, request(Ping, port=0), "127.0.0.9", 1.0), Pong)
     assert len(engine.routing) == 0
 
 
 def test_message_claiming_our_own_id_is_not_added() -> None:
     """A message that claims our own id does not put us in our own table."""
     engine = make_engine()
-    engine.handle(request(Ping, sender=ALICE.node_id), "127.0.0.9", 1.0)
+    handle(engine, request(Ping, sender=ALICE.node_id), "127.0.0.9", 1.0)
     assert len(engine.routing) == 0
 
 
@@ -75,10 +94,8 @@ def test_store_then_find_value() -> None:
     """A stored item is kept and returned by find_value, with a fresh reply per request."""
     engine = make_engine()
     item = PUBLISHER.sign("name", b"value", 1)
-    assert isinstance(
-        engine.handle(request(Store, item=item, ttl=60.0), "127.0.0.1", 0.0).reply, Ok
-    )
-    reply = engine.handle(request(FindValue, key=item.key), "127.0.0.1", 10.0).reply
+    assert isinstance(handle(engine, request(Store, item=item, ttl=60.0), "127.0.0.1", 0.0), Ok)
+    reply = handle(engine, request(FindValue, key=item.key), "127.0.0.1", 10.0)
     assert isinstance(reply, Value)
     assert reply.item == item
 
@@ -87,8 +104,8 @@ def test_find_value_of_missing_key_answers_closest_nodes_without_the_asker() -> 
     """Without the item, find_value answers the closest contacts, never the asker itself."""
     engine = make_engine()
     for ident in (1, 2, 3):
-        engine.handle(request(Ping, sender=ident, port=4000 + ident), "127.0.0.1", 0.0)
-    reply = engine.handle(request(FindValue, sender=2, key=0), "127.0.0.1", 0.0).reply
+        handle(engine, request(Ping, sender=ident, port=4000 + ident), "127.0.0.1", 0.0)
+    reply = handle(engine, request(FindValue, sender=2, key=0), "127.0.0.1", 0.0)
     assert isinstance(reply, Nodes)
     assert [c.id for c in reply.nodes] == [1, 3]
 
@@ -102,13 +119,13 @@ def test_lookups_skip_contacts_that_look_dead_even_when_peers_name_them() -> Non
     for contact in contacts:
         engine.seen(contact, 0.0)
     for _ in range(2):
-        engine.failed(contacts[1])
-    lookup = engine.lookup(0, 0.0)
-    first = lookup.next_queries()
+        engine.peer_failed(contacts[1], "lost")
+    machine = lookup(engine, 0, 0.0)
+    first = machine.next_queries()
     assert [c.id for c in first] == [1, 3, 4]
-    lookup.nodes_received(first[0], [contacts[1], Contact(5, "127.0.0.1", 4005)])
-    assert [c.id for c in lookup.next_queries()] == [5]
-    assert 2 not in {c.id for c in lookup.closest()}
+    machine.nodes_received(first[0], [contacts[1], Contact(5, "127.0.0.1", 4005)])
+    assert [c.id for c in machine.next_queries()] == [5]
+    assert 2 not in {c.id for c in machine.closest()}
 
 
 def test_when_every_contact_looks_dead_lookups_ask_them_all() -> None:
@@ -118,17 +135,17 @@ def test_when_every_contact_looks_dead_lookups_ask_them_all() -> None:
     contacts = [Contact(ident, "127.0.0.1", 4000 + ident) for ident in (1, 2, 3)]
     for contact in contacts:
         engine.seen(contact, 0.0)
-        engine.failed(contact)
-        engine.failed(contact)
-    assert [c.id for c in engine.lookup(0, 0.0).next_queries()] == [1, 2, 3]
+        engine.peer_failed(contact, "lost")
+        engine.peer_failed(contact, "lost")
+    assert [c.id for c in lookup(engine, 0, 0.0).next_queries()] == [1, 2, 3]
 
 
 def test_find_node_answers_k_closest() -> None:
     """find_node answers at most k contacts, nearest to the target first."""
     engine = make_engine(k=2)
     for ident in (8, 9, 12, 1):
-        engine.handle(request(Ping, sender=ident), "127.0.0.1", 0.0)
-    reply = engine.handle(request(FindNode, sender=99, target=8), "127.0.0.1", 0.0).reply
+        handle(engine, request(Ping, sender=ident), "127.0.0.1", 0.0)
+    reply = handle(engine, request(FindNode, sender=99, target=8), "127.0.0.1", 0.0)
     assert isinstance(reply, Nodes)
     assert [c.id for c in reply.nodes] == [8, 9]
 
@@ -139,17 +156,17 @@ def test_replies_leave_out_contacts_whose_last_two_requests_failed() -> None:
     engine = make_engine(k=3)
     for ident in (1, 2, 3):
         engine.seen(Contact(ident, "127.0.0.1", 4000 + ident), 0.0)
-    engine.failed(Contact(2, "127.0.0.1", 4002))
-    reply = engine.handle(request(FindNode, sender=99, target=0), "127.0.0.1", 0.0).reply
+    engine.peer_failed(Contact(2, "127.0.0.1", 4002), "lost")
+    reply = handle(engine, request(FindNode, sender=99, target=0), "127.0.0.1", 0.0)
     assert isinstance(reply, Nodes)
     assert [c.id for c in reply.nodes] == [1, 2, 3]
-    engine.failed(Contact(2, "127.0.0.1", 4002))
-    reply = engine.handle(request(FindNode, sender=99, target=0), "127.0.0.1", 0.0).reply
+    engine.peer_failed(Contact(2, "127.0.0.1", 4002), "lost")
+    reply = handle(engine, request(FindNode, sender=99, target=0), "127.0.0.1", 0.0)
     assert isinstance(reply, Nodes)
     assert [c.id for c in reply.nodes] == [1, 3]
-    assert [c.id for c in engine.lookup(0, 0.0).next_queries()] == [1, 3, 99]  # not 2
+    assert [c.id for c in lookup(engine, 0, 0.0).next_queries()] == [1, 3, 99]  # not 2
     engine.seen(Contact(2, "127.0.0.1", 4002), 1.0)
-    reply = engine.handle(request(FindNode, sender=99, target=0), "127.0.0.1", 1.0).reply
+    reply = handle(engine, request(FindNode, sender=99, target=0), "127.0.0.1", 1.0)
     assert isinstance(reply, Nodes)
     assert [c.id for c in reply.nodes] == [1, 2, 3]
 
@@ -208,12 +225,10 @@ def test_item_expires() -> None:
     """An item is gone at its expiry time: find_value then answers nodes."""
     engine = make_engine()
     item = blob(b"short lived")
-    engine.handle(request(Store, item=item, ttl=60.0), "127.0.0.1", 100.0)
+    handle(engine, request(Store, item=item, ttl=60.0), "127.0.0.1", 100.0)
     assert engine.get(item.key, 159.9) == item
     assert engine.get(item.key, 160.0) is None
-    assert isinstance(
-        engine.handle(request(FindValue, key=item.key), "127.0.0.1", 160.0).reply, Nodes
-    )
+    assert isinstance(handle(engine, request(FindValue, key=item.key), "127.0.0.1", 160.0), Nodes)
 
 
 def test_ttl_is_capped() -> None:
@@ -260,7 +275,7 @@ def test_stale_store_is_refused_and_keeps_the_stored_item(
     current = PUBLISHER.sign("n", b"current", 2)
     engine.store(current, 60.0, 0.0)
     stale = PUBLISHER.sign("n", value, item_seq)
-    reply = engine.handle(request(Store, item=stale, ttl=60.0), "127.0.0.1", 1.0).reply
+    reply = handle(engine, request(Store, item=stale, ttl=60.0), "127.0.0.1", 1.0)
     assert isinstance(reply, Error)
     assert (reply.code, reply.rid) == (code, 42)
     assert engine.get(current.key, 1.0) == current
@@ -279,7 +294,7 @@ def test_bad_signature_is_refused() -> None:
     engine = make_engine()
     good = PUBLISHER.sign("n", b"v", 1)
     forged = type(good)(good.value + b"!", good.public_key, good.name, good.seq, good.signature)
-    reply = engine.handle(request(Store, item=forged, ttl=60.0), "127.0.0.1", 0.0).reply
+    reply = handle(engine, request(Store, item=forged, ttl=60.0), "127.0.0.1", 0.0)
     assert isinstance(reply, Error)
     assert reply.code == ErrorCode.BAD_SIGNATURE
     assert engine.storage.count() == 0
@@ -296,30 +311,36 @@ def test_value_too_large_is_refused() -> None:
 def test_reply_sent_as_request_is_refused() -> None:
     """A reply type arriving where a request is due gets an UNEXPECTED error reply."""
     engine = make_engine()
-    reply = engine.handle(request(Pong), "127.0.0.1", 0.0).reply
+    reply = handle(engine, request(Pong), "127.0.0.1", 0.0)
     assert isinstance(reply, Error)
     assert reply.code == ErrorCode.UNEXPECTED
 
 
-def test_full_bucket_asks_the_shell_to_ping() -> None:
-    """When a newcomer finds its bucket full (and may not split it), handle() names the head."""
+def test_full_bucket_pings_its_head_with_a_challenge() -> None:
+    """When a newcomer finds its bucket full (and may not split it), the engine pings the
+    bucket's head with an identity challenge, and the newcomer waits."""
     engine = make_engine(k=1)
     top = 1 << 511
     head = ALICE.node_id ^ top  # the closest id in the half of the clock face opposite ours
     newcomer = ALICE.node_id ^ top ^ 1  # same half, farther from us
-    assert engine.handle(request(Ping, sender=head), "127.0.0.1", 0.0).seen.ping is None
-    handled = engine.handle(request(Ping, sender=newcomer), "127.0.0.1", 0.0)
-    assert handled.seen.ping == Contact(head, "127.0.0.1", 1024 + head % 60000)
-    assert isinstance(handled.reply, Pong)
+    handle(engine, request(Ping, sender=head), "127.0.0.1", 0.0)
+    reply, commands = engine.request_received(request(Ping, sender=newcomer), "127.0.0.1", 1, 0.0)
+    assert isinstance(reply, Pong)
+    assert sent(commands) == [("ping", head)]
+    (command,) = commands
+    assert isinstance(command, Send)
+    assert isinstance(command.request.message, Ping)
+    assert command.request.message.challenge is not None
     assert newcomer not in engine.routing
 
 
 def test_seen_and_failed_reach_the_routing_table() -> None:
-    """seen() adds a contact, failed() counts against it."""
+    """seen() adds a contact (asking nothing more of the driver), peer_failed() counts
+    against it."""
     engine = make_engine()
     contact = Contact(5, "127.0.0.1", 4005)
-    assert engine.seen(contact, 0.0) == Seen()
-    engine.failed(contact)
+    assert engine.seen(contact, 0.0) == []
+    engine.peer_failed(contact, "lost")
     entry = engine.routing.entry(5)
     assert entry is not None
     assert entry.failures == 1
@@ -329,9 +350,9 @@ def test_lookup_is_seeded_from_the_table_and_touches_the_bucket() -> None:
     """lookup() starts from the k closest known contacts and marks the bucket as looked up."""
     engine = make_engine()
     engine.seen(Contact(5, "127.0.0.1", 4005), 0.0)
-    lookup = engine.lookup(5, 100.0, find_value=True)
-    assert lookup.find_value
-    assert [c.id for c in lookup.next_queries()] == [5]
+    machine = lookup(engine, 5, 100.0, find_value=True)
+    assert machine.find_value
+    assert [c.id for c in machine.next_queries()] == [5]
     assert engine.routing.bucket_for(5).last_lookup == 100.0
 
 
@@ -344,14 +365,14 @@ def test_when_the_closest_contacts_all_fail_the_next_ones_are_asked() -> None:
     far = ALICE.node_id ^ 1  # next to our own id: in a bucket of its own, far from target 0
     engine.seen(Contact(far, "127.0.0.1", 4003), 0.0)
     assert len(engine.routing) == 3
-    lookup = engine.lookup(0, 0.0)
-    assert [c.id for c in lookup.next_queries()] == [1, 2]
+    machine = lookup(engine, 0, 0.0)
+    assert [c.id for c in machine.next_queries()] == [1, 2]
     for dead in (1, 2):
-        lookup.query_failed(Contact(dead, "127.0.0.1", 4000 + dead))
-    assert [c.id for c in lookup.next_queries()] == [far]
-    lookup.nodes_received(Contact(far, "127.0.0.1", 4003), [])
-    assert lookup.done
-    assert [c.id for c in lookup.closest()] == [far]
+        machine.query_failed(Contact(dead, "127.0.0.1", 4000 + dead))
+    assert [c.id for c in machine.next_queries()] == [far]
+    machine.nodes_received(Contact(far, "127.0.0.1", 4003), [])
+    assert machine.done
+    assert [c.id for c in machine.closest()] == [far]
 
 
 def test_message_fills_in_sender_and_fresh_request_ids() -> None:
@@ -377,9 +398,14 @@ def test_handoff_goes_to_a_newcomer_among_the_k_closest_when_we_are_closest() ->
     engine.store(item, 60.0, 0.0)
     key = item.key
     newcomer = Contact(key ^ 1, "127.0.0.1", 4100)
-    assert engine.seen(newcomer, 1.0).handoff == (engine.storage.get(key),)
+    commands = engine.seen(newcomer, 1.0)
+    assert sent(commands) == [("store", newcomer.id)]
+    (command,) = commands
+    assert isinstance(command, Send)
+    assert isinstance(command.request.message, Store)
+    assert (command.request.message.item, command.request.message.ttl) == (item, 59.0)
     # Seen again, it is not new: nothing to hand off.
-    assert engine.seen(newcomer, 2.0).handoff == ()
+    assert engine.seen(newcomer, 2.0) == []
 
 
 def test_no_handoff_when_another_known_node_is_closer_than_us() -> None:
@@ -387,8 +413,10 @@ def test_no_handoff_when_another_known_node_is_closer_than_us() -> None:
     engine = make_engine(k=3)
     item = blob(b"held")
     engine.store(item, 60.0, 0.0)
-    engine.seen(Contact(item.key ^ 1, "127.0.0.1", 4100), 0.0)
-    assert engine.seen(Contact(item.key ^ 2, "127.0.0.1", 4101), 0.0).handoff == ()
+    assert sent(engine.seen(Contact(item.key ^ 1, "127.0.0.1", 4100), 0.0)) == [
+        ("store", item.key ^ 1)
+    ]
+    assert engine.seen(Contact(item.key ^ 2, "127.0.0.1", 4101), 0.0) == []
 
 
 def test_no_handoff_of_expired_records_or_to_far_newcomers() -> None:
@@ -398,7 +426,7 @@ def test_no_handoff_of_expired_records_or_to_far_newcomers() -> None:
     engine.store(item, 60.0, 0.0)
     far = Contact(item.key ^ ALICE.node_id ^ (1 << 511), "127.0.0.1", 4100)
     assert far.id ^ item.key > ALICE.node_id ^ item.key
-    assert engine.seen(far, 1.0).handoff == ()
+    assert engine.seen(far, 1.0) == []
     engine.routing.remove(far.id)
     near = Contact(item.key ^ 1, "127.0.0.1", 4101)
-    assert engine.seen(near, 61.0).handoff == ()
+    assert engine.seen(near, 61.0) == []

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 import txdht
-from txdht import core, errors, interfaces, node, testing
+from txdht import core, node, testing
 from txdht.core import errors as core_errors
-from txdht.core import ids, items, storage
+from txdht.core import ids, interfaces, items, limits, storage
 
 EXPECTED = {
     "Contact": ids.Contact,
@@ -18,14 +18,15 @@ EXPECTED = {
     "IStorage": interfaces.IStorage,
     "Identity": items.Identity,
     "Item": items.Item,
-    "JoinError": errors.JoinError,
+    "JoinError": core_errors.JoinError,
+    "Limits": limits.Limits,
     "Lookup": node.Lookup,
     "MemoryStorage": storage.MemoryStorage,
     "Node": node.Node,
-    "NotFoundError": errors.NotFoundError,
+    "NotFoundError": core_errors.NotFoundError,
     "ProtocolError": core_errors.ProtocolError,
-    "PutError": errors.PutError,
-    "RemoteError": errors.RemoteError,
+    "PutError": core_errors.PutError,
+    "RemoteError": core_errors.RemoteError,
 }
 
 

@@ -11,8 +11,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import ClientCreator, Protocol
 
 from txdht.core.framing import NetstringDecoder, netstring
-from txdht.core.messages import Error, Ping, Pong, decode, encode
 from txdht.core.limits import Limits
+from txdht.core.messages import Error, Ping, Pong, decode, encode
 from txdht.node import Node
 
 pytestmark = pytest.mark.e2e

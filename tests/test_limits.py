@@ -6,15 +6,22 @@ import pytest
 from twisted.logger import capturedLogs, formatEvent
 
 from txdht.core.engine import Engine
-from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.errors import ErrorCode, ProtocolError, PutError, RemoteError
 from txdht.core.framing import netstring
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, blob
+from txdht.core.limits import (
+    Abandoned,
+    Limits,
+    RateLimiter,
+    TokenBucket,
+    Verdict,
+    is_loopback,
+    peer_key,
+)
 from txdht.core.messages import Error, Ping, Pong, Store, decode, encode
 from txdht.core.routing import RoutingTable
 from txdht.core.storage import MemoryStorage
-from txdht.core.errors import PutError, RemoteError
-from txdht.core.limits import Abandoned, Limits, RateLimiter, TokenBucket, Verdict, is_loopback, peer_key
 from txdht.testing import MemoryNetwork
 
 PUBLISHER = Identity.from_private_bytes(b"p" * 32)

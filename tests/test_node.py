@@ -17,7 +17,7 @@ from txdht.core.framing import netstring
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import Identity, blob
 from txdht.core.messages import FindNode, Message, Ping, Pong, Store, Value, encode
-from txdht.node import DHTProtocol, Lookup, Node
+from txdht.node import Lookup, Node
 from txdht.testing import MemoryNetwork
 
 
@@ -207,7 +207,7 @@ def test_many_requests_share_one_connection() -> None:
     replies = [net.run(d) for d in calls]
     assert all(isinstance(r, Pong) for r in replies)
     assert len({r.rid for r in replies}) == 5
-    assert len(a._protocols) == 1
+    assert len(a.streams.links) == 1
 
 
 def test_cancelling_one_waiter_keeps_the_others() -> None:
@@ -240,9 +240,9 @@ def test_incoming_connection_is_reused_for_requests_back() -> None:
     """A node answering a peer reuses the peer's connection to send it requests."""
     net = MemoryNetwork()
     a, b = net.create(2)
-    assert ("127.0.0.1", a.port) in b._connections
+    assert b.streams.link_to(("127.0.0.1", a.port)) is not None
     net.run(b.call(("127.0.0.1", a.port), Ping))
-    assert len(b._protocols) == 1
+    assert len(b.streams.links) == 1
 
 
 def test_lost_connection_fails_pending_requests_and_reconnects() -> None:
@@ -252,8 +252,8 @@ def test_lost_connection_fails_pending_requests_and_reconnects() -> None:
     net.silence(b)
     d = a.call(("127.0.0.1", b.port), Ping)
     net.flush()
-    for protocol in list(a._protocols):
-        protocol.transport.loseConnection()  # type: ignore[union-attr]
+    for link in list(a.streams.links):
+        link.handle.transport.loseConnection()
     net.flush()
     assert d.called
     with pytest.raises(Exception, match="closed cleanly"):
@@ -274,7 +274,7 @@ def test_lookup_can_be_cancelled() -> None:
     lookup.cancel()
     with pytest.raises(CancelledError):
         net.run(lookup)
-    assert not any(p.pending for p in nodes[0]._protocols)
+    assert not nodes[0].engine.pending()
     assert net.clock.getDelayedCalls() == []
 
 
@@ -316,9 +316,9 @@ def test_join_refresh_and_a_put_storing_can_be_cancelled() -> None:
         d.cancel()
         with pytest.raises(CancelledError):
             net.run(d, max_seconds=0.0)
-    assert not fresh._running
-    assert not nodes[0]._running
-    assert not any(p.pending for node in (fresh, nodes[0]) for p in node._protocols)
+    for node in (fresh, nodes[0]):
+        assert not node.engine.running()
+        assert not node.engine.pending()
     assert net.clock.getDelayedCalls() == []
 
 
@@ -353,16 +353,15 @@ def test_unexpected_reply_type_counts_as_a_failed_query() -> None:
     net = MemoryNetwork()
     nodes = net.create(3)
     odd = nodes[2]
-    real_handle = odd.engine.handle
+    real = odd.engine.request_received
 
-    def handle(request: Message, host: str, now: float) -> object:
-        handled = real_handle(request, host, now)
+    def answer(request: Message, host: str, port: int, now: float) -> Any:
+        reply, commands = real(request, host, port, now)
         if isinstance(request, FindNode):
-            item = blob(b"not asked for")
-            return type(handled)(odd.engine.message(Value, request.rid, item=item), handled.seen)
-        return handled
+            reply = odd.engine.message(Value, request.rid, item=blob(b"not asked for"))
+        return reply, commands
 
-    odd.engine.handle = handle  # type: ignore[assignment,method-assign]
+    odd.engine.request_received = answer  # type: ignore[method-assign]
     machine = net.run(nodes[0].lookup(odd.engine.id))
     assert odd.engine.id not in {c.id for c in machine.closest()}
 
@@ -394,13 +393,13 @@ def test_put_whose_store_is_never_answered_fails_without_codes() -> None:
         for v in (str(i).encode() * 2 for i in range(1000))
         if blob(v).key ^ b.engine.id < blob(v).key ^ a.engine.id
     )
-    real = b.request_received
+    real = b.engine.request_received
 
-    def no_stores(protocol: DHTProtocol, request: Message) -> None:
-        if not isinstance(request, Store):
-            real(protocol, request)
+    def no_stores(request: Message, host: str, port: int, now: float) -> Any:
+        reply, commands = real(request, host, port, now)
+        return (None if isinstance(request, Store) else reply), commands
 
-    b.request_received = no_stores  # type: ignore[method-assign]
+    b.engine.request_received = no_stores  # type: ignore[method-assign]
     with pytest.raises(PutError, match="no node stored") as caught:
         net.run(a.put_blob(value))
     assert caught.value.codes == frozenset()
@@ -463,8 +462,8 @@ def test_stop_closes_connections_and_cancels_work() -> None:
     net.flush()
     assert stopped.called
     assert running.called
-    assert nodes[0]._protocols == set()
-    assert nodes[0]._connections == {}
+    assert nodes[0].streams.links == set()
+    assert nodes[0].streams.link_to(("127.0.0.1", nodes[1].port)) is None
     late = net.open_raw(nodes[0])
     net.flush()
     assert late.lost

@@ -143,7 +143,7 @@ def test_a_request_that_times_out_or_is_cancelled_is_forgotten(
         d.cancel()
     (failure,) = failures
     assert failure.check(defer.TimeoutError if ending == "timeout" else defer.CancelledError)
-    assert node._connections[PEER].pending == {}
+    assert node.engine.pending() == []
     assert not [call for call in reactor.getDelayedCalls() if call.active()]
     late = Pong(rid=request.rid, sender=Identity.generate().node_id, port=PEER[1])
     protocol.dataReceived(netstring(encode(late)))

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import CannotListenError
-from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogEvent, capturedLogs, eventAsText, formatEvent
 
+from txdht.core import schedule
+from txdht.core.errors import NotFoundError
 from txdht.core.ids import id_from_hex
 from txdht.core.items import Identity, blob
-from txdht.core.errors import NotFoundError
+from txdht.core.messages import FindNode, Message
 from txdht.core.schedule import Intervals
 from txdht.node import Node
 from txdht.service import DHTService
@@ -168,77 +168,78 @@ def test_node_whose_seeds_were_down_joins_at_a_later_refresh() -> None:
     assert seed.engine.id in late.engine.routing
 
 
-#: Each housekeeping job: the method its timer calls (on the service or its node), and the
-#: interval the tests give it.
+#: Each housekeeping job: the engine method it calls first, and the interval the tests give it.
 JOBS = {
-    "refresh": ("service", "refresh", 10.0),
-    "replicate": ("node", "replicate", 20.0),
-    "republish": ("node", "republish", 30.0),
-    "expire": ("node", "expire", 40.0),
-    "save": ("node", "save_contacts", 50.0),
+    "refresh": ("refresh_targets", 10.0),
+    "replicate": ("replication_jobs", 20.0),
+    "republish": ("republish_jobs", 30.0),
+    "expire": ("expire", 40.0),
+    "save": ("save_contacts", 50.0),
 }
 
 
-def raise_now() -> object:
-    """A job that raises before returning anything."""
-    raise RuntimeError("disk on fire")
+def test_the_jobs_tested_are_every_job_of_the_service() -> None:
+    """The failure test below covers every housekeeping job the node's life has."""
+    assert tuple(JOBS) == schedule.JOBS
+    assert all(getattr(Intervals(), job) > 0 for job in JOBS)
 
 
-def fail_at_once() -> Deferred[object]:
-    """A job that returns an already failed Deferred."""
-    return fail(RuntimeError("disk on fire"))
-
-
-def fail_later(clock: Clock) -> Callable[[], Deferred[object]]:
-    """A job whose Deferred fails a second after it is called."""
-
-    def job() -> Deferred[object]:
-        return deferLater(clock, 1.0, raise_now)
-
-    return job
-
-
-def test_the_jobs_tested_are_every_timer_of_the_service() -> None:
-    """The failure tests below cover every housekeeping timer the service has."""
-    service = DHTService(MemoryNetwork().add_node())
-    assert [timer.name for timer in service] == list(JOBS)
-
-
-@pytest.mark.parametrize("failure", ["raises", "fails at once", "fails later"])
 @pytest.mark.parametrize("job", list(JOBS))
-def test_a_failing_job_is_logged_and_the_timer_goes_on(
-    job: str, failure: str, fail_on_logged_errors: list[LogEvent], monkeypatch: pytest.MonkeyPatch
+def test_a_failing_job_is_logged_and_runs_again(
+    job: str, fail_on_logged_errors: list[LogEvent], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A housekeeping job that raises, or whose Deferred fails, is logged with its name and its
-    error, and runs again at its next interval."""
+    """A housekeeping job that fails (here: its first step raises) is logged with its name and
+    its error, and runs again at its next interval; the node goes on."""
     net = MemoryNetwork()
-    intervals = Intervals(**{name: step for name, (_, _, step) in JOBS.items()})
+    intervals = Intervals(**{name: step for name, (_, step) in JOBS.items()})
     service = DHTService(net.add_node(), intervals=intervals)
     service.startService()
     net.run(service.when_ready())
-    owner, method, step = JOBS[job]
-    failing = {"raises": raise_now, "fails at once": fail_at_once}.get(failure)
-    failing = failing or fail_later(net.clock)
+    method, step = JOBS[job]
+    engine = service.node.engine
+    real = getattr(engine, method)
     calls: list[float] = []
 
-    def flaky() -> object:
+    def flaky(*args: object) -> object:
         calls.append(net.clock.seconds())
-        return failing() if len(calls) == 1 else "fine"
+        if len(calls) == 1:
+            raise RuntimeError("disk on fire")
+        return real(*args)
 
-    monkeypatch.setattr(service if owner == "service" else service.node, method, flaky)
+    monkeypatch.setattr(engine, method, flaky)
     with capturedLogs() as events:
         for _ in range(2 * int(step)):
             net.advance(1.0)
-    assert calls == [step, 2 * step]
+    assert calls[:2] == [step, 2 * step]
     (logged,) = [e for e in fail_on_logged_errors if "housekeeping job" in formatEvent(e)]
-    assert formatEvent(logged) == f"housekeeping job {job} failed"
+    assert formatEvent(logged) == f"housekeeping job {job} failed: RuntimeError('disk on fire')"
     assert logged["job"] == job
     assert logged["log_failure"].check(RuntimeError)
     assert "RuntimeError: disk on fire" in eventAsText(logged)
-    assert [e["result"] for e in events if e.get("job") == job and "result" in e] == ["fine"]
+    assert [e["job"] for e in events if "done" in e["log_format"] and e.get("job") == job]
     fail_on_logged_errors.clear()
     net.run(service.stopService())
     assert net.clock.getDelayedCalls() == []
+
+
+def test_a_bug_in_an_operation_fails_it_and_the_node_goes_on(
+    fail_on_logged_errors: list[LogEvent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception inside an operation's step (a bug) fails that operation with it, is
+    logged, and leaves the node serving: the next operation works."""
+    net = MemoryNetwork()
+    nodes = net.create(5)
+    engine = nodes[0].engine
+    real = engine.placement
+    monkeypatch.setattr(engine, "placement", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        net.run(nodes[0].put("n", b"v"))
+    (logged,) = fail_on_logged_errors
+    assert formatEvent(logged).startswith("Publish failed: ZeroDivisionError")
+    fail_on_logged_errors.clear()
+    monkeypatch.setattr(engine, "placement", real)
+    key = net.run(nodes[0].put("n", b"v"))
+    assert net.run(nodes[4].get(key)) == b"v"
 
 
 def test_stop_saves_contacts_and_a_restart_rejoins_without_seeds() -> None:
@@ -335,18 +336,24 @@ def test_stopping_during_the_join_cancels_it_quietly() -> None:
     assert net.clock.getDelayedCalls() == []
 
 
-def test_unexpected_bootstrap_failure_is_logged(fail_on_logged_errors: list[LogEvent]) -> None:
-    """A failure other than JoinError while starting is logged loudly."""
+def test_unexpected_join_failure_is_logged_and_retried(
+    fail_on_logged_errors: list[LogEvent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure other than JoinError while joining (a bug) is logged loudly, and the join is
+    tried again as after any failed join."""
     net = MemoryNetwork()
-    node = net.add_node()
-
-    def broken(seeds: object) -> object:
-        raise RuntimeError("bug")
-
-    node.join = broken  # type: ignore[assignment,method-assign]
-    DHTService(node, seeds=[("127.0.0.1", 1)]).startService()
-    assert any("starting the node failed" in formatEvent(e) for e in fail_on_logged_errors)
+    seed, node = net.add_node(), net.add_node()
+    real = node.engine.challenge
+    monkeypatch.setattr(node.engine, "challenge", lambda to: 1 / 0)
+    service = DHTService(node, seeds=[("127.0.0.1", seed.port)])
+    service.startService()
+    net.run(service.when_ready())
+    (logged,) = fail_on_logged_errors
+    assert formatEvent(logged) == "Join failed: ZeroDivisionError('division by zero')"
     fail_on_logged_errors.clear()
+    monkeypatch.setattr(node.engine, "challenge", real)
+    net.advance(1.0)
+    assert seed.engine.id in node.engine.routing
 
 
 def test_intervals_have_the_documented_defaults() -> None:
@@ -370,17 +377,18 @@ def test_stopping_during_the_first_lookup_is_quiet() -> None:
     net = MemoryNetwork()
     seed = net.add_node()
     node = net.add_node()
-    waiting: list[Deferred[object]] = []
+    real = seed.engine.request_received
 
-    def never(target: int, find_value: bool = False) -> Deferred[object]:
-        d: Deferred[object] = Deferred()
-        waiting.append(d)
-        return d
+    def no_find_node(request: Message, host: str, port: int, now: float) -> Any:
+        reply, commands = real(request, host, port, now)
+        return (None if isinstance(request, FindNode) else reply), commands
 
-    node.lookup = never  # type: ignore[assignment,method-assign]
+    seed.engine.request_received = no_find_node  # type: ignore[method-assign]
     service = DHTService(node, seeds=[("127.0.0.1", seed.port)])
     service.startService()
     net.flush()
-    assert waiting
+    assert [r.message.TYPE for r in node.engine.pending()] == ["find_node"]
     net.run(service.stopService())
     assert not service.ready
+    assert not node.engine.pending()
+    assert net.clock.getDelayedCalls() == []

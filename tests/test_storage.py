@@ -9,9 +9,9 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from txdht.core.ids import Contact
+from txdht.core.interfaces import IStorage
 from txdht.core.items import Identity, blob
 from txdht.core.storage import MemoryStorage, PublishedItem, StoredItem
-from txdht.core.interfaces import IStorage
 from txdht.sqlite import SQLiteStorage
 
 OWNER = Identity.from_private_bytes(bytes(range(32)))

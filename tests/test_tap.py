@@ -15,8 +15,8 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 from twisted.web.server import Site
 
-from txdht.core.schedule import REFRESH_INTERVAL, Intervals
 from txdht.core.limits import Limits
+from txdht.core.schedule import JOBS, REFRESH_INTERVAL, Intervals
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage
 from txdht.tap import DATABASE, Options, default_data_dir, makeService, parse_peer
@@ -314,13 +314,13 @@ def test_make_service_defaults_to_the_global_reactor(tmp_path: Path) -> None:
     dht.node.engine.storage.close()  # type: ignore[attr-defined]
 
 
-#: Each housekeeping job, and the method its timer calls: on the service or on its node.
+#: Each housekeeping job, and the engine method it calls first.
 INTERVAL_JOBS = {
-    "refresh": ("service", "refresh"),
-    "replicate": ("node", "replicate"),
-    "republish": ("node", "republish"),
-    "expire": ("node", "expire"),
-    "save": ("node", "save_contacts"),
+    "refresh": "refresh_targets",
+    "replicate": "replication_jobs",
+    "republish": "republish_jobs",
+    "expire": "expire",
+    "save": "save_contacts",
 }
 
 
@@ -333,14 +333,16 @@ def test_each_interval_option_sets_how_often_its_job_runs(
     options = parse("--data-dir", str(tmp_path), "--http", "none", f"--{job}-interval", "2.5")
     root = makeService(options, reactor)
     dht = next(s for s in root if isinstance(s, DHTService))
-    assert {s.name for s in dht} == set(INTERVAL_JOBS)
+    assert set(INTERVAL_JOBS) == set(JOBS)
     assert dht.intervals == replace(Intervals(), **{job: 2.5})
     runs: dict[str, list[float]] = {name: [] for name in INTERVAL_JOBS}
-    for name, (owner, method) in INTERVAL_JOBS.items():
-        target = dht if owner == "service" else dht.node
-        monkeypatch.setattr(
-            target, method, partial(lambda n: runs[n].append(reactor.seconds()), name)
-        )
+
+    def record(name: str, *args: object) -> list[object]:
+        runs[name].append(reactor.seconds())
+        return []
+
+    for name, method in INTERVAL_JOBS.items():
+        monkeypatch.setattr(dht.node.engine, method, partial(record, name))
     root.startService()
     assert dht.ready  # the first node of a network: the jobs run from the first interval on
     reactor.pump([0.25] * 41)

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
@@ -20,10 +20,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.server import Site
 
-from txdht.core.errors import ErrorCode
+from txdht.core.errors import ErrorCode, NotFoundError, PutError
 from txdht.core.ids import id_to_hex
 from txdht.core.items import blob
-from txdht.core.errors import NotFoundError, PutError
 from txdht.node import Node
 from txdht.web import APIResource
 
@@ -191,12 +190,10 @@ async def test_bad_names_are_400(api: API, name: str) -> None:
 async def test_put_nobody_accepts_is_503(api: API) -> None:
     """When no node stores the item, the answer is 503 put_failed."""
 
-    async def refuse(item: Any, ttl: float, cas: int | None = None) -> list[int]:
-        from txdht.core.errors import PutError
+    def refuse(item: Any, ttl: float = 0.0, cas: int | None = None) -> Deferred[list[int]]:
+        return fail(PutError("no node stored the item (2 were asked)"))
 
-        raise PutError("no node stored the item (2 were asked)")
-
-    api.nodes[0]._publish = refuse  # type: ignore[method-assign]
+    api.nodes[0].publish_own_holders = refuse  # type: ignore[method-assign]
     status, body = await api.json("POST", "/v1/blobs", b"v")
     assert "no node stored" in error_of(status, body, 503, "put_failed")
 
@@ -215,12 +212,11 @@ async def test_put_nobody_accepts_is_503(api: API) -> None:
 async def test_put_refused_by_every_node(api: API, codes: set[int], status: int, code: str) -> None:
     """A put every node refused for one reason answers with that reason; mixed ones are 503."""
 
-    async def refuse(item: Any, ttl: float, cas: int | None = None) -> list[int]:
-        raise PutError(
-            "no node stored the item (2 were asked); first refusal: ...", frozenset(codes)
-        )
+    def refuse(item: Any, ttl: float = 0.0, cas: int | None = None) -> Deferred[list[int]]:
+        text = "no node stored the item (2 were asked); first refusal: ..."
+        return fail(PutError(text, frozenset(codes)))
 
-    api.nodes[0]._publish = refuse  # type: ignore[method-assign]
+    api.nodes[0].publish_own_holders = refuse  # type: ignore[method-assign]
     got, body = await api.json("PUT", "/v1/names/n", b"v")
     assert "first refusal" in error_of(got, body, status, code)
 
@@ -342,10 +338,10 @@ async def test_internal_failure_is_500_without_traceback(
 ) -> None:
     """An unexpected failure answers 500 with a plain message and logs the traceback."""
 
-    async def broken(key: int) -> bytes:
-        raise RuntimeError("a bug")
+    def broken(key: str) -> Deferred[bytes]:
+        return fail(RuntimeError("a bug"))
 
-    api.nodes[0]._get = broken  # type: ignore[method-assign]
+    api.nodes[0].get = broken  # type: ignore[method-assign]
     status, body = await api.json("GET", "/v1/keys/" + "ab" * 64)
     message = error_of(status, body, 500, "internal")
     assert "a bug" not in message

@@ -20,6 +20,7 @@ from txdht.core.errors import (
 from txdht.core.ids import Contact
 from txdht.core.interfaces import IStorage
 from txdht.core.items import Identity, Item
+from txdht.core.limits import Limits
 from txdht.core.storage import MemoryStorage
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "Identity",
     "Item",
     "JoinError",
+    "Limits",
     "Lookup",
     "MemoryStorage",
     "Node",

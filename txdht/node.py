@@ -235,13 +235,16 @@ class Node:
         self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
     ) -> Deferred[list[int]]:
         """``publish_own``, firing with the ids of the nodes that accepted the item (this
-        node's own id first, when it keeps a copy): what the dashboard's put form shows."""
+        node's own id first, when it keeps a copy): what the dashboard's put form shows.
+        An item that does not verify raises ``ProtocolError`` at once."""
+        self.engine.publishable(item)
         return self.start(ops.Publish(item, ttl, cas, remember=True))
 
     def publish(
         self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
     ) -> Deferred[int]:
         """Store ``item`` on the k closest nodes; fires with how many accepted it."""
+        self.engine.publishable(item)
         return self.start(ops.Publish(item, ttl, cas)).addCallback(len)
 
     def get(self, key: str) -> Deferred[bytes]:
@@ -353,11 +356,20 @@ class Node:
                 case Done(op) | Failed(op):
                     self._ended(op)
                 case Log(level, text, fields):
-                    self.log.emit(LogLevel.levelWithName(level), text, **fields)
+                    self._log(level, text, fields)
                 case Ready(joined):
                     for observer in list(self.ready_observers):
                         observer(joined)
         self._arm()
+
+    def _log(self, level: str, text: str, fields: dict[str, Any]) -> None:
+        error = fields.get("failure")
+        if isinstance(error, BaseException):
+            failure = Failure(error, type(error), error.__traceback__)
+            rest = {name: value for name, value in fields.items() if name != "failure"}
+            self.log.failure(text, failure, LogLevel.levelWithName(level), **rest)
+        else:
+            self.log.emit(LogLevel.levelWithName(level), text, **fields)
 
     def _ended(self, op: ops.Operation) -> None:
         d = self._waiting.pop(op, None)

@@ -332,7 +332,10 @@ class Node:
                         else:
                             future.set_exception(op.error)
                 case Log(level, text, fields):
-                    log.log(_LEVELS.get(level, logging.ERROR), text.format(**fields))
+                    error = fields.get("failure")
+                    log.log(
+                        _LEVELS.get(level, logging.ERROR), text.format(**fields), exc_info=error
+                    )
                 case Ready():
                     pass
         self._arm()

@@ -95,7 +95,8 @@ class Joined:
 class Log:
     """A line for the node's log: ``text`` is a PEP 3101 template filled from ``fields``.
 
-    ``level`` is one of debug, info, warn, error (``twisted.logger``'s names).
+    ``level`` is one of debug, info, warn, error (``twisted.logger``'s names). A ``failure``
+    field, when present, is the exception to log with its traceback.
     """
 
     level: str

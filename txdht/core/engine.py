@@ -64,10 +64,16 @@ Address = tuple[str, int]
 class Timer:
     """An action due at ``when``; ``cancel`` it to skip it."""
 
-    __slots__ = ("action", "args", "cancelled", "when")
+    __slots__ = ("action", "args", "cancelled", "op", "when")
 
-    def __init__(self, when: float, action: Callable[..., None], args: tuple[Any, ...]) -> None:
-        self.when, self.action, self.args = when, action, args
+    def __init__(
+        self,
+        when: float,
+        action: Callable[..., None],
+        args: tuple[Any, ...],
+        op: Operation | None = None,
+    ) -> None:
+        self.when, self.action, self.args, self.op = when, action, args, op
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -211,7 +217,7 @@ class Engine:
             self.metrics.rpc("sent", request.message.TYPE, "ok")
             if contact is not None:
                 self._seen(contact)
-            request.op.replied(request, reply)
+            self._guard(request.op, request.op.replied, request, reply)
         return self.settle()
 
     def request_failed(self, rid: int, error: Exception, now: float) -> list[Command]:
@@ -232,7 +238,10 @@ class Engine:
             timer = heapq.heappop(timers)[2]
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.action(*timer.args)
+                if timer.op is None:
+                    timer.action(*timer.args)
+                else:
+                    self._guard(timer.op, timer.action, *timer.args)
                 self._drain()
         return self.settle()
 
@@ -283,6 +292,10 @@ class Engine:
         """Our requests in flight."""
         return list(self._requests.values())
 
+    def running(self) -> list[Operation]:
+        """The operations running (those started by the driver, and their parts)."""
+        return list(self._running)
+
     def request(self, rid: int) -> Request | None:
         """Our request ``rid``, while it is in flight."""
         return self._requests.get(rid)
@@ -309,9 +322,11 @@ class Engine:
         """A fresh identity-handshake challenge for ``to``."""
         return self._challenge(to, self.now)
 
-    def call_at(self, when: float, action: Callable[..., None], *args: Any) -> Timer:
-        """Run ``action(*args)`` at ``when``."""
-        timer = Timer(when, action, args)
+    def call_at(
+        self, when: float, action: Callable[..., None], *args: Any, op: Operation | None = None
+    ) -> Timer:
+        """Run ``action(*args)`` at ``when`` (for ``op``: if it raises, ``op`` fails)."""
+        timer = Timer(when, action, args, op)
         heapq.heappush(self._timers, (when, next(self._order), timer))
         return timer
 
@@ -329,7 +344,7 @@ class Engine:
         self._running.add(op)
         if parent is not None:
             parent.children.add(op)
-        op.begin()
+        self._guard(op, op.begin)
 
     def end(self, op: Operation, result: Any, error: Exception | None) -> None:
         """``op`` ended with ``result`` or ``error``: abandon what it has in flight, then tell
@@ -341,7 +356,7 @@ class Engine:
         parent = op.parent
         if parent is not None:
             if not parent.ended:
-                self._queue.append(partial(parent.child_ended, op))
+                self._queue.append(partial(self._guard, parent, parent.child_ended, op))
         elif op.public:
             self._out.append(Done(op) if error is None else Failed(op))
 
@@ -391,8 +406,29 @@ class Engine:
         self._failed(request, TimeoutError(f"no reply within {self.rpc_timeout:g} s"))
 
     def _failed(self, request: Request, error: Exception) -> None:
-        self.metrics.rpc("sent", request.message.TYPE, outcome(error))
-        request.op.request_failed(request, error)
+        kind = request.message.TYPE
+        self.metrics.rpc("sent", kind, outcome(error))
+        if self.logging:
+            text = "{type} {rid} to {peer} failed: {reason}"
+            self.log(
+                "debug", text, type=kind, rid=request.rid, peer=request.peer, reason=str(error)
+            )
+        self._guard(request.op, request.op.request_failed, request, error)
+
+    def _guard(self, op: Operation, method: Callable[..., None], *args: Any) -> None:
+        """Call one of ``op``'s event methods; an exception there (a bug) fails ``op``, as
+        one in a Deferred's callback fails the Deferred, and the node goes on."""
+        try:
+            method(*args)
+        except Exception as e:
+            self.log(
+                "error",
+                "{operation} failed: {error!r}",
+                operation=type(op).__name__,
+                error=e,
+                failure=e,
+            )
+            self.end(op, None, e)
 
     def _drain(self) -> None:
         queue = self._queue
@@ -428,9 +464,11 @@ class Engine:
                 records.append(record)
         return records
 
-    def peer_failed(self, contact: Contact, why: str) -> None:
-        """A request to ``contact`` failed or timed out: count it against it."""
-        self.log("debug", "request to {peer} failed: {reason}", peer=str(contact), reason=why)
+    def peer_failed(self, contact: Contact, why: str | None = None) -> None:
+        """A request to ``contact`` failed, or it answered in a way that counts as a failure
+        (``why``, which is logged: a failed request was logged already): count it against it."""
+        if why is not None:
+            self.log("debug", "{peer} counts as failed: {reason}", peer=str(contact), reason=why)
         self.routing.failed(contact.id)
 
     def proven(self, contact: Contact, challenge: bytes, pong: m.Message) -> bool:
@@ -515,6 +553,11 @@ class Engine:
         if stored is not None and stored.item == item:
             expires = max(expires, stored.expires_at)
         self.storage.put(StoredItem(item, expires))
+
+    def publishable(self, item: Item) -> None:
+        """Raise ``ProtocolError`` if ``item`` does not verify, or is larger than this node
+        accepts: the caller's mistake, said before anything is sent."""
+        item.verify(self.max_value)
 
     def store_here(self, item: Item, ttl: float, cas: int | None) -> ProtocolError | None:
         """``store`` at the current time; the refusal, if any, instead of raising it."""

@@ -136,7 +136,7 @@ class Operation:
 
     def later(self, delay: float, action: Callable[..., None], *args: Any) -> None:
         """Run ``action(*args)`` in ``delay`` seconds, unless this operation has ended."""
-        self.timers.append(self.engine.call_at(self.engine.now + delay, action, *args))
+        self.timers.append(self.engine.call_at(self.engine.now + delay, action, *args, op=self))
 
     def finish(self, result: Any = None) -> None:
         """End with ``result``."""
@@ -217,7 +217,7 @@ class Lookup(Operation):
     def request_failed(self, request: Request, error: Exception) -> None:
         assert request.contact is not None
         self.machine.query_failed(request.contact)
-        self.engine.peer_failed(request.contact, str(error))
+        self.engine.peer_failed(request.contact)
         self._step()
 
 
@@ -277,7 +277,7 @@ class Publish(_Gather):
 
     def begin(self) -> None:
         try:
-            self.item.verify(self.engine.max_value)
+            self.engine.publishable(self.item)
         except ProtocolError as e:
             self.fail(e)
             return
@@ -387,7 +387,7 @@ class PingCheck(_Gather):
         self.engine.log(
             "info", "ping to {peer} failed: {error}", peer=request.peer, error=str(error)
         )
-        self.engine.peer_failed(self.contact, str(error))
+        self.engine.peer_failed(self.contact)
 
     def all_ended(self) -> None:
         self.finish()

@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from txdht.core.commands import Joined, Ready
-from txdht.core.errors import JoinError
 from txdht.core.ids import id_to_hex
 from txdht.core.operations import Join, Operation, PublishAll, Refresh
 
@@ -145,14 +144,10 @@ class Service(Operation):
     def _joined(self, join: Operation) -> None:
         self._joining = None
         engine = self.engine
-        if isinstance(join.error, JoinError):
+        if join.error is not None:  # no seed answered (or a bug, which the engine logged)
             delay = self._schedule_retry()
-            engine.log(
-                "warn",
-                "could not join yet ({error}); retrying in {delay:g} s",
-                error=str(join.error),
-                delay=delay,
-            )
+            text = "could not join yet ({error}); retrying in {delay:g} s"
+            engine.log("warn", text, error=str(join.error), delay=delay)
         else:
             self._retry_delay = FIRST_RETRY
             self.joined = True
@@ -177,38 +172,50 @@ class Service(Operation):
         self.later(every, self._tick, job, every)
         if not self.ready or job in self.busy:
             return
+        try:
+            op = self._start_job(job)
+        except Exception as e:  # a job that cannot even start (a storage error, a bug)
+            self._job_failed(job, e)
+            return
+        if op is not None:
+            self.busy[job] = op
+            for observer in self.job_observers:
+                observer(job, True)
+            if op is not self._joining:
+                self.spawn(op)
+
+    def _start_job(self, job: str) -> Operation | None:
+        """Run ``job``: the operation that does it, or None when it is done at once."""
         engine, now = self.engine, self.engine.now
-        op: Operation | None = None
         if job == "refresh":
             seeds = self.current_seeds()
             if not engine.routing.contacts(live=True) and seeds and self._joining is None:
                 self._join(seeds)
-                op = self._joining
-            else:
-                op = Refresh(self.intervals.stale_bucket)
-        elif job == "replicate":
-            op = PublishAll(engine.replication_jobs(now))
-        elif job == "republish":
-            op = PublishAll(engine.republish_jobs())
-        elif job == "expire":
-            result: object = engine.expire(now)
-        else:
-            result = engine.save_contacts()
-        if op is None:
-            engine.log("debug", "{job} done: {result}", job=job, result=result)
-            return
-        self.busy[job] = op
-        for observer in self.job_observers:
-            observer(job, True)
-        if op is not self._joining:
-            self.spawn(op)
+                return self._joining
+            return Refresh(self.intervals.stale_bucket)
+        if job == "replicate":
+            return PublishAll(engine.replication_jobs(now))
+        if job == "republish":
+            return PublishAll(engine.republish_jobs())
+        result = engine.expire(now) if job == "expire" else engine.save_contacts()
+        engine.log("debug", "{job} done: {result}", job=job, result=result)
+        return None
+
+    def _job_failed(self, job: str, error: Exception) -> None:
+        self.engine.log(
+            "error", "housekeeping job {job} failed: {error!r}", job=job, error=error, failure=error
+        )
 
     def child_ended(self, child: Operation) -> None:
-        if child is self._joining:
-            self._joined(child)
+        joining = child is self._joining
+        if joining:
+            self._joined(child)  # it says how the join went
         for job, op in list(self.busy.items()):
             if op is child:
                 del self.busy[job]
-                self.engine.log("debug", "{job} done: {result}", job=job, result=child.result)
+                if child.error is None:
+                    self.engine.log("debug", "{job} done: {result}", job=job, result=child.result)
+                elif not joining:
+                    self._job_failed(job, child.error)
                 for observer in self.job_observers:
                     observer(job, False)

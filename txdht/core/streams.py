@@ -62,6 +62,11 @@ class Streams:
         self._by_address: dict[Address, Link] = {}
         self._connecting: dict[Address, list[Request]] = {}
 
+    @property
+    def connecting(self) -> list[Address]:
+        """The addresses a connection attempt is on its way to."""
+        return list(self._connecting)
+
     def link_to(self, address: Address) -> Link | None:
         """The connection our requests to ``address`` go out on, if there is one."""
         return self._by_address.get(address)

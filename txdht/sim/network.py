@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from txdht.core import operations as ops
-from txdht.core.commands import Command, Done, Failed, Joined, Ready, Send
+from txdht.core.commands import Command, Done, Failed, Joined, Log, Ready, Send
 from txdht.core.engine import Engine
 from txdht.core.errors import ErrorCode
 from txdht.core.ids import Contact
@@ -371,7 +371,7 @@ class SimNode:
             challenge=self._challenge,
         )
         self.engine.port = PORT
-        self.engine.logging = False
+        self.engine.logging = network.trace is not None  # the log lines go to the trace
         self.contact = Contact(self.engine.id, self.host, PORT)
         self.alive = False
         self.service: Service | None = None
@@ -391,6 +391,10 @@ class SimNode:
     def ready(self) -> bool:
         """Whether the service has tried to join (housekeeping runs only then)."""
         return self.service is not None and self.service.ready
+
+    def running(self, job: str) -> bool:
+        """Whether housekeeping job ``job`` is running."""
+        return job in self.busy()
 
     def busy(self) -> list[str]:
         """The housekeeping jobs running now."""
@@ -425,6 +429,8 @@ class SimNode:
                 case Joined():
                     if self.ready:
                         self.network.members.add(self)
+                case Log():
+                    self.network.note(f"{self} {command.level} {command.format()}")
         self._arm()
 
     def _arm(self) -> None:
@@ -471,6 +477,16 @@ class SimNode:
             done(op.result if op.error is None else None, op.lookup)
 
         self.start_op(ops.Get(key), got)
+
+    def call(
+        self,
+        to: Contact | Address,
+        cls: type[Message],
+        done: Callable[[Message | Exception], None],
+        **fields: Any,
+    ) -> None:
+        """Send one request; ``done`` gets the reply, or the error it failed with."""
+        self.start_op(ops.Call(to, cls, **fields), lambda op: done(op.error or op.result))
 
     def join(self, seeds: list[Address], done: Callable[[int | None], None]) -> None:
         """Join through ``seeds``; ``done`` gets the contacts then known, or None (JoinError)."""
