@@ -35,11 +35,20 @@ from tests.test_bad_input import (
     store,
 )
 from txdht.aio import Lookup, NetstringProtocol, Node, run
-from txdht.core.engine import Handled
-from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core import operations as ops
+from txdht.core.commands import Command
+from txdht.core.errors import (
+    ErrorCode,
+    JoinError,
+    NotFoundError,
+    ProtocolError,
+    PutError,
+    RemoteError,
+)
 from txdht.core.framing import NetstringDecoder
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import Identity, Item, blob
+from txdht.core.limits import Limits
 from txdht.core.messages import (
     Error,
     FindNode,
@@ -51,10 +60,9 @@ from txdht.core.messages import (
     decode,
     encode,
 )
-from txdht.core.storage import StoredItem
-from txdht.core.errors import JoinError, NotFoundError, PutError, RemoteError
-from txdht.core.schedule import Intervals
-from txdht.core.limits import Limits
+from txdht.core.schedule import JOBS, Intervals
+from txdht.core.storage import MemoryStorage, StoredItem
+from txdht.core.streams import Link
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The rpc_timeout of tests that wait for requests to time out.
@@ -117,23 +125,57 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ignore(protocol: NetstringProtocol, request: Message) -> None:
-    """A request handler that never answers."""
+def _ignore(
+    request: Message, host: str, port: int, now: float
+) -> tuple[Message | None, list[Command]]:
+    """A core's answer to every request: none (and nothing learnt from it)."""
+    return None, []
 
 
 def silence(node: Node) -> None:
     """From now on ``node`` answers no request (it still reads them)."""
-    vars(node)["request_received"] = _ignore
+    vars(node.engine)["request_received"] = _ignore
 
 
 def unsilence(node: Node) -> None:
     """``node`` answers requests again."""
-    del vars(node)["request_received"]
+    del vars(node.engine)["request_received"]
 
 
 def pending(node: Node) -> int:
-    """How many requests of ``node`` await a reply."""
-    return sum(len(p.pending) for p in node._protocols)
+    """How many requests of ``node`` await a reply (or a connection to go out on)."""
+    return len(node.engine.pending())
+
+
+def link_to(node: Node, peer: Node) -> Link:
+    """The connection ``node``'s requests to ``peer`` go out on (there must be one)."""
+    link = node.streams.link_to(address(peer))
+    assert link is not None, "no connection to the peer"
+    return link
+
+
+def connection(node: Node, peer: Node) -> NetstringProtocol:
+    """The protocol of the connection ``node``'s requests to ``peer`` go out on."""
+    protocol = link_to(node, peer).handle
+    assert isinstance(protocol, NetstringProtocol)
+    return protocol
+
+
+def left_behind(node: Node) -> list[str]:
+    """What a stopped ``node`` still has: requests, operations, connect attempts, timers."""
+    timer = node._timer
+    return [
+        *(f"request {r.rid} to {r.peer}" for r in node.engine.pending()),
+        *(f"operation {type(op).__name__}" for op in node.engine.running()),
+        *(f"connect attempt {task!r}" for task in node._connects),
+        *(["a core timer"] if node.engine.next_timer() is not None else []),
+        *(["the loop timer"] if timer is not None and not timer.cancelled() else []),
+    ]
+
+
+def idle(node: Node) -> bool:
+    """Whether ``node`` has nothing in flight: no request, no operation, no connect attempt."""
+    return not node.engine.pending() and not node.engine.running() and not node._connects
 
 
 def logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
@@ -468,13 +510,16 @@ def test_put_whose_store_is_never_answered_fails_without_codes() -> None:
                 for v in (str(i).encode() * 2 for i in range(1000))
                 if blob(v).key ^ b.engine.id < blob(v).key ^ a.engine.id
             )
-            real = b.request_received
+            real = b.engine.request_received
 
-            def no_stores(protocol: Any, request: Any) -> None:
-                if not isinstance(request, Store):
-                    real(protocol, request)
+            def no_stores(
+                request: Message, host: str, port: int, now: float
+            ) -> tuple[Message | None, list[Command]]:
+                if isinstance(request, Store):
+                    return None, []
+                return real(request, host, port, now)
 
-            b.request_received = no_stores  # type: ignore[method-assign]
+            vars(b.engine)["request_received"] = no_stores
             with pytest.raises(PutError, match="no node stored") as caught:
                 await a.put_blob(value)
             assert caught.value.codes == frozenset()
@@ -492,10 +537,10 @@ def test_call_to_a_silent_peer_times_out() -> None:
         async with network() as net, silent_server() as port:
             node = await net.add(rpc_timeout=FAST)
             started = node.now()
-            with pytest.raises(asyncio.TimeoutError):
+            with pytest.raises(TimeoutError, match=f"no reply within {FAST:g} s"):
                 await node.call(("127.0.0.1", port), Ping)
             assert node.now() - started >= FAST - 0.01
-            assert pending(node) == 0
+            assert idle(node)
 
     run_async(scenario)
 
@@ -537,7 +582,8 @@ def test_lookup_does_not_wait_for_a_silent_peer_left_outside_the_closest() -> No
             await near.join([("127.0.0.1", target.port)])
             silence(far)
             for node in (near, far):
-                asker.engine.seen(Contact(node.engine.id, "127.0.0.1", node.port), asker.now())
+                contact = Contact(node.engine.id, "127.0.0.1", node.port)
+                asker.run(asker.engine.seen(contact, asker.now()))
             started = asker.now()
             machine = await asker.lookup(goal)
             assert asker.now() - started < 1.0
@@ -586,8 +632,7 @@ def test_get_and_put_can_be_cancelled() -> None:
                 await get
             with pytest.raises(asyncio.CancelledError):
                 await put
-            await until(lambda: pending(nodes[0]) == 0)
-            await until(lambda: not nodes[0]._background)
+            await until(lambda: idle(nodes[0]))
 
     run_async(scenario)
 
@@ -603,12 +648,15 @@ def test_lookup_can_be_cancelled() -> None:
             lookup = nodes[0].lookup(99)
             assert isinstance(lookup, Lookup)
             await until(lambda: pending(nodes[0]) == 3)
-            queries = list(lookup._queries.values())
+            queries = list(lookup.op.requests.values())
+            assert {q.op for q in queries} == {lookup.op}
             assert lookup.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await lookup
-            await until(lambda: pending(nodes[0]) == 0 and not lookup._queries)
-            assert all(query.cancelled() for query in queries)
+            await until(lambda: pending(nodes[0]) == 0 and not lookup.op.requests)
+            assert lookup.op.ended
+            assert all(query.ended for query in queries)
+            assert idle(nodes[0])
 
     run_async(scenario)
 
@@ -622,7 +670,7 @@ def test_many_requests_share_one_connection() -> None:
             replies = await asyncio.gather(*(a.call(address(b), Ping) for _ in range(5)))
             assert all(isinstance(r, Pong) for r in replies)
             assert len({r.rid for r in replies}) == 5
-            assert len(a._protocols) == 1
+            assert len(a.streams.links) == 1
 
     run_async(scenario)
 
@@ -633,9 +681,10 @@ def test_incoming_connection_is_reused_for_requests_back() -> None:
     async def scenario() -> None:
         async with network() as net:
             a, b = await net.create(2)
-            assert address(b) in a._connections
+            incoming = link_to(a, b)
+            assert a.streams.links == {incoming}
             assert isinstance(await a.call(address(b), Ping), Pong)
-            assert len(a._protocols) == 1
+            assert a.streams.links == {incoming}
 
     run_async(scenario)
 
@@ -649,23 +698,26 @@ def test_cancelling_one_waiter_keeps_the_connection_attempt() -> None:
             gate = asyncio.Event()
             connect = node._connect
 
-            async def slow_connect(to: tuple[str, int]) -> NetstringProtocol:
+            async def slow_connect(to: tuple[str, int]) -> None:
                 await gate.wait()
-                return await connect(to)
+                await connect(to)
 
             vars(node)["_connect"] = slow_connect
             first = asyncio.create_task(node.call(address(peer), Ping))
             second = asyncio.create_task(node.call(address(peer), Ping))
-            for _ in range(10):
-                await asyncio.sleep(0)
-            assert list(node._connecting) == [address(peer)]
+            await until(lambda: pending(node) == 2)
+            assert node.streams.connecting == [address(peer)]
+            assert len(node._connects) == 1
             first.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await first
+            assert pending(node) == 1
+            assert len(node._connects) == 1
             gate.set()
             assert isinstance(await second, Pong)
-            assert node._connecting == {}
-            assert len(node._protocols) == 1
+            assert node.streams.connecting == []
+            assert len(node.streams.links) == 1
+            assert idle(node)
 
     run_async(scenario)
 
@@ -708,14 +760,15 @@ def test_lost_connection_fails_pending_requests_and_reconnects() -> None:
             silence(b)
             call = asyncio.create_task(a.call(address(b), Ping))
             await until(lambda: pending(a) == 1)
-            for protocol in list(a._protocols):
-                assert protocol.transport is not None
-                protocol.transport.close()
+            for link in list(a.streams.links):
+                assert link.handle.transport is not None
+                link.handle.transport.close()
             with pytest.raises(ConnectionResetError, match="lost"):
                 await call
+            assert pending(a) == 0
             unsilence(b)
             assert isinstance(await a.call(address(b), Ping), Pong)
-            assert len(a._protocols) == 1
+            assert len(a.streams.links) == 1
 
     run_async(scenario)
 
@@ -728,47 +781,54 @@ def test_call_to_nobody_fails_with_connection_refused() -> None:
             node = await net.add()
             with pytest.raises(ConnectionRefusedError):
                 await node.call(("127.0.0.1", free_port()), Ping)
-            assert node._connecting == {}
+            assert node.streams.connecting == []
+            await until(lambda: idle(node))  # the connect attempt's task ends just after
 
     run_async(scenario)
 
 
-def cancel_a_ping(protocol: NetstringProtocol, sender: Node) -> int:
-    """Send a ping on ``protocol`` (which has no other request in flight) from ``sender`` and
-    cancel it at once; its request id."""
-    waiting = protocol.request(sender.engine.message(Ping))
-    (rid,) = protocol.pending  # the only request in flight on it
+def cancel_a_ping(node: Node, peer: Node) -> int:
+    """Start a ping from ``node`` to ``peer`` on their connection (with nothing else in flight)
+    and cancel its future at once; its request id. The core hears of the cancellation on the
+    loop's next turn: until then, the request is still listed."""
+    waiting = node.start_op(ops.Call(address(peer), Ping))
+    (request,) = node.engine.pending()
+    assert request.link is link_to(node, peer)
     waiting.cancel()
-    return rid
+    return request.rid
 
 
 def test_reply_to_a_request_cancelled_an_instant_ago_is_ignored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A reply, whole or broken, to a request cancelled before its entry is dropped is ignored:
-    the whole one quietly (it was expected late), the broken one as a bad message; a second
-    reply to an answered request is logged as unsolicited."""
+    """A reply, whole or broken, to a request cancelled before the core has heard of it is
+    ignored: the whole one quietly, the broken one as a bad message; a second reply to an
+    answered request is logged as unsolicited."""
     caplog.set_level(logging.INFO, logger="txdht.aio")
 
     async def scenario() -> None:
         async with network() as net:
             a, b = await net.create(2)
-            protocol = b._connections[address(a)]
-            rid = cancel_a_ping(protocol, b)
+            silence(a)  # only the replies written here reach b
+            protocol = connection(b, a)
+            rid = cancel_a_ping(b, a)
             protocol.data_received(netstring(encode(a.engine.message(Pong, rid))))
             assert logged(caplog, "which nobody awaits") == 0
-            rid = cancel_a_ping(protocol, b)
+            await until(lambda: idle(b))
+            rid = cancel_a_ping(b, a)
             protocol.data_received(message(type="pong", rid=rid, port="bad"))
             assert logged(caplog, "bad message") == 1
-            answered = protocol.request(b.engine.message(Ping))
-            (rid,) = (r for r in protocol.pending if not protocol.pending[r].done())
-            pong = netstring(encode(a.engine.message(Pong, rid)))
-            protocol.data_received(pong + pong)  # the second comes before the entry is gone
+            await until(lambda: idle(b))
+            answered = b.start_op(ops.Call(address(a), Ping))
+            (request,) = b.engine.pending()
+            pong = netstring(encode(a.engine.message(Pong, request.rid)))
+            protocol.data_received(pong + pong)
             assert isinstance(await answered, Pong)
             assert logged(caplog, "which nobody awaits") == 1
-            await until(lambda: not protocol.pending)
+            assert idle(b)
+            unsilence(a)
             assert isinstance(await b.call(address(a), Ping), Pong)
-            assert len(b._protocols) == 1
+            assert len(b.streams.links) == 1
 
     run_async(scenario)
 
@@ -783,12 +843,13 @@ def test_late_replies_to_abandoned_requests_are_dropped_quietly(
     async def scenario() -> None:
         async with network() as net:
             a, b = await net.create(2)
-            protocol = b._connections[address(a)]
-            rid = cancel_a_ping(protocol, b)
+            protocol = connection(b, a)
+            rid = cancel_a_ping(b, a)
+            await until(lambda: idle(b))  # the core gave the request up before its reply came
             # The peer's real pong comes late: once the next ping on the connection (replies
             # keep their order) is answered, it has come, and was dropped without a word.
             assert isinstance(await b.call(address(a), Ping), Pong)
-            assert not protocol.pending
+            assert pending(b) == 0
             assert logged(caplog, "which nobody awaits") == 0
             protocol.data_received(netstring(encode(a.engine.message(Pong, rid))))
             assert logged(caplog, "which nobody awaits") == 1
@@ -802,16 +863,18 @@ def test_connection_lost_under_a_request_cancelled_an_instant_ago() -> None:
     async def scenario() -> None:
         async with network() as net:
             a, b = await net.create(2)
-            protocol = b._connections[address(a)]
-            other = protocol.request(b.engine.message(Ping))
-            waiting = protocol.request(b.engine.message(Ping))
+            protocol = connection(b, a)
+            other = b.start_op(ops.Call(address(a), Ping))
+            waiting = b.start_op(ops.Call(address(a), Ping))
             assert protocol.transport is not None
             protocol.transport.close()
             waiting.cancel()
             await asyncio.wait_for(protocol.closed, SOON)
             with pytest.raises(ConnectionResetError):
                 await other
-            assert protocol not in b._protocols
+            assert protocol.link not in b.streams.links
+            assert b.streams.link_to(address(a)) is None
+            assert idle(b)
             assert isinstance(await b.call(address(a), Ping), Pong)
 
     run_async(scenario)
@@ -831,9 +894,10 @@ def test_stop_closes_connections_and_cancels_work() -> None:
             await until(lambda: pending(nodes[0]) > 0)
             await nodes[0].stop()
             assert running.cancelled()
-            assert nodes[0]._protocols == set()
-            assert nodes[0]._connections == {}
-            assert nodes[0]._background == set()
+            assert running.op.ended
+            assert nodes[0].streams.links == set()
+            assert all(nodes[0].streams.link_to(address(n)) is None for n in nodes[1:])
+            assert left_behind(nodes[0]) == []
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection(*address(nodes[0]))
 
@@ -847,23 +911,25 @@ def test_stop_before_start_and_twice() -> None:
         node = Node()
         await node.stop()
         await node.stop()
-        assert node._protocols == set()
+        assert node.streams.links == set()
+        assert left_behind(node) == []
 
     run_async(scenario)
 
 
 def test_stop_waits_for_a_connection_without_a_transport() -> None:
-    """stop() waits for a connection listed before its transport is set, and leaves it be."""
+    """stop() waits for a listed connection that has no transport to close, and leaves it be."""
 
     async def scenario() -> None:
         async with network() as net:
             node = await net.add()
             ghost = NetstringProtocol(node)
-            node._protocols.add(ghost)
+            node.opened(ghost, "127.0.0.1", 40000)
+            assert ghost.link in node.streams.links
             node.loop.call_later(0.05, ghost.connection_lost, None)
             await node.stop()
             assert ghost.closed.done()
-            assert node._protocols == set()
+            assert node.streams.links == set()
 
     run_async(scenario)
 
@@ -880,7 +946,7 @@ def test_connection_made_after_stop_is_closed_at_once() -> None:
             )
             assert transport.is_closing()
             await asyncio.wait_for(protocol.closed, SOON)
-            assert node._protocols == set()
+            assert node.streams.links == set()
 
     run_async(scenario)
 
@@ -949,7 +1015,7 @@ def test_handoff_that_fails_is_only_logged(caplog: pytest.LogCaptureFixture) -> 
             holder.engine.store(blob(b"held" * 10), 600.0, holder.now())
             newcomer = await net.add(k=2, max_value=4)
             await newcomer.join([address(holder)])
-            await until(lambda: logged(caplog, "store to ") == 1)
+            await until(lambda: logged(caplog, "could not copy an item to the new contact") == 1)
             assert newcomer.engine.storage.count() == 0
             assert newcomer.engine.id in holder.engine.routing
             entry = holder.engine.routing.entry(newcomer.engine.id)
@@ -997,17 +1063,18 @@ def test_unexpected_reply_type_counts_as_a_failed_query() -> None:
         async with network() as net:
             nodes = await net.create(3)
             odd = nodes[2]
-            real_handle = odd.engine.handle
+            real = odd.engine.request_received
 
-            def handle(request: Message, host: str, now: float) -> Handled:
-                handled = real_handle(request, host, now)
+            def answer_with_a_value(
+                request: Message, host: str, port: int, now: float
+            ) -> tuple[Message | None, list[Command]]:
+                reply, commands = real(request, host, port, now)
                 if isinstance(request, FindNode):
                     item = blob(b"not asked for")
                     reply = odd.engine.message(Value, request.rid, item=item)
-                    return Handled(reply, handled.seen)
-                return handled
+                return reply, commands
 
-            vars(odd.engine)["handle"] = handle
+            vars(odd.engine)["request_received"] = answer_with_a_value
             machine = await nodes[0].lookup(odd.engine.id)
             assert odd.engine.id not in {c.id for c in machine.closest()}
             entry = nodes[0].engine.routing.entry(odd.engine.id)
@@ -1116,13 +1183,13 @@ def test_broken_reply_fails_the_waiting_request(caplog: pytest.LogCaptureFixture
             node, peer = target.node, target.other
             silence(peer)
             call = asyncio.create_task(node.call(address(peer), Ping))
-            await until(lambda: address(peer) in node._connections and pending(node) == 1)
-            connection = node._connections[address(peer)]
-            (request_id,) = connection.pending
-            connection.data_received(message(type="pong", rid=request_id, port="bad"))
+            await until(lambda: pending(node) == 1 and node.engine.pending()[0].link is not None)
+            (request,) = node.engine.pending()
+            assert request.link is link_to(node, peer)
+            request.link.handle.data_received(message(type="pong", rid=request.rid, port="bad"))
             with pytest.raises(ProtocolError):
                 await call
-            assert pending(node) == 0
+            assert idle(node)
             unsilence(peer)
             await target.still_serving()
 
@@ -1177,7 +1244,7 @@ def test_data_after_a_framing_error_is_not_processed(caplog: pytest.LogCaptureFi
             assert logged(caplog, "framing lost") == 1
             # Bytes already read when the connection broke are dropped without a second line.
             a, b = await net.create(2)
-            protocol = b._connections[address(a)]
+            protocol = connection(b, a)
             protocol.data_received(b"y:")
             protocol.data_received(message())
             assert protocol.transport is not None
@@ -1279,7 +1346,7 @@ def test_too_many_connections_from_one_address_are_closed(
         async with network() as net:
             node = await net.add(limits=Limits(max_connections_per_ip=2))
             local = [await Raw.open(node) for _ in range(3)]
-            await until(lambda: len(node._protocols) == 3)
+            await until(lambda: len(node.streams.links) == 3)
             assert not logged(caplog, "connections from it")
             protocols = [NetstringProtocol(node) for _ in range(4)]
             transports = [FakeTransport("192.0.2.7") for _ in protocols[:3]]
@@ -1289,6 +1356,7 @@ def test_too_many_connections_from_one_address_are_closed(
             assert [t.closing for t in transports] == [False, False, True, False]
             for protocol in protocols:
                 protocol.connection_lost(None)
+            assert len(node.streams.links) == 3
             for raw in local:
                 await raw.close()
 
@@ -1299,52 +1367,111 @@ def test_too_many_connections_from_one_address_are_closed(
 # -- housekeeping --------------------------------------------------------------------------------
 
 
+class FailingOnce(MemoryStorage):
+    """An in-memory store whose first ``expire`` fails, as a full disk would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: When ``expire`` was called.
+        self.expiries: list[float] = []
+
+    def expire(self, now: float) -> int:
+        self.expiries.append(now)
+        if len(self.expiries) == 1:
+            raise RuntimeError("the disk is on fire")
+        return super().expire(now)
+
+
+#: Every housekeeping job every 50 ms, and every bucket stale at once.
+EVERY_50_MS = Intervals(
+    refresh=0.05, replicate=0.05, republish=0.05, expire=0.05, save=0.05, stale_bucket=0.0
+)
+
+
 def test_housekeeping_runs_every_job(caplog: pytest.LogCaptureFixture) -> None:
-    """Housekeeping saves contacts and drops expired items; a failing job is logged, not fatal."""
-    caplog.set_level(logging.INFO, logger="txdht.aio")
+    """serve() runs every housekeeping job on its interval (contacts saved, expired items
+    dropped, items stored again); a failing job is logged, not fatal; stop() ends it all."""
+    caplog.set_level(logging.DEBUG, logger="txdht.aio")
 
     async def scenario() -> None:
         async with network() as net:
-            nodes = await net.create(3, k=3)
+            flaky = FailingOnce()
+            nodes = [await net.add(k=3, storage=flaky), await net.add(k=3), await net.add(k=3)]
+            for node in nodes[1:]:
+                await node.join([address(nodes[0])])
             short = blob(b"short-lived")
             nodes[0].engine.store(short, 0.2, nodes[0].now())
             await nodes[0].put("mine", b"kept")
-            calls: list[float] = []
-            expire = nodes[0].expire
-
-            def flaky_expire() -> int:
-                calls.append(nodes[0].now())
-                if len(calls) == 1:
-                    raise RuntimeError("the disk is on fire")
-                return expire()
-
-            vars(nodes[0])["expire"] = flaky_expire
-            fast = Intervals(
-                refresh=0.05,
-                replicate=0.05,
-                republish=0.05,
-                expire=0.05,
-                save=0.05,
-                stale_bucket=0.0,
-            )
-            for node in nodes:
-                node.start_housekeeping(fast)
-            jobs = [t for t in nodes[0]._background if isinstance(t, asyncio.Task)]
-            assert len(jobs) == 5
+            seeds = [address(nodes[1]), address(nodes[0]), address(nodes[0])]
+            services = [n.serve([seed], EVERY_50_MS) for n, seed in zip(nodes, seeds, strict=True)]
+            await until(lambda: all(s.joined for s in services))
             await until(lambda: all(n.engine.storage.contacts() for n in nodes))
             await until(lambda: not any(n.engine.storage.get(short.key) for n in nodes))
-            await until(lambda: len(calls) >= 3)
+            await until(lambda: len(flaky.expiries) >= 3)
+
+            def every_job_ran() -> bool:
+                return all(logged(caplog, f"{job} done: ") >= 3 for job in JOBS)
+
+            await until(every_job_ran)
             await asyncio.sleep(0.2)
             assert all(n.engine.storage.count() == 1 for n in nodes)
             await nodes[0].stop()
-            assert all(job.cancelled() for job in jobs)
-            assert nodes[0]._background == set()
+            assert services[0].ended
+            assert left_behind(nodes[0]) == []
 
     run_async(scenario)
-    failures = [r for r in caplog.records if "housekeeping job expire failed" in r.getMessage()]
-    assert len(failures) == 1
+    failures = [r for r in caplog.records if "housekeeping job" in r.getMessage()]
+    assert [r.getMessage() for r in failures] == [
+        "housekeeping job expire failed: RuntimeError('the disk is on fire')"
+    ]
+    assert failures[0].levelno == logging.ERROR
     assert failures[0].exc_info is not None
-    assert not logged(caplog, "housekeeping job refresh failed")
+
+
+def test_serve_rejoins_through_its_seed_once_no_contact_is_live(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The asyncio twin rejoining when its table has emptied, as the Twisted service does: a
+    node run by serve() whose every contact stopped answering joins again through its seed,
+    at its next refresh job once the seed is back."""
+    caplog.set_level(logging.INFO, logger="txdht.aio")
+    intervals = Intervals(refresh=0.5, stale_bucket=0.0)
+
+    async def scenario() -> None:
+        async with network() as net:
+            seed = await net.add()
+            twin = await net.add(rpc_timeout=FAST)
+            service = twin.serve([address(seed)], intervals)
+            await until(lambda: service.joined, 5.0)
+            seed_contact = Contact(seed.engine.id, *address(seed))
+            assert twin.engine.routing.contacts(live=True) == [seed_contact]
+            started: list[tuple[float, str]] = []  # when each refresh job began, and how
+
+            def job_changed(job: str, running: bool) -> None:
+                if job == "refresh" and running:
+                    started.append((twin.now(), type(service.busy[job]).__name__))
+
+            service.job_observers.append(job_changed)
+            await seed.stop()
+            # The refresh jobs' lookups fail on the seed until it no longer counts as live;
+            # it stays in the table (there is no one to replace it with).
+            await until(lambda: not twin.engine.routing.contacts(live=True), 5.0)
+            assert twin.engine.routing.contacts() == [seed_contact]
+            assert started[0][1] == "Refresh"  # the seed still counted as live then
+            back = Node(identity=seed.engine.identity, rpc_timeout=0.5)
+            await back.start(*address(seed))
+            net.nodes.append(back)
+            back_at = twin.now()
+            await until(lambda: logged(caplog, "joined the network") == 2, 5.0)
+            joins = [when for when, how in started if how == "Join" and when >= back_at]
+            assert joins, f"no refresh job joined after the seed came back: {started}"
+            assert joins[0] - back_at <= intervals.refresh + 0.5
+            assert twin.engine.routing.contacts(live=True) == [seed_contact]
+            assert twin.engine.id in back.engine.routing
+            assert service.joined
+            assert twin.engine.storage.contacts() == [seed_contact]
+
+    run_async(scenario)
 
 
 def test_replicate_and_republish_return_counts() -> None:

@@ -37,6 +37,8 @@ from txdht.sqlite import SQLiteStorage
 ROOT = Path(__file__).resolve().parent.parent
 #: How long a real process may take to start listening, and then to stop.
 PROCESS_TIMEOUT = 10.0
+#: The log line of a node that joined knowing one contact.
+JOINED_ONE = "joined the network; it knows 1 contacts"
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +178,7 @@ def test_serve_joins_saves_contacts_and_keeps_its_identity(
         async with network() as net:
             peer = await net.add()
             args = options(data, "--peer", f"127.0.0.1:{peer.port}", "--rpc-timeout", "0.5")
-            await serving(args, lambda: logged(caplog, "joined the network; 1 contacts") == 1)
+            await serving(args, lambda: logged(caplog, JOINED_ONE) == 1)
             node_id, contacts = saved(data)
             assert contacts == [peer.engine.id]
             assert node_id in peer.engine.routing
@@ -235,7 +237,7 @@ def test_serve_alone_joins_through_the_first_node_that_contacts_it(
             await until(lambda: logged(caplog, "first node of a new network") == 1, 5.0)
             other = await net.add()
             await other.join([("127.0.0.1", args.port)])
-            await until(lambda: logged(caplog, "joined the network; 1 contacts") == 1, 5.0)
+            await until(lambda: logged(caplog, JOINED_ONE) == 1, 5.0)
             stop.set()
             await asyncio.wait_for(task, 5.0)
             assert saved(tmp_path)[1] == [other.engine.id]
@@ -259,7 +261,7 @@ def test_serve_joins_once_its_peer_comes_up(
             peer = Node(rpc_timeout=0.5)
             await peer.start("127.0.0.1", port)
             net.nodes.append(peer)
-            await until(lambda: logged(caplog, "joined the network; 1 contacts") == 1, 5.0)
+            await until(lambda: logged(caplog, JOINED_ONE) == 1, 5.0)
             assert len(peer.engine.routing) == 1
             stop.set()
             await asyncio.wait_for(task, 5.0)

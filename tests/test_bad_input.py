@@ -256,6 +256,20 @@ def test_a_peer_sending_too_much_garbage_is_disconnected() -> None:
     setup.still_serving()
 
 
+def test_what_follows_the_last_tolerated_garbage_in_one_segment_is_not_served() -> None:
+    """Once the connection is to be closed for garbage, the rest of the same segment (here a
+    valid store) is not served, and the closing is logged once."""
+    setup = Setup()
+    junk = b"".join(netstring(b"junk %d" % i) for i in range(11))
+    item = PUBLISHER.sign("sneaked in", b"after the garbage", 1)
+    raw, events = setup.send_raw(junk + store(item.to_json()))
+    assert [type(r) for r in raw.messages()] == [Error] * 10
+    assert raw.lost
+    assert sum(logged([e], "malformed messages") for e in events) == 1
+    assert setup.node.engine.get(item.key, setup.net.clock.seconds()) is None
+    setup.still_serving()
+
+
 def test_data_after_a_framing_error_is_not_processed() -> None:
     """After framing is lost, what follows on that connection is never treated as a request."""
     setup = Setup()

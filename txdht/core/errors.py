@@ -61,7 +61,12 @@ class ProtocolError(Exception):
     """
 
     def __init__(
-        self, code: ErrorCode, message: str, request_id: int | None = None, in_reply: bool = False
+        self,
+        code: ErrorCode,
+        message: str,
+        request_id: int | None = None,
+        *,
+        in_reply: bool = False,
     ) -> None:
         super().__init__(f"{code.name.lower()} ({int(code)}): {message}")
         self.code = code

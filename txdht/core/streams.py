@@ -38,7 +38,7 @@ class Link:
     """One connection, either direction: the driver's ``handle`` for it, and what the core
     knows of it."""
 
-    __slots__ = ("address", "bad_messages", "handle", "host", "port")
+    __slots__ = ("address", "bad_messages", "closing", "handle", "host", "port")
 
     def __init__(self, handle: Any, host: str, port: int) -> None:
         #: The driver's object for this connection (its protocol instance).
@@ -49,6 +49,8 @@ class Link:
         self.address: Address | None = None
         #: Malformed messages received on it.
         self.bad_messages = 0
+        #: Set once the core has asked for it to be closed: what still arrives is ignored.
+        self.closing = False
 
 
 class Streams:
@@ -87,7 +89,7 @@ class Streams:
                 limit=limit,
             )
         if crowded or self.stopped:
-            engine.emit(Close(link))
+            self._close(link)
         return link, engine.settle()
 
     def connected(self, link: Link, address: Address, now: float) -> list[Command]:
@@ -118,8 +120,11 @@ class Streams:
         return commands
 
     def received(self, link: Link, payload: bytes, now: float) -> list[Command]:
-        """One payload (a netstring's contents) arrived on ``link``."""
+        """One payload (a netstring's contents) arrived on ``link`` (ignored once the core
+        has decided to close it: the rest of a segment that broke the rules is not served)."""
         engine = self.engine
+        if link.closing:
+            return []
         try:
             message = decode(payload)
         except ProtocolError as e:
@@ -140,14 +145,21 @@ class Streams:
         engine.log(
             "warn", "closing connection from {host}: framing lost ({why})", host=link.host, why=why
         )
-        engine.emit(Close(link))
+        self._close(link)
         return engine.settle()
 
     def stop(self, now: float) -> list[Command]:
         """Stop: every operation ends, every connection closes, new ones are refused."""
         self.stopped = True
-        commands = self.engine.stop(now)
-        return commands + [Close(link) for link in list(self.links)]
+        for link in list(self.links):
+            self._close(link)
+        return self.engine.stop(now)
+
+    def _close(self, link: Link) -> None:
+        """Ask the driver to close ``link`` (once)."""
+        if not link.closing:
+            link.closing = True
+            self.engine.emit(Close(link))
 
     def _adopt(self, link: Link, address: Address) -> None:
         link.address = address
@@ -172,7 +184,7 @@ class Streams:
                 host=link.host,
                 count=link.bad_messages,
             )
-            engine.emit(Close(link))
+            self._close(link)
         return commands + engine.settle()
 
     def _send(self, request: Request) -> None:

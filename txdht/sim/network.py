@@ -200,10 +200,14 @@ class Network:
         raw = hashlib.sha256(f"txdht.sim {self.seed} node {index}".encode()).digest()
         return Identity.from_private_bytes(raw)
 
-    def add_node(self) -> SimNode:
-        """A new node (not started: call ``start``)."""
+    def add_node(
+        self, identity: Identity | None = None, rng: random.Random | None = None
+    ) -> SimNode:
+        """A new node (not started: call ``start``, or ``up``), with the seeded identity of
+        its index unless given one; ``rng`` draws its refresh targets (the network's own
+        random stream when None)."""
         index = len(self.nodes)
-        node = SimNode(self, index, self.identity(index))
+        node = SimNode(self, index, identity or self.identity(index), rng or self.rng)
         self.nodes.append(node)
         self.by_host[node.host] = node
         self.by_id[node.engine.id] = node
@@ -213,11 +217,16 @@ class Network:
         self, node: SimNode, seeds: list[Address], joined: Callable[[SimNode], None] | None = None
     ) -> None:
         """Start ``node``'s service: housekeeping timers, then join through ``seeds``."""
+        self.up(node)
+        self.note(f"start {node} seeds={len(seeds)}")
+        node.start_service(seeds, joined)
+
+    def up(self, node: SimNode) -> None:
+        """``node`` is alive: it answers, and its operations run (its service is not started:
+        that is ``start``)."""
         node.alive = True
         self.live.add(node)
         bisect.insort(self.live_ids, node.engine.id)
-        self.note(f"start {node} seeds={len(seeds)}")
-        node.start_service(seeds, joined)
 
     def became_ready(self, node: SimNode, joined: bool) -> None:
         """``node`` has joined (or tried to, and failed if not ``joined``)."""
@@ -354,7 +363,9 @@ def closest_ids(ids: list[int], target: int, count: int) -> list[int]:
 class SimNode:
     """One simulated node: a driver of the real ``Engine``, as ``txdht.node.Node`` is."""
 
-    def __init__(self, network: Network, index: int, identity: Identity) -> None:
+    def __init__(
+        self, network: Network, index: int, identity: Identity, rng: random.Random
+    ) -> None:
         self.network = network
         self.index = index
         self.host = f"127.{index >> 16}.{index >> 8 & 255}.{index & 255}"
@@ -367,7 +378,7 @@ class SimNode:
             alpha=network.alpha,
             limits=network.limits,
             rpc_timeout=network.rpc_timeout,
-            rng=network.rng,
+            rng=rng,
             challenge=self._challenge,
         )
         self.engine.port = PORT
