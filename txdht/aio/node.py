@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Protocol, TypeVar, cast
 
 from txdht.core import operations as ops
 from txdht.core.commands import Close, Command, Connect, Done, Failed, Log, Ready, Write
@@ -37,6 +37,29 @@ log = logging.getLogger("txdht.aio")
 
 Address = tuple[str, int]
 T = TypeVar("T")
+Connector = Callable[[Address, Callable[[], "NetstringProtocol"]], Awaitable["NetstringProtocol"]]
+
+
+class TimerHandle(Protocol):
+    """A timer set on a ``Clock``."""
+
+    def when(self) -> float:
+        """When it fires."""
+
+    def cancel(self) -> None:
+        """Do not fire."""
+
+
+class Clock(Protocol):
+    """Where a node's time comes from: an asyncio loop is one."""
+
+    def time(self) -> float:
+        """The time now, in seconds."""
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> TimerHandle:
+        """Call ``callback()`` at ``when``."""
+
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
 
 
@@ -121,6 +144,11 @@ class Node:
     :param identity: the node's Ed25519 key pair (its id is derived from it); new when None.
     :param storage: where held items live; in memory when None.
     :param loop: the event loop; the running loop when None.
+    :param clock: where time comes from: ``time()`` and ``call_at(when, callback)`` (a handle
+        with ``when()`` and ``cancel()``); the loop when None (``txdht.aio.testing`` passes a
+        virtual clock).
+    :param connect: how to open a connection to an address, given the protocol factory (tests
+        pass an in-memory one); TCP on the loop when None.
     """
 
     def __init__(
@@ -136,8 +164,11 @@ class Node:
         rng: random.Random | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         limits: Limits | None = None,
+        clock: Clock | None = None,
+        connect: Connector | None = None,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
+        self.clock = clock or cast(Clock, self.loop)
         self.engine = Engine(
             identity or Identity.generate(),
             storage if storage is not None else MemoryStorage(),
@@ -156,11 +187,12 @@ class Node:
         self._server: asyncio.Server | None = None
         self._waiting: dict[ops.Operation, asyncio.Future[Any]] = {}
         self._connects: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: TimerHandle | None = None
+        self._open = connect or self._connect_tcp
 
     def now(self) -> float:
-        """The loop's clock."""
-        return self.loop.time()
+        """The time, from the clock (the loop's, unless another was given)."""
+        return self.clock.time()
 
     @property
     def id(self) -> str:
@@ -347,7 +379,7 @@ class Node:
             timer.cancel()
             timer = self._timer = None
         if when is not None and timer is None:
-            self._timer = self.loop.call_at(when, self._fire)
+            self._timer = self.clock.call_at(when, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
@@ -355,15 +387,19 @@ class Node:
 
     async def _connect(self, address: Address) -> None:
         try:
-            async with asyncio.timeout(max(1, int(self.rpc_timeout))):
-                _, protocol = await self.loop.create_connection(
-                    lambda: NetstringProtocol(self), address[0], address[1]
-                )
+            protocol = await self._open(address, lambda: NetstringProtocol(self))
         except (OSError, TimeoutError) as e:
             self.run(self.streams.connect_failed(address, e, self.now()))
             return
         assert protocol.link is not None
         self.run(self.streams.connected(protocol.link, address, self.now()))
+
+    async def _connect_tcp(
+        self, address: Address, factory: Callable[[], NetstringProtocol]
+    ) -> NetstringProtocol:
+        async with asyncio.timeout(max(1, int(self.rpc_timeout))):
+            _, protocol = await self.loop.create_connection(factory, address[0], address[1])
+        return protocol
 
 
 def run(coroutine: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
