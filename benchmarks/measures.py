@@ -12,14 +12,25 @@ import io
 import json
 import pstats
 import random
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePath
 from typing import Any
 
 from benchmarks.common import drive, open_fds, rss_kib
 
 __all__ = ["memory", "network", "profile", "rpc", "serving"]
+
+#: The checkout the benchmarks run from; a profile names its files relative to it.
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A function in a profile: file name, line number, function name (``pstats``' key).
+_Function = tuple[str, int, str]
+#: Calls, primitive calls, own time, cumulative time (the callers' entries in ``pstats``).
+_Timing = tuple[int, int, float, float]
 
 
 async def rpc(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +258,7 @@ def _write_profile(
         "twisted-epoll network in one process.\n\n"
         "== top 15 by cumulative time ==\n"
     )
-    stats = pstats.Stats(profiler, stream=out)
+    stats = relative_stats(profiler, out)
     stats.sort_stats("cumulative").print_stats(15)
     out.write("\n== top 15 by own time (tottime) ==\n")
     stats.sort_stats("tottime").print_stats(15)
@@ -255,6 +266,78 @@ def _write_profile(
     stats.sort_stats("cumulative").print_stats(r"txdht[/\\]", 15)
     with open(path, "w", encoding="utf-8") as f:
         f.write(out.getvalue())
+
+
+def relative_stats(profiler: cProfile.Profile, stream: io.StringIO) -> pstats.Stats:
+    """The profiler's statistics, printing to ``stream``, with every file named as
+    ``profile_name`` names it: a profile then shows no directory of the machine it ran on."""
+    profiler.create_stats()
+    return _GivenStats(rename_functions(profiler.stats, profile_name), stream)
+
+
+class _GivenStats(pstats.Stats):
+    """``pstats.Stats`` of statistics given as a dict. ``Stats`` itself reads them from a
+    profiler, which it asks to take them afresh (losing any renaming), or from a file, which it
+    then names, with its absolute path, at the top of every listing."""
+
+    def __init__(
+        self,
+        stats: dict[_Function, tuple[int, int, float, float, dict[_Function, _Timing]]],
+        stream: io.StringIO,
+    ) -> None:
+        self._given = stats
+        super().__init__(stream=stream)
+
+    def load_stats(self, arg: object) -> None:
+        """Take the statistics given to the constructor (``Stats.init`` calls this)."""
+        self.stats = self._given
+
+
+def rename_functions(
+    stats: Mapping[_Function, tuple[int, int, float, float, Mapping[_Function, _Timing]]],
+    rename: Callable[[str], str],
+) -> dict[_Function, tuple[int, int, float, float, dict[_Function, _Timing]]]:
+    """``stats`` (a profile's raw dict) with each function's file renamed, in the entries and
+    in their callers; functions that come to share a name are added together, as
+    ``pstats.Stats.strip_dirs`` adds them."""
+
+    def key(function: _Function) -> _Function:
+        return rename(function[0]), function[1], function[2]
+
+    def add(a: _Timing, b: _Timing) -> _Timing:
+        return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]
+
+    zero: _Timing = (0, 0, 0.0, 0.0)
+    renamed: dict[_Function, tuple[_Timing, dict[_Function, _Timing]]] = {}
+    for function, (calls, primitive, own, cumulative, callers) in stats.items():
+        timing, merged = renamed.get(key(function), (zero, {}))
+        for caller, by_caller in callers.items():
+            merged[key(caller)] = add(merged.get(key(caller), zero), by_caller)
+        renamed[key(function)] = add(timing, (calls, primitive, own, cumulative)), merged
+    return {function: (*timing, merged) for function, (timing, merged) in renamed.items()}
+
+
+def profile_name(filename: str, root: PurePath = ROOT) -> str:
+    """How a profile names ``filename``, without the directories of the machine it ran on.
+
+    An installed package's file from ``site-packages/`` on (a virtualenv inside the checkout
+    included), this checkout's own files relative to ``root``, the standard library's from
+    ``pythonX.Y/`` on, any other file by its name alone. Names that are not paths (``~`` for
+    built-in functions, ``<frozen ...>``, ``<string>``) are kept as they are.
+    """
+    path = PurePath(filename)
+    if not path.is_absolute():
+        return filename
+    parts = path.parts
+    for index in reversed(range(len(parts) - 1)):
+        if parts[index] in ("site-packages", "dist-packages"):
+            return "/".join(parts[index:])
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    for index in reversed(range(1, len(parts) - 1)):
+        if parts[index - 1] == "lib" and re.fullmatch(r"python\d+\.\d+", parts[index]):
+            return "/".join(parts[index:])
+    return path.name
 
 
 async def profile(shell: Any, params: dict[str, Any]) -> dict[str, Any]:

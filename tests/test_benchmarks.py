@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -192,6 +193,7 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
         assert (tmp_path / f"{stamp}-{plot}.png").stat().st_size > 0
     profile = (tmp_path / f"{stamp}-profile-twisted-epoll.txt").read_text(encoding="utf-8")
     assert "cumulative" in profile
+    assert str(ROOT) not in profile  # files are named relative to the checkout
 
 
 def test_phase_seconds_bounds_every_network_phase(tmp_path: Path) -> None:
@@ -205,3 +207,74 @@ def test_phase_seconds_bounds_every_network_phase(tmp_path: Path) -> None:
     assert SETTINGS["default"]["network"]["phase_timeout"] == 10.0  # the defaults are untouched
     unbounded = plan("default", args.only, tmp_path, "stamp")
     assert {c.params.get("phase_timeout") for c in unbounded if c.measure == "network"} == {10.0}
+
+
+@pytest.mark.parametrize(
+    ("filename", "name"),
+    [
+        ("/work/main/txdht/node.py", "txdht/node.py"),
+        (
+            "/work/venv/lib/python3.11/site-packages/twisted/internet/tcp.py",
+            "site-packages/twisted/internet/tcp.py",
+        ),
+        ("/work/main/venv/lib/python3.11/site-packages/twisted/x.py", "site-packages/twisted/x.py"),
+        ("/usr/lib/python3/dist-packages/cryptography/x.py", "dist-packages/cryptography/x.py"),
+        (
+            "/root/.pyenv/versions/3.11.7/lib/python3.11/json/encoder.py",
+            "python3.11/json/encoder.py",
+        ),
+        ("/tmp/elsewhere/script.py", "script.py"),
+        ("~", "~"),
+        ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap>"),
+    ],
+)
+def test_profile_names_leave_out_the_machines_directories(filename: str, name: str) -> None:
+    """A profile names a file from site-packages on, relative to the checkout, from the
+    standard library's pythonX.Y on, or by its name, and keeps names that are not paths."""
+    from benchmarks.measures import profile_name
+
+    assert profile_name(filename, root=PurePosixPath("/work/main")) == name
+
+
+def test_functions_that_come_to_share_a_name_are_added_together() -> None:
+    """Renaming files adds up the timings of functions, and of their callers, that it merges."""
+    from benchmarks.measures import rename_functions
+
+    stats = {
+        ("/a/x.py", 1, "f"): (1, 1, 0.5, 0.75, {("/c/y.py", 2, "g"): (1, 1, 0.5, 0.75)}),
+        ("/b/x.py", 1, "f"): (2, 2, 1.0, 1.5, {("/d/y.py", 2, "g"): (2, 2, 1.0, 1.5)}),
+        ("/b/z.py", 3, "h"): (4, 4, 2.0, 2.0, {}),
+    }
+    assert rename_functions(stats, lambda path: PurePosixPath(path).name) == {
+        ("x.py", 1, "f"): (3, 3, 1.5, 2.25, {("y.py", 2, "g"): (3, 3, 1.5, 2.25)}),
+        ("z.py", 3, "h"): (4, 4, 2.0, 2.0, {}),
+    }
+
+
+def test_written_profile_names_no_directory_of_this_machine(tmp_path: Path) -> None:
+    """The profile the benchmarks write shows this checkout's, site-packages' and the standard
+    library's files by relative names, and no absolute path."""
+    import cProfile
+
+    from twisted.internet import defer
+
+    from benchmarks.measures import _write_profile
+    from txdht.core.ids import id_to_hex, sha512_id
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(50):
+        defer.succeed(json.dumps({"id": id_to_hex(sha512_id(bytes([i])))}))
+    profiler.disable()
+    counts = {f"{op}_{phase}_count": 1 for op in ("put", "get") for phase in ("seq", "conc")}
+    path = tmp_path / "profile.txt"
+    _write_profile(profiler, str(path), {"concurrency": 16, "nodes": 2}, counts)
+    text = path.read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if re.match(r"\s+[\d/]+\s+\d+\.\d+\s", line)]
+    locations = [row.split()[-1] for row in rows]  # filename:lineno(function), or a built-in
+    assert "txdht/core/ids.py" in " ".join(locations)
+    assert "site-packages/twisted/internet/defer.py" in " ".join(locations)
+    assert not [location for location in locations if location.startswith("/")], locations
+    assert not re.search(r"(^|\s)/\w", text, re.M), text  # no absolute path anywhere
+    assert str(ROOT) not in text
+    assert sys.prefix not in text
