@@ -31,7 +31,6 @@ import os
 import random
 from collections import Counter, deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from txdht.core import messages as m
@@ -81,15 +80,20 @@ class Timer:
         self.cancelled = True
 
 
-def outcome(error: BaseException | None) -> str:
-    """How a request ended, as the metrics label it."""
-    if error is None:
-        return "ok"
+def outcome(error: BaseException) -> str:
+    """How a failed request ended, as the metrics label it."""
     if isinstance(error, RemoteError):
         return "error"
     if isinstance(error, TimeoutError):
         return "timeout"
     return "failed"
+
+
+def _running(op: Operation) -> None:
+    """Raise if ``op`` has ended: an operation that has ended sends, spawns and waits for
+    nothing more (that would be a bug in it, and would leave work no one ends)."""
+    if op.ended:
+        raise RuntimeError(f"{type(op).__name__} has ended, and cannot act any more")
 
 
 def _urandom_challenge(to: object, now: float) -> bytes:
@@ -153,7 +157,8 @@ class Engine:
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._out: list[Command] = []
-        self._queue: deque[Callable[[], None]] = deque()
+        #: Operations that ended, whose parents have yet to hear of it.
+        self._queue: deque[Operation] = deque()
         self._running: set[Operation] = set()
         self._count_publishers()
 
@@ -326,6 +331,8 @@ class Engine:
         self, when: float, action: Callable[..., None], *args: Any, op: Operation | None = None
     ) -> Timer:
         """Run ``action(*args)`` at ``when`` (for ``op``: if it raises, ``op`` fails)."""
+        if op is not None:
+            _running(op)
         timer = Timer(when, action, args, op)
         heapq.heappush(self._timers, (when, next(self._order), timer))
         return timer
@@ -340,6 +347,8 @@ class Engine:
 
     def begin(self, op: Operation, parent: Operation | None) -> None:
         """Start ``op``, inside ``parent`` (None: at the top)."""
+        if parent is not None:
+            _running(parent)
         op.engine, op.parent = self, parent
         self._running.add(op)
         if parent is not None:
@@ -353,10 +362,8 @@ class Engine:
             return
         op.result, op.error = result, error
         self._stop(op)
-        parent = op.parent
-        if parent is not None:
-            if not parent.ended:
-                self._queue.append(partial(self._guard, parent, parent.child_ended, op))
+        if op.parent is not None:
+            self._queue.append(op)
         elif op.public:
             self._out.append(Done(op) if error is None else Failed(op))
 
@@ -364,6 +371,7 @@ class Engine:
         self, op: Operation, to: Contact | Address, cls: type[m.Message], **fields: Any
     ) -> Request:
         """Send a request for ``op``; it fails with ``TimeoutError`` after ``rpc_timeout``."""
+        _running(op)
         request = Request(self.message(cls, **fields), to, op, self.now)
         self._requests[request.rid] = request
         op.requests[request.rid] = request
@@ -431,9 +439,14 @@ class Engine:
             self.end(op, None, e)
 
     def _drain(self) -> None:
+        """Tell each parent of its children that ended, unless it has ended itself since."""
         queue = self._queue
         while queue:
-            queue.popleft()()
+            child = queue.popleft()
+            parent = child.parent
+            assert parent is not None
+            if not parent.ended:
+                self._guard(parent, parent.child_ended, child)
 
     # -- the routing table -----------------------------------------------------------------
 

@@ -1,0 +1,291 @@
+"""The engine as a machine: operations fed events, commands out, time passed in.
+
+These tests drive engines by hand, with no driver at all: ``Wire`` carries each ``Send``
+command to the addressed engine's ``request_received`` and the reply back to the sender's
+``reply_received``, and time moves only when a test says so (``timer_fired``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from txdht.core import operations as ops
+from txdht.core.commands import Command, Done, Failed, Log, Send
+from txdht.core.engine import Engine, outcome
+from txdht.core.errors import ErrorCode, JoinError, ProtocolError, RemoteError
+from txdht.core.ids import Contact
+from txdht.core.items import Identity, blob
+from txdht.core.limits import Limits
+from txdht.core.messages import Message, Ping, Pong, Store
+from txdht.core.storage import MemoryStorage
+
+UNLIMITED = Limits(peer_rate=1e12, peer_burst=1e12, global_rate=1e12, global_burst=1e12)
+
+
+def engine(index: int, **options: Any) -> Engine:
+    """An engine with a seeded identity, listening (in name) on port 4000 + index."""
+    raw = hashlib.sha256(b"operations %d" % index).digest()
+    options.setdefault("limits", UNLIMITED)
+    made = Engine(Identity.from_private_bytes(raw), MemoryStorage(), now=0.0, **options)
+    made.port = 4000 + index
+    return made
+
+
+class Wire:
+    """Engines joined by hand: ``deliver`` carries requests and replies until none is left,
+    keeping every other command (what the drivers would carry out)."""
+
+    def __init__(self, *engines: Engine) -> None:
+        self.engines = {("127.0.0.1", e.port): e for e in engines}
+        self.now = 0.0
+        #: Every command other than Send, in order.
+        self.kept: list[Command] = []
+
+    def deliver(self, commands: list[Command], sender: Engine) -> None:
+        pending = [(sender, c) for c in commands]
+        for _ in range(10_000):
+            if not pending:
+                return
+            source, command = pending.pop(0)
+            if not isinstance(command, Send):
+                self.kept.append(command)
+                continue
+            request = command.request
+            target = self.engines[request.address]
+            reply, more = target.request_received(
+                request.message, "127.0.0.1", source.port, self.now
+            )
+            pending += [(target, c) for c in more]
+            if reply is not None:
+                pending += [
+                    (source, c) for c in source.reply_received(reply, "127.0.0.1", self.now)
+                ]
+        raise AssertionError("the engines did not settle")
+
+    def start(self, at: Engine, op: ops.Operation) -> ops.Operation:
+        self.deliver(at.start(op, self.now), at)
+        return op
+
+
+def contact(made: Engine) -> Contact:
+    """Where ``made`` is."""
+    return Contact(made.id, "127.0.0.1", made.port)
+
+
+def test_a_call_ends_with_its_reply_as_a_done_command() -> None:
+    """An operation the driver started ends as one Done command, with the reply as result."""
+    a, b = engine(1), engine(2)
+    wire = Wire(a, b)
+    call = wire.start(a, ops.Call(contact(b), Ping))
+    assert [type(c) for c in wire.kept] == [Done]
+    assert isinstance(call.result, Pong)
+    assert call.result.sender == b.id
+    assert a.metrics.rpcs[("sent", "ping", "ok")] == 1
+    assert b.id in a.routing  # a reply from a contact counts as hearing from it
+
+
+def test_a_request_nobody_answers_fails_at_the_rpc_timeout_and_not_before() -> None:
+    """The engine times its own requests out: the deadline is its next timer, and at it the
+    operation fails with TimeoutError; the late reply is then dropped without a word."""
+    a, b = engine(1, rpc_timeout=2.0), engine(2)
+    (send,) = a.start(call := ops.Call(contact(b), Ping), 0.0)
+    assert isinstance(send, Send)
+    assert a.next_timer() == 2.0
+    assert a.timer_fired(1.99) == []
+    assert not call.ended
+    commands = a.timer_fired(2.0)
+    assert isinstance(call.error, TimeoutError)
+    assert str(call.error) == "no reply within 2 s"
+    assert [type(c) for c in commands] == [Log, Failed]
+    assert a.next_timer() is None
+    late, _ = b.request_received(send.request.message, "127.0.0.1", a.port, 2.5)
+    assert late is not None
+    assert a.reply_received(late, "127.0.0.1", 3.0) == []  # an abandoned request's reply
+    assert a.metrics.rpcs[("sent", "ping", "timeout")] == 1
+
+
+def test_an_unsolicited_reply_is_logged() -> None:
+    """A reply to a request never sent is logged (and changes nothing)."""
+    a = engine(1)
+    (logged,) = a.reply_received(engine(2).message(Pong, 999), "127.0.0.1", 0.0)
+    assert isinstance(logged, Log)
+    assert (
+        logged.format() == "ignored a pong reply from 127.0.0.1 to request 999, which nobody awaits"
+    )
+
+
+def test_a_reply_from_another_id_or_an_error_reply_fails_the_request() -> None:
+    """A reply from another id than the contact's fails with ProtocolError; an error reply
+    with RemoteError carrying its code."""
+    a, b = engine(1), engine(2)
+    wire = Wire(a, b)
+    impostor = Contact(b.id ^ 1, "127.0.0.1", b.port)
+    call = wire.start(a, ops.Call(impostor, Ping))
+    assert isinstance(call.error, ProtocolError)
+    assert call.error.code == ErrorCode.UNEXPECTED
+    older = Identity.from_private_bytes(b"o" * 32)
+    b.store(older.sign("n", b"new", 2), 60.0, 0.0)
+    refused = wire.start(a, ops.Call(contact(b), Store, item=older.sign("n", b"old", 1), ttl=60.0))
+    assert isinstance(refused.error, RemoteError)
+    assert refused.error.code == ErrorCode.STALE_SEQUENCE
+    assert [outcome(e) for e in (refused.error, call.error, TimeoutError())] == [
+        "error",
+        "failed",
+        "timeout",
+    ]
+
+
+def test_cancelling_an_operation_abandons_its_requests_silently() -> None:
+    """A cancelled operation gets no Done or Failed; its requests are counted as cancelled,
+    their timers go, and their replies are dropped quietly when they come."""
+    a, b = engine(1), engine(2)
+    commands = a.start(call := ops.Call(contact(b), Ping), 0.0)
+    (send,) = commands
+    assert isinstance(send, Send)
+    assert a.cancel(call, 0.5) == []
+    assert call.ended
+    assert call.result is None
+    assert call.error is None
+    assert a.pending() == []
+    assert a.running() == []
+    assert a.next_timer() is None
+    assert a.metrics.rpcs[("sent", "ping", "cancelled")] == 1
+    reply, _ = b.request_received(send.request.message, "127.0.0.1", a.port, 0.6)
+    assert reply is not None
+    assert a.reply_received(reply, "127.0.0.1", 0.7) == []
+    assert a.cancel(call, 0.8) == []  # cancelling again does nothing
+
+
+class Steps(ops.Operation):
+    """An operation that runs whatever a test gives it, to reach the engine's corners."""
+
+    def __init__(self, begin: Any = None, child_ended: Any = None) -> None:
+        super().__init__()
+        self._begin, self._child_ended = begin, child_ended
+        self.heard: list[ops.Operation] = []
+
+    def begin(self) -> None:
+        if self._begin is not None:
+            self._begin(self)
+
+    def child_ended(self, child: ops.Operation) -> None:
+        self.heard.append(child)
+        if self._child_ended is not None:
+            self._child_ended(self, child)
+
+
+def test_a_bug_in_a_step_fails_the_operation_and_the_node_goes_on() -> None:
+    """An exception in an operation's step ends it with that error, logged with its
+    traceback; an exception after it has ended is logged and changes nothing more."""
+    a = engine(1)
+
+    def broken(op: ops.Operation) -> None:
+        raise ZeroDivisionError("a bug")
+
+    commands = a.start(failing := Steps(broken), 0.0)
+    logged, failed = commands
+    assert isinstance(logged, Log)
+    assert logged.level == "error"
+    assert logged.format() == "Steps failed: ZeroDivisionError('a bug')"
+    assert isinstance(logged.fields["failure"], ZeroDivisionError)
+    assert failed == Failed(failing)
+    assert isinstance(failing.error, ZeroDivisionError)
+
+    def finish_then_raise(op: ops.Operation) -> None:
+        op.finish("kept")
+        raise ValueError("after the end")
+
+    commands = a.start(finished := Steps(finish_then_raise), 1.0)
+    assert [type(c) for c in commands] == [Done, Log]
+    assert (finished.result, finished.error) == ("kept", None)
+
+
+def test_a_timer_of_an_operation_that_raises_fails_it() -> None:
+    """A timer set with ``later`` runs in the operation's name: if it raises, the operation
+    fails; if the operation has ended, the timer never runs."""
+    a = engine(1)
+    ran: list[float] = []
+
+    def bug() -> None:
+        raise ZeroDivisionError("a bug")
+
+    def late(op: ops.Operation) -> None:
+        op.later(5.0, bug)
+        op.later(7.0, ran.append, 7.0)
+        op.send(contact(engine(2)), Ping)
+
+    a.start(op := Steps(late), 0.0)
+    assert a.next_timer() == 5.0
+    commands = a.timer_fired(5.0)
+    assert [type(c) for c in commands] == [Log, Failed]
+    assert isinstance(op.error, ZeroDivisionError)
+    assert a.next_timer() is None  # the request's deadline went with it
+    with pytest.raises(RuntimeError, match="has ended"):
+        op.send(contact(engine(2)), Ping)
+    with pytest.raises(RuntimeError, match="has ended"):
+        op.later(1.0, ran.append, 8.0)
+    assert a.timer_fired(7.0) == []
+    assert ran == []
+
+
+def test_a_parent_that_ended_does_not_hear_of_its_children() -> None:
+    """A child's end is queued for its parent; if the parent ends first (here on hearing of
+    its first child), it never hears of the other, and cannot start anything more."""
+    a = engine(1)
+
+    def two_children(op: ops.Operation) -> None:
+        op.spawn(Steps(lambda child: child.finish(1)))
+        op.spawn(Steps(lambda child: child.finish(2)))
+
+    def end_at_the_first(op: ops.Operation, child: ops.Operation) -> None:
+        op.finish(child.result)
+        op.spawn(Steps())  # a bug: an operation that has ended starts nothing more
+
+    parent = Steps(two_children, end_at_the_first)
+    done, logged = a.start(parent, 0.0)
+    assert done == Done(parent)
+    assert isinstance(logged, Log)
+    assert logged.format() == (
+        "Steps failed: RuntimeError('Steps has ended, and cannot act any more')"
+    )
+    assert parent.result == 1
+    assert [child.result for child in parent.heard] == [1]
+    assert a.running() == []
+
+
+def test_the_engine_refuses_a_timeout_of_zero() -> None:
+    """rpc_timeout must be above 0, k from 1 to 64, alpha at least 1."""
+    with pytest.raises(ValueError, match="rpc_timeout must be above 0"):
+        engine(1, rpc_timeout=0.0)
+
+
+def test_a_join_through_no_seed_fails_and_through_one_fills_the_table() -> None:
+    """Join fails with JoinError when no seed proves its id, and otherwise knows its seed and
+    what the seed knew."""
+    a, b, c = engine(1), engine(2), engine(3)
+    wire = Wire(a, b, c)
+    assert isinstance(wire.start(a, ops.Join([])).error, JoinError)
+    wire.start(b, ops.Join([("127.0.0.1", c.port)]))
+    join = wire.start(a, ops.Join([("127.0.0.1", b.port)]))
+    assert join.result == 2
+    assert {b.id, c.id} <= {known.id for known in a.routing.contacts()}
+
+
+def test_a_publish_of_an_item_too_large_fails_at_once() -> None:
+    """A put of an item the node would refuse itself fails before anything is sent."""
+    a = engine(1, max_value=4)
+    commands = a.start(put := ops.Publish(blob(b"far too large"), 60.0), 0.0)
+    assert commands == [Failed(put)]
+    assert isinstance(put.error, ProtocolError)
+    assert put.error.code == ErrorCode.VALUE_TOO_LARGE
+
+
+def test_messages_carry_the_sender() -> None:
+    """Requests made by the engine carry its id and port, and fresh request ids."""
+    a = engine(1)
+    first, second = a.message(Ping), a.message(Ping)
+    assert isinstance(first, Message)
+    assert (first.sender, first.port, second.rid - first.rid) == (a.id, a.port, 1)
