@@ -87,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=_above_zero, help="churn: simulated hours")
     p.add_argument("--churn", type=_non_negative, help="churn: fraction replaced per hour")
     p.add_argument("--kill", type=_fractions, help="crash: fractions killed, e.g. 0.5,0.9")
+    p.add_argument(
+        "--silent", type=_fractions, help="silent: fractions that stop answering, e.g. 0.1,0.33"
+    )
     p.add_argument("--minutes", type=_above_zero, help="partition: minutes split")
     p.add_argument("--json", action="store_true", help="print the report as JSON, not a table")
     p.add_argument(

@@ -150,9 +150,32 @@ def _partition(report: Report) -> Figure:
     return fig
 
 
+def _silent(report: Report) -> Figure:
+    table, spread = (_Table(t) for t in report["tables"])
+    fig, (latency, took) = _new_figure(2)
+    quantiles = [float(name[1:]) for name in list(spread.index)[1:]]
+    for row in spread.rows:
+        latency.plot(quantiles, row[1:], marker=".", label=f"{row[0]} silent")
+    _goal(latency, 3000.0, "goal: p99 under 3 s")
+    latency.set_yscale("log")
+    latency.set_xlabel("quantile of gets, %")
+    latency.set_ylabel("ms")
+    latency.set_title("get latency, distribution")
+    latency.legend(loc="upper left")
+    silent = table.column("silent")
+    _bars(took, silent, {q: table.column(q) for q in ("took min", "p10", "p50")})
+    _goal(took, report["parameters"]["k"] - 2, "goal: at least k - 2")
+    took.set_xlabel("nodes silent")
+    took.set_ylabel("answering nodes that took a put")
+    took.set_title("puts")
+    took.legend(loc="lower left")
+    return fig
+
+
 _FIGURES: dict[str, Callable[[Report], Figure]] = {
     "lookup": _lookup,
     "crash": _crash,
+    "silent": _silent,
     "churn": _churn,
     "partition": _partition,
 }

@@ -1,4 +1,4 @@
-"""The four scenarios of the simulator: lookup, crash, churn and partition.
+"""The scenarios of the simulator: lookup, crash, silent, churn and partition.
 
 Each takes ``Settings`` and returns a ``Report``. Every one of them grows its network the way a
 real one grows: nodes start one after another and join through a random node already in the
@@ -74,6 +74,8 @@ class Settings:
     churn: float = 0.5
     #: Crash: the fractions of the network killed at once, each in a network of its own.
     kill: tuple[float, ...] = (0.5, 0.9)
+    #: Silent: the fractions of the network that stop answering, each in a network of its own.
+    silent: tuple[float, ...] = (0.1, 0.33)
     #: Partition: minutes the network stays split.
     minutes: float = 30.0
     trace: IO[str] | None = None
@@ -113,6 +115,7 @@ class Settings:
 DEFAULTS: dict[str, dict[str, object]] = {
     "lookup": {"nodes": 1000, "keys": 100, "lookups": 200},
     "crash": {"nodes": 200, "keys": 1000},
+    "silent": {"nodes": 1000, "keys": 100, "lookups": 200},
     "churn": {"nodes": 100, "keys": 100, "hours": 12.0},
     "partition": {"nodes": 200, "keys": 20},
 }
@@ -476,6 +479,145 @@ def crash(s: Settings) -> Report:
     return report
 
 
+# -- silent ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Timed:
+    """One operation of the silent scenario: whether it did its job, and how long it took."""
+
+    ok: bool
+    seconds: float
+    #: Requests its lookup sent (gets), or live nodes that took the item (puts).
+    count: int
+
+
+def _timed_get(net: Network, node: SimNode, key: int, done: Callable[[_Timed], None]) -> None:
+    started = net.clock.now
+
+    def got(item: Item | None, found: SimLookup | None) -> None:
+        queries = found.machine.queries if found is not None else 0
+        done(_Timed(item is not None, net.clock.now - started, queries))
+
+    node.get(key, got)
+
+
+def _timed_put(net: Network, node: SimNode, item: Item, done: Callable[[_Timed], None]) -> None:
+    started = net.clock.now
+
+    def stored(took: int) -> None:
+        done(_Timed(took > 0, net.clock.now - started, took))
+
+    node.publish_own(item, DEFAULT_TTL, stored)
+
+
+#: The quantiles of get latency the silent scenario reports (a distribution, for the plot).
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+
+
+def _silent_once(
+    s: Settings, fraction: float, report: Report, table: Table, spread: Table
+) -> Network:
+    """One run: grow, store signed items, silence ``fraction``, then get and put through the
+    nodes still answering."""
+    net = s.network()
+    grow(net, s.nodes)
+    publishers = [net.ready.choice(net.rng) for _ in range(4)]
+    items = [
+        node.engine.next_version(f"silent {i}", b"value %d" % i)
+        for i, node in enumerate(publishers[i % 4] for i in range(s.keys))
+    ]
+    store(net, items, [publishers[i % 4] for i in range(s.keys)])
+    s.say(net, f"silent {fraction:.0%}: {s.nodes} nodes joined, {s.keys} items stored")
+    protected = {node.index for node in publishers}
+    victims = [n for n in net.live.items if n.index not in protected]
+    for node in net.rng.sample(victims, round(fraction * s.nodes)):
+        net.kill(node)  # on the bus a dead node and a silent one are alike: no answer, ever
+    rng = net.rng
+    reads = [(net.ready.choice(rng), rng.choice(items).key) for _ in range(s.lookups)]
+    gets = run_jobs(net, [partial(_timed_get, net, n, k) for n, k in reads], "gets")
+    writers = [(net.ready.choice(rng), i) for i in range(min(s.keys, s.lookups))]
+    fresh = [node.engine.next_version(f"after {i}", b"new value %d" % i) for node, i in writers]
+    puts = run_jobs(
+        net,
+        [
+            partial(_timed_put, net, node, item)
+            for (node, _), item in zip(writers, fresh, strict=True)
+        ],
+        "puts",
+    )
+    s.say(net, f"silent {fraction:.0%}: measured {len(gets)} gets and {len(puts)} puts")
+    rtt = s.latency / 1000
+    seconds = [g.seconds for g in gets]
+    took = [p.count for p in puts]
+    table.rows.append(
+        [
+            f"{fraction:.0%}",
+            len(net.live),
+            len(gets),
+            _percent(sum(g.ok for g in gets), len(gets)),
+            percentile(seconds, 0.5) * 1000,
+            percentile(seconds, 0.95) * 1000,
+            percentile(seconds, 0.99) * 1000,
+            percentile(seconds, 0.99) / rtt if rtt else 0.0,
+            mean([g.count for g in gets]),
+            len(puts),
+            min(took),
+            percentile([float(t) for t in took], 0.1),
+            percentile([float(t) for t in took], 0.5),
+            percentile([p.seconds for p in puts], 0.99) * 1000,
+        ]
+    )
+    spread.rows.append([f"{fraction:.0%}", *(percentile(seconds, q) * 1000 for q in QUANTILES)])
+    failed = sum(not g.ok for g in gets)
+    report.targets += [
+        Target(
+            f"{fraction:.0%} silent: gets through answering nodes that return the value",
+            "all",
+            f"{len(gets) - failed} of {len(gets)}",
+            not failed,
+        ),
+        Target(
+            f"{fraction:.0%} silent: get latency p99",
+            "under 3 s",
+            f"{percentile(seconds, 0.99):.2f} s",
+            percentile(seconds, 0.99) < 3.0,
+        ),
+        Target(
+            f"{fraction:.0%} silent: live nodes that took each put",
+            f"at least k - 2 = {s.k - 2}",
+            f"min {min(took)}",
+            min(took) >= s.k - 2,
+        ),
+    ]
+    return net
+
+
+def silent(s: Settings) -> Report:
+    """A fraction of the nodes stop answering (frozen hosts, whose connections stay open): gets
+    of signed items and new puts through the nodes still answering."""
+    columns = ["silent", "answering", "gets", "ok %", "ms p50", "ms p95", "ms p99", "p99 / RTT"]
+    columns += ["RPCs mean", "puts", "took min", "p10", "p50", "put ms p99"]
+    table = Table(
+        f"{s.nodes} nodes, {s.keys} signed items at k={s.k}: gets and puts once a fraction of "
+        "the nodes has stopped answering",
+        columns,
+    )
+    spread = Table(
+        "get latency (ms) at each quantile", ["silent", *(f"q{q * 100:g}" for q in QUANTILES)]
+    )
+    report = Report("silent", s.describe("silent", "lookups"), [table, spread])
+    nets = [_silent_once(s, fraction, report, table, spread) for fraction in s.silent]
+    report.notes.append(
+        "each fraction runs in a network of its own, grown and filled identically (same seed); "
+        "a silent node never answers (on the bus it is a dead one): requests to it time out "
+        "after rpc_timeout; took: the nodes that accepted a put, all of them answering"
+    )
+    report.counters = _counters(nets)
+    report.simulated_seconds = sum(net.clock.now for net in nets)
+    return report
+
+
 # -- churn ----------------------------------------------------------------------------------
 
 
@@ -764,6 +906,7 @@ def partition(s: Settings) -> Report:
 SCENARIOS: dict[str, Callable[[Settings], Report]] = {
     "lookup": lookup,
     "crash": crash,
+    "silent": silent,
     "churn": churn,
     "partition": partition,
 }
