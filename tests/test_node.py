@@ -11,12 +11,13 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from txdht import JoinError, NotFoundError, PutError, RemoteError
+from txdht import JoinError, NotFoundError, PutError, RemoteError, testing
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.framing import netstring
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import Identity, blob
 from txdht.core.messages import FindNode, Message, Ping, Pong, Store, Value, encode
+from txdht.core.timing import FIRST_SLOW
 from txdht.node import Lookup, Node
 from txdht.testing import MemoryNetwork
 
@@ -135,14 +136,16 @@ def test_lookup_completes_through_others_when_peers_stop_answering() -> None:
 
 
 def test_lookup_with_every_peer_silent_ends_empty() -> None:
-    """When no peer answers, the lookup ends after the timeouts with no contacts."""
+    """When no peer answers, the lookup ends with no contacts once every query and its retry
+    have gone slow: it waits for no timeout."""
     net = MemoryNetwork()
     nodes = net.create(5)
     for node in nodes[1:]:
         net.silence(node)
-    machine = net.run(nodes[0].lookup(12345))
+    started = net.clock.seconds()
+    machine = net.run(nodes[0].lookup(12345), step=0.1)
     assert machine.closest() == []
-    assert net.clock.seconds() >= nodes[0].rpc_timeout
+    assert 2 * FIRST_SLOW <= net.clock.seconds() - started < nodes[0].rpc_timeout
 
 
 def test_failed_requests_count_against_contacts() -> None:
@@ -487,6 +490,29 @@ def test_run_gives_up_after_max_seconds() -> None:
     net = MemoryNetwork()
     with pytest.raises(TimeoutError, match="did not fire"):
         net.run(Deferred(), max_seconds=1.0)
+
+
+def test_run_gives_up_after_a_bounded_number_of_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MemoryNetwork.run moves the clock a bounded number of times, whatever max_seconds."""
+    monkeypatch.setattr(testing, "MAX_STEPS_PER_RUN", 4)
+    net = MemoryNetwork()
+    with pytest.raises(RuntimeError, match="within 4 steps"):
+        net.run(Deferred(), max_seconds=1e9)
+    assert net.clock.seconds() == 2.0
+
+
+def test_run_stops_at_every_timer_so_messages_go_out_between_them() -> None:
+    """MemoryNetwork.run moves the clock to each timer in turn, not in fixed steps, flushing
+    at each: what one timer sends is delivered before the next timer fires."""
+    net = MemoryNetwork()
+    seen: list[float] = []
+    for when in (0.1, 0.2):
+        net.clock.callLater(when, lambda: seen.append(net.clock.seconds()))
+    d: Deferred[None] = Deferred()
+    net.clock.callLater(0.3, d.callback, None)
+    net.run(d, step=10.0)
+    assert seen == pytest.approx([0.1, 0.2])
+    assert net.clock.seconds() == pytest.approx(0.3)
 
 
 PING = netstring(encode(Ping(rid=1, sender=1, port=0)))

@@ -88,11 +88,15 @@ def test_a_call_ends_with_its_reply_as_a_done_command() -> None:
 
 
 def test_a_request_nobody_answers_fails_at_the_rpc_timeout_and_not_before() -> None:
-    """The engine times its own requests out: the deadline is its next timer, and at it the
-    operation fails with TimeoutError; the late reply is then dropped without a word."""
+    """The engine times its own requests out: the deadline is its next timer (after the slow
+    deadline, which a single call ignores), and at it the operation fails with TimeoutError;
+    the late reply is then dropped without a word."""
     a, b = engine(1, rpc_timeout=2.0), engine(2)
     (send,) = a.start(call := ops.Call(contact(b), Ping), 0.0)
     assert isinstance(send, Send)
+    assert a.next_timer() == 1.0  # slow: nobody measured yet, FIRST_SLOW
+    assert a.timer_fired(1.0) == []
+    assert send.request.slow
     assert a.next_timer() == 2.0
     assert a.timer_fired(1.99) == []
     assert not call.ended
@@ -218,6 +222,7 @@ def test_a_timer_of_an_operation_that_raises_fails_it() -> None:
         op.send(contact(engine(2)), Ping)
 
     a.start(op := Steps(late), 0.0)
+    assert a.timer_fired(1.0) == []  # the request's slow deadline: nothing for Steps to do
     assert a.next_timer() == 5.0
     commands = a.timer_fired(5.0)
     assert [type(c) for c in commands] == [Log, Failed]

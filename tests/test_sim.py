@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from txdht.core import operations as ops
 from txdht.core.engine import Engine
 from txdht.core.errors import ProtocolError, RemoteError
 from txdht.core.ids import Contact, sha512_id
@@ -665,9 +666,9 @@ def test_loss_makes_lookups_slower_but_they_still_succeed() -> None:
 
 
 def test_find_value_latency_is_held_to_its_goal() -> None:
-    """With 20% of messages lost some FIND_VALUE waits out a timeout (100 RTT): its p99 goal
-    of 8 RTT is missed, and the report says so."""
-    report = run("lookup", Settings(nodes=40, keys=3, lookups=30, loss=0.2))
+    """With 35% of messages lost some FIND_VALUE takes over 8 RTT (its queries and their
+    retries go slow): its p99 goal is missed, and the report says so."""
+    report = run("lookup", Settings(nodes=40, keys=3, lookups=30, loss=0.35))
     (latency,) = [t for t in report.targets if t.name == "FIND_VALUE latency"]
     assert float(report.tables[0].rows[2][17]) > 8
     assert not latency.met
@@ -695,22 +696,37 @@ def test_crash_scenario_reads_after_killing_and_counts_replicas() -> None:
 def test_a_replication_that_does_not_finish_is_counted_as_it_stands(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """When replication after the crash is still running an interval later (here a request to
-    a dead node takes almost a whole replication interval to time out), replicas are counted
-    then and a note says so, instead of the run failing."""
+    """When replication after the crash is still running an interval later (here every
+    replication round stalls once it has stored its first item), replicas are counted then
+    and a note says so, instead of the run failing."""
     network = Settings.network
+    crashed: list[bool] = []
 
     def short_intervals(self: Settings) -> Network:
         net = network(self)
         net.intervals = dataclasses.replace(net.intervals, replicate=300.0)
+        kill = net.kill
+
+        def kill_and_note(node: SimNode) -> None:
+            crashed.append(True)
+            kill(node)
+
+        monkeypatch.setattr(net, "kill", kill_and_note)
         return net
 
+    child_ended = ops.PublishAll.child_ended
+
+    def stall_after_the_crash(self: ops.PublishAll, child: ops.Operation) -> None:
+        if not crashed:
+            child_ended(self, child)  # before the crash, replication runs as usual
+
     monkeypatch.setattr(Settings, "network", short_intervals)
-    report = run("crash", Settings(nodes=20, keys=10, k=4, kill=(0.9,), rpc_timeout=299.0))
+    monkeypatch.setattr(ops.PublishAll, "child_ended", stall_after_the_crash)
+    report = run("crash", Settings(nodes=20, keys=10, k=4, kill=(0.9,)))
     (row,) = report.tables[0].rows
     assert row[:3] == ["90%", 2, 10]
     (note,) = [n for n in report.notes if "still replicating" in n]
-    assert note.startswith("90% crash: ")
+    assert note.startswith("90% crash: 2 nodes were still replicating")
     assert "nodes were still replicating two replication intervals after the crash" in note
 
 

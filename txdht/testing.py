@@ -46,6 +46,8 @@ T = TypeVar("T")
 
 #: ``flush`` delivers at most this many events before deciding the nodes talk in a loop.
 MAX_EVENTS_PER_FLUSH = 1_000_000
+#: ``run`` moves the clock at most this many times before deciding the nodes never settle.
+MAX_STEPS_PER_RUN = 1_000_000
 #: Ports are given out from here, one per node, all on 127.0.0.1.
 FIRST_PORT = 4000
 #: Limits with request rates too high to matter (see ``add_node``).
@@ -193,16 +195,25 @@ class MemoryNetwork:
         self.flush()
 
     def run(self, d: Deferred[T], max_seconds: float = 3600.0, step: float = 0.5) -> T:
-        """Flush and advance time until ``d`` fires; its result, or its failure raised."""
+        """Flush and advance time until ``d`` fires; its result, or its failure raised.
+
+        Time moves to the next timer due (or by ``step`` when none is due sooner), and the
+        network is flushed at each, so messages a timer sends are delivered before the next
+        timer fires, as they would be on a real network."""
         results: list[T | Failure] = []
         d.addBoth(results.append)
         self.flush()
-        waited = 0.0
-        while not results:
-            if waited >= max_seconds:
+        started = self.clock.seconds()
+        for _ in range(MAX_STEPS_PER_RUN):
+            if results:
+                break
+            now = self.clock.seconds()
+            if now - started >= max_seconds:
                 raise TimeoutError(f"the Deferred did not fire within {max_seconds} s of clock")
-            self.advance(step)
-            waited += step
+            due = [call.getTime() for call in self.clock.getDelayedCalls() if call.active()]
+            self.advance(min([step, *(when - now for when in due)]))
+        else:
+            raise RuntimeError(f"the Deferred did not fire within {MAX_STEPS_PER_RUN} steps")
         result = results[0]
         if isinstance(result, Failure):
             result.raiseException()

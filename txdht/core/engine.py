@@ -54,6 +54,7 @@ from txdht.core.metrics import Metrics
 from txdht.core.operations import Handoff, Lookup, Operation, PingCheck, Request
 from txdht.core.routing import K, RoutingTable
 from txdht.core.storage import PublishedItem, StoredItem
+from txdht.core.timing import RoundTrips
 
 __all__ = ["Engine", "Timer", "outcome"]
 
@@ -141,6 +142,10 @@ class Engine:
         self.limits = limits = limits or Limits()
         self.routing = RoutingTable(self.id, k, now, max_per_subnet=limits.max_per_subnet)
         self.rate_limiter = RateLimiter(limits, now)
+        #: Measured round trips, which set each request's slow deadline.
+        self.round_trips = RoundTrips(rpc_timeout)
+        #: Whether a lookup sends a slow query to one of the k closest once more.
+        self.retries = True
         #: RPC counters and lookup latencies, served at ``/metrics``.
         self.metrics = Metrics()
         #: Called with (state machine, seconds) when a lookup ends (the dashboard's feed).
@@ -213,6 +218,7 @@ class Engine:
             return self.settle()
         self._close(request)
         contact = request.contact
+        self.round_trips.measured(contact.id if contact else None, now - request.sent_at)
         if isinstance(reply, m.Error):
             self._failed(request, RemoteError(reply.code, reply.message))
         elif contact is not None and reply.sender != contact.id:
@@ -368,14 +374,25 @@ class Engine:
             self._out.append(Done(op) if error is None else Failed(op))
 
     def send(
-        self, op: Operation, to: Contact | Address, cls: type[m.Message], **fields: Any
+        self,
+        op: Operation,
+        to: Contact | Address,
+        cls: type[m.Message],
+        *,
+        retry_of: Request | None = None,
+        **fields: Any,
     ) -> Request:
-        """Send a request for ``op``; it fails with ``TimeoutError`` after ``rpc_timeout``."""
+        """Send a request for ``op``: it fails with ``TimeoutError`` after ``rpc_timeout``,
+        and goes slow (``txdht.core.timing``) when its reply is overdue before that."""
         _running(op)
-        request = Request(self.message(cls, **fields), to, op, self.now)
+        request = Request(self.message(cls, **fields), to, op, self.now, retry_of)
         self._requests[request.rid] = request
         op.requests[request.rid] = request
-        request.timer = self.call_at(self.now + self.rpc_timeout, self._timed_out, request)
+        now = self.now
+        request.timer = self.call_at(now + self.rpc_timeout, self._timed_out, request)
+        slow = self.round_trips.slow_after(request.contact.id if request.contact else None)
+        if slow < self.rpc_timeout:
+            request.slow_timer = self.call_at(now + slow, self._slow, request)
         self.sender(request)
         return request
 
@@ -396,6 +413,9 @@ class Engine:
             self._close(request)
             self._abandoned.add(request.rid)
             self.metrics.rpc("sent", request.message.TYPE, "cancelled")
+            if request.slow and request.contact is not None:
+                # Overdue, and no longer waited for: it failed, as far as the table goes.
+                self.routing.failed(request.contact.id)
         for child in list(op.children):
             self._cancel(child)
         for timer in op.timers:
@@ -407,6 +427,14 @@ class Engine:
         del request.op.requests[request.rid]
         assert request.timer is not None
         request.timer.cancel()
+        if request.slow_timer is not None:
+            request.slow_timer.cancel()
+
+    def _slow(self, request: Request) -> None:
+        request.slow = True
+        if request.contact is not None:
+            self.routing.slow(request.contact.id)
+        self._guard(request.op, request.op.request_slow, request)
 
     def _timed_out(self, request: Request) -> None:
         self._close(request)
@@ -507,11 +535,21 @@ class Engine:
         Contacts whose last two requests failed are not asked, nor added when a peer names
         them: after a mass crash, each would cost a timeout in every lookup (replication runs
         one per item) until it leaves the table. When no contact looks alive (this node's own
-        network was down), all are asked again."""
+        network was down), all are asked again. Contacts that went slow or failed since they
+        last answered (questionable) are asked after the others."""
         self.routing.touch(target, self.now)
-        seeds, live = self.routing.contacts(), {c.id for c in self.routing.contacts(live=True)}
-        dead = [c for c in seeds if c.id not in live] if live else []
-        return IterativeLookup(target, seeds, self.id, self.k, self.alpha, find_value, dead)
+        seeds, dead, questionable = self.routing.lookup_seeds()
+        return IterativeLookup(
+            target,
+            seeds,
+            self.id,
+            self.k,
+            self.alpha,
+            find_value,
+            dead,
+            questionable,
+            retries=self.retries,
+        )
 
     def refresh_targets(self, now: float, interval: float) -> list[int]:
         """A random id in each bucket no lookup has targeted for ``interval`` seconds."""

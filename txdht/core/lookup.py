@@ -54,8 +54,18 @@ ALPHA = 3
 class _State(Enum):
     NEW = "new"
     IN_FLIGHT = "in flight"
+    #: Its query went slow and a retry is on its way: it holds no slot, yet the lookup waits
+    #: for it (it is among the k closest).
+    RETRY = "retry"
+    #: Its query went slow: it holds no slot and is out of the shortlist, but its reply is
+    #: still taken if it comes.
+    SLOW = "slow"
     ANSWERED = "answered"
     FAILED = "failed"
+
+
+#: The states in which a contact may still answer.
+_WAITING = (_State.IN_FLIGHT, _State.RETRY, _State.SLOW)
 
 
 class IterativeLookup:
@@ -70,6 +80,8 @@ class IterativeLookup:
         alpha: int = ALPHA,
         find_value: bool = False,
         dead: Iterable[Contact] = (),
+        questionable: Iterable[int] = (),
+        retries: bool = True,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -80,9 +92,15 @@ class IterativeLookup:
         self.found: list[tuple[Contact, Item]] = []
         #: Peers that sent a value that failed verification, with the reason.
         self.bad_values: list[tuple[Contact, ProtocolError]] = []
-        #: How many queries the lookup sent.
+        #: How many queries the lookup sent (retries included).
         self.queries = 0
-        #: What happened, in order: ("sent" | "answered" | "failed", contact) (for display).
+        #: Whether a slow query to one of the k closest is sent once more.
+        self.retries = retries
+        #: Ids of contacts that went slow or failed lately: asked after the others.
+        self.questionable = frozenset(questionable)
+        self._retried: set[int] = set()
+        #: What happened, in order: ("sent" | "answered" | "failed" | "slow" | "retried",
+        #: contact) (for display).
         self.trace: list[tuple[str, Contact]] = []
         #: How far each contact is from us along the lookup: 1 for the seeds, and one more
         #: than the peer that first named it for the others (the hops a lookup takes).
@@ -107,15 +125,24 @@ class IterativeLookup:
         """Whether the lookup is over: a blob was found, or the shortlist has all answered."""
         if self.value is not None and not self.value.mutable:
             return True
-        waiting = self.find_value and not self.found and _State.IN_FLIGHT in self._state.values()
+        states = self._state.values()
+        pending = _State.IN_FLIGHT in states or _State.RETRY in states
+        waiting = self.find_value and not self.found and pending
         return not waiting and all(self._state[c.id] is _State.ANSWERED for c in self._shortlist())
 
     def next_queries(self) -> list[Contact]:
-        """The contacts to query now; each is in flight until an event about it is fed back."""
+        """The contacts to query now; each is in flight until an event about it is fed back.
+
+        Of the shortlist's contacts not asked yet, those not questionable go first."""
         if self.done:
             return []
         room = self.alpha - list(self._state.values()).count(_State.IN_FLIGHT)
-        chosen = [c for c in self._shortlist() if self._state[c.id] is _State.NEW][: max(room, 0)]
+        if room <= 0:
+            return []
+        new = [c for c in self._shortlist() if self._state[c.id] is _State.NEW]
+        if self.questionable:
+            new.sort(key=lambda c: c.id in self.questionable)  # stable: nearest first within
+        chosen = new[:room]
         for contact in chosen:
             self._state[contact.id] = _State.IN_FLIGHT
             self.trace.append(("sent", contact))
@@ -146,10 +173,29 @@ class IterativeLookup:
         return True
 
     def query_failed(self, peer: Contact) -> None:
-        """The query to ``peer`` failed: timeout, lost connection, error reply or garbage."""
-        if self._state.get(peer.id) is _State.IN_FLIGHT:
+        """The query to ``peer`` failed: timeout, lost connection, error reply or garbage
+        (and its retry, if it had one)."""
+        if self._state.get(peer.id) in _WAITING:
             self._state[peer.id] = _State.FAILED
             self.trace.append(("failed", peer))
+
+    def query_slow(self, peer: Contact) -> bool:
+        """The query to ``peer`` is overdue: it frees its slot for the next candidate. Returns
+        whether to send it once more (a retry): the first time it goes slow, if it is among
+        the k closest (the lookup then waits for it); otherwise it leaves the shortlist, and
+        its reply is still taken if it comes."""
+        state = self._state.get(peer.id)
+        first = state is _State.IN_FLIGHT and self.retries and peer.id not in self._retried
+        if first and any(c.id == peer.id for c in self._shortlist()):
+            self._retried.add(peer.id)
+            self._state[peer.id] = _State.RETRY
+            self.queries += 1
+            self.trace.append(("retried", peer))
+            return True
+        if state is _State.IN_FLIGHT or state is _State.RETRY:
+            self._state[peer.id] = _State.SLOW
+            self.trace.append(("slow", peer))
+        return False
 
     def closest(self) -> list[Contact]:
         """The k closest contacts that answered, nearest first."""
@@ -165,7 +211,7 @@ class IterativeLookup:
         return self.depth.get(closest[0].id, 1) if closest else 0
 
     def _answer(self, peer: Contact) -> bool:
-        if self._state.get(peer.id) is not _State.IN_FLIGHT:
+        if self._state.get(peer.id) not in _WAITING:
             return False
         self._state[peer.id] = _State.ANSWERED
         self.trace.append(("answered", peer))
@@ -181,5 +227,7 @@ class IterativeLookup:
         self._order.sort(key=lambda i: i ^ self.target)  # nearly sorted already: one pass
 
     def _shortlist(self) -> list[Contact]:
-        alive = (self._contacts[i] for i in self._order if self._state[i] is not _State.FAILED)
+        """The k closest contacts that have neither failed nor gone slow."""
+        out = (_State.FAILED, _State.SLOW)
+        alive = (self._contacts[i] for i in self._order if self._state[i] not in out)
         return list(itertools.islice(alive, self.k))

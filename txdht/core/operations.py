@@ -48,6 +48,7 @@ __all__ = [
     "Publish",
     "PublishAll",
     "Refresh",
+    "Repair",
     "Request",
 ]
 
@@ -60,9 +61,28 @@ JOIN_REFRESH = 0.001
 class Request:
     """One request of ours in flight: the message, to whom, for which operation."""
 
-    __slots__ = ("address", "contact", "ended", "link", "message", "op", "sent_at", "timer")
+    __slots__ = (
+        "address",
+        "contact",
+        "ended",
+        "link",
+        "message",
+        "op",
+        "retry_of",
+        "sent_at",
+        "slow",
+        "slow_timer",
+        "timer",
+    )
 
-    def __init__(self, message: Message, to: Contact | Address, op: Operation, now: float) -> None:
+    def __init__(
+        self,
+        message: Message,
+        to: Contact | Address,
+        op: Operation,
+        now: float,
+        retry_of: Request | None = None,
+    ) -> None:
         self.message = message
         #: The contact it was sent to (its reply must come from that id), or None for a bare
         #: address (a seed, before we know its id).
@@ -70,7 +90,13 @@ class Request:
         self.address: Address = to.address if isinstance(to, Contact) else to
         self.op = op
         self.sent_at = now
+        #: The request this one repeats, for a retry (``Streams`` may open a fresh connection).
+        self.retry_of = retry_of
+        #: Its full deadline (it fails then) and its slow one (it is overdue then).
         self.timer: Timer | None = None
+        self.slow_timer: Timer | None = None
+        #: Whether it has gone slow.
+        self.slow = False
         #: The connection it was written on (set by ``Streams``; None in the simulator).
         self.link: Link | None = None
         self.ended = False
@@ -117,6 +143,10 @@ class Operation:
     def request_failed(self, request: Request, error: Exception) -> None:
         """``request`` failed: ``error`` says how (``RemoteError``, ``TimeoutError``...)."""
 
+    def request_slow(self, request: Request) -> None:
+        """``request`` is overdue (``txdht.core.timing``): its reply may still come, until the
+        full deadline, or it fails then."""
+
     def child_ended(self, child: Operation) -> None:
         """``child`` ended; its ``result`` or ``error`` says how."""
 
@@ -125,9 +155,16 @@ class Operation:
 
     # -- actions, through the engine -----------------------------------------------------------
 
-    def send(self, to: Contact | Address, cls: type[Message], **fields: Any) -> Request:
-        """Send a request for this operation."""
-        return self.engine.send(self, to, cls, **fields)
+    def send(
+        self,
+        to: Contact | Address,
+        cls: type[Message],
+        *,
+        retry_of: Request | None = None,
+        **fields: Any,
+    ) -> Request:
+        """Send a request for this operation (``retry_of``: it repeats that one)."""
+        return self.engine.send(self, to, cls, retry_of=retry_of, **fields)
 
     def spawn(self, child: Operation) -> Operation:
         """Start ``child`` inside this operation; ``child_ended`` follows."""
@@ -166,13 +203,16 @@ class Call(Operation):
 
 class Lookup(Operation):
     """An iterative lookup: drives ``IterativeLookup`` with alpha requests in flight, sending a
-    new one whenever one answers or fails; ends with the finished machine."""
+    new one whenever one answers, fails or goes slow (and a retry of a slow one to the k
+    closest); ends with the finished machine."""
 
     def __init__(self, target: int, find_value: bool = False) -> None:
         super().__init__()
         self.target = target
         self.find_value = find_value
         self.started = self.ended_at = 0.0
+        #: The requests still out to each contact (a query, and perhaps its retry).
+        self._out: dict[int, int] = {}
 
     def begin(self) -> None:
         self.started = self.engine.now
@@ -196,14 +236,19 @@ class Lookup(Operation):
             self.finish(machine)
             return
         for contact in machine.next_queries():
-            if self.find_value:
-                self.send(contact, FindValue, key=self.target)
-            else:
-                self.send(contact, FindNode, target=self.target)
+            self._query(contact)
+
+    def _query(self, contact: Contact, retry_of: Request | None = None) -> None:
+        self._out[contact.id] = self._out.get(contact.id, 0) + 1
+        if self.find_value:
+            self.send(contact, FindValue, retry_of=retry_of, key=self.target)
+        else:
+            self.send(contact, FindNode, retry_of=retry_of, target=self.target)
 
     def replied(self, request: Request, reply: Message) -> None:
         contact = request.contact
         assert contact is not None
+        self._out[contact.id] -= 1
         if isinstance(reply, Nodes):
             self.machine.nodes_received(contact, reply.nodes)
         elif isinstance(reply, Value) and self.find_value:
@@ -215,9 +260,18 @@ class Lookup(Operation):
         self._step()
 
     def request_failed(self, request: Request, error: Exception) -> None:
+        contact = request.contact
+        assert contact is not None
+        self._out[contact.id] -= 1
+        self.engine.peer_failed(contact)
+        if not self._out[contact.id]:  # a retry still out may yet answer
+            self.machine.query_failed(contact)
+        self._step()
+
+    def request_slow(self, request: Request) -> None:
         assert request.contact is not None
-        self.machine.query_failed(request.contact)
-        self.engine.peer_failed(request.contact)
+        if self.machine.query_slow(request.contact):
+            self._query(request.contact, retry_of=request)
         self._step()
 
 
@@ -325,10 +379,11 @@ class Publish(_Gather):
         self.finish(self.holders)
 
 
-class Get(_Gather):
+class Get(Operation):
     """The newest valid item under ``key``: a blob held here at once (it cannot change), else
-    a FIND_VALUE lookup whose newest version wins over our own copy; peers that sent an older
-    version get the newest before this ends (read repair). Fails with ``NotFoundError``."""
+    a FIND_VALUE lookup whose newest version wins over our own copy. Fails with
+    ``NotFoundError``. Peers that sent an older version are given the newest afterwards, by a
+    ``Repair`` the reader does not wait for."""
 
     def __init__(self, key: int) -> None:
         super().__init__()
@@ -349,8 +404,8 @@ class Get(_Gather):
             engine.log(
                 "warn", "{peer} sent an invalid value: {error}", peer=str(peer), error=str(error)
             )
-        self.best, stale = engine.newest(self.key, machine, engine.now, DEFAULT_TTL)
-        if self.best is None:
+        best, stale = engine.newest(self.key, machine, engine.now, DEFAULT_TTL)
+        if best is None:
             self.fail(NotFoundError(f"no value found under {id_to_hex(self.key)[:16]}..."))
             return
         if stale:
@@ -359,12 +414,29 @@ class Get(_Gather):
                 "{count} peers sent an older version of {key} than seq {seq}; repairing them",
                 count=len(stale),
                 key=id_to_hex(self.key)[:12],
-                seq=self.best.seq,
+                seq=best.seq,
             )
-        self.send_all(stale, Store, item=self.best, ttl=DEFAULT_TTL)
+            engine.begin(Repair(best, stale), None)
+        self.finish(best)
+
+
+class Repair(_Gather):
+    """Store ``item``, the newest version a get found, on the peers that sent an older one;
+    ends with how many took it."""
+
+    def __init__(self, item: Item, stale: list[Contact]) -> None:
+        super().__init__()
+        self.item, self.stale = item, stale
+        self.took = 0
+
+    def begin(self) -> None:
+        self.send_all(self.stale, Store, item=self.item, ttl=DEFAULT_TTL)
+
+    def answered(self, request: Request, reply: Message) -> None:
+        self.took += 1
 
     def all_ended(self) -> None:
-        self.finish(self.best)
+        self.finish(self.took)
 
 
 class PingCheck(_Gather):

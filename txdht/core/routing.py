@@ -54,6 +54,8 @@ class _Entry:
     contact: Contact
     last_seen: float
     failures: int = 0
+    #: It went slow (or failed) since it last answered: asked after the others.
+    questionable: bool = False
 
 
 class KBucket:
@@ -158,7 +160,7 @@ class RoutingTable:
         bucket = self.bucket_for(contact.id)
         entry = bucket.entries.get(contact.id)
         if entry is not None:
-            entry.last_seen, entry.failures = now, 0
+            entry.last_seen, entry.failures, entry.questionable = now, 0, False
             bucket.entries.move_to_end(contact.id)
             if bucket.pinging == contact.id:
                 bucket.pinging = None
@@ -194,6 +196,7 @@ class RoutingTable:
             bucket.replacements.pop(ident, None)
             return
         entry.failures += 1
+        entry.questionable = True
         evict = bucket.pinging == ident or entry.failures >= self.max_failures
         if evict and bucket.replacements:
             del bucket.entries[ident]
@@ -201,6 +204,27 @@ class RoutingTable:
             bucket.entries[newcomer.contact.id] = newcomer
         if bucket.pinging == ident:
             bucket.pinging = None
+
+    def slow(self, ident: int) -> None:
+        """A request to ``ident`` is overdue: it is questionable (asked after the others by
+        lookups) until it answers again. Being slow is not failing: nothing is evicted."""
+        entry = self.bucket_for(ident).entries.get(ident)
+        if entry is not None:
+            entry.questionable = True
+
+    def lookup_seeds(self) -> tuple[list[Contact], list[Contact], list[int]]:
+        """What a lookup starts from, in one pass over the table: every contact; those that
+        look dead (their last two requests failed), unless all do; and the ids of the
+        questionable ones (slow or failed since they last answered)."""
+        seeds, dead, questionable = [], [], []
+        for bucket in self.buckets:
+            for ident, entry in bucket.entries.items():
+                seeds.append(entry.contact)
+                if entry.failures >= 2:
+                    dead.append(entry.contact)
+                if entry.questionable:
+                    questionable.append(ident)
+        return seeds, (dead if len(dead) < len(seeds) else []), questionable
 
     def remove(self, ident: int) -> None:
         """Forget a contact outright (it misbehaved), promoting a replacement if one waits."""
