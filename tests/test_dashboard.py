@@ -584,6 +584,31 @@ def test_panels_show_the_counters_of_metrics(
         node.kill()
 
 
+def test_panels_show_whether_the_node_joined_its_live_contacts_and_the_network_size(
+    network: list[NodeProcess], browser: Browser
+) -> None:
+    """The panels show what /v1/status says: joined (yes), the live contacts, and the
+    network's estimated size (with a tilde)."""
+    node = network[2]  # joined through the seed
+    browser.open(node)
+
+    def agree() -> dict[str, str] | None:
+        status = node.api("/v1/status")
+        expected = {
+            "joined": "yes" if status["joined"] else "not yet",
+            "live": str(status["live_contacts"]),
+            "size": f"~{status['network_size']}",
+        }
+        shown = {name: browser.text(f"stat-{name}") for name in expected}
+        return shown if shown == expected else None
+
+    shown = until("the panels to show joined, live contacts and size", agree)
+    assert shown["joined"] == "yes"
+    assert int(shown["live"]) >= 1
+    assert re.fullmatch(r"~\d+", shown["size"])
+    assert not browser.severe(), browser.severe()
+
+
 def test_narrow_width_stacks_without_horizontal_scroll(
     network: list[NodeProcess], browser: Browser, artifacts: Path
 ) -> None:

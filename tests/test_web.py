@@ -265,17 +265,25 @@ async def test_refused_item_is_400(api: API) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_status(api: API) -> None:
-    """GET /v1/status shows id, version, endpoints, port, peers, items and uptime."""
+    """GET /v1/status shows id, version, endpoints, port, whether the node joined, its peers
+    and how many answer, the network's estimated size, items and uptime."""
     await api.json("POST", "/v1/blobs", b"v")
     status, body = await api.json("GET", "/v1/status")
     assert status == 200
     node = api.nodes[0]
     assert body["id"] == node.id
     assert body["port"] == node.port
-    assert (body["peers"], body["items"]) == (2, 1)
+    assert (body["peers"], body["live_contacts"], body["items"]) == (2, 2, 1)
+    assert body["network_size"] == 3  # fewer than k contacts: all of them, and itself
+    assert body["joined"] is False  # the others joined through it; it joined nobody
     assert body["endpoints"] == {"dht": "tcp:0", "http": "tcp:0"}
     assert body["version"] == "0.1.0"
     assert body["uptime"] >= 0
+    await node.join([("127.0.0.1", api.nodes[1].port)])
+    await api.nodes[2].stop()
+    await node.lookup(api.nodes[2].engine.id)  # its request to the stopped node fails
+    _, body = await api.json("GET", "/v1/status")
+    assert (body["joined"], body["peers"], body["live_contacts"]) == (True, 2, 1)
 
 
 @pytest_twisted.ensureDeferred

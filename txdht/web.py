@@ -6,7 +6,8 @@ method  path                   answer
 PUT     /v1/names/{name}       body = value; signs and stores it: 201 (below)
 POST    /v1/blobs              body = value; stores an immutable blob: 201 (below)
 GET     /v1/keys/{key}         200 the value bytes; 404 not found; 400 malformed key
-GET     /v1/status             id, version, endpoints, port, peers, items, uptime
+GET     /v1/status             id, version, endpoints, port, joined, peers, live_contacts,
+                               network_size, items, uptime
 GET     /v1/peers              the routing table: id, host, port, bucket, last_seen, failures
 GET     /v1/items              the items held: key, kind, name, seq, size, expires_in
 GET     /v1/lookups            the last lookups: target, kind, seconds, age, trace of queries
@@ -214,13 +215,16 @@ class APIResource(Resource):
     # -- the routes --------------------------------------------------------------------------
 
     def _status(self, request: Request) -> tuple[int, Any]:
-        node = self.node
+        node, routing = self.node, self.node.engine.routing
         return 200, {
             "id": node.id,
             "version": _version(),
             "endpoints": self.endpoints,
             "port": node.port,
-            "peers": len(node.engine.routing),
+            "joined": node.engine.joined,
+            "peers": len(routing),
+            "live_contacts": routing.answering(),
+            "network_size": routing.estimated_size(),
             "items": node.engine.storage.count(),
             "uptime": round(node.reactor.seconds() - self.started, 3),
         }

@@ -323,7 +323,10 @@
     $("stat-id").textContent = status.id.slice(0, 32) + "…";
     $("stat-id").title = status.id;
     $("stat-uptime").textContent = span(status.uptime);
+    $("stat-joined").textContent = status.joined ? "yes" : "not yet";
     $("stat-peers").textContent = status.peers;
+    $("stat-live").textContent = status.live_contacts;
+    $("stat-size").textContent = "~" + status.network_size;
     $("stat-items").textContent = status.items;
     $("stat-port").textContent = status.port;
     $("stat-lookups").textContent = counts.lookups;
