@@ -519,24 +519,24 @@ def test_get_draws_the_lookup_path(network: list[NodeProcess], browser: Browser)
     assert not browser.severe(), browser.severe()
 
 
-RPC_LINE = re.compile(
-    r'^txdht_rpcs_total\{direction="(sent|received)",type="\w+",outcome="(\w+)"\} (\d+)$', re.M
-)
-LOOKUPS_LINE = re.compile(r"^txdht_lookup_duration_seconds_count (\d+)$", re.M)
-
-
 def metric_counts(node: NodeProcess) -> dict[str, str]:
-    """The panels' figures added up from the node's /metrics text, as the page shows them."""
+    """The panels' figures added up from the node's /metrics text (read with the Prometheus
+    client library's parser), as the page shows them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(node.url + "/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    counts = dict.fromkeys(("sent", "received", "failed"), 0)
-    for direction, outcome, count in RPC_LINE.findall(text):
-        counts[direction] += int(count)
-        if direction == "sent" and outcome not in ("ok", "cancelled"):
-            counts["failed"] += int(count)
-    lookups = LOOKUPS_LINE.search(text)
-    assert lookups is not None, text
-    return {"lookups": lookups.group(1)} | {name: str(n) for name, n in counts.items()}
+    counts = dict.fromkeys(("sent", "received", "failed", "lookups"), 0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            direction, outcome = sample.labels.get("direction"), sample.labels.get("outcome")
+            if sample.name == "txdht_rpcs_total" and direction in ("sent", "received"):
+                counts[direction] += int(sample.value)
+                if direction == "sent" and outcome not in ("ok", "cancelled"):
+                    counts["failed"] += int(sample.value)
+            elif sample.name == "txdht_lookup_duration_seconds_count":
+                counts["lookups"] = int(sample.value)
+    return {name: str(n) for name, n in counts.items()}
 
 
 def panel_counts(browser: Browser) -> dict[str, str]:
