@@ -33,7 +33,10 @@ STATUS: dict[str, Any] = {
     "version": "0.1.0",
     "endpoints": {"dht": "udp:127.0.0.1:8468", "http": "http://127.0.0.1:8470"},
     "port": 8468,
+    "joined": True,
     "peers": 2,
+    "live_contacts": 1,
+    "network_size": 1234.4,
     "items": 5,
     "uptime": 7390.75,
 }
@@ -398,7 +401,8 @@ def test_an_unreadable_store_reply_exits_1(
 
 
 def test_status_is_human_readable(node: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
-    """``status`` prints one labelled line per field, with the uptime in hours and minutes."""
+    """``status`` prints one labelled line per field: whether the node joined, its peers and
+    how many answer, the network's estimated size, the uptime in hours and minutes."""
     assert run(node, "status") == 0
     assert capsys.readouterr().out == (
         f"id:            {'ab' * 64}\n"
@@ -406,20 +410,40 @@ def test_status_is_human_readable(node: FakeNode, capsys: pytest.CaptureFixture[
         "dht endpoint:  udp:127.0.0.1:8468\n"
         "http endpoint: http://127.0.0.1:8470\n"
         "port:          8468\n"
+        "joined:        yes\n"
         "peers:         2\n"
+        "live contacts: 1\n"
+        "network size:  ~1234 (estimated)\n"
         "items:         5\n"
         "uptime:        2h 03m 10s\n"
     )
+
+
+def test_status_says_when_the_node_has_not_joined(
+    node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node that has not joined says so: ``joined: no``."""
+    node.status["joined"] = False
+    assert run(node, "status") == 0
+    assert "joined:        no\n" in capsys.readouterr().out
 
 
 def test_status_of_a_sparse_reply_shows_question_marks(
     node: FakeNode, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Fields the node left out (or sent oddly) show as ``?`` instead of failing."""
-    node.status = {"endpoints": "none", "uptime": "long"}
+    node.status = {"endpoints": "none", "uptime": "long", "joined": 1, "network_size": "many"}
     assert run(node, "status") == 0
     assert capsys.readouterr().out == (
-        "id:      ?\nversion: ?\nport:    ?\npeers:   ?\nitems:   ?\nuptime:  ?\n"
+        "id:            ?\n"
+        "version:       ?\n"
+        "port:          ?\n"
+        "joined:        ?\n"
+        "peers:         ?\n"
+        "live contacts: ?\n"
+        "network size:  ?\n"
+        "items:         ?\n"
+        "uptime:        ?\n"
     )
 
 
@@ -451,7 +475,7 @@ def test_an_infinite_uptime_shows_a_question_mark(
     """JSON ``Infinity`` (which Python's json accepts) is not a duration."""
     node.overrides["/v1/status"] = (200, "application/json", b'{"uptime": Infinity}')
     assert run(node, "status") == 0
-    assert capsys.readouterr().out.endswith("uptime:  ?\n")
+    assert capsys.readouterr().out.endswith("uptime:        ?\n")
 
 
 @pytest.mark.parametrize("command", ["status", "peers"])

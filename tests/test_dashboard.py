@@ -519,24 +519,24 @@ def test_get_draws_the_lookup_path(network: list[NodeProcess], browser: Browser)
     assert not browser.severe(), browser.severe()
 
 
-RPC_LINE = re.compile(
-    r'^txdht_rpcs_total\{direction="(sent|received)",type="\w+",outcome="(\w+)"\} (\d+)$', re.M
-)
-LOOKUPS_LINE = re.compile(r"^txdht_lookup_duration_seconds_count (\d+)$", re.M)
-
-
 def metric_counts(node: NodeProcess) -> dict[str, str]:
-    """The panels' figures added up from the node's /metrics text, as the page shows them."""
+    """The panels' figures added up from the node's /metrics text (read with the Prometheus
+    client library's parser), as the page shows them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(node.url + "/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    counts = dict.fromkeys(("sent", "received", "failed"), 0)
-    for direction, outcome, count in RPC_LINE.findall(text):
-        counts[direction] += int(count)
-        if direction == "sent" and outcome not in ("ok", "cancelled"):
-            counts["failed"] += int(count)
-    lookups = LOOKUPS_LINE.search(text)
-    assert lookups is not None, text
-    return {"lookups": lookups.group(1)} | {name: str(n) for name, n in counts.items()}
+    counts = dict.fromkeys(("sent", "received", "failed", "lookups"), 0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            direction, outcome = sample.labels.get("direction"), sample.labels.get("outcome")
+            if sample.name == "txdht_rpcs_total" and direction in ("sent", "received"):
+                counts[direction] += int(sample.value)
+                if direction == "sent" and outcome not in ("ok", "cancelled"):
+                    counts["failed"] += int(sample.value)
+            elif sample.name == "txdht_lookup_duration_seconds_count":
+                counts["lookups"] = int(sample.value)
+    return {name: str(n) for name, n in counts.items()}
 
 
 def panel_counts(browser: Browser) -> dict[str, str]:
@@ -582,6 +582,31 @@ def test_panels_show_the_counters_of_metrics(
         assert not browser.severe(), browser.severe()
     finally:
         node.kill()
+
+
+def test_panels_show_whether_the_node_joined_its_live_contacts_and_the_network_size(
+    network: list[NodeProcess], browser: Browser
+) -> None:
+    """The panels show what /v1/status says: joined (yes), the live contacts, and the
+    network's estimated size (with a tilde)."""
+    node = network[2]  # joined through the seed
+    browser.open(node)
+
+    def agree() -> dict[str, str] | None:
+        status = node.api("/v1/status")
+        expected = {
+            "joined": "yes" if status["joined"] else "not yet",
+            "live": str(status["live_contacts"]),
+            "size": f"~{status['network_size']}",
+        }
+        shown = {name: browser.text(f"stat-{name}") for name in expected}
+        return shown if shown == expected else None
+
+    shown = until("the panels to show joined, live contacts and size", agree)
+    assert shown["joined"] == "yes"
+    assert int(shown["live"]) >= 1
+    assert re.fullmatch(r"~\d+", shown["size"])
+    assert not browser.severe(), browser.severe()
 
 
 def test_narrow_width_stacks_without_horizontal_scroll(

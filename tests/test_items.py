@@ -251,6 +251,8 @@ def without(key: str) -> dict[str, object]:
         pytest.param({"value": "YQ"}, ErrorCode.BAD_FIELD, id="value-no-padding"),
         pytest.param({"value": "YQ==YQ=="}, ErrorCode.BAD_FIELD, id="value-data-after-padding"),
         pytest.param({"value": "YQ==\n"}, ErrorCode.BAD_FIELD, id="value-newline"),
+        pytest.param({"value": "YR=="}, ErrorCode.BAD_FIELD, id="value-padding-bits-set"),
+        pytest.param({"value": "YWJ="}, ErrorCode.BAD_FIELD, id="value-padding-bits-set-2"),
         pytest.param({"value": "é"}, ErrorCode.BAD_FIELD, id="value-non-ascii"),
         pytest.param({"value": "YQ==", "name": "n"}, ErrorCode.MISSING_FIELD, id="blob-name"),
         pytest.param(without("public_key"), ErrorCode.MISSING_FIELD, id="no-public-key"),
@@ -262,8 +264,16 @@ def without(key: str) -> dict[str, object]:
         pytest.param({**GOOD, "public_key": "a"}, ErrorCode.BAD_FIELD, id="key-bad-base64"),
         pytest.param({**GOOD, "signature": None}, ErrorCode.BAD_FIELD, id="sig-null"),
         pytest.param({**GOOD, "signature": "&"}, ErrorCode.BAD_FIELD, id="sig-bad-base64"),
+        pytest.param(
+            {**GOOD, "signature": str(GOOD["signature"])[:-3] + "B=="},
+            ErrorCode.BAD_FIELD,
+            id="sig-not-canonical",
+        ),
         pytest.param({**GOOD, "name": 5}, ErrorCode.BAD_FIELD, id="name-int"),
         pytest.param({**GOOD, "name": None}, ErrorCode.BAD_FIELD, id="name-null"),
+        pytest.param(  # each field fully (present, of its type) before the next
+            {**without("seq"), "name": 5}, ErrorCode.BAD_FIELD, id="bad-name-before-missing-seq"
+        ),
         pytest.param({**GOOD, "seq": True}, ErrorCode.BAD_FIELD, id="seq-bool"),
         pytest.param({**GOOD, "seq": "7"}, ErrorCode.BAD_FIELD, id="seq-string"),
         pytest.param({**GOOD, "seq": 7.0}, ErrorCode.BAD_FIELD, id="seq-float"),

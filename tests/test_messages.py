@@ -16,6 +16,7 @@ from txdht.core.ids import Contact, id_to_hex, sha512_id
 from txdht.core.items import MAX_TTL, Identity, blob
 from txdht.core.messages import (
     MAX_CONTACTS,
+    MAX_DEPTH,
     MAX_ERROR_TEXT,
     PROTOCOL_VERSION,
     REPLY_TYPES,
@@ -65,7 +66,8 @@ ROUND_TRIP = [
     pytest.param(Store(**HEAD, item=BLOB, ttl=MAX_TTL), id="store-blob-max-ttl"),
     pytest.param(Value(**HEAD, item=SIGNED), id="value-signed"),
     pytest.param(Nodes(**HEAD), id="nodes-empty"),
-    pytest.param(Ping(rid=0, sender=0, port=0), id="ping-zeros"),
+    pytest.param(Pong(rid=0, sender=0, port=0), id="pong-zeros"),
+    pytest.param(Error(rid=0, sender=0, port=0, code=100, message="?"), id="error-rid-0"),
     pytest.param(Ping(rid=2**53 - 1, sender=2**512 - 1, port=65535), id="ping-maxima"),
     pytest.param(Error(**HEAD, code=999, message="é\u2603"), id="error-unknown-code-unicode"),
     pytest.param(Ping(**HEAD, challenge=bytes(range(32))), id="ping-challenge"),
@@ -248,6 +250,20 @@ BAD_INPUTS = [
     pytest.param(b"42", ErrorCode.MALFORMED, None, id="number"),
     pytest.param(b"null", ErrorCode.MALFORMED, None, id="null"),
     pytest.param(b"[" + wire("ping") + b"]", ErrorCode.MALFORMED, None, id="wrapped-in-array"),
+    # Nested deeper than MAX_DEPTH (the message is level 1), even in a field nobody reads: the
+    # rid is not read from a message refused as a whole.
+    pytest.param(
+        wire("ping", x=[[[0]]]).replace(b"[[[0]]]", b"[" * MAX_DEPTH + b"]" * MAX_DEPTH),
+        ErrorCode.MALFORMED,
+        None,
+        id="nested-one-too-deep",
+    ),
+    pytest.param(
+        wire("ping", x=0).replace(b"0}", b'{"a":' * MAX_DEPTH + b"0" + b"}" * MAX_DEPTH + b"}"),
+        ErrorCode.MALFORMED,
+        None,
+        id="objects-nested-one-too-deep",
+    ),
     # The version.
     pytest.param(wire("ping", drop=("v",)), ErrorCode.MISSING_FIELD, RID, id="missing-v"),
     pytest.param(wire("ping", v=2), ErrorCode.BAD_VERSION, RID, id="wrong-v"),
@@ -273,6 +289,9 @@ BAD_INPUTS = [
     pytest.param(wire("ping", rid=7.0), ErrorCode.BAD_FIELD, None, id="float-rid"),
     pytest.param(wire("ping", rid="7"), ErrorCode.BAD_FIELD, None, id="string-rid"),
     pytest.param(wire("ping", rid=None), ErrorCode.BAD_FIELD, None, id="null-rid"),
+    # rid 0 is for error replies about unreadable rids: a request with it is refused, with it.
+    pytest.param(wire("ping", rid=0), ErrorCode.BAD_FIELD, 0, id="request-rid-0"),
+    pytest.param(wire("store", rid=0), ErrorCode.BAD_FIELD, 0, id="store-rid-0"),
     pytest.param(wire("ping", rid=-1, v=2), ErrorCode.BAD_VERSION, None, id="bad-rid-wrong-v"),
     pytest.param(
         wire("ping", rid=True, type="x"), ErrorCode.UNKNOWN_TYPE, None, id="bad-rid-unknown-type"
@@ -316,6 +335,12 @@ BAD_INPUTS = [
     pytest.param(wire("pong", proof=b64(b"p" * 95)), ErrorCode.BAD_FIELD, RID, id="short-proof"),
     pytest.param(wire("pong", proof=b64(b"p" * 97)), ErrorCode.BAD_FIELD, RID, id="long-proof"),
     pytest.param(wire("pong", proof="é"), ErrorCode.BAD_FIELD, RID, id="proof-not-ascii"),
+    pytest.param(
+        wire("ping", challenge=b64(b"x" * 16)[:-3] + "B=="),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="chal-not-canonical",
+    ),
     # store.
     pytest.param(
         wire("store", drop=("item",)), ErrorCode.MISSING_FIELD, RID, id="store-missing-item"
@@ -483,8 +508,13 @@ def test_long_unknown_type_is_cut_in_the_error_text() -> None:
 
 
 def test_edge_values_are_accepted() -> None:
-    """Range limits are inclusive: rid 0 and 2**53-1, port 0 and 65535, ttl MAX_TTL."""
-    assert decode(wire("ping", rid=0)).rid == 0
+    """Range limits are inclusive: rid 1 (0 on a reply) and 2**53-1, port 0 and 65535, ttl
+    MAX_TTL, nesting MAX_DEPTH levels deep."""
+    assert decode(wire("ping", rid=1)).rid == 1
+    assert decode(wire("pong", rid=0)).rid == 0
+    assert decode(wire("error", rid=0)).rid == 0
+    deepest = b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1)
+    assert decode(wire("ping", x=0).replace(b'"x": 0', b'"x": ' + deepest)).rid == RID
     assert decode(wire("ping", rid=2**53 - 1)).rid == 2**53 - 1
     assert decode(wire("ping", port=0)).port == 0
     assert decode(wire("ping", port=65535)).port == 65535
@@ -583,6 +613,27 @@ def test_item_is_decoded_but_not_verified() -> None:
     with pytest.raises(ProtocolError) as info:
         store.item.verify()
     assert info.value.code is ErrorCode.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    ("data", "in_reply"),
+    [
+        pytest.param(wire("pong", port="x"), True, id="broken-pong"),
+        pytest.param(wire("error", v=2), True, id="reply-with-wrong-version"),
+        pytest.param(wire("value", v=2, rid="x"), True, id="reply-wrong-version-bad-rid"),
+        pytest.param(wire("ok", v=None, drop=("sender",)), True, id="ok-missing-sender-null-v"),
+        pytest.param(wire("ping", port="x"), False, id="broken-ping"),
+        pytest.param(wire("ping", v=2), False, id="request-with-wrong-version"),
+        pytest.param(wire("ping", type="gossip"), False, id="unknown-type"),
+        pytest.param(wire("ping", type=["pong"]), False, id="type-not-a-string"),
+        pytest.param(wire("ping", type={"pong": 1}), False, id="type-an-object"),
+        pytest.param(b"{not json", False, id="not-json"),
+    ],
+)
+def test_a_message_whose_type_names_a_reply_is_a_reply(data: bytes, in_reply: bool) -> None:
+    """A refused message is marked as a reply (never to be answered) exactly when its type is
+    a reply type's name, whatever else is wrong with it, its version included."""
+    assert refusal(data).in_reply is in_reply
 
 
 def test_request_and_reply_types_partition_the_types() -> None:

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import pytest
 import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.logger import LogEvent
@@ -265,17 +266,25 @@ async def test_refused_item_is_400(api: API) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_status(api: API) -> None:
-    """GET /v1/status shows id, version, endpoints, port, peers, items and uptime."""
+    """GET /v1/status shows id, version, endpoints, port, whether the node joined, its peers
+    and how many answer, the network's estimated size, items and uptime."""
     await api.json("POST", "/v1/blobs", b"v")
     status, body = await api.json("GET", "/v1/status")
     assert status == 200
     node = api.nodes[0]
     assert body["id"] == node.id
     assert body["port"] == node.port
-    assert (body["peers"], body["items"]) == (2, 1)
+    assert (body["peers"], body["live_contacts"], body["items"]) == (2, 2, 1)
+    assert body["network_size"] == 3  # fewer than k contacts: all of them, and itself
+    assert body["joined"] is False  # the others joined through it; it joined nobody
     assert body["endpoints"] == {"dht": "tcp:0", "http": "tcp:0"}
     assert body["version"] == "0.1.0"
     assert body["uptime"] >= 0
+    await node.join([("127.0.0.1", api.nodes[1].port)])
+    await api.nodes[2].stop()
+    await node.lookup(api.nodes[2].engine.id)  # its request to the stopped node fails
+    _, body = await api.json("GET", "/v1/status")
+    assert (body["joined"], body["peers"], body["live_contacts"]) == (True, 2, 1)
 
 
 @pytest_twisted.ensureDeferred
@@ -294,18 +303,51 @@ async def test_peers(api: API) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_metrics(api: API) -> None:
-    """GET /metrics is Prometheus text with RPC counters, lookup latency, items and peers."""
+    """GET /metrics is Prometheus text, as prometheus_client's parser reads it: RPC counters,
+    lookup latency, the node's gauges, and the process metrics every target has."""
     await api.json("POST", "/v1/blobs", b"v")
     status, data, response = await api.request("GET", "/metrics")
     assert status == 200
     assert response.headers.getRawHeaders(b"content-type") == [
         b"text/plain; version=0.0.4; charset=utf-8"
     ]
-    text = data.decode()
-    assert 'txdht_rpcs_total{direction="sent",type="store",outcome="ok"} 2' in text
-    assert "txdht_lookup_duration_seconds_count" in text
-    assert "txdht_items_stored 1" in text
-    assert "txdht_peers 2" in text
+    families = {f.name: f for f in text_string_to_metric_families(data.decode())}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in families.values()
+        for s in family.samples
+    }
+    stores = ("txdht_rpcs_total", (("direction", "sent"), ("outcome", "ok"), ("type", "store")))
+    assert samples[stores] == 2
+    assert families["txdht_rpcs"].type == "counter"
+    assert families["txdht_lookup_duration_seconds"].type == "histogram"
+    assert samples[("txdht_lookup_duration_seconds_count", ())] >= 1
+    gauges = {name: samples[(name, ())] for name in GAUGES}
+    assert gauges == {
+        "txdht_items_stored": 1,
+        "txdht_peers": 2,
+        "txdht_live_contacts": 2,
+        "txdht_network_size": 3,
+        "txdht_joined": 0,
+        "txdht_uptime_seconds": pytest.approx(gauges["txdht_uptime_seconds"]),
+    }
+    assert all(families[name].type == "gauge" for name in GAUGES)
+    assert samples[("process_resident_memory_bytes", ())] > 1e6
+    assert samples[("process_open_fds", ())] >= 3
+    assert "python_info" in families
+    # Every API (every node) has a registry of its own.
+    other = APIResource(api.nodes[1])
+    assert other.registry is not api.resource.registry
+
+
+GAUGES = (
+    "txdht_items_stored",
+    "txdht_peers",
+    "txdht_live_contacts",
+    "txdht_network_size",
+    "txdht_joined",
+    "txdht_uptime_seconds",
+)
 
 
 @pytest.mark.parametrize(

@@ -247,6 +247,19 @@ def _text(value: object) -> str:
     return "?" if value is None else str(value)
 
 
+def _yes_no(value: object) -> str:
+    """A true/false reply field as ``yes`` or ``no``; ``?`` when it is not a boolean."""
+    if not isinstance(value, bool):
+        return "?"
+    return "yes" if value else "no"
+
+
+def _estimate(value: object) -> str:
+    """An estimated count as ``~N (estimated)``; ``?`` when it is not a number."""
+    number = _number(value)
+    return "?" if number is None else f"~{round(number)} (estimated)"
+
+
 def _address(host: object, port: object) -> str:
     """``host:port``, with an IPv6 host in brackets."""
     host_text = _text(host)
@@ -307,7 +320,8 @@ def _cmd_get(opts: argparse.Namespace) -> int:
 
 
 def _cmd_status(opts: argparse.Namespace) -> int:
-    """``txdht status``: the node's identity, endpoints, peer and item counts, and uptime."""
+    """``txdht status``: the node's identity, endpoints, whether it joined, its peers (and how
+    many answer), the network's estimated size, its item count and uptime."""
     body = _call(opts, "GET", "/v1/status")
     if opts.json:
         _print_json(body)
@@ -319,7 +333,10 @@ def _cmd_status(opts: argparse.Namespace) -> int:
         lines += [(f"{name} endpoint", _text(url)) for name, url in endpoints.items()]
     lines += [
         ("port", _text(status.get("port"))),
+        ("joined", _yes_no(status.get("joined"))),
         ("peers", _text(status.get("peers"))),
+        ("live contacts", _text(status.get("live_contacts"))),
+        ("network size", _estimate(status.get("network_size"))),
         ("items", _text(status.get("items"))),
         ("uptime", _duration(status.get("uptime"))),
     ]
@@ -447,8 +464,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     status = command(
         "status",
-        "show the node's id, endpoints, counts and uptime",
-        "Show the node's id, version, endpoints, the number of peers and items, and its\nuptime.",
+        "show the node's id, endpoints, whether it joined, counts and uptime",
+        "Show the node's id, version, endpoints, whether it has joined the network, its\n"
+        "peers and how many of them answer, the network's estimated size, the number of\n"
+        "items it holds, and its uptime.",
         "txdht status --json",
         _cmd_status,
     )

@@ -6,11 +6,13 @@ method  path                   answer
 PUT     /v1/names/{name}       body = value; signs and stores it: 201 (below)
 POST    /v1/blobs              body = value; stores an immutable blob: 201 (below)
 GET     /v1/keys/{key}         200 the value bytes; 404 not found; 400 malformed key
-GET     /v1/status             id, version, endpoints, port, peers, items, uptime
+GET     /v1/status             id, version, endpoints, port, joined, peers, live_contacts,
+                               network_size, items, uptime
 GET     /v1/peers              the routing table: id, host, port, bucket, last_seen, failures
 GET     /v1/items              the items held: key, kind, name, seq, size, expires_in
 GET     /v1/lookups            the last lookups: target, kind, seconds, age, trace of queries
-GET     /metrics               Prometheus text: RPCs, lookup latency, items, peers
+GET     /metrics               Prometheus text (``txdht.prometheus``): RPCs, lookup latency,
+                               items, peers, the process's own metrics
 GET     /                      the dashboard page (with /static/app.js, /static/style.css)
 ======  =====================  ===========================================================
 
@@ -56,6 +58,7 @@ from txdht.core.ids import bucket_index, id_from_hex, id_to_hex
 from txdht.core.items import Item, blob
 from txdht.core.lookup import IterativeLookup
 from txdht.node import Node
+from txdht.prometheus import CONTENT_TYPE, exposition, node_registry
 
 __all__ = ["APIResource"]
 
@@ -111,6 +114,8 @@ class APIResource(Resource):
         self.lookups: deque[tuple[float, dict[str, Any]]] = deque(maxlen=RECENT_LOOKUPS)
         self._lookup_count = 0
         node.lookup_observers.append(self._lookup_finished)
+        #: What ``/metrics`` serves: this node's metrics and its process's.
+        self.registry = node_registry(node.metrics, self._gauges)
 
     def _lookup_finished(self, machine: IterativeLookup, seconds: float) -> None:
         """Keep a snapshot of a finished lookup (not the machine: it holds every contact)."""
@@ -214,13 +219,16 @@ class APIResource(Resource):
     # -- the routes --------------------------------------------------------------------------
 
     def _status(self, request: Request) -> tuple[int, Any]:
-        node = self.node
+        node, routing = self.node, self.node.engine.routing
         return 200, {
             "id": node.id,
             "version": _version(),
             "endpoints": self.endpoints,
             "port": node.port,
-            "peers": len(node.engine.routing),
+            "joined": node.engine.joined,
+            "peers": len(routing),
+            "live_contacts": routing.answering(),
+            "network_size": routing.estimated_size(),
             "items": node.engine.storage.count(),
             "uptime": round(node.reactor.seconds() - self.started, 3),
         }
@@ -276,24 +284,37 @@ class APIResource(Resource):
         return 200, (resources.files("txdht") / "static" / name).read_bytes()
 
     def _metrics(self, request: Request) -> tuple[int, Any]:
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        return 200, exposition(self.registry)
+
+    def _gauges(self) -> list[tuple[str, str, float]]:
+        """The node's gauges, for ``/metrics``."""
         engine = self.node.engine
-        text = self.node.metrics.render(
-            [
-                (
-                    "txdht_items_stored",
-                    "Items this node holds for the network.",
-                    engine.storage.count(),
-                ),
-                ("txdht_peers", "Contacts in the routing table.", len(engine.routing)),
-                (
-                    "txdht_uptime_seconds",
-                    "Seconds since the API started.",
-                    self.node.reactor.seconds() - self.started,
-                ),
-            ]
-        )
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return 200, text.encode()
+        routing = engine.routing
+        return [
+            (
+                "txdht_items_stored",
+                "Items this node holds for the network.",
+                engine.storage.count(),
+            ),
+            ("txdht_peers", "Contacts in the routing table.", len(routing)),
+            (
+                "txdht_live_contacts",
+                "Contacts whose last request did not fail.",
+                routing.answering(),
+            ),
+            (
+                "txdht_network_size",
+                "The network's size, estimated from the routing table.",
+                routing.estimated_size(),
+            ),
+            ("txdht_joined", "1 once a join of this node succeeded, else 0.", engine.joined),
+            (
+                "txdht_uptime_seconds",
+                "Seconds since the API started.",
+                self.node.reactor.seconds() - self.started,
+            ),
+        ]
 
     def _get(self, raw_key: bytes) -> Deferred[tuple[int, Any]]:
         key = raw_key.decode("ascii", "replace")

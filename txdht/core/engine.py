@@ -152,6 +152,8 @@ class Engine:
         self.lookup_observers: list[Callable[[IterativeLookup, float], None]] = []
         #: Whether ``Log`` commands are made (the simulator turns them off).
         self.logging = True
+        #: True once a join succeeded (``Join``: the driver's caller's, or the service's).
+        self.joined = False
         #: How a request leaves: as a ``Send`` command, unless ``Streams`` takes it over.
         self.sender: Callable[[Request], None] = self._emit_send
         self._rng = rng or random.Random()

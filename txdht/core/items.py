@@ -45,9 +45,11 @@ __all__ = [
     "Item",
     "accept",
     "blob",
+    "from_base64",
     "mutable_key",
     "proves",
     "signed_payload",
+    "to_base64",
 ]
 
 #: Longest name, in UTF-8 bytes: plenty for a label chosen by a person or a program, and it keeps
@@ -131,6 +133,20 @@ def to_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def from_base64(text: str) -> bytes:
+    """The bytes of canonical base64 ``text``; ``ValueError`` for anything else.
+
+    Canonical is what ``to_base64`` writes: the standard alphabet, padded, no whitespace, and
+    the unused bits of the last character zero. Python (like Go) would also take ``eB==`` for
+    ``eA==``, which other decoders (Rust's ``base64``) refuse; allowing one text per byte string
+    only keeps every implementation in agreement.
+    """
+    data = base64.b64decode(text, validate=True)  # binascii.Error (a ValueError), or ValueError
+    if base64.b64encode(data) != text.encode("ascii"):
+        raise ValueError("not canonical: the unused bits of the last character must be zero")
+    return data
+
+
 def _bad(text: str, code: ErrorCode = ErrorCode.BAD_FIELD) -> ProtocolError:
     return ProtocolError(code, text)
 
@@ -146,8 +162,8 @@ def _decode(obj: dict[str, object], name: str) -> bytes:
     if not isinstance(text, str):
         raise _bad(f"the item's {name!r} must be a base64 string, not {text!r:.40}")
     try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:  # binascii.Error for bad data, ValueError for non-ASCII text
+        return from_base64(text)
+    except ValueError:  # binascii.Error for bad data, ValueError for non-ASCII or not canonical
         raise _bad(f"the item's {name!r} is not valid base64: {text!r:.40}") from None
 
 
@@ -243,10 +259,12 @@ class Item:
         value = _decode(obj, "value")
         if not any(field in obj for field in _MUTABLE_FIELDS):
             return Item(value)
+        # Field by field, in the order docs/protocol.md gives (the first problem is reported).
         public_key = _decode(obj, "public_key")
-        name, seq = _field(obj, "name"), _field(obj, "seq")
+        name = _field(obj, "name")
         if not isinstance(name, str):
             raise _bad(f"the item's name must be a string: {name!r:.40}")
+        seq = _field(obj, "seq")
         if isinstance(seq, bool) or not isinstance(seq, int):
             raise _bad(f"the item's seq must be an integer: {seq!r:.40}")
         return Item(value, public_key, name, seq, _decode(obj, "signature"))

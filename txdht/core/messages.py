@@ -8,12 +8,13 @@ others at an address it does not hold.
 
 ``decode`` is strict: anything but a well-formed message of a known type raises ``ProtocolError``
 with the code that says what is wrong, and with the request id when one could be read, so that
-the shell can answer with an ``error`` reply. docs/protocol.md is the specification.
+the shell can answer with an ``error`` reply (or, for a broken reply, fail the request it
+answers: a message whose ``type`` names a reply type is never answered, whatever else is wrong
+with it). docs/protocol.md is the specification.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import ipaddress
 import json
@@ -23,10 +24,11 @@ from typing import Any, ClassVar, NoReturn
 
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import MAX_SEQ, MAX_TTL, PROOF_BYTES, Item, to_base64
+from txdht.core.items import MAX_SEQ, MAX_TTL, PROOF_BYTES, Item, from_base64, to_base64
 
 __all__ = [
     "MAX_CONTACTS",
+    "MAX_DEPTH",
     "MAX_ERROR_TEXT",
     "PROTOCOL_VERSION",
     "REPLY_TYPES",
@@ -54,6 +56,11 @@ MAX_REQUEST_ID = 2**53 - 1
 MAX_CONTACTS = 64
 #: An error reply's text is cut to this many characters: it is for a person's log, not for data.
 MAX_ERROR_TEXT = 1024
+#: The deepest nesting of JSON objects and arrays a message may have (the message itself is
+#: level 1; a contact in a ``nodes`` reply, the deepest thing version 1 sends, is level 3). The
+#: bound is ours, not the JSON parser's recursion limit, which varies with the caller's stack:
+#: every node refuses exactly the same messages, and leaves room for fields yet to come.
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +180,7 @@ class Error(Message):
 REQUEST_TYPES: tuple[type[Message], ...] = (Ping, Store, FindNode, FindValue)
 REPLY_TYPES: tuple[type[Message], ...] = (Pong, Ok, Nodes, Value, Error)
 _BY_TYPE = {cls.TYPE: cls for cls in REQUEST_TYPES + REPLY_TYPES}
+_REPLY_NAMES = frozenset(cls.TYPE for cls in REPLY_TYPES)
 
 
 def encode(message: Message) -> bytes:
@@ -194,21 +202,48 @@ def decode(data: bytes) -> Message:
         raise ProtocolError(ErrorCode.MALFORMED, f"not a UTF-8 JSON text: {e}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "a message is a JSON object")
+    if _too_deep(obj, data):
+        raise ProtocolError(ErrorCode.MALFORMED, f"nested deeper than {MAX_DEPTH} levels")
     rid = obj.get("rid")
     readable = isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_REQUEST_ID
     fields = _Fields(obj, rid if readable else None)
+    # A message whose type names a reply is a reply, whatever else is wrong with it (even its
+    # version): the shell must not answer it with an error reply (two nodes could answer each
+    # other's errors for ever, and the peer could take it for the answer to a request of its
+    # own), but fail our request that awaits it, if any.
+    kind = obj.get("type")
+    fields.in_reply = isinstance(kind, str) and kind in _REPLY_NAMES
     if fields.get("v", int) != PROTOCOL_VERSION:
         fields.fail(ErrorCode.BAD_VERSION, f"protocol version {obj['v']!r} is not spoken here")
     kind = fields.get("type", str)
     cls = _BY_TYPE.get(kind)
     if cls is None:
         fields.fail(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
-    # From here on a broken message is known to be a reply or a request: the shell must not
-    # answer a broken reply with an error reply, but fail the request that awaits it.
-    fields.in_reply = cls in REPLY_TYPES
-    rid, sender = fields.int_in("rid", 0, MAX_REQUEST_ID), fields.id("sender")
+    # rid 0 belongs to error replies about messages whose rid could not be read: a request
+    # with rid 0 could not tell its answer from one of those, so it is refused.
+    low = 0 if fields.in_reply else 1
+    rid, sender = fields.int_in("rid", low, MAX_REQUEST_ID), fields.id("sender")
     port = fields.int_in("port", 0, 65535)
     return cls(rid=rid, sender=sender, port=port, **_BODY_PARSERS[kind](fields))
+
+
+def _too_deep(obj: dict[str, Any], data: bytes) -> bool:
+    """Whether ``obj`` (parsed from ``data``) nests objects and arrays deeper than MAX_DEPTH.
+
+    Most messages have too few brackets in all to go that deep, and are not walked."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return False
+    level: list[Any] = [obj]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else value)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
@@ -266,9 +301,9 @@ class _Fields:
         if name not in self.obj:
             return None
         try:
-            data = base64.b64decode(self.get(name, str), validate=True)
+            data = from_base64(self.get(name, str))
         except ValueError:
-            self.fail(ErrorCode.BAD_FIELD, f"field {name!r} is not valid base64")
+            self.fail(ErrorCode.BAD_FIELD, f"field {name!r} is not canonical base64")
         if not low <= len(data) <= high:
             self.fail(ErrorCode.BAD_FIELD, f"field {name!r} must be {low} to {high} bytes")
         return data

@@ -1,15 +1,15 @@
-"""Counters and a latency histogram for a node, rendered in the Prometheus text format.
+"""Counters and a latency histogram for a node.
 
-No dependency and no I/O: the node counts, ``render`` writes the exposition text that
-``GET /metrics`` serves. Names follow Prometheus conventions (``_total`` counters, ``_seconds``
-histograms with cumulative ``le`` buckets).
+No dependency and no I/O: the node counts here, and ``txdht.prometheus`` turns the counts into
+the metric families ``GET /metrics`` serves (``txdht_rpcs_total``, and
+``txdht_lookup_duration_seconds`` with these buckets), with the Prometheus client library, which
+the core does not import.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
@@ -35,26 +35,3 @@ class Metrics:
         self.lookup_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.lookup_count += 1
         self.lookup_sum += seconds
-
-    def render(self, gauges: Iterable[tuple[str, str, float]]) -> str:
-        """The Prometheus text exposition, with the extra ``(name, help, value)`` gauges."""
-        lines = [
-            "# HELP txdht_rpcs_total RPCs by direction, message type and outcome.",
-            "# TYPE txdht_rpcs_total counter",
-        ]
-        for (direction, kind, outcome), count in sorted(self.rpcs.items()):
-            labels = f'direction="{direction}",type="{kind}",outcome="{outcome}"'
-            lines.append(f"txdht_rpcs_total{{{labels}}} {count}")
-        lines += [
-            "# HELP txdht_lookup_duration_seconds Time from start to end of iterative lookups.",
-            "# TYPE txdht_lookup_duration_seconds histogram",
-        ]
-        cumulative = 0
-        for bound, count in zip((*LATENCY_BUCKETS, "+Inf"), self.lookup_buckets, strict=True):
-            cumulative += count
-            lines.append(f'txdht_lookup_duration_seconds_bucket{{le="{bound}"}} {cumulative}')
-        lines.append(f"txdht_lookup_duration_seconds_sum {self.lookup_sum:.6f}")
-        lines.append(f"txdht_lookup_duration_seconds_count {self.lookup_count}")
-        for name, text, value in gauges:
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-        return "\n".join(lines) + "\n"

@@ -601,4 +601,5 @@ class Join(Operation):
             self.step = "refresh"
             self.spawn(Refresh(JOIN_REFRESH))
         else:
+            self.engine.joined = True
             self.finish(len(self.engine.routing))

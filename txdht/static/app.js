@@ -101,8 +101,22 @@
     return response.json();
   }
 
-  // The RPC line of the Prometheus text /metrics serves: direction, type, outcome, count.
-  const RPC_LINE = /^txdht_rpcs_total\{direction="(sent|received)",type="[^"]*",outcome="([^"]*)"\} (\d+)$/;
+  // One sample line of the Prometheus text format: a name, labels in any order, a number
+  // (the client library writes counts as floats: 3.0, 1.2e+06).
+  const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/;
+  const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+
+  function samples(text) {
+    const found = [];
+    for (const line of text.split("\n")) {
+      const match = SAMPLE.exec(line);
+      if (!match) continue; // comments (# HELP, # TYPE) and blank lines
+      const labels = {};
+      for (const [, name, value] of (match[2] || "").matchAll(LABEL)) labels[name] = value;
+      found.push({ name: match[1], labels: labels, value: Number(match[3]) });
+    }
+    return found;
+  }
 
   async function counters() {
     // RPCs sent, received and failed (sent, ended other than ok or cancelled) and the lookups,
@@ -110,19 +124,15 @@
     const response = await request("metrics");
     if (!response.ok) throw new Error("metrics answered " + response.status);
     const counts = { sent: 0, received: 0, failed: 0, lookups: 0, lookupSeconds: 0 };
-    for (const line of (await response.text()).split("\n")) {
-      const rpc = RPC_LINE.exec(line);
-      if (rpc) {
-        const [, direction, outcome, count] = rpc;
-        counts[direction] += Number(count);
-        if (direction === "sent" && outcome !== "ok" && outcome !== "cancelled") {
-          counts.failed += Number(count);
+    for (const { name, labels, value } of samples(await response.text())) {
+      if (name === "txdht_rpcs_total" && (labels.direction === "sent" || labels.direction === "received")) {
+        counts[labels.direction] += value;
+        if (labels.direction === "sent" && labels.outcome !== "ok" && labels.outcome !== "cancelled") {
+          counts.failed += value;
         }
-        continue;
       }
-      const [name, value] = line.split(" ");
-      if (name === "txdht_lookup_duration_seconds_count") counts.lookups = Number(value);
-      if (name === "txdht_lookup_duration_seconds_sum") counts.lookupSeconds = Number(value);
+      if (name === "txdht_lookup_duration_seconds_count") counts.lookups = value;
+      if (name === "txdht_lookup_duration_seconds_sum") counts.lookupSeconds = value;
     }
     return counts;
   }
@@ -323,7 +333,10 @@
     $("stat-id").textContent = status.id.slice(0, 32) + "…";
     $("stat-id").title = status.id;
     $("stat-uptime").textContent = span(status.uptime);
+    $("stat-joined").textContent = status.joined ? "yes" : "not yet";
     $("stat-peers").textContent = status.peers;
+    $("stat-live").textContent = status.live_contacts;
+    $("stat-size").textContent = "~" + status.network_size;
     $("stat-items").textContent = status.items;
     $("stat-port").textContent = status.port;
     $("stat-lookups").textContent = counts.lookups;
