@@ -37,6 +37,7 @@ from txdht.core.errors import (
     ErrorCode,
     JoinError,
     NotFoundError,
+    OperationTimeout,
     ProtocolError,
     PutError,
     RemoteError,
@@ -421,6 +422,32 @@ def test_get_and_put_can_be_cancelled() -> None:
         with pytest.raises(asyncio.CancelledError):
             await net.run(put)
         await until(net, lambda: idle(nodes[0]))
+
+    on_network(scenario)
+
+
+def test_every_operation_takes_a_deadline() -> None:
+    """join, put, put_blob and get past their ``timeout`` raise OperationTimeout (a
+    TimeoutError), saying how far they got, and leave nothing behind."""
+
+    async def scenario(net: MemoryNetwork) -> None:
+        nodes = await net.create(6)
+        fresh = net.add_node()
+        for node in nodes[1:]:
+            net.silence(node)
+        started = nodes[0].now()
+        attempts = [
+            nodes[0].get(MISSING, timeout=0.05),
+            nodes[0].put("n", b"v", timeout=0.05),
+            nodes[0].put_blob(b"v", timeout=0.05),
+            fresh.join([("127.0.0.1", nodes[1].port)], timeout=0.05),
+        ]
+        for attempt in attempts:
+            with pytest.raises(OperationTimeout, match=r"did not finish within 0\.05 s"):
+                await net.run(attempt)
+        assert nodes[0].now() - started < 1.0
+        assert idle(nodes[0])
+        assert idle(fresh)
 
     on_network(scenario)
 

@@ -37,6 +37,7 @@ from txdht.asyncio_adapter import (
     _wait,
     install_reactor,
 )
+from txdht.core.errors import OperationTimeout
 from txdht.core.messages import Ping
 from txdht.node import DHTProtocol, Node
 
@@ -437,8 +438,35 @@ async def test_a_deadline_raises_asyncio_timeout_error(operation: str, reactor: 
         async with stalled(operation) as (caller, work):
             started = asyncio.get_running_loop().time()
             with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(work, 0.3)
+                await asyncio.wait_for(work, 0.05)  # before its queries go slow (0.1 s)
             assert asyncio.get_running_loop().time() - started < 5
+            assert_nothing_left(caller, reactor)
+
+    await on_asyncio(scenario())
+
+
+TIMED: dict[str, Callable[[AsyncioNode, AsyncioNode], Coroutine[Any, Any, object]]] = {
+    "get": lambda caller, peer: caller.get(MISSING, timeout=0.05),
+    "put": lambda caller, peer: caller.put("name", b"value", timeout=0.05),
+    "put_blob": lambda caller, peer: caller.put_blob(b"value", timeout=0.05),
+    "join": lambda caller, peer: caller.join([("127.0.0.1", peer.port)], timeout=0.05),
+}
+
+
+@pytest.mark.parametrize("operation", TIMED)
+@pytest.mark.usefixtures("asyncio_pass")
+@pytest_twisted.ensureDeferred
+async def test_an_operation_given_a_timeout_raises_operation_timeout(
+    operation: str, reactor: Any
+) -> None:
+    """An operation given a ``timeout`` that it misses raises the core's OperationTimeout (a
+    TimeoutError, saying how far it got) through the adapter, and leaves nothing behind."""
+
+    async def scenario() -> None:
+        async with stalled(operation) as (caller, work):
+            work.close()  # the untimed one is not run
+            with pytest.raises(OperationTimeout, match=r"did not finish within 0\.05 s"):
+                await TIMED[operation](caller, caller)
             assert_nothing_left(caller, reactor)
 
     await on_asyncio(scenario())

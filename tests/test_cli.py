@@ -79,6 +79,8 @@ class FakeNode(ThreadingHTTPServer):
         self.peers: list[dict[str, Any]] = list(PEERS)
         self.overrides: dict[str, Override] = {}
         self.release = threading.Event()
+        #: The deadlines the client gave its gets and puts (``?timeout=``).
+        self.timeouts: list[float] = []
 
     @property
     def url(self) -> str:
@@ -93,6 +95,11 @@ class FakeNodeHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep the test output quiet."""
+
+    @property
+    def route(self) -> str:
+        """The path, without its query."""
+        return self.path.partition("?")[0]
 
     def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
@@ -111,7 +118,9 @@ class FakeNodeHandler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length", "0")))
 
     def _overridden(self) -> bool:
-        override = self.server.overrides.get(self.path)
+        query = self.path.partition("?")[2]
+        self.server.timeouts += [float(v) for v in urllib.parse.parse_qs(query).get("timeout", [])]
+        override = self.server.overrides.get(self.route)
         if override is None:
             return False
         if override == SLOW:
@@ -137,8 +146,8 @@ class FakeNodeHandler(BaseHTTPRequestHandler):
         if self._overridden():
             return
         prefix = "/v1/names/"
-        name = urllib.parse.unquote_to_bytes(self.path[len(prefix) :])
-        if not self.path.startswith(prefix) or not name:
+        name = urllib.parse.unquote_to_bytes(self.route[len(prefix) :])
+        if not self.route.startswith(prefix) or not name:
             self._error(404, "no_route", "no such path")
             return
         key = hashlib.sha512(b"name\0" + name).hexdigest()
@@ -156,12 +165,12 @@ class FakeNodeHandler(BaseHTTPRequestHandler):
         """``GET /v1/keys/{key}``, ``/v1/status`` and ``/v1/peers``."""
         if self._overridden():
             return
-        if self.path == "/v1/status":
+        if self.route == "/v1/status":
             self._json(200, self.server.status)
-        elif self.path == "/v1/peers":
+        elif self.route == "/v1/peers":
             self._json(200, {"peers": self.server.peers})
         else:
-            key = urllib.parse.unquote(self.path.removeprefix("/v1/keys/"))
+            key = urllib.parse.unquote(self.route.removeprefix("/v1/keys/"))
             if not KEY_RE.fullmatch(key):
                 self._error(400, "bad_key", "a key is 128 lowercase hex digits")
             elif key not in self.server.values:
@@ -575,13 +584,52 @@ def test_default_node(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
 
     def fake_urlopen(request: urllib.request.Request, timeout: float) -> object:
         urls.append(request.full_url)
-        assert timeout == 30.0
+        assert timeout == 10.0
         raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
 
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     assert main(["status"]) == 3
     assert urls == ["http://127.0.0.1:8470/v1/status"]
     capsys.readouterr()
+
+
+def test_gets_and_puts_give_the_node_their_deadline(node: FakeNode) -> None:
+    """A get or a put asks the node to give up after ``--timeout`` seconds (10 by default);
+    other commands give no deadline."""
+    assert run(node, "put", "greeting", "hello") == 0
+    key = node.names[b"greeting"]
+    assert run(node, "--timeout", "2.5", "get", key) == 0
+    assert run(node, "status") == 0
+    assert node.timeouts == [10.0, 2.5]
+
+
+def test_the_command_waits_a_little_longer_than_the_deadline_it_gives(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For a get the command waits its --timeout plus GRACE, so the node's own answer to a
+    missed deadline (504, saying how far it got) reaches it."""
+    waits: list[float] = []
+
+    def fake_urlopen(request: urllib.request.Request, timeout: float) -> object:
+        waits.append(timeout)
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    assert main(["--timeout", "3", "get", "ab" * 64]) == 3
+    assert waits == [3.0 + cli.GRACE]
+    capsys.readouterr()
+
+
+def test_a_missed_deadline_is_reported_with_what_the_node_got(
+    node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node's 504 for a get that missed its deadline is printed as it says it, exit 1."""
+    key = "ab" * 64
+    message = "get did not finish within 10 s: 7 peers answered"
+    body = json.dumps({"error": "timeout", "message": message, "answered": 7}).encode()
+    node.overrides["/v1/keys/" + key] = (504, "application/json", body)
+    assert run(node, "get", key) == 1
+    assert capsys.readouterr() == ("", f"txdht: {message}\n")
 
 
 def test_unreachable_node_exits_3(capsys: pytest.CaptureFixture[str]) -> None:

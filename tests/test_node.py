@@ -12,7 +12,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from txdht import JoinError, NotFoundError, PutError, RemoteError, testing
-from txdht.core.errors import ErrorCode, ProtocolError
+from txdht.core.errors import ErrorCode, OperationTimeout, ProtocolError
 from txdht.core.framing import netstring
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import Identity, blob
@@ -297,6 +297,30 @@ def test_get_and_put_can_be_cancelled() -> None:
     with pytest.raises(CancelledError):
         net.run(put)
     assert net.clock.getDelayedCalls() == []
+
+
+def test_every_operation_takes_a_deadline() -> None:
+    """join, put, put_blob and get past their ``timeout`` fail with OperationTimeout (a
+    TimeoutError), saying how far they got, and leave nothing behind."""
+    net = MemoryNetwork()
+    nodes = net.create(6)
+    fresh = net.add_node()
+    for node in nodes[1:]:
+        net.silence(node)
+    started = net.clock.seconds()
+    attempts: list[Deferred[Any]] = [
+        nodes[0].get("cd" * 64, timeout=0.05),
+        nodes[0].put("n", b"v", timeout=0.05),
+        nodes[0].put_blob(b"v", timeout=0.05),
+        fresh.join([("127.0.0.1", nodes[1].port)], timeout=0.05),
+    ]
+    for d in attempts:
+        with pytest.raises(OperationTimeout, match=r"did not finish within 0\.05 s"):
+            net.run(d)
+    assert net.clock.seconds() - started < 1.0
+    for node in (fresh, nodes[0]):
+        assert not node.engine.running()
+        assert not node.engine.pending()
 
 
 def test_join_refresh_and_a_put_storing_can_be_cancelled() -> None:

@@ -15,7 +15,7 @@ import pytest
 from txdht.core import operations as ops
 from txdht.core.commands import Command, Done, Failed, Log, Send
 from txdht.core.engine import Engine, outcome
-from txdht.core.errors import ErrorCode, JoinError, ProtocolError, RemoteError
+from txdht.core.errors import ErrorCode, JoinError, OperationTimeout, ProtocolError, RemoteError
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, blob
 from txdht.core.limits import Limits
@@ -294,3 +294,70 @@ def test_messages_carry_the_sender() -> None:
     first, second = a.message(Ping), a.message(Ping)
     assert isinstance(first, Message)
     assert (first.sender, first.port, second.rid - first.rid) == (a.id, a.port, 1)
+
+
+def test_an_operation_past_its_deadline_fails_with_how_far_it_got() -> None:
+    """An operation started with a timeout ends at it with OperationTimeout, which says how
+    many peers answered (and, for a put, how many stored the item); nothing is left behind."""
+    a, b, c = engine(1), engine(2), engine(3)
+    wire = Wire(a, b, c)
+    wire.start(b, ops.Join([("127.0.0.1", c.port)]))
+    wire.start(a, ops.Join([("127.0.0.1", b.port)]))
+    # Every request of a's from now on goes unanswered: nothing is delivered.
+    commands = a.start(get := ops.Get(blob(b"x").key), 10.0, timeout=0.5)
+    assert all(isinstance(c, Send) for c in commands)
+    commands = a.timer_fired(10.5)
+    assert commands[-1] == Failed(get)
+    assert isinstance(get.error, OperationTimeout)
+    assert isinstance(get.error, TimeoutError)
+    assert str(get.error) == "get did not finish within 0.5 s: 0 peers answered"
+    assert (get.error.answered, get.error.stored) == (0, None)
+    assert a.running() == []
+    assert a.pending() == []
+    assert a.next_timer() is None
+    put = ops.Publish(blob(b"late"), 60.0)
+    a.start(put, 20.0, timeout=1.0)
+    a.timer_fired(21.0)
+    assert isinstance(put.error, OperationTimeout)
+    assert str(put.error) == (
+        "publish did not finish within 1 s: 0 peers answered, 0 nodes stored the item"
+    )
+    assert put.error.stored == 0
+
+
+def test_a_put_past_its_deadline_counts_the_nodes_that_stored() -> None:
+    """A put stopped while its stores are out counts the peers its lookup heard from and
+    the nodes (this one among them) that had taken the item."""
+    a, b, c = engine(1), engine(2), engine(3)
+    wire = Wire(a, b, c)
+    wire.start(b, ops.Join([("127.0.0.1", c.port)]))
+    wire.start(a, ops.Join([("127.0.0.1", b.port)]))
+    put = ops.Publish(blob(b"half way"), 60.0)
+    commands = a.start(put, 0.0, timeout=5.0)
+    for command in commands:  # answer the lookup, keep the stores unanswered
+        assert isinstance(command, Send)
+        target = wire.engines[command.request.address]
+        reply, _ = target.request_received(command.request.message, "127.0.0.1", a.port, 0.0)
+        assert reply is not None
+        for more in a.reply_received(reply, "127.0.0.1", 0.0):
+            assert isinstance(more, Send)
+            assert isinstance(more.request.message, Store)
+    a.timer_fired(5.0)
+    assert isinstance(put.error, OperationTimeout)
+    assert (put.error.answered, put.error.stored) == (2, 1)
+
+
+def test_a_deadline_must_be_above_zero() -> None:
+    """A timeout of zero or less is the caller's mistake."""
+    with pytest.raises(ValueError, match="above 0"):
+        engine(1).start(ops.Get(1), 0.0, timeout=0.0)
+
+
+def test_a_deadline_that_is_not_reached_changes_nothing() -> None:
+    """An operation that ends before its deadline ends as it would have; its deadline goes."""
+    a, b = engine(1), engine(2)
+    wire = Wire(a, b)
+    call = ops.Call(contact(b), Ping)
+    wire.deliver(a.start(call, 0.0, timeout=3.0), a)
+    assert isinstance(call.result, Pong)
+    assert a.next_timer() is None

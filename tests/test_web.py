@@ -25,7 +25,7 @@ from txdht.core.errors import ErrorCode, NotFoundError, PutError
 from txdht.core.ids import id_to_hex
 from txdht.core.items import blob
 from txdht.node import Node
-from txdht.web import APIResource
+from txdht.web import DEFAULT_TIMEOUT, APIResource
 
 
 class _Collect(Protocol):
@@ -191,10 +191,10 @@ async def test_bad_names_are_400(api: API, name: str) -> None:
 async def test_put_nobody_accepts_is_503(api: API) -> None:
     """When no node stores the item, the answer is 503 put_failed."""
 
-    def refuse(item: Any, ttl: float = 0.0, cas: int | None = None) -> Deferred[list[int]]:
+    def refuse(item: Any, **options: Any) -> Deferred[list[int]]:
         return fail(PutError("no node stored the item (2 were asked)"))
 
-    api.nodes[0].publish_own_holders = refuse  # type: ignore[method-assign]
+    api.nodes[0].publish_own_holders = refuse  # type: ignore[method-assign,assignment]
     status, body = await api.json("POST", "/v1/blobs", b"v")
     assert "no node stored" in error_of(status, body, 503, "put_failed")
 
@@ -213,11 +213,11 @@ async def test_put_nobody_accepts_is_503(api: API) -> None:
 async def test_put_refused_by_every_node(api: API, codes: set[int], status: int, code: str) -> None:
     """A put every node refused for one reason answers with that reason; mixed ones are 503."""
 
-    def refuse(item: Any, ttl: float = 0.0, cas: int | None = None) -> Deferred[list[int]]:
+    def refuse(item: Any, **options: Any) -> Deferred[list[int]]:
         text = "no node stored the item (2 were asked); first refusal: ..."
         return fail(PutError(text, frozenset(codes)))
 
-    api.nodes[0].publish_own_holders = refuse  # type: ignore[method-assign]
+    api.nodes[0].publish_own_holders = refuse  # type: ignore[method-assign,assignment]
     got, body = await api.json("PUT", "/v1/names/n", b"v")
     assert "first refusal" in error_of(got, body, status, code)
 
@@ -232,11 +232,81 @@ async def test_protocol_error_from_the_node(api: API, error_code: ErrorCode, sta
 
     from txdht.core.errors import ProtocolError
 
-    api.nodes[0].get = lambda key: defer.fail(  # type: ignore[method-assign]
+    api.nodes[0].get = lambda key, timeout=None: defer.fail(  # type: ignore[method-assign]
         ProtocolError(error_code, "refused")
     )
     got, body = await api.json("GET", "/v1/keys/" + "ab" * 64)
     assert "refused" in error_of(got, body, status, error_code.name.lower())
+
+
+def silence(node: Node) -> None:
+    """From now on ``node`` answers no request (as a frozen host)."""
+    real = node.engine.request_received
+
+    def unanswered(request: Any, host: str, port: int, now: float) -> Any:
+        _, commands = real(request, host, port, now)
+        return None, commands
+
+    node.engine.request_received = unanswered  # type: ignore[method-assign]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_get_past_its_deadline_is_504_saying_how_far_it_got(api: API) -> None:
+    """A get that has not finished by ``?timeout=`` answers 504 timeout, with the peers that
+    had answered, and leaves nothing running on the node."""
+    for node in api.nodes[1:]:
+        silence(node)
+    status, body = await api.json("GET", "/v1/keys/" + "ab" * 64 + "?timeout=0.05")
+    message = error_of(status, body, 504, "timeout")
+    assert message == "get did not finish within 0.05 s: 0 peers answered"
+    assert body["answered"] == 0
+    assert "stored" not in body
+    assert not api.nodes[0].engine.running()
+    assert not api.nodes[0].engine.pending()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_put_past_its_deadline_is_504_saying_how_many_stored(api: API) -> None:
+    """A put that has not finished by ``?timeout=`` answers 504 timeout, with how many peers
+    had answered and how many nodes had stored the item."""
+    for node in api.nodes[1:]:
+        silence(node)
+    status, body = await api.json("POST", "/v1/blobs?timeout=0.05", b"late")
+    assert error_of(status, body, 504, "timeout").startswith("publish did not finish")
+    assert (body["answered"], body["stored"]) == (0, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gets_and_puts_have_a_default_deadline(api: API) -> None:
+    """Without ``?timeout=``, a get or a put is given the API's default deadline (10 s); with
+    it, the one it asks for."""
+    given: list[float | None] = []
+    get, publish = api.nodes[0].get, api.nodes[0].publish_own_holders
+
+    def watched_get(key: str, timeout: float | None = None) -> Deferred[bytes]:
+        given.append(timeout)
+        return get(key, timeout)
+
+    def watched_publish(item: Any, **options: Any) -> Deferred[list[int]]:
+        given.append(options["timeout"])
+        return publish(item, **options)
+
+    api.nodes[0].get = watched_get  # type: ignore[method-assign]
+    api.nodes[0].publish_own_holders = watched_publish  # type: ignore[method-assign,assignment]
+    status, body = await api.json("POST", "/v1/blobs", b"on time")
+    assert status == 201
+    assert (await api.request("GET", "/v1/keys/" + body["key"]))[:2] == (200, b"on time")
+    assert (await api.request("GET", "/v1/keys/" + body["key"] + "?timeout=30"))[0] == 200
+    assert given == [DEFAULT_TIMEOUT, DEFAULT_TIMEOUT, 30.0]
+    assert DEFAULT_TIMEOUT == 10.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf", "601"])
+@pytest_twisted.ensureDeferred
+async def test_a_bad_deadline_is_400(api: API, value: str) -> None:
+    """A ``?timeout=`` that is not seconds above 0 and at most MAX_TIMEOUT is refused."""
+    status, body = await api.json("GET", "/v1/keys/" + "ab" * 64 + "?timeout=" + value)
+    assert repr(value) in error_of(status, body, 400, "bad_timeout")
 
 
 @pytest_twisted.ensureDeferred
@@ -380,7 +450,7 @@ async def test_internal_failure_is_500_without_traceback(
 ) -> None:
     """An unexpected failure answers 500 with a plain message and logs the traceback."""
 
-    def broken(key: str) -> Deferred[bytes]:
+    def broken(key: str, timeout: float | None = None) -> Deferred[bytes]:
         return fail(RuntimeError("a bug"))
 
     api.nodes[0].get = broken  # type: ignore[method-assign]
@@ -408,7 +478,7 @@ async def test_client_going_away_cancels_the_work(api: API, reactor: Any, ending
         elif ending == "late error":
             d.errback(NotFoundError("too late"))
 
-    api.nodes[0].get = lambda key: Deferred(cancel)  # type: ignore[method-assign]
+    api.nodes[0].get = lambda key, timeout=None: Deferred(cancel)  # type: ignore[method-assign]
     lost: Deferred[None] = Deferred()
 
     class Impatient(Protocol):

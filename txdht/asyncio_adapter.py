@@ -253,39 +253,46 @@ class AsyncioNode:
         """Stop."""
         await self.stop()
 
-    async def join(self, seeds: Iterable[tuple[str, int]]) -> int:
+    async def join(self, seeds: Iterable[tuple[str, int]], timeout: float | None = None) -> int:
         """Join the network through ``seeds`` (host, port); return the number of contacts known.
 
         Host names are resolved to IPv4 addresses first; a seed that cannot be resolved counts as
         one that did not answer.
 
         :raises JoinError: no seed answered.
+        :raises OperationTimeout: not joined within ``timeout`` seconds (as every operation
+            given a ``timeout``; it is a ``TimeoutError``).
         """
         node = self._started()
         loop = asyncio.get_running_loop()
         found = await asyncio.gather(*(_resolve(loop, host, port) for host, port in seeds))
-        return await _wait(node.join([address for address in found if address is not None]))
+        addresses = [address for address in found if address is not None]
+        return await _wait(node.join(addresses, timeout))
 
-    async def put(self, name: str, value: bytes, ttl: float = DEFAULT_TTL) -> str:
+    async def put(
+        self, name: str, value: bytes, ttl: float = DEFAULT_TTL, timeout: float | None = None
+    ) -> str:
         """Sign ``value`` under ``name`` with this node's key and store it; return its key (hex).
 
         :raises PutError: no node stored the item.
         :raises ProtocolError: the item is not valid (for example, the value is too large).
         """
-        return await _wait(self._started().put(name, value, ttl))
+        return await _wait(self._started().put(name, value, ttl, timeout=timeout))
 
-    async def put_blob(self, value: bytes, ttl: float = DEFAULT_TTL) -> str:
+    async def put_blob(
+        self, value: bytes, ttl: float = DEFAULT_TTL, timeout: float | None = None
+    ) -> str:
         """Store an immutable blob; return its key (hex), the sha512 of the value.
 
         :raises PutError: no node stored the item.
         :raises ProtocolError: the item is not valid (for example, the value is too large).
         """
-        return await _wait(self._started().put_blob(value, ttl))
+        return await _wait(self._started().put_blob(value, ttl, timeout))
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, timeout: float | None = None) -> bytes:
         """The value under ``key`` (hex), verified.
 
         :raises NotFoundError: no node holds a valid value under ``key``.
         :raises ValueError: ``key`` is not a valid hex id.
         """
-        return await _wait(self._started().get(key))
+        return await _wait(self._started().get(key, timeout))

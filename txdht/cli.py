@@ -31,7 +31,9 @@ from txdht import __version__
 __all__ = ["main"]
 
 DEFAULT_NODE = "http://127.0.0.1:8470"
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 10.0
+#: Seconds the command waits for a get or put past the deadline it gave the node.
+GRACE = 5.0
 NODE_ENV = "TXDHT_NODE"
 
 EXIT_OK = 0
@@ -109,18 +111,32 @@ def _exchange(request: urllib.request.Request, timeout: float) -> tuple[int, str
             return exc.code, str(exc.reason), exc.read()
 
 
-def _call(opts: argparse.Namespace, method: str, path: str, body: bytes | None = None) -> bytes:
-    """Make one API call and return the body of its 2xx reply; raise CLIError on any failure."""
+def _call(
+    opts: argparse.Namespace,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    operation: bool = False,
+) -> bytes:
+    """Make one API call and return the body of its 2xx reply; raise CLIError on any failure.
+
+    An ``operation`` (a get or a put) is given ``--timeout`` as its deadline on the node, which
+    then answers with how far it got; the command waits ``GRACE`` seconds more for that answer.
+    """
     node: str = opts.node
+    wait: float = opts.timeout
+    if operation:
+        path += f"?timeout={opts.timeout:g}"
+        wait += GRACE
     headers = {"User-Agent": f"txdht-cli/{__version__}"}
     if body is not None:
         headers["Content-Type"] = "application/octet-stream"
     request = urllib.request.Request(node + path, data=body, method=method, headers=headers)
     timed_out = CLIError(
-        f"the node at {node} did not answer within {opts.timeout:g}s (--timeout)", EXIT_UNREACHABLE
+        f"the node at {node} did not answer within {wait:g}s (--timeout)", EXIT_UNREACHABLE
     )
     try:
-        status, reason, reply = _exchange(request, opts.timeout)
+        status, reason, reply = _exchange(request, wait)
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
             raise timed_out from None
@@ -291,21 +307,21 @@ def _cmd_put(opts: argparse.Namespace) -> int:
         raise CLIError("the name must not be empty", EXIT_USAGE)
     value = _read_input("-") if opts.value == "-" else os.fsencode(opts.value)
     path = "/v1/names/" + urllib.parse.quote(os.fsencode(name), safe="")
-    _print(_stored_key(_call(opts, "PUT", path, value)))
+    _print(_stored_key(_call(opts, "PUT", path, value, operation=True)))
     return EXIT_OK
 
 
 def _cmd_put_blob(opts: argparse.Namespace) -> int:
     """``txdht put-blob FILE``: store the bytes of FILE (``-``: stdin), print the key."""
     value = _read_input(opts.file)
-    _print(_stored_key(_call(opts, "POST", "/v1/blobs", value)))
+    _print(_stored_key(_call(opts, "POST", "/v1/blobs", value, operation=True)))
     return EXIT_OK
 
 
 def _cmd_get(opts: argparse.Namespace) -> int:
     """``txdht get KEY``: write the value's bytes to stdout, or to the ``--output`` file."""
     path = "/v1/keys/" + urllib.parse.quote(os.fsencode(opts.key), safe="")
-    value = _call(opts, "GET", path)
+    value = _call(opts, "GET", path, operation=True)
     output: str | None = opts.output
     if output is None:
         sys.stdout.buffer.write(value)
@@ -396,7 +412,9 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         metavar="SECONDS",
         type=_timeout,
         default=timeout_default,
-        help=f"give up on the node after this long (default: {DEFAULT_TIMEOUT:g})",
+        help="seconds a get or put may take on the node, which then answers with how far it "
+        f"got (the command waits {GRACE:g} s more for that); for other commands, how long to "
+        f"wait for the node (default: {DEFAULT_TIMEOUT:g})",
     )
 
 

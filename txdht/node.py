@@ -201,44 +201,64 @@ class Node:
 
     # -- the public API ------------------------------------------------------------------------
 
-    def join(self, seeds: Iterable[Address]) -> Deferred[int]:
-        """Join the network through ``seeds``; fires with the number of contacts then known."""
-        return self.start(ops.Join(list(seeds)))
+    def join(self, seeds: Iterable[Address], timeout: float | None = None) -> Deferred[int]:
+        """Join the network through ``seeds``; fires with the number of contacts then known.
+
+        Every operation takes a ``timeout`` (seconds): past it, the operation stops and fails
+        with ``OperationTimeout``, saying how far it got, and leaves nothing behind."""
+        return self.start(ops.Join(list(seeds)), timeout=timeout)
 
     def put(
-        self, name: str, value: bytes, ttl: float = DEFAULT_TTL, cas: int | None = None
+        self,
+        name: str,
+        value: bytes,
+        ttl: float = DEFAULT_TTL,
+        cas: int | None = None,
+        timeout: float | None = None,
     ) -> Deferred[str]:
         """Sign ``value`` under ``name`` with this node's key, store it; fires with the key.
 
         With ``cas``, only nodes holding sequence number ``cas`` (0: none) store it.
         """
         item = self.engine.next_version(name, value, cas)
-        return self.publish_own(item, ttl, cas).addCallback(lambda _: id_to_hex(item.key))
+        d = self.publish_own(item, ttl, cas, timeout)
+        return d.addCallback(lambda _: id_to_hex(item.key))
 
-    def put_blob(self, value: bytes, ttl: float = DEFAULT_TTL) -> Deferred[str]:
+    def put_blob(
+        self, value: bytes, ttl: float = DEFAULT_TTL, timeout: float | None = None
+    ) -> Deferred[str]:
         """Store an immutable blob; fires with its key, the sha512 of the value."""
         item = blob(value)
-        return self.publish_own(item, ttl).addCallback(lambda _: id_to_hex(item.key))
+        d = self.publish_own(item, ttl, timeout=timeout)
+        return d.addCallback(lambda _: id_to_hex(item.key))
 
     def sign(self, name: str, value: bytes) -> Item:
         """The next version of ``name``: ``value`` signed with the next sequence number."""
         return self.engine.next_version(name, value)
 
     def publish_own(
-        self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
+        self,
+        item: Item,
+        ttl: float = DEFAULT_TTL,
+        cas: int | None = None,
+        timeout: float | None = None,
     ) -> Deferred[int]:
         """Publish an item of ours: store it on the k closest nodes and, once stored,
         remember it for republishing; fires with how many accepted it."""
-        return self.publish_own_holders(item, ttl, cas).addCallback(len)
+        return self.publish_own_holders(item, ttl, cas, timeout).addCallback(len)
 
     def publish_own_holders(
-        self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
+        self,
+        item: Item,
+        ttl: float = DEFAULT_TTL,
+        cas: int | None = None,
+        timeout: float | None = None,
     ) -> Deferred[list[int]]:
         """``publish_own``, firing with the ids of the nodes that accepted the item (this
         node's own id first, when it keeps a copy): what the dashboard's put form shows.
         An item that does not verify raises ``ProtocolError`` at once."""
         self.engine.publishable(item)
-        return self.start(ops.Publish(item, ttl, cas, remember=True))
+        return self.start(ops.Publish(item, ttl, cas, remember=True), timeout=timeout)
 
     def publish(
         self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
@@ -247,14 +267,14 @@ class Node:
         self.engine.publishable(item)
         return self.start(ops.Publish(item, ttl, cas)).addCallback(len)
 
-    def get(self, key: str) -> Deferred[bytes]:
+    def get(self, key: str, timeout: float | None = None) -> Deferred[bytes]:
         """The value under ``key`` (hex), verified; fails with ``NotFoundError`` if none.
 
         A blob held here is returned at once (it cannot change). For a mutable item the lookup
         asks the k closest nodes, the highest sequence number wins (over our own copy too), and
         peers that sent an older version are given the newest before this fires (read repair).
         """
-        d: Deferred[Item] = self.start(ops.Get(id_from_hex(key)))
+        d: Deferred[Item] = self.start(ops.Get(id_from_hex(key)), timeout=timeout)
         return d.addCallback(lambda item: item.value)
 
     def lookup(self, target: int, find_value: bool = False) -> Lookup:
@@ -317,12 +337,15 @@ class Node:
 
     # -- the driver ----------------------------------------------------------------------------
 
-    def start(self, op: ops.Operation, d: Deferred[Any] | None = None) -> Deferred[Any]:
-        """Start a core operation; the Deferred fires with its result (cancel it to stop it)."""
+    def start(
+        self, op: ops.Operation, d: Deferred[Any] | None = None, timeout: float | None = None
+    ) -> Deferred[Any]:
+        """Start a core operation; the Deferred fires with its result (cancel it to stop it;
+        past ``timeout`` seconds it fails with ``OperationTimeout``)."""
         if d is None:
             d = Deferred(lambda _: self.cancel(op))
         self._waiting[op] = d
-        self.run(self.engine.start(op, self.reactor.seconds()))
+        self.run(self.engine.start(op, self.reactor.seconds(), timeout))
         return d
 
     def cancel(self, op: ops.Operation) -> None:
@@ -377,7 +400,7 @@ class Node:
             return
         if op.error is None:
             d.callback(op.result)
-        elif isinstance(op.error, TimeoutError):  # Twisted's own, as Twisted code expects
+        elif type(op.error) is TimeoutError:  # a request's: Twisted's own, as Twisted expects
             d.errback(defer.TimeoutError(str(op.error)))
         else:
             d.errback(op.error)

@@ -26,7 +26,7 @@ from txdht.core.schedule import Intervals
 from txdht.node import Address, Node
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage, StorageError
-from txdht.web import APIResource
+from txdht.web import DEFAULT_TIMEOUT, APIResource
 
 __all__ = ["Options", "makeService"]
 
@@ -79,6 +79,14 @@ class Options(usage.Options):
             "$XDG_DATA_HOME/txdht/PORT, else ~/.local/share/txdht/PORT].",
         ],
         ["http", None, DEFAULT_HTTP, "Endpoint of the HTTP JSON API, or 'none' to disable it."],
+        [
+            "http-timeout",
+            None,
+            DEFAULT_TIMEOUT,
+            "Seconds a get or put through the HTTP API may take before it answers 504 "
+            "(a request may ask for another with ?timeout=).",
+            _positive(float),
+        ],
         ["k", "k", 20, f"Bucket size and replicas per item (1 to {MAX_CONTACTS}).", int],
         ["alpha", "a", 3, "Requests in flight per lookup.", _positive(int)],
         [
@@ -235,7 +243,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     dht.setServiceParent(root)  # type: ignore[no-untyped-call]
     if options["http"].lower() != "none":
         endpoints = {"dht": options["port"], "http": options["http"]}
-        site = Site(APIResource(node, endpoints, allowed_hosts=options["http-hosts"]))
+        api = APIResource(
+            node,
+            endpoints,
+            allowed_hosts=options["http-hosts"],
+            timeout=options["http-timeout"],
+        )
+        site = Site(api)
         site.displayTracebacks = False
         http = strports.service(options["http"], site, reactor=reactor)
         http.setServiceParent(root)

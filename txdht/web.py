@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -53,7 +54,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from txdht.core.errors import ErrorCode, NotFoundError, ProtocolError, PutError
+from txdht.core.errors import ErrorCode, NotFoundError, OperationTimeout, ProtocolError, PutError
 from txdht.core.ids import bucket_index, id_from_hex, id_to_hex
 from txdht.core.items import Item, blob
 from txdht.core.lookup import IterativeLookup
@@ -86,10 +87,19 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+#: Seconds a get or put through the API may take by default (``?timeout=`` for another); past
+#: it the answer is 504 ``timeout``, saying how many peers answered and how many stored.
+DEFAULT_TIMEOUT = 10.0
+#: The longest deadline a request may ask for.
+MAX_TIMEOUT = 600.0
+
+
 class _HTTPError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        #: More fields for the JSON body (a timeout says how far the operation got).
+        self.extra: dict[str, Any] = {}
 
 
 class APIResource(Resource):
@@ -103,10 +113,13 @@ class APIResource(Resource):
         node: Node,
         endpoints: dict[str, str] | None = None,
         allowed_hosts: Iterable[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.node = node
         self.endpoints = endpoints or {}
+        #: Seconds a get or put may take, unless the request asks for another (``?timeout=``).
+        self.timeout = timeout
         #: Host names the API answers to, besides IP addresses and localhost (lower case).
         self.allowed_hosts = frozenset(["localhost", *(h.lower() for h in allowed_hosts)])
         self.started = node.reactor.seconds()
@@ -201,7 +214,7 @@ class APIResource(Resource):
             (b"v1", b"blobs"): ("POST", self._put_blob),
         }
         if len(path) == 3 and path[:2] == [b"v1", b"keys"]:
-            expected, handler = "GET", lambda r: self._get(path[2])
+            expected, handler = "GET", lambda r: self._get(path[2], r)
         elif len(path) == 3 and path[:2] == [b"v1", b"names"]:
             expected, handler = "PUT", lambda r: self._put(path[2], r)
         elif tuple(path) in STATIC_FILES:
@@ -316,13 +329,30 @@ class APIResource(Resource):
             ),
         ]
 
-    def _get(self, raw_key: bytes) -> Deferred[tuple[int, Any]]:
+    def _get(self, raw_key: bytes, request: Request) -> Deferred[tuple[int, Any]]:
         key = raw_key.decode("ascii", "replace")
         try:
             id_from_hex(key)
         except ValueError as e:
             raise _HTTPError(400, "bad_key", str(e)) from None
-        return self.node.get(key).addCallback(lambda value: (200, value))
+        d = self.node.get(key, self._timeout(request))
+        return d.addCallback(lambda value: (200, value))
+
+    def _timeout(self, request: Request) -> float:
+        """The operation's deadline: ``?timeout=SECONDS`` (0 < SECONDS <= MAX_TIMEOUT), or
+        the API's default."""
+        given = (request.args or {}).get(b"timeout")
+        if not given:
+            return self.timeout
+        text = given[0].decode("ascii", "replace")
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not 0 < seconds <= MAX_TIMEOUT:  # NaN fails too
+            message = f"timeout is seconds above 0 and at most {MAX_TIMEOUT:g}, not {text!r}"
+            raise _HTTPError(400, "bad_timeout", message)
+        return seconds
 
     def _put(self, raw_name: bytes, request: Request) -> Deferred[tuple[int, Any]]:
         try:
@@ -334,17 +364,18 @@ class APIResource(Resource):
             item = self.node.sign(name, value)
         except ValueError as e:
             raise _HTTPError(400, "bad_name", str(e)) from None
-        return self._stored(item)
+        return self._stored(item, request)
 
     def _put_blob(self, request: Request) -> Deferred[tuple[int, Any]]:
-        return self._stored(blob(self._value(request)))
+        return self._stored(blob(self._value(request)), request)
 
-    def _stored(self, item: Item) -> Deferred[tuple[int, Any]]:
+    def _stored(self, item: Item, request: Request) -> Deferred[tuple[int, Any]]:
         def done(holders: list[int]) -> tuple[int, Any]:
             ids = [id_to_hex(ident) for ident in holders]
             return 201, {"key": id_to_hex(item.key), "stored_on": len(ids), "holders": ids}
 
-        return self.node.publish_own_holders(item).addCallback(done)
+        timeout = self._timeout(request)
+        return self.node.publish_own_holders(item, timeout=timeout).addCallback(done)
 
     def _value(self, request: Request) -> bytes:
         content = request.content
@@ -366,6 +397,13 @@ class APIResource(Resource):
             return
         if failure.check(NotFoundError):
             error = _HTTPError(404, "not_found", failure.getErrorMessage())
+        elif failure.check(OperationTimeout):
+            late = failure.value
+            assert isinstance(late, OperationTimeout)
+            error = _HTTPError(504, "timeout", str(late))
+            error.extra = {"answered": late.answered}
+            if late.stored is not None:
+                error.extra["stored"] = late.stored
         elif failure.check(PutError):
             codes = failure.value.codes  # type: ignore[union-attr]
             code = next(iter(codes)) if len(codes) == 1 else None
@@ -387,7 +425,8 @@ class APIResource(Resource):
             request.finish()
 
     def _error(self, request: Request, error: _HTTPError) -> bytes:
-        return self._body(request, error.status, {"error": error.code, "message": error.message})
+        body = {"error": error.code, "message": error.message, **error.extra}
+        return self._body(request, error.status, body)
 
     def _body(self, request: Request, status: int, body: Any) -> bytes:
         request.setResponseCode(status)

@@ -232,47 +232,63 @@ class Node:
 
     # -- the public API ------------------------------------------------------------------------
 
-    async def join(self, seeds: Iterable[Address]) -> int:
-        """Join the network through ``seeds``; return the number of contacts then known."""
-        count: int = await self.start_op(ops.Join(list(seeds)))
+    async def join(self, seeds: Iterable[Address], timeout: float | None = None) -> int:
+        """Join the network through ``seeds``; return the number of contacts then known.
+
+        Every operation takes a ``timeout`` (seconds): past it, the operation stops and raises
+        ``OperationTimeout`` (a ``TimeoutError``), saying how far it got, and leaves nothing
+        behind."""
+        count: int = await self.start_op(ops.Join(list(seeds)), timeout=timeout)
         return count
 
     async def put(
-        self, name: str, value: bytes, ttl: float = DEFAULT_TTL, cas: int | None = None
+        self,
+        name: str,
+        value: bytes,
+        ttl: float = DEFAULT_TTL,
+        cas: int | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Sign ``value`` under ``name`` with this node's key and store it; return the key.
 
         With ``cas``, only nodes holding sequence number ``cas`` (0: none) store it.
         """
         item = self.engine.next_version(name, value, cas)
-        await self.publish_own(item, ttl, cas)
+        await self.publish_own(item, ttl, cas, timeout)
         return id_to_hex(item.key)
 
-    async def put_blob(self, value: bytes, ttl: float = DEFAULT_TTL) -> str:
+    async def put_blob(
+        self, value: bytes, ttl: float = DEFAULT_TTL, timeout: float | None = None
+    ) -> str:
         """Store an immutable blob; return its key, the sha512 of the value."""
         item = blob(value)
-        await self.publish_own(item, ttl)
+        await self.publish_own(item, ttl, timeout=timeout)
         return id_to_hex(item.key)
 
     async def publish_own(
-        self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
+        self,
+        item: Item,
+        ttl: float = DEFAULT_TTL,
+        cas: int | None = None,
+        timeout: float | None = None,
     ) -> int:
         """Publish an item of ours: store it on the k closest nodes and, once stored, remember
         it for republishing; return how many accepted it."""
-        return len(await self.start_op(ops.Publish(item, ttl, cas, remember=True)))
+        op = ops.Publish(item, ttl, cas, remember=True)
+        return len(await self.start_op(op, timeout=timeout))
 
     async def publish(self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None) -> int:
         """Store ``item`` on the k closest nodes; return how many accepted it."""
         return len(await self.start_op(ops.Publish(item, ttl, cas)))
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, timeout: float | None = None) -> bytes:
         """The value under ``key`` (hex), verified; ``NotFoundError`` if no node has one.
 
         A blob held here is returned at once (it cannot change). For a mutable item the lookup
         asks the k closest nodes, the highest sequence number wins (over our own copy too), and
         peers that sent an older version are given the newest before this returns (read repair).
         """
-        item: Item = await self.start_op(ops.Get(id_from_hex(key)))
+        item: Item = await self.start_op(ops.Get(id_from_hex(key)), timeout=timeout)
         return item.value
 
     def lookup(self, target: int, find_value: bool = False) -> Lookup:
@@ -325,13 +341,14 @@ class Node:
 
     # -- the driver ----------------------------------------------------------------------------
 
-    def start_op(self, op: ops.Operation, future: Any = None) -> Any:
-        """Start a core operation; the future resolves to its result (cancel it to stop it)."""
+    def start_op(self, op: ops.Operation, future: Any = None, timeout: float | None = None) -> Any:
+        """Start a core operation; the future resolves to its result (cancel it to stop it;
+        past ``timeout`` seconds it raises ``OperationTimeout``)."""
         if future is None:
             future = self.loop.create_future()
         self._waiting[op] = future
         future.add_done_callback(lambda f: self._settled(op, f))
-        self.run(self.engine.start(op, self.now()))
+        self.run(self.engine.start(op, self.now(), timeout))
         return future
 
     def _settled(self, op: ops.Operation, future: asyncio.Future[Any]) -> None:

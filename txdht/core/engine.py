@@ -35,7 +35,7 @@ from typing import Any
 
 from txdht.core import messages as m
 from txdht.core.commands import Command, Done, Failed, Log, Send
-from txdht.core.errors import ErrorCode, ProtocolError, RemoteError
+from txdht.core.errors import ErrorCode, OperationTimeout, ProtocolError, RemoteError
 from txdht.core.ids import Contact
 from txdht.core.interfaces import IStorage
 from txdht.core.items import (
@@ -265,11 +265,16 @@ class Engine:
             heapq.heappop(timers)
         return timers[0][0] if timers else None
 
-    def start(self, op: Operation, now: float) -> list[Command]:
-        """Start ``op`` for the driver; it ends with a ``Done`` or ``Failed`` command."""
+    def start(self, op: Operation, now: float, timeout: float | None = None) -> list[Command]:
+        """Start ``op`` for the driver; it ends with a ``Done`` or ``Failed`` command, and
+        with ``OperationTimeout`` if it has not ended ``timeout`` seconds from now."""
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"a timeout is above 0 seconds, not {timeout!r}")
         self.now = now
         op.public = True
         self.begin(op, None)
+        if timeout is not None and not op.ended:
+            op.timers.append(self.call_at(now + timeout, self._expired, op, timeout, op=op))
         return self.settle()
 
     def cancel(self, op: Operation, now: float) -> list[Command]:
@@ -437,6 +442,14 @@ class Engine:
         if request.contact is not None:
             self.routing.slow(request.contact.id)
         self._guard(request.op, request.op.request_slow, request)
+
+    def _expired(self, op: Operation, timeout: float) -> None:
+        answered, stored = op.progress()
+        text = f"{type(op).__name__.lower()} did not finish within {timeout:g} s: "
+        text += f"{answered} peers answered"
+        if stored is not None:
+            text += f", {stored} nodes stored the item"
+        self.end(op, None, OperationTimeout(text, answered, stored))
 
     def _timed_out(self, request: Request) -> None:
         self._close(request)

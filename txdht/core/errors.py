@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["ErrorCode", "JoinError", "NotFoundError", "ProtocolError", "PutError", "RemoteError"]
+__all__ = [
+    "ErrorCode",
+    "JoinError",
+    "NotFoundError",
+    "OperationTimeout",
+    "ProtocolError",
+    "PutError",
+    "RemoteError",
+]
 
 
 class ErrorCode(IntEnum):
@@ -102,3 +110,14 @@ class PutError(Exception):
     def __init__(self, message: str, codes: frozenset[int] = frozenset()) -> None:
         super().__init__(message)
         self.codes = codes
+
+
+class OperationTimeout(TimeoutError):
+    """An operation did not finish within the deadline its caller gave it; it was stopped,
+    leaving nothing behind. ``answered`` says how many peers had answered its lookup, and, for
+    a put, ``stored`` how many nodes had taken the item by then (None for other operations)."""
+
+    def __init__(self, message: str, answered: int = 0, stored: int | None = None) -> None:
+        super().__init__(message)
+        self.answered = answered
+        self.stored = stored

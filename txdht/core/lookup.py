@@ -197,6 +197,11 @@ class IterativeLookup:
             self.trace.append(("slow", peer))
         return False
 
+    @property
+    def answered(self) -> int:
+        """How many contacts have answered so far."""
+        return sum(1 for state in self._state.values() if state is _State.ANSWERED)
+
     def closest(self) -> list[Contact]:
         """The k closest contacts that answered, nearest first."""
         answered = (self._contacts[i] for i in self._order if self._state[i] is _State.ANSWERED)

@@ -153,6 +153,11 @@ class Operation:
     def cancelled(self) -> None:
         """It was stopped (``Engine.cancel``, or its parent ended) with all it had in flight."""
 
+    def progress(self) -> tuple[int, int | None]:
+        """How far it got: peers that answered its lookups, and nodes that stored its item
+        (None when it stores nothing); what an ``OperationTimeout`` reports."""
+        return sum(child.progress()[0] for child in self.children), None
+
     # -- actions, through the engine -----------------------------------------------------------
 
     def send(
@@ -227,6 +232,9 @@ class Lookup(Operation):
     def hops(self) -> int:
         """How deep the lookup went (``IterativeLookup.hops``)."""
         return self.machine.hops()
+
+    def progress(self) -> tuple[int, int | None]:
+        return self.machine.answered, None
 
     def _step(self) -> None:
         machine = self.machine
@@ -328,6 +336,11 @@ class Publish(_Gather):
         self.holders: list[int] = []
         self.reasons: list[str] = []
         self.codes: set[int] = set()
+        #: The peers its lookup heard from, once it ended; the stores' targets, and those
+        #: that took the item.
+        self.looked_up: int | None = None
+        self.targets: list[Contact] = []
+        self.took: set[int] = set()
 
     def begin(self) -> None:
         try:
@@ -337,8 +350,13 @@ class Publish(_Gather):
             return
         self.spawn(Lookup(self.item.key))
 
+    def progress(self) -> tuple[int, int | None]:
+        answered = self.looked_up if self.looked_up is not None else super().progress()[0]
+        return answered, len(self.holders) + len(self.took)
+
     def child_ended(self, child: Operation) -> None:
         engine, item = self.engine, self.item
+        self.looked_up = child.result.answered
         keep, targets = engine.placement(item.key, child.result.closest())
         if keep:
             error = engine.store_here(item, self.ttl, self.cas)
@@ -348,7 +366,6 @@ class Publish(_Gather):
                 self.reasons.append(f"this node: {error}")
                 self.codes.add(int(error.code))
         self.targets = targets
-        self.took: set[int] = set()
         self.send_all(targets, Store, item=item, ttl=self.ttl, cas=self.cas)
 
     def answered(self, request: Request, reply: Message) -> None:
