@@ -463,3 +463,88 @@ def test_trace_records_what_happened_in_order() -> None:
         ("failed", peers[1]),
         ("answered", peers[0]),
     ]
+
+
+# -- slow queries, retries, questionable contacts -----------------------------------------------
+
+
+def test_a_slow_query_frees_its_slot_and_leaves_the_shortlist() -> None:
+    """A query that goes slow (no retries) no longer holds a slot: the next candidate goes
+    out; it is out of the shortlist, so the lookup ends without it, yet its late reply is
+    taken while the lookup runs."""
+    lookup = IterativeLookup(0, near(0, 1, 2, 3, 4), own_id=OWN, k=2, alpha=1, retries=0)
+    (first,) = lookup.next_queries()
+    assert first.id == 1
+    assert not lookup.query_slow(first)
+    (second,) = lookup.next_queries()
+    assert second.id == 2
+    lookup.nodes_received(first, [])  # the late reply is still taken
+    assert ("slow", first) in lookup.trace
+    assert lookup.trace[-1] == ("answered", first)
+    lookup.nodes_received(second, [])
+    assert finished(lookup)
+    assert [x.id for x in lookup.closest()] == [1, 2]
+
+
+def test_a_slow_query_to_one_of_the_k_closest_is_retried_and_waited_for() -> None:
+    """A slow query to one of the k closest is sent again (twice at most by default): the
+    retry holds no slot, but the lookup waits for it; after the last retry goes slow, the
+    contact leaves the shortlist and the next one steps in."""
+    lookup = IterativeLookup(0, near(0, 1, 2, 3), own_id=OWN, k=2, alpha=2)
+    first, second = lookup.next_queries()
+    lookup.nodes_received(second, [])
+    assert lookup.query_slow(first)
+    assert lookup.query_slow(first)
+    assert lookup.queries == 4
+    assert not finished(lookup)
+    assert [x.id for x in lookup.next_queries()] == []  # the shortlist is 1 and 2, both asked
+    assert not lookup.query_slow(first)  # a third time: no more
+    assert [x.id for x in lookup.next_queries()] == [3]
+    lookup.nodes_received(c(3), [])
+    assert finished(lookup)
+    assert [x.id for x in lookup.closest()] == [2, 3]
+    assert ("retried", first) in lookup.trace
+
+
+def test_a_slow_query_outside_the_k_closest_is_not_retried() -> None:
+    """Only the k closest are worth a retry: a slow query to a contact that a closer one has
+    pushed out of the k closest just leaves."""
+    lookup = IterativeLookup(0, near(0, 2, 3), own_id=OWN, k=2, alpha=2)
+    two, three = lookup.next_queries()
+    lookup.nodes_received(two, [c(1)])  # a closer contact pushes 3 out of the k closest
+    assert not lookup.query_slow(three)
+    (one,) = lookup.next_queries()
+    assert lookup.query_slow(one)
+    lookup.query_failed(one)  # the query and its retry failed
+    assert finished(lookup)
+    assert [x.id for x in lookup.closest()] == [2]
+
+
+def test_slow_means_nothing_once_answered_or_unknown() -> None:
+    """A slow deadline after the answer, or for a contact never asked, changes nothing."""
+    lookup = IterativeLookup(0, near(0, 1), own_id=OWN)
+    (one,) = lookup.next_queries()
+    lookup.nodes_received(one, [])
+    assert not lookup.query_slow(one)
+    assert not lookup.query_slow(c(99))
+    assert lookup.answered == 1
+
+
+def test_a_find_value_that_found_nothing_waits_for_a_retry() -> None:
+    """A FIND_VALUE with nothing found yet waits for a query's retry, not for slow queries."""
+    lookup = IterativeLookup(0, near(0, 1), own_id=OWN, find_value=True)
+    (one,) = lookup.next_queries()
+    assert lookup.query_slow(one)
+    assert not finished(lookup)
+    assert lookup.query_slow(one)
+    assert not lookup.query_slow(one)
+    assert finished(lookup)
+    assert found(lookup) is None
+
+
+def test_questionable_contacts_are_asked_after_the_others() -> None:
+    """Among the shortlist's contacts not asked yet, questionable ones go last."""
+    lookup = IterativeLookup(0, near(0, 1, 2, 3, 4), own_id=OWN, alpha=2, questionable=[1, 2])
+    assert [x.id for x in lookup.next_queries()] == [3, 4]
+    lookup.nodes_received(c(3), [])
+    assert [x.id for x in lookup.next_queries()] == [1]

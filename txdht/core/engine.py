@@ -144,8 +144,8 @@ class Engine:
         self.rate_limiter = RateLimiter(limits, now)
         #: Measured round trips, which set each request's slow deadline.
         self.round_trips = RoundTrips(rpc_timeout)
-        #: Whether a lookup sends a slow query to one of the k closest once more.
-        self.retries = True
+        #: How many times a lookup sends a slow query to one of the k closest again.
+        self.retries = 2
         #: RPC counters and lookup latencies, served at ``/metrics``.
         self.metrics = Metrics()
         #: Called with (state machine, seconds) when a lookup ends (the dashboard's feed).

@@ -81,7 +81,7 @@ class IterativeLookup:
         find_value: bool = False,
         dead: Iterable[Contact] = (),
         questionable: Iterable[int] = (),
-        retries: bool = True,
+        retries: int = 2,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -94,11 +94,11 @@ class IterativeLookup:
         self.bad_values: list[tuple[Contact, ProtocolError]] = []
         #: How many queries the lookup sent (retries included).
         self.queries = 0
-        #: Whether a slow query to one of the k closest is sent once more.
+        #: How many times a slow query to one of the k closest is sent again.
         self.retries = retries
         #: Ids of contacts that went slow or failed lately: asked after the others.
         self.questionable = frozenset(questionable)
-        self._retried: set[int] = set()
+        self._retried: dict[int, int] = {}
         #: What happened, in order: ("sent" | "answered" | "failed" | "slow" | "retried",
         #: contact) (for display).
         self.trace: list[tuple[str, Contact]] = []
@@ -185,9 +185,10 @@ class IterativeLookup:
         the k closest (the lookup then waits for it); otherwise it leaves the shortlist, and
         its reply is still taken if it comes."""
         state = self._state.get(peer.id)
-        first = state is _State.IN_FLIGHT and self.retries and peer.id not in self._retried
-        if first and any(c.id == peer.id for c in self._shortlist()):
-            self._retried.add(peer.id)
+        waiting = state is _State.IN_FLIGHT or state is _State.RETRY
+        again = waiting and self._retried.get(peer.id, 0) < self.retries
+        if again and any(c.id == peer.id for c in self._shortlist()):
+            self._retried[peer.id] = self._retried.get(peer.id, 0) + 1
             self._state[peer.id] = _State.RETRY
             self.queries += 1
             self.trace.append(("retried", peer))
