@@ -187,10 +187,30 @@ def test_the_simulator_and_the_real_node_give_the_same_results() -> None:
     assert real.results["replicate"] > 0
 
 
+#: Pings that may differ, per phase, once nodes are silent. Over connections (the real
+#: node), a lookup's retry to a silent peer closes the connection that brought nothing and
+#: opens another, which fails at once the other requests on the old one (a ping-before-evict
+#: among them), where the simulator, which has no connections, lets them time out; the
+#: routing tables, and so the pings of ping-before-evict, then differ a little.
+PING_TOLERANCE = 4
+
+
 def test_the_simulator_and_the_real_node_send_the_same_requests() -> None:
     """Phase by phase, the nodes send the same number of requests of every kind on the
-    simulator as on real nodes (the crash makes some of them time out, in both)."""
+    simulator as on real nodes (the crash makes some of them time out, in both); once nodes
+    are silent, pings may differ by PING_TOLERANCE (see there why)."""
     simulated, real = on_the_simulator(), on_memory_network()
-    assert simulated.messages == real.messages
+    assert list(simulated.messages) == list(real.messages)
+    silent = False
+    for phase, counts in real.messages.items():
+        silent = silent or phase == "crash"
+        other = simulated.messages[phase]
+        if not silent:
+            assert other == counts, phase
+            continue
+        assert abs(other["ping"] - counts["ping"]) <= PING_TOLERANCE, phase
+        assert {k: v for k, v in other.items() if k != "ping"} == {
+            k: v for k, v in counts.items() if k != "ping"
+        }, phase
     assert real.messages["join"]["find_node"] > 0
     assert real.messages["get after the crash"]["find_value"] > 0

@@ -594,3 +594,25 @@ def test_lookup_observers_see_each_finished_lookup() -> None:
     )
     net.run(nodes[0].lookup(123))
     assert seen == [(123, 0.0)]
+
+
+def test_a_retry_goes_on_a_fresh_connection_when_the_old_one_heard_nothing() -> None:
+    """A lookup's retry to a peer whose connection has brought nothing since the first try is
+    sent on a new connection (the old one is closed: it may be dead without knowing it)."""
+    net = MemoryNetwork()
+    a, b = net.create(2)
+    connects: list[tuple[str, int]] = []
+    connect = a._connect
+
+    def counted(address: tuple[str, int], factory: Any) -> Deferred[Any]:
+        connects.append(address)
+        return connect(address, factory)
+
+    a._connect = counted  # type: ignore[method-assign]
+    net.silence(b)
+    with capturedLogs() as events:
+        machine = net.run(a.lookup(b.engine.id), step=0.1)
+    assert machine.closest() == []
+    assert connects == [("127.0.0.1", b.port)] * 2  # one per retry
+    reconnects = [e for e in events if "reconnecting" in e["log_format"]]
+    assert len(reconnects) == 2

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from txdht.core.errors import ErrorCode
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.items import Identity, proves
+from txdht.core.limits import DEFAULT_CONNECT_TIMEOUT
 from txdht.core.messages import Error, Message, Ping, Pong, decode, encode
 from txdht.node import DHTProtocol, Node
 
@@ -101,10 +102,12 @@ def test_listens_where_told_and_answers_a_ping_on_the_same_connection(
 def test_requests_to_one_address_share_one_connection(
     reactor: MemoryReactorClock, node: Node
 ) -> None:
-    """The first request to an address connects; replies fire the right Deferreds by request
-    id, in any order; later requests reuse the connection."""
+    """The first request to an address connects (within the connect timeout, shorter than a
+    request's); replies fire the right Deferreds by request id, in any order; later requests
+    reuse the connection."""
     first, second = node.call(PEER, Ping), node.call(PEER, Ping)
     assert [(host, port) for host, port, *_ in reactor.tcpClients] == [PEER]
+    assert reactor.tcpClients[0][3] == DEFAULT_CONNECT_TIMEOUT < node.rpc_timeout
     protocol, transport = complete_connect(reactor)
     requests = written(transport)
     assert [type(r) for r in requests] == [Ping, Ping]

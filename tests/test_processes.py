@@ -109,9 +109,10 @@ class NodeProcess:
         """The node's /v1/status."""
         return dict(self.api("/v1/status"))
 
-    def wait_ready(self, peers: int = 0) -> dict[str, object]:
-        """Wait (bounded) until the API answers and the node knows at least ``peers`` contacts."""
-        deadline = time.monotonic() + START_TIMEOUT
+    def wait_ready(self, peers: int = 0, timeout: float = START_TIMEOUT) -> dict[str, object]:
+        """Wait at most ``timeout`` seconds until the API answers and the node knows at least
+        ``peers`` contacts."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -123,7 +124,7 @@ class NodeProcess:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"node not ready in {START_TIMEOUT} s: {self.log_tail()}")
+        raise AssertionError(f"node not ready in {timeout} s: {self.log_tail()}")
 
     def log_tail(self) -> str:
         """The end of the node's log, without the access lines of the API's status polling."""
@@ -137,8 +138,12 @@ class NodeProcess:
 
     def send_kill(self) -> None:
         """Send SIGKILL if the process is running, without waiting for it."""
+        self.send_signal(signal.SIGKILL)
+
+    def send_signal(self, signum: signal.Signals) -> None:
+        """Send ``signum`` if the process is running (SIGSTOP freezes it, SIGCONT thaws it)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            self.process.send_signal(signum)
 
     def wait_gone(self, timeout: float = KILL_TIMEOUT) -> None:
         """Wait at most ``timeout`` seconds for the process to exit (TimeoutExpired if not)."""

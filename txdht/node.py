@@ -433,5 +433,5 @@ class Node:
         host, port = address
         reactor: IReactorTCP = self.reactor  # type: ignore[assignment]
         kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint = kind(reactor, host, port, timeout=max(1, int(self.rpc_timeout)))
+        endpoint = kind(reactor, host, port, timeout=self.engine.connect_timeout)
         return endpoint.connect(factory)  # type: ignore[return-value]

@@ -414,7 +414,7 @@ class Node:
     async def _connect_tcp(
         self, address: Address, factory: Callable[[], NetstringProtocol]
     ) -> NetstringProtocol:
-        async with asyncio.timeout(max(1, int(self.rpc_timeout))):
+        async with asyncio.timeout(self.engine.connect_timeout):
             _, protocol = await self.loop.create_connection(factory, address[0], address[1])
         return protocol
 

@@ -48,7 +48,15 @@ from txdht.core.items import (
     mutable_key,
     proves,
 )
-from txdht.core.limits import DEFAULT_RPC_TIMEOUT, Abandoned, Limits, RateLimiter, Verdict, peer_key
+from txdht.core.limits import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RPC_TIMEOUT,
+    Abandoned,
+    Limits,
+    RateLimiter,
+    Verdict,
+    peer_key,
+)
 from txdht.core.lookup import ALPHA, IterativeLookup
 from txdht.core.metrics import Metrics
 from txdht.core.operations import Handoff, Lookup, Operation, PingCheck, Request
@@ -146,6 +154,8 @@ class Engine:
         self.round_trips = RoundTrips(rpc_timeout)
         #: How many times a lookup sends a slow query to one of the k closest again.
         self.retries = 2
+        #: Seconds a driver waits for a connection to open (never longer than a request).
+        self.connect_timeout = min(DEFAULT_CONNECT_TIMEOUT, rpc_timeout)
         #: RPC counters and lookup latencies, served at ``/metrics``.
         self.metrics = Metrics()
         #: Called with (state machine, seconds) when a lookup ends (the dashboard's feed).

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_MESSAGE",
     "DEFAULT_RPC_TIMEOUT",
     "HOUSEKEEPING_CONCURRENCY",
@@ -36,6 +37,9 @@ __all__ = [
 DEFAULT_MAX_MESSAGE = 1024 * 1024
 #: Seconds to wait for a connection and a reply before a request counts as failed.
 DEFAULT_RPC_TIMEOUT = 5.0
+#: Seconds to wait for a TCP connection to open: an address that does not answer a connection
+#: attempt fails this soon (the requests waiting for it with it), not at the rpc timeout.
+DEFAULT_CONNECT_TIMEOUT = 3.0
 #: Items replicated or republished at once by housekeeping, so a large store cannot flood
 #: the network or the node's own connection table in one go.
 HOUSEKEEPING_CONCURRENCY = 8

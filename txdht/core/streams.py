@@ -38,7 +38,7 @@ class Link:
     """One connection, either direction: the driver's ``handle`` for it, and what the core
     knows of it."""
 
-    __slots__ = ("address", "bad_messages", "closing", "handle", "host", "port")
+    __slots__ = ("address", "bad_messages", "closing", "handle", "heard", "host", "port")
 
     def __init__(self, handle: Any, host: str, port: int) -> None:
         #: The driver's object for this connection (its protocol instance).
@@ -51,6 +51,8 @@ class Link:
         self.bad_messages = 0
         #: Set once the core has asked for it to be closed: what still arrives is ignored.
         self.closing = False
+        #: When a payload last arrived on it (None: never).
+        self.heard: float | None = None
 
 
 class Streams:
@@ -125,6 +127,7 @@ class Streams:
         engine = self.engine
         if link.closing:
             return []
+        link.heard = now
         try:
             message = decode(payload)
         except ProtocolError as e:
@@ -188,8 +191,21 @@ class Streams:
         return commands + engine.settle()
 
     def _send(self, request: Request) -> None:
-        """The engine sends ``request``: on the peer's connection, or once there is one."""
+        """The engine sends ``request``: on the peer's connection, or once there is one.
+
+        A retry does not go on the connection its first try went on if nothing at all has
+        arrived on it since: that connection may be dead without knowing it (a peer that
+        vanished without a reset), so it is closed and a fresh one opened."""
         link = self._by_address.get(request.address)
+        if link is not None and _silent_since(link, request.retry_of):
+            self.engine.log(
+                "info",
+                "nothing from {host} since a request now overdue: reconnecting",
+                host=link.host,
+            )
+            self._close(link)
+            del self._by_address[request.address]
+            link = None
         if link is not None:
             request.link = link
             self.engine.emit(Write(link, request.message))
@@ -200,3 +216,11 @@ class Streams:
             self.engine.emit(Connect(request.address))
         else:
             waiting.append(request)
+
+
+def _silent_since(link: Link, first: Request | None) -> bool:
+    """Whether ``first`` (a retried request) went out on ``link`` and nothing has arrived on
+    it since."""
+    if first is None or first.link is not link:
+        return False
+    return link.heard is None or link.heard <= first.sent_at
