@@ -3,36 +3,41 @@
 Theory of operation
 -------------------
 A lookup walks the clock face towards ``target``. It keeps every contact it has heard of in one
-of four states: not yet asked, in flight, answered, failed. The *shortlist* is the k closest
-contacts that have not failed. The shell asks ``next_queries()`` what to send; the machine hands
-out shortlist contacts that were not asked yet, nearest first, while fewer than alpha requests
-are in flight, and marks them in flight. The shell then feeds back exactly one event per query:
-``nodes_received`` (the peer answered with contacts, which join the candidates),
-``value_received`` (FIND_VALUE only), or ``query_failed`` (timeout, refused connection, error
-reply, garbage). After each event the shell calls ``next_queries()`` again.
+of six states: not yet asked, in flight, retried, slow, answered, failed. The *shortlist* is the
+k closest contacts that have neither failed nor gone slow. The shell asks ``next_queries()``
+what to send; the machine hands out shortlist contacts that were not asked yet, nearest first,
+while fewer than alpha requests are in flight, and marks them in flight. The shell then feeds
+back exactly one event per query: ``nodes_received`` (the peer answered with contacts, which
+join the candidates), ``value_received`` (FIND_VALUE only), or ``query_failed`` (timeout,
+refused connection, error reply, garbage), and before any of those perhaps ``query_slow``. After
+each event the shell calls ``next_queries()`` again. Of the contacts not asked yet, questionable
+ones (slow or failed lately, as the routing table says) go after the others.
 
 There are no lock-step rounds: a new request leaves as soon as any one answers or fails, so one
 slow peer never holds the others up. A failed contact drops out of the shortlist, which lets the
-next closest one in.
+next closest one in. A query whose reply is overdue (``query_slow``: its slow deadline, from
+measured round trips, see ``txdht.core.timing``) frees its slot too; if its contact is among the
+k closest it is sent again (``retries`` times at most) and the lookup waits for it, else, and
+after its last retry, it leaves the shortlist like a failed one, but its reply is still taken if
+it comes while the lookup runs.
 
-The lookup is finished when every contact of the shortlist has answered: nothing closer is left
-to ask. A query still in flight to a contact that has since dropped out of the shortlist does
-not hold a FIND_NODE up (the shell cancels it), so one lost message far from the target costs
-nothing; a FIND_VALUE that has found nothing yet waits for it, since any answer may be the
-value. A FIND_VALUE for a blob ends at the first value that verifies against the key: a blob
-never changes. A FIND_VALUE for a mutable item goes on until the shortlist has answered, like a
-FIND_NODE, because an older version can linger on nodes that are no longer among the k closest
-(after a partition, or a publisher's write that reached only some of them); the result is the
-valid version with the highest sequence number, and ``found`` names the peers that sent an
-older one (``Engine.newest`` turns that into a read repair). A value that does not verify
-counts as a failure of the peer that sent it, and the lookup goes on. ``closest()`` is the
-result of a FIND_NODE lookup: the k closest contacts that answered, which is where a put stores
-its item.
+The lookup is finished when every contact of the shortlist (the k closest that have neither
+failed nor gone slow) has answered: nothing closer is left to ask. A query still in flight to a
+contact that has since dropped out of the shortlist does not hold a FIND_NODE up (the shell
+cancels it), so one lost message far from the target costs nothing; a FIND_VALUE that has found
+nothing yet waits for it, since any answer may be the value. A FIND_VALUE for a blob ends at the
+first value that verifies against the key: a blob never changes. A FIND_VALUE for a mutable item
+goes on until the shortlist has answered, like a FIND_NODE, because an older version can linger
+on nodes that are no longer among the k closest (after a partition, or a publisher's write that
+reached only some of them); the result is the valid version with the highest sequence number,
+and ``found`` names the peers that sent an older one (``Engine.newest`` turns that into a read
+repair). A value that does not verify counts as a failure of the peer that sent it, and the
+lookup goes on. ``closest()`` is the result of a FIND_NODE lookup: the k closest contacts that
+answered, which is where a put stores its item.
 
-Contacts given as ``dead`` (``Engine.lookup`` passes those whose last two requests failed)
-start out failed: they are never asked, even when a peer's reply names them. After a mass
-crash every lookup would otherwise spend a timeout on each dead node near its target.
-"""
+Contacts given as ``dead`` (``Engine.lookup`` passes those whose last two requests failed) start
+out failed: they are never asked, even when a peer's reply names them. After a mass crash every
+lookup would otherwise spend a timeout on each dead node near its target."""
 
 from __future__ import annotations
 
