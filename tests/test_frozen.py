@@ -145,14 +145,14 @@ def percentile(seconds: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def summary(what: str, seconds: Sequence[float]) -> str:
+def summary(what: str, seconds: Sequence[float], deadline: float = READ_TIMEOUT) -> str:
     """Count, p50, p99 and max of some latencies, in one line."""
     if not seconds:
         return f"{what}: none"
     p50, p99 = percentile(seconds, 0.5), percentile(seconds, 0.99)
     return (
         f"{what}: {len(seconds)}, p50 {p50:.3f} s, p99 {p99:.3f} s, max {max(seconds):.3f} s"
-        f" (deadline {READ_TIMEOUT:g} s + {SLACK:g} s slack)"
+        f" (deadline {deadline:g} s)"
     )
 
 
@@ -186,45 +186,57 @@ def test_reads_through_live_nodes_answer_in_time_while_a_third_are_frozen(
         node.send_signal(signal.SIGSTOP)
     wait_state(frozen, stopped=True)
 
+    def read(key: str, reader: NodeProcess) -> None:
+        """Read ``key`` through ``reader`` with the deadline, and keep the outcome."""
+        reads.append((key, reader, timed(reader, f"/v1/keys/{key}?timeout={READ_TIMEOUT:g}")))
+
+    def check(what: str) -> str:
+        """Fail, saying why and how long reads took, unless every read so far answered the
+        right value in time; the latencies' summary."""
+        latencies = summary(what, [got.seconds for _, _, got in reads])
+        failed = [
+            (key, reader, got)
+            for key, reader, got in reads
+            if got.status != 200 or got.body != values[key] or got.seconds > READ_TIMEOUT + SLACK
+        ]
+        if failed:
+            key, reader, got = failed[0]
+            timeouts = sum(1 for _, _, bad in failed if bad.status == 504)
+            first = f"{key[:16]} through {reader.url}: {got.status} in {got.seconds:.3f} s"
+            pytest.fail(
+                f"{len(failed)} of {len(reads)} reads failed ({timeouts} answered 504; each must"
+                f" bring the value within {READ_TIMEOUT:g} s + {SLACK:g} s slack); {latencies};"
+                f" first: {first}, {got.body[:300]!r}\nits reader's log:\n{reader.log_tail()}"
+            )
+        return latencies
+
     reads: list[tuple[str, NodeProcess, Answer]] = []
     for key in values:
-        reader = rng.choice(live)
-        reads.append((key, reader, timed(reader, f"/v1/keys/{key}?timeout={READ_TIMEOUT:g}")))
-    late_value = b"put while a third are frozen"
+        read(key, rng.choice(live))
+    assert all(state(node) == "T" for node in frozen)  # every read above ran during the freeze
+    during = check(
+        f"reads through {len(live)} live nodes, {FROZEN} of {PROCESSES} frozen, {exposed} of"
+        f" {len(values)} items with a frozen holder"
+    )
+    print(f"\n{during}")
+
     writer = rng.choice(live)
+    late_value = b"put while a third are frozen"
     late = timed(writer, f"/v1/names/late?timeout={READ_TIMEOUT:g}", "PUT", late_value)
-    assert state(frozen[0]) == "T"  # still frozen: every read above ran during the freeze
-    late_put = f"put while frozen: {late.status} in {late.seconds:.3f} s, {late.body[:300]!r}"
+    late_put = (
+        f"put while frozen: {late.status} in {late.seconds:.3f} s, {late.body[:300]!r}; {during}"
+        f"\nits writer's log:\n{writer.log_tail()}"
+    )
     assert late.status == 201, late_put
     assert late.seconds <= READ_TIMEOUT + SLACK, late_put
     stored = json.loads(late.body)
     assert stored["stored_on"] == K, late_put
     assert not set(stored["holders"]) & frozen_ids, late_put
-    late_key = str(stored["key"])
-    values[late_key] = late_value
-    reader = rng.choice([node for node in live if node is not writer])
-    reads.append((late_key, reader, timed(reader, f"/v1/keys/{late_key}?timeout={READ_TIMEOUT:g}")))
+    values[str(stored["key"])] = late_value
+    read(str(stored["key"]), rng.choice([node for node in live if node is not writer]))
     assert all(state(node) == "T" for node in frozen)
-
-    during = summary(
-        f"reads through {len(live)} live nodes, {FROZEN} of {PROCESSES} frozen, {exposed} of"
-        f" {len(values) - 1} items with a frozen holder",
-        [got.seconds for _, _, got in reads],
-    )
-    print(f"\n{during}\nput while frozen: {late.seconds:.3f} s, stored on {stored['stored_on']}")
-    failed = [
-        (key, reader, got)
-        for key, reader, got in reads
-        if got.status != 200 or got.body != values[key] or got.seconds > READ_TIMEOUT + SLACK
-    ]
-    if failed:
-        key, reader, got = failed[0]
-        timeouts = sum(1 for _, _, got in failed if got.status == 504)
-        first = f"{key[:16]} through {reader.url}: {got.status} in {got.seconds:.3f} s"
-        pytest.fail(
-            f"{len(failed)} of {len(reads)} reads failed ({timeouts} answered 504); {during};"
-            f" first: {first}, {got.body[:300]!r}\nits reader's log:\n{reader.log_tail()}"
-        )
+    during = check(f"reads during the freeze, the late put's included ({FROZEN} frozen)")
+    print(f"put while frozen: {late.seconds:.3f} s, stored on {stored['stored_on']}\n{during}")
 
     for node in frozen:
         node.send_signal(signal.SIGCONT)
@@ -235,7 +247,9 @@ def test_reads_through_live_nodes_answer_in_time_while_a_third_are_frozen(
     for i, key in enumerate(values):
         thawed = frozen[i % len(frozen)]
         again.append((key, thawed, timed(thawed, f"/v1/keys/{key}?timeout={REQUEST_TIMEOUT:g}")))
-    after = summary("reads through the thawed nodes", [got.seconds for _, _, got in again])
+    after = summary(
+        "reads through the thawed nodes", [got.seconds for _, _, got in again], REQUEST_TIMEOUT
+    )
     print(after)
     unread = [(key, node, got) for key, node, got in again if got.body != values[key]]
     if unread:

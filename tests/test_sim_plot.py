@@ -14,13 +14,14 @@ import pytest
 
 from txdht.sim import Settings, run
 from txdht.sim.cli import main as sim_main
-from txdht.sim.plot import MissingPlotter, figure, main, save
+from txdht.sim.plot import MissingPlotter, comparison, figure, main, save
 
 RUNS = {
     "lookup": Settings(nodes=30, keys=3, lookups=8),
     "crash": Settings(nodes=30, keys=12, k=6, kill=(0.5, 0.9)),
     "churn": Settings(nodes=20, keys=4, k=5, hours=2.0),
     "partition": Settings(nodes=20, keys=2, k=5, minutes=12.0),
+    "silent": Settings(nodes=30, keys=4, k=6, lookups=8, silent=(0.1, 0.33)),
 }
 
 
@@ -105,6 +106,45 @@ def test_the_partition_plot_stacks_what_gets_returned(reports: dict[str, Any]) -
     assert bars[2 * n :] == column(report, "none", table=1)
     acknowledged = sum(column(report, "acknowledged"))
     assert f"({acknowledged} writes acknowledged)" in ax.get_title()
+
+
+def test_the_silent_plot_shows_the_latency_distribution_and_the_puts(
+    reports: dict[str, Any],
+) -> None:
+    """One latency curve per fraction silent (its quantiles), with the 3 s goal; bars of the
+    nodes that took each put against k - 2."""
+    report = reports["silent"]
+    latency, took = figure(report).axes
+    curves = [line for line in latency.get_lines() if line.get_label().endswith("silent")]
+    assert [ydata(line) for line in curves] == [row[1:] for row in report["tables"][1]["rows"]]
+    assert 3000.0 in [ydata(line)[0] for line in latency.get_lines()]
+    assert heights(took) == column(report, "took min") + column(report, "p10") + column(
+        report, "p50"
+    )
+
+
+def test_two_reports_are_compared_before_and_after(reports: dict[str, Any], tmp_path: Path) -> None:
+    """--compare draws a silent or lookup report before (dashed) and after (solid) a change on
+    one plot; other pairs are refused with a clear error."""
+    for name in ("silent", "lookup"):
+        (ax,) = comparison(reports[name], reports[name]).axes
+        styles = {line.get_linestyle() for line in ax.get_lines()}
+        assert styles == {"--", "-"}
+        assert "before and after" in ax.get_title()
+    with pytest.raises(ValueError, match="cannot compare a crash report"):
+        comparison(reports["crash"], reports["crash"])
+    paths = []
+    for name in ("lookup", "crash"):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(reports[name]))
+        paths.append(str(path))
+    out = tmp_path / "compared.png"
+    assert main(["--compare", str(out), paths[0], paths[0]]) == 0
+    assert png_size(out) == (600, 450)
+    with pytest.raises(SystemExit):
+        main(["--compare", str(out), paths[0], paths[1]])
+    with pytest.raises(SystemExit):
+        main(["--compare", str(out), paths[0]])
 
 
 def test_every_figure_is_titled_with_its_parameters(reports: dict[str, Any]) -> None:

@@ -181,6 +181,40 @@ _FIGURES: dict[str, Callable[[Report], Figure]] = {
 }
 
 
+def comparison(before: Report, after: Report) -> Figure:
+    """Two reports of one scenario, before and after a change, on one figure: for ``silent``,
+    the distribution of get latency per fraction silent; for ``lookup``, the latency quantiles
+    of each kind of lookup. Other scenarios cannot be compared this way (``ValueError``)."""
+    scenario = before["scenario"]
+    if scenario != after["scenario"] or scenario not in ("silent", "lookup"):
+        raise ValueError(f"cannot compare a {scenario} report with a {after['scenario']} one")
+    fig, (ax,) = _new_figure(1)
+    for label, report, style in (("before", before, "--"), ("after", after, "-")):
+        if scenario == "silent":
+            spread = _Table(report["tables"][1])
+            quantiles = [float(name[1:]) for name in list(spread.index)[1:]]
+            for row in spread.rows:
+                ax.plot(quantiles, row[1:], style, marker=".", label=f"{row[0]} silent, {label}")
+            ax.set_xlabel("quantile of gets, %")
+            ax.set_title("get latency with silent nodes, before and after")
+        else:
+            table = _Table(report["tables"][0])
+            names = ("ms p50", "ms p90", "ms p95", "ms p99")
+            for row in table.rows:
+                if row[0].endswith("ideal"):
+                    continue
+                values = [row[table.index[n]] for n in names]
+                ax.plot([50, 90, 95, 99], values, style, marker=".", label=f"{row[0]}, {label}")
+            ax.set_xlabel("quantile of lookups, %")
+            ax.set_title(
+                f"lookup latency at {before['parameters']['loss']:g} loss, before and after"
+            )
+    ax.set_yscale("log")
+    ax.set_ylabel("ms")
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
 def figure(report: Report) -> Figure:
     """The figure of ``report`` (a ``Report.to_json`` mapping), titled with its parameters."""
     fig = _FIGURES[report["scenario"]](report)
@@ -205,7 +239,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out DIR writes them; so does --json > FILE).",
     )
     p.add_argument("reports", nargs="+", type=Path, metavar="REPORT.json")
+    p.add_argument(
+        "--compare",
+        metavar="OUT.png",
+        type=Path,
+        help="draw the two reports given (before, then after a change) on one plot, OUT.png",
+    )
     args = p.parse_args(argv)
+    if args.compare is not None:
+        if len(args.reports) != 2:
+            p.error("--compare takes two reports: before, then after")
+        try:
+            before, after = (json.loads(r.read_text(encoding="utf-8")) for r in args.reports)
+            comparison(before, after).savefig(args.compare, format="png", dpi=100)
+        except MissingPlotter as e:
+            p.exit(1, f"{p.prog}: {e}\n")
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            p.exit(1, f"{p.prog}: cannot compare {args.reports[0]} and {args.reports[1]}: {e}\n")
+        print(f"wrote {args.compare}")
+        return 0
     for path in args.reports:
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
