@@ -229,6 +229,10 @@ def test_without_matplotlib_plotting_says_what_to_install(
         main([str(path)])
     assert stopped.value.code == 1
     assert "plots need matplotlib" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["--compare", str(tmp_path / "out.png"), str(path), str(path)])
+    assert stopped.value.code == 1
+    assert "plots need matplotlib" in capsys.readouterr().err
 
 
 def test_the_simulator_writes_json_and_png_to_out(
