@@ -34,6 +34,17 @@ def test_counters_are_labelled_by_direction_type_and_outcome() -> None:
     assert rpcs == {("sent", "ping", "ok"): 2, ("received", "store", "error"): 1}
 
 
+def test_operations_are_counted_by_kind() -> None:
+    """The operations a node started are one counter labelled by kind."""
+    metrics = Metrics()
+    metrics.operations["Publish"] += 3
+    metrics.operations["Lookup"] += 1
+    counted = {
+        s.labels["kind"]: s.value for s in parsed(metrics) if s.name == "txdht_operations_total"
+    }
+    assert counted == {"Publish": 3, "Lookup": 1}
+
+
 def test_histogram_buckets_are_cumulative() -> None:
     """A latency counts in its own bucket and every larger one; sum and count add up."""
     metrics = Metrics()

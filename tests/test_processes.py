@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,6 +33,14 @@ START_TIMEOUT = 30.0
 KILL_TIMEOUT = 10.0
 #: The dashboard's files, shipped as package data in ``txdht/static``.
 DASHBOARD_FILES = ("index.html", "app.js", "style.css")
+#: The lowest port ``free_port`` hands out, and how many ports it tries before it gives up.
+FIRST_PORT = 10000
+PORT_ATTEMPTS = 1000
+#: The ports ``free_port`` has handed out: never twice, so that two nodes not yet listening
+#: cannot be given the same one.
+_given: set[int] = set()
+#: Its own random numbers, whatever a test does with the module's.
+_ports = random.Random()
 
 
 @pytest.fixture(autouse=True)
@@ -42,10 +51,35 @@ def _once(request: pytest.FixtureRequest) -> None:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing uses right now, never handed out before by this
+    process, and below the kernel's range of ephemeral ports.
+
+    A port from that range (what binding port 0 gives) can be taken by any outgoing connection,
+    a node's own or another program's, between this check and the node's listen, which then
+    fails with "Address already in use"; below it, only a program that binds that very port
+    can take it.
+    """
+    for _ in range(PORT_ATTEMPTS):
+        port = _ports.randrange(FIRST_PORT, ephemeral_ports()[0])
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise AssertionError(f"no free port found in {PORT_ATTEMPTS} tries")
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of ephemeral ports (Linux; its default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except OSError:
+        return 32768, 60999
+    return int(low), int(high)
 
 
 def environment() -> dict[str, str]:

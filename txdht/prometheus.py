@@ -66,6 +66,14 @@ class NodeCollector:
         for labels, count in sorted(metrics.rpcs.items()):
             rpcs.add_metric(labels, count)
         yield rpcs
+        operations = CounterMetricFamily(
+            "txdht_operations",
+            "Operations started, by kind (the node's own, and those inside them).",
+            labels=("kind",),
+        )
+        for kind, count in sorted(metrics.operations.items()):
+            operations.add_metric((kind,), count)
+        yield operations
         cumulative, buckets = 0, []
         for bound, count in zip((*LATENCY_BUCKETS, "+Inf"), metrics.lookup_buckets, strict=True):
             cumulative += count

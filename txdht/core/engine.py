@@ -373,6 +373,7 @@ class Engine:
         if parent is not None:
             _running(parent)
         op.engine, op.parent = self, parent
+        self.metrics.operations[type(op).__name__] += 1
         self._running.add(op)
         if parent is not None:
             parent.children.add(op)

@@ -18,10 +18,14 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 
 class Metrics:
-    """What a node counts: RPCs by direction, type and outcome; lookup latencies."""
+    """What a node counts: RPCs by direction, type and outcome; operations started, by kind;
+    lookup latencies."""
 
     def __init__(self) -> None:
         self.rpcs: Counter[tuple[str, str, str]] = Counter()
+        #: Operations started, by kind (``Publish``, ``Lookup``...), the node's own and those
+        #: inside others: what its background work costs.
+        self.operations: Counter[str] = Counter()
         self.lookup_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.lookup_count = 0
         self.lookup_sum = 0.0

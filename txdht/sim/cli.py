@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_positive, default=3, help="lookup parallelism (3)")
     p.add_argument("--rpc-timeout", type=_above_zero, default=5.0, help="seconds to a timeout (5)")
     p.add_argument("--lookups", type=_positive, help="lookup: lookups measured of each kind")
-    p.add_argument("--hours", type=_above_zero, help="churn: simulated hours")
+    p.add_argument("--hours", type=_above_zero, help="churn, idle: simulated hours")
     p.add_argument("--churn", type=_non_negative, help="churn: fraction replaced per hour")
     p.add_argument("--kill", type=_fractions, help="crash: fractions killed, e.g. 0.5,0.9")
     p.add_argument(

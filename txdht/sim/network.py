@@ -32,11 +32,12 @@ from txdht.core import operations as ops
 from txdht.core.commands import Command, Done, Failed, Joined, Log, Ready, Send
 from txdht.core.engine import Engine
 from txdht.core.errors import ErrorCode
+from txdht.core.framing import netstring
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, Item
 from txdht.core.limits import DEFAULT_RPC_TIMEOUT, Limits
 from txdht.core.lookup import ALPHA
-from txdht.core.messages import Error, Message
+from txdht.core.messages import Error, Message, encode
 from txdht.core.routing import K
 from txdht.core.schedule import JOBS, Intervals, Service
 from txdht.core.storage import MemoryStorage
@@ -187,6 +188,9 @@ class Network:
         self.sides: dict[int, int] | None = None
         #: Message counts: requests sent by type, and what became of them.
         self.sent: dict[str, int] = {}
+        #: Bytes on the wire of each kind of message, requests and replies, while counted
+        #: (None: not counted; encoding every message costs time, so only when asked).
+        self.wire_bytes: dict[str, int] | None = None
         #: Nodes running each housekeeping job now.
         self.running = dict.fromkeys(JOBS, 0)
         self.counts = dict.fromkeys(
@@ -281,6 +285,8 @@ class Network:
             return  # a stopped process sends nothing
         kind = request.message.TYPE
         self.sent[kind] = self.sent.get(kind, 0) + 1
+        if self.wire_bytes is not None:
+            self._count_bytes(request.message)
         if self.trace is not None:
             target = self.by_host[request.address[0]]
             self.note(f"send {node}>{target} {kind} {request.rid}")
@@ -304,11 +310,19 @@ class Network:
         else:
             self.counts["handled"] += 1
         if reply is not None:
+            if self.wire_bytes is not None:
+                self._count_bytes(reply)
             if self._dropped():
                 self.counts["lost"] += 1
             else:
                 self.clock.at(self.clock.now + self._one_way(), self._reply, sender, target, reply)
         target.run(commands)
+
+    def _count_bytes(self, message: Message) -> None:
+        """Add ``message``'s size on the wire (a netstring of its JSON) to ``wire_bytes``."""
+        assert self.wire_bytes is not None
+        kind = message.TYPE
+        self.wire_bytes[kind] = self.wire_bytes.get(kind, 0) + len(netstring(encode(message)))
 
     def _apart(self, a: SimNode, b: SimNode) -> bool:
         sides = self.sides

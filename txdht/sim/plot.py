@@ -172,10 +172,24 @@ def _silent(report: Report) -> Figure:
     return fig
 
 
+def _idle(report: Report) -> Figure:
+    traffic = _Table(report["tables"][0])
+    fig, (messages, size) = _new_figure(2)
+    kinds = traffic.column("kind")
+    messages.bar(kinds, traffic.column("messages"))
+    messages.set_ylabel("messages per node per hour")
+    messages.set_title("background messages, by kind")
+    size.bar(kinds, [b / 1024 for b in traffic.column("bytes")])
+    size.set_ylabel("KiB per node per hour")
+    size.set_title("background bytes (with replies), by kind")
+    return fig
+
+
 _FIGURES: dict[str, Callable[[Report], Figure]] = {
     "lookup": _lookup,
     "crash": _crash,
     "silent": _silent,
+    "idle": _idle,
     "churn": _churn,
     "partition": _partition,
 }
@@ -184,11 +198,25 @@ _FIGURES: dict[str, Callable[[Report], Figure]] = {
 def comparison(before: Report, after: Report) -> Figure:
     """Two reports of one scenario, before and after a change, on one figure: for ``silent``,
     the distribution of get latency per fraction silent; for ``lookup``, the latency quantiles
-    of each kind of lookup. Other scenarios cannot be compared this way (``ValueError``)."""
+    of each kind of lookup; for ``idle``, the background messages by kind. Other scenarios
+    cannot be compared this way (``ValueError``)."""
     scenario = before["scenario"]
-    if scenario != after["scenario"] or scenario not in ("silent", "lookup"):
+    if scenario != after["scenario"] or scenario not in ("silent", "lookup", "idle"):
         raise ValueError(f"cannot compare a {scenario} report with a {after['scenario']} one")
     fig, (ax,) = _new_figure(1)
+    if scenario == "idle":
+        tables = [_Table(before["tables"][0]), _Table(after["tables"][0])]
+        kinds = sorted(set(tables[0].column("kind")) | set(tables[1].column("kind")))
+        series = {}
+        for label, table in zip(("before", "after"), tables, strict=True):
+            counts = dict(zip(table.column("kind"), table.column("messages"), strict=True))
+            series[label] = [counts.get(kind, 0.0) for kind in kinds]
+        _bars(ax, kinds, series)
+        ax.set_yscale("log")
+        ax.set_ylabel("messages per node per hour")
+        ax.set_title("background messages, before and after")
+        ax.legend()
+        return fig
     for label, report, style in (("before", before, "--"), ("after", after, "-")):
         if scenario == "silent":
             spread = _Table(report["tables"][1])

@@ -1,4 +1,4 @@
-"""The scenarios of the simulator: lookup, crash, silent, churn and partition.
+"""The scenarios of the simulator: lookup, crash, silent, idle, churn and partition.
 
 Each takes ``Settings`` and returns a ``Report``. Every one of them grows its network the way a
 real one grows: nodes start one after another and join through a random node already in the
@@ -116,6 +116,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
     "lookup": {"nodes": 1000, "keys": 100, "lookups": 200},
     "crash": {"nodes": 200, "keys": 1000},
     "silent": {"nodes": 1000, "keys": 100, "lookups": 200},
+    "idle": {"nodes": 200, "keys": 2000, "hours": 2.0},
     "churn": {"nodes": 100, "keys": 100, "hours": 12.0},
     "partition": {"nodes": 200, "keys": 20},
 }
@@ -618,6 +619,74 @@ def silent(s: Settings) -> Report:
     return report
 
 
+# -- idle -----------------------------------------------------------------------------------
+
+
+def _background(net: Network, sent: dict[str, int], seconds: float) -> list[list[Cell]]:
+    """Rows of messages and bytes per node per hour, by kind, sent since ``sent``."""
+    hours = seconds / 3600
+    nodes = len(net.live)
+    wire = net.wire_bytes or {}
+    rows: list[list[Cell]] = []
+    for kind in sorted(set(net.sent) | set(wire)):
+        count = net.sent.get(kind, 0) - sent.get(kind, 0)
+        rows.append([kind, count / nodes / hours, wire.get(kind, 0) / nodes / hours])
+    rows.append(
+        [
+            "all",
+            sum(float(r[1]) for r in rows),
+            sum(float(r[2]) for r in rows),
+        ]
+    )
+    return rows
+
+
+def idle(s: Settings) -> Report:
+    """A grown network holding items, left alone: what keeping itself costs, per node and per
+    item (replication, refresh, ping-before-evict, expiry), messages and bytes by kind.
+
+    One round of replication is counted per ``intervals.replicate`` of the window."""
+    net = s.network()
+    grow(net, s.nodes)
+    items = items_for(net, s.keys)
+    store(net, items)
+    s.say(net, f"idle: {s.nodes} nodes joined, {s.keys} items stored; idle for {s.hours:g} h")
+    sent = dict(net.sent)
+    publishes = _publishes(net)
+    net.wire_bytes = {}  # requests and replies, from now on
+    start = net.clock.now
+    seconds = s.hours * 3600
+    net.clock.run(start + seconds)
+    rounds = seconds / net.intervals.replicate
+    traffic = Table(
+        f"{s.nodes} nodes holding {s.keys} items at k={s.k}, left alone for {s.hours:g} h: "
+        "messages and bytes per node per hour (requests; bytes count their replies too)",
+        ["kind", "messages", "bytes"],
+    )
+    traffic.rows = _background(net, sent, seconds)
+    stores = net.sent.get("store", 0) - sent.get("store", 0)
+    published = _publishes(net) - publishes
+    per_item = Table(
+        f"replication per item per interval ({net.intervals.replicate / 3600:g} h), network-wide",
+        ["publishes (lookups)", "stores"],
+    )
+    per_item.rows = [[published / s.keys / rounds, stores / s.keys / rounds]]
+    report = Report("idle", s.describe("hours"), [traffic, per_item])
+    report.notes.append(
+        "what the nodes send of themselves: the refresh, replicate, republish, expire and save "
+        f"jobs of txdht.core.schedule.Service, and what they set off (ping-before-evict, "
+        f"handoff); {rounds:g} replication rounds in the window"
+    )
+    report.counters = _counters([net])
+    report.simulated_seconds = net.clock.now
+    return report
+
+
+def _publishes(net: Network) -> int:
+    """Publish operations the live nodes have started (each a lookup and its stores)."""
+    return sum(node.engine.metrics.operations["Publish"] for node in net.live)
+
+
 # -- churn ----------------------------------------------------------------------------------
 
 
@@ -729,8 +798,14 @@ def churn(s: Settings) -> Report:
     keys = [item.key for item, n in zip(items, stored, strict=True) if n]
     s.say(net, f"churn: {s.nodes} nodes joined, {len(keys)} of {s.keys} items stored")
     churning = _Churn(s, net, publishers, keys)
+    sent, started = dict(net.sent), net.clock.now
     churning.begin()
     net.clock.run(churning.end + 2 * s.rpc_timeout * s.k)  # the last probes end (or die)
+    traffic = Table(
+        "messages per node per hour while churning, by kind (joins, housekeeping and the probes)",
+        ["kind", "messages"],
+    )
+    traffic.rows = [row[:2] for row in _background(net, sent, net.clock.now - started)]
     columns = ["hour", "alive", "replaced", "lookups", "ok %", "gets", "ok %"]
     columns += ["replicas min", "p25", "p50"]
     table = Table(
@@ -759,7 +834,7 @@ def churn(s: Settings) -> Report:
     samples = [count for h in hours for count in h.replicas]
     quartile = percentile(samples, 0.25)
     floor = math.ceil(0.7 * s.k)
-    report = Report("churn", s.describe("hours", "churn"), [table])
+    report = Report("churn", s.describe("hours", "churn"), [table, traffic])
     report.targets += [
         Target(
             "lookup success (finds the closest live node)",
@@ -907,6 +982,7 @@ SCENARIOS: dict[str, Callable[[Settings], Report]] = {
     "lookup": lookup,
     "crash": crash,
     "silent": silent,
+    "idle": idle,
     "churn": churn,
     "partition": partition,
 }
