@@ -32,6 +32,7 @@ from txdht.aio.node import Node
 from txdht.core.ids import id_to_hex
 from txdht.core.items import Identity
 from txdht.core.limits import Limits, limit_options
+from txdht.core.schedule import Intervals
 from txdht.sqlite import SQLiteStorage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +152,17 @@ def test_parse_args_refuses_bad_limits(
         parse_args(["--data-dir", "d", *args])
     assert caught.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_parse_args_intervals_default_and_configurable(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every housekeeping interval, and the ping-before-evict window, is an option of the
+    launcher as of twistd dht; zero or less is refused, naming the option."""
+    assert parse_args(["--data-dir", "d"]).intervals == Intervals()
+    args = parse_args(["--data-dir", "d", "--ping-after", "60", "--replicate-interval", "120"])
+    assert args.intervals == Intervals(ping_after=60.0, replicate=120.0)
+    with pytest.raises(SystemExit):
+        parse_args(["--data-dir", "d", "--ping-after", "0"])
+    assert "--ping-after must be above 0" in capsys.readouterr().err
 
 
 def test_help_lists_every_limit(capsys: pytest.CaptureFixture[str]) -> None:

@@ -553,6 +553,7 @@ def test_ping_before_evict_keeps_a_live_contact() -> None:
 
     async def scenario(net: MemoryNetwork) -> None:
         home = net.add_node(k=1)
+        home.engine.routing.ping_after = 0.0  # its oldest contact is pinged however fresh
         old, new = [net.add_node(k=1, identity=i) for i in _far_pair(home.engine.id, 2)]
         await net.run(old.call(address(home), Ping))
         await net.run(new.call(address(home), Ping))
@@ -570,6 +571,7 @@ def test_ping_before_evict_replaces_a_dead_contact(caplog: pytest.LogCaptureFixt
 
     async def scenario(net: MemoryNetwork) -> None:
         home = net.add_node(k=1)
+        home.engine.routing.ping_after = 0.0  # its oldest contact is pinged however fresh
         old, new = [net.add_node(k=1, identity=i) for i in _far_pair(home.engine.id, 2)]
         await net.run(old.call(address(home), Ping))
         net.silence(old)

@@ -318,8 +318,10 @@ def test_reply_sent_as_request_is_refused() -> None:
 
 def test_full_bucket_pings_its_head_with_a_challenge() -> None:
     """When a newcomer finds its bucket full (and may not split it), the engine pings the
-    bucket's head with an identity challenge, and the newcomer waits."""
+    bucket's head (not heard from within ``ping_after``) with an identity challenge, and the
+    newcomer waits."""
     engine = make_engine(k=1)
+    engine.routing.ping_after = 0.0
     top = 1 << 511
     head = ALICE.node_id ^ top  # the closest id in the half of the clock face opposite ours
     newcomer = ALICE.node_id ^ top ^ 1  # same half, farther from us

@@ -453,9 +453,11 @@ def _far_pair(own: int, count: int) -> list[Identity]:
 
 
 def test_ping_before_evict_keeps_a_live_contact() -> None:
-    """A full bucket pings its oldest contact; if it answers, the newcomer only waits."""
+    """A full bucket pings its oldest contact (quiet for ping_after); if it answers, the
+    newcomer only waits."""
     net = MemoryNetwork()
     home = net.add_node(k=1)
+    home.engine.routing.ping_after = 0.0
     old, new = (net.add_node(k=1, identity=i) for i in _far_pair(home.engine.id, 2))
     net.run(old.call(("127.0.0.1", home.port), Ping))
     net.run(new.call(("127.0.0.1", home.port), Ping))
@@ -469,6 +471,7 @@ def test_ping_before_evict_replaces_a_dead_contact() -> None:
     """If the oldest contact of a full bucket misses the ping, the newcomer replaces it."""
     net = MemoryNetwork()
     home = net.add_node(k=1)
+    home.engine.routing.ping_after = 0.0
     old, new = (net.add_node(k=1, identity=i) for i in _far_pair(home.engine.id, 2))
     net.run(old.call(("127.0.0.1", home.port), Ping))
     net.silence(old)
@@ -608,7 +611,7 @@ def test_a_retry_goes_on_a_fresh_connection_when_the_old_one_heard_nothing() -> 
         connects.append(address)
         return connect(address, factory)
 
-    a._connect = counted  # type: ignore[method-assign]
+    a._connect = counted
     net.silence(b)
     with capturedLogs() as events:
         machine = net.run(a.lookup(b.engine.id), step=0.1)

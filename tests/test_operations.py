@@ -17,7 +17,7 @@ from txdht.core.commands import Command, Done, Failed, Log, Send
 from txdht.core.engine import Engine, outcome
 from txdht.core.errors import ErrorCode, JoinError, OperationTimeout, ProtocolError, RemoteError
 from txdht.core.ids import Contact
-from txdht.core.items import Identity, blob
+from txdht.core.items import MAX_TTL, Identity, blob
 from txdht.core.limits import Limits
 from txdht.core.messages import Message, Ping, Pong, Store
 from txdht.core.storage import MemoryStorage
@@ -361,3 +361,50 @@ def test_a_deadline_that_is_not_reached_changes_nothing() -> None:
     wire.deliver(a.start(call, 0.0, timeout=3.0), a)
     assert isinstance(call.result, Pong)
     assert a.next_timer() is None
+
+
+def test_replication_skips_keys_a_peer_stored_here_within_the_interval() -> None:
+    """A key a peer stored here (a STORE request) within ``fresh`` seconds is not replicated
+    by this node (the peer sent it to the others too); a key stored by this node itself, or
+    longer ago, is; the memory of a store goes once it is older than any item can live."""
+    a = engine(1)
+    peer_stored, own = blob(b"from a peer"), blob(b"mine")
+    reply, _ = a.request_received(
+        a.message(Store, 7, item=peer_stored, ttl=600.0), "127.0.0.1", 9, 100.0
+    )
+    assert reply is not None
+    a.store(own, 600.0, 100.0)
+    jobs = a.replication_jobs(200.0, fresh=3600.0)
+    assert [item for item, _ in jobs] == [own]
+    assert {item for item, _ in a.replication_jobs(200.0)} == {own, peer_stored}
+    assert {item for item, _ in a.replication_jobs(3700.0 - 1, fresh=3600.0)} == set()  # expired
+    assert len(a._stored_at) == 1
+    a.expire(100.0 + MAX_TTL + 1)
+    assert a._stored_at == {}
+
+
+def test_a_contact_that_proved_its_id_is_pinged_without_a_challenge() -> None:
+    """Ping-before-evict challenges a contact only until it has proved its id from its present
+    address; then a plain ping will do, until it moves."""
+    a, b = engine(1), engine(2)
+    wire = Wire(a, b)
+    first = ops.PingCheck(contact(b))
+    wire.start(a, first)
+    assert first.challenge is not None
+    assert a.has_proved(contact(b))
+    again = ops.PingCheck(contact(b))
+    (send,) = a.start(again, 1.0)
+    assert isinstance(send, Send)
+    assert isinstance(send.request.message, Ping)
+    assert send.request.message.challenge is None
+    moved = Contact(b.id, "127.0.0.1", b.port + 1)
+    assert not a.has_proved(moved)
+
+
+def test_operations_are_counted_by_kind() -> None:
+    """The engine counts every operation it starts, by kind, those inside others too."""
+    a, b = engine(1), engine(2)
+    wire = Wire(a, b)
+    wire.start(a, ops.Join([("127.0.0.1", b.port)]))
+    counted = a.metrics.operations
+    assert (counted["Join"], counted["Lookup"] >= 1, counted["Refresh"]) == (1, True, 1)

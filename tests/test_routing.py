@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txdht.core.ids import MAX_ID, Contact
-from txdht.core.routing import MAX_FAILURES, K, KBucket, RoutingTable, _Entry
+from txdht.core.routing import MAX_FAILURES, PING_AFTER, K, KBucket, RoutingTable, _Entry
 
 #: The size of the id space, and the middle of it.
 SPACE = 1 << 512
@@ -33,9 +33,11 @@ def ids(entries: dict[int, _Entry]) -> list[int]:
 def upper_full() -> RoutingTable:
     """A k=2 table for own id 0: ``[0, TOP)`` holds 1, the full ``[TOP, SPACE)`` TOP+4, TOP+6.
 
-    Newcomers at TOP+8 and beyond are not among the 2 closest to us, so they never split.
+    Newcomers at TOP+8 and beyond are not among the 2 closest to us, so they never split. Its
+    contacts are pinged before eviction however lately they were heard from (``ping_after``
+    is 0 in these tests, but in the ones of the staleness window itself).
     """
-    table = RoutingTable(0, k=2)
+    table = RoutingTable(0, k=2, ping_after=0.0)
     for now, ident in enumerate((1, TOP + 4, TOP + 6), start=1):
         assert table.seen(c(ident), float(now)) is None
     assert ranges(table) == [(0, TOP), (TOP, SPACE)]
@@ -55,7 +57,7 @@ def pinging_head() -> tuple[RoutingTable, KBucket]:
 
 def test_new_table_is_one_empty_bucket_over_the_whole_space() -> None:
     """A new table has one empty bucket covering [0, 2**512) and the default k and failures."""
-    table = RoutingTable(TOP, now=5.0)
+    table = RoutingTable(TOP, now=5.0, ping_after=0.0)
     assert (table.own_id, table.k, table.max_failures) == (TOP, K, MAX_FAILURES)
     assert ranges(table) == [(0, SPACE)]
     bucket = table.buckets[0]
@@ -72,7 +74,7 @@ def test_new_table_is_one_empty_bucket_over_the_whole_space() -> None:
 
 def test_own_id_is_never_stored() -> None:
     """Hearing from our own id changes nothing."""
-    table = RoutingTable(TOP)
+    table = RoutingTable(TOP, ping_after=0.0)
     assert table.seen(c(TOP), 1.0) is None
     assert len(table) == 0
     assert TOP not in table
@@ -81,7 +83,7 @@ def test_own_id_is_never_stored() -> None:
 
 def test_seen_adds_new_contacts_to_the_tail() -> None:
     """New contacts join their bucket in arrival order; len, ``in``, contacts and entry agree."""
-    table = RoutingTable(0)
+    table = RoutingTable(0, ping_after=0.0)
     for now, ident in enumerate((TOP + 1, 5, 9), start=1):
         assert table.seen(c(ident), float(now)) is None
     assert len(table) == 3
@@ -97,7 +99,7 @@ def test_seen_adds_new_contacts_to_the_tail() -> None:
 
 def test_seen_moves_a_known_contact_to_the_tail() -> None:
     """Seeing a known contact again moves it to the tail, updates last_seen, clears failures."""
-    table = RoutingTable(0)
+    table = RoutingTable(0, ping_after=0.0)
     for now, ident in enumerate((1, 2, 3), start=1):
         table.seen(c(ident), float(now))
     table.failed(1)
@@ -113,7 +115,7 @@ def test_seen_moves_a_known_contact_to_the_tail() -> None:
 
 def test_full_bucket_covering_own_id_splits() -> None:
     """A full bucket covering our id splits in two, and the newcomer joins its half."""
-    table = RoutingTable(0, k=2, now=3.0)
+    table = RoutingTable(0, k=2, now=3.0, ping_after=0.0)
     table.seen(c(1), 1.0)
     table.seen(c(TOP), 2.0)
     assert table.seen(c(TOP + 1), 3.0) is None
@@ -127,7 +129,7 @@ def test_full_bucket_covering_own_id_splits() -> None:
 
 def test_splitting_repeats_until_the_newcomer_fits() -> None:
     """Contacts crowding around our id split the table down to buckets of width 2 and 2."""
-    table = RoutingTable(0, k=2)
+    table = RoutingTable(0, k=2, ping_after=0.0)
     for ident in (1, 2, 3):
         assert table.seen(c(ident), 1.0) is None
     expected = [(0, 2)] + [(1 << i, 1 << (i + 1)) for i in range(1, 512)]
@@ -139,7 +141,7 @@ def test_splitting_repeats_until_the_newcomer_fits() -> None:
 
 def test_splitting_around_a_high_own_id() -> None:
     """With our id at 2**511 the lower half is split off and left to fill on its own."""
-    table = RoutingTable(TOP, k=2)
+    table = RoutingTable(TOP, k=2, ping_after=0.0)
     for ident in (1, 2, 3):
         table.seen(c(ident), 1.0)
     assert ranges(table) == [(0, TOP), (TOP, SPACE)]
@@ -182,7 +184,7 @@ def test_relaxed_rule_does_not_split_for_a_contact_outside_the_k_closest() -> No
 
 def test_relaxed_rule_at_default_k() -> None:
     """At k=20 the far half fills, refuses a farther newcomer and splits for a closer one."""
-    table = RoutingTable(0)
+    table = RoutingTable(0, ping_after=0.0)
     far = [TOP + 2 * i for i in range(1, K + 1)]
     for ident in far:
         table.seen(c(ident), 1.0)
@@ -246,7 +248,7 @@ def test_pinged_head_failing_with_no_replacement_left_stays() -> None:
 
 def test_failed_counts_failures() -> None:
     """Each failure of a known contact counts; hearing from it again clears the count."""
-    table = RoutingTable(0)
+    table = RoutingTable(0, ping_after=0.0)
     table.seen(c(7), 1.0)
     for expected in range(1, 6):
         table.failed(7)
@@ -275,7 +277,7 @@ def test_contact_with_a_replacement_waiting_is_dropped_after_max_failures() -> N
 
 def test_max_failures_is_configurable() -> None:
     """A table built with max_failures=1 evicts after one failure when a replacement waits."""
-    table = RoutingTable(0, k=1, max_failures=1)
+    table = RoutingTable(0, k=1, max_failures=1, ping_after=0.0)
     table.seen(c(TOP), 1.0)
     assert table.seen(c(TOP + 1), 2.0) == c(TOP)
     table.seen(c(TOP), 3.0)  # answered the ping
@@ -322,7 +324,7 @@ def test_replacement_cache_is_bounded_at_k() -> None:
 
 def test_replacement_cache_is_bounded_at_default_k() -> None:
     """At k=20 the cache holds 20 newcomers and drops the oldest."""
-    table = RoutingTable(TOP)
+    table = RoutingTable(TOP, ping_after=0.0)
     for ident in range(1, K + 1):
         table.seen(c(ident), 1.0)
     for ident in range(K + 1, 2 * K + 6):
@@ -364,7 +366,7 @@ def test_remove_of_the_pinged_head_ends_the_ping() -> None:
 
 def test_closest_orders_by_xor_distance() -> None:
     """closest() returns count (default k) contacts nearest the target first, minus exclude."""
-    table = RoutingTable(0)
+    table = RoutingTable(0, ping_after=0.0)
     for ident in range(1, 31):
         table.seen(c(ident), 1.0)
     assert len(table) == 30
@@ -373,7 +375,7 @@ def test_closest_orders_by_xor_distance() -> None:
     assert table.closest(5, 3) == [c(5), c(4), c(7)]
     assert table.closest(5, 3, exclude=5) == [c(4), c(7), c(6)]
     assert table.closest(5, 100) == [c(i) for i in everyone]
-    small = RoutingTable(0, k=2)
+    small = RoutingTable(0, k=2, ping_after=0.0)
     small.seen(c(9), 1.0)
     small.seen(c(TOP), 1.0)
     assert small.closest(8) == [c(9), c(TOP)]
@@ -382,7 +384,7 @@ def test_closest_orders_by_xor_distance() -> None:
 
 def test_touch_and_stale_buckets() -> None:
     """touch() marks a target's bucket looked up; stale_buckets names those idle long enough."""
-    table = RoutingTable(0, k=1, now=0.0)
+    table = RoutingTable(0, k=1, now=0.0, ping_after=0.0)
     table.seen(c(1), 0.0)
     table.seen(c(TOP), 0.0)
     lower, upper = table.buckets
@@ -476,7 +478,7 @@ def test_invariants_hold_after_any_operations(
     own: int, k: int, pool: list[int], ops: list[tuple[str, int]]
 ) -> None:
     """Any sequence of seen, failed and remove calls keeps the table well formed."""
-    table = RoutingTable(own, k=k)
+    table = RoutingTable(own, k=k, ping_after=0.0)
     for now, (op, index) in enumerate(ops):
         ident = pool[index % len(pool)]
         if op == "seen":
@@ -518,7 +520,7 @@ def test_closest_is_the_brute_force_answer(
 ) -> None:
     """closest(), which sorts only the buckets nearest the target, gives exactly what sorting
     the whole table by distance gives, for any table, target, count, exclusion and liveness."""
-    table = RoutingTable(own, k=k)
+    table = RoutingTable(own, k=k, ping_after=0.0)
     for now, ident in enumerate(pool):
         table.seen(c(ident), float(now))
     for index in failures:
@@ -530,3 +532,19 @@ def test_closest_is_the_brute_force_answer(
     ]
     expected = sorted(allowed, key=lambda contact: contact.id ^ target)[: count or k]
     assert table.closest(target, count, excluded, live) == expected
+
+
+def test_a_head_heard_from_lately_is_not_pinged() -> None:
+    """A newcomer to a full bucket sets off no ping when the bucket's oldest contact was heard
+    from within ``ping_after`` (15 minutes by default): it waits in the replacement cache; the
+    first newcomer after that window sets off the ping."""
+    table = RoutingTable(0, k=2)
+    assert table.ping_after == PING_AFTER == 900.0
+    for now, ident in enumerate((1, TOP + 4, TOP + 6), start=1):
+        table.seen(c(ident), float(now))
+    assert table.seen(c(TOP + 8), 2.0 + PING_AFTER - 1) is None
+    upper = table.bucket_for(TOP)
+    assert list(upper.replacements) == [TOP + 8]
+    assert upper.pinging is None
+    assert table.seen(c(TOP + 10), 2.0 + PING_AFTER) == c(TOP + 4)
+    assert upper.pinging == TOP + 4

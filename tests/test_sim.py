@@ -697,8 +697,8 @@ def test_a_replication_that_does_not_finish_is_counted_as_it_stands(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """When replication after the crash is still running an interval later (here every
-    replication round stalls once it has stored its first item), replicas are counted then
-    and a note says so, instead of the run failing."""
+    replication round after the crash stalls), replicas are counted then and a note says so,
+    instead of the run failing."""
     network = Settings.network
     crashed: list[bool] = []
 
@@ -714,14 +714,14 @@ def test_a_replication_that_does_not_finish_is_counted_as_it_stands(
         monkeypatch.setattr(net, "kill", kill_and_note)
         return net
 
-    child_ended = ops.PublishAll.child_ended
+    begin = ops.PublishAll.begin
 
-    def stall_after_the_crash(self: ops.PublishAll, child: ops.Operation) -> None:
+    def stall_after_the_crash(self: ops.PublishAll) -> None:
         if not crashed:
-            child_ended(self, child)  # before the crash, replication runs as usual
+            begin(self)  # before the crash, replication runs as usual; after, it never ends
 
     monkeypatch.setattr(Settings, "network", short_intervals)
-    monkeypatch.setattr(ops.PublishAll, "child_ended", stall_after_the_crash)
+    monkeypatch.setattr(ops.PublishAll, "begin", stall_after_the_crash)
     report = run("crash", Settings(nodes=20, keys=10, k=4, kill=(0.9,)))
     (row,) = report.tables[0].rows
     assert row[:3] == ["90%", 2, 10]

@@ -115,7 +115,7 @@ def test_the_silent_plot_shows_the_latency_distribution_and_the_puts(
     nodes that took each put against k - 2."""
     report = reports["silent"]
     latency, took = figure(report).axes
-    curves = [line for line in latency.get_lines() if line.get_label().endswith("silent")]
+    curves = [line for line in latency.get_lines() if str(line.get_label()).endswith("silent")]
     assert [ydata(line) for line in curves] == [row[1:] for row in report["tables"][1]["rows"]]
     assert 3000.0 in [ydata(line)[0] for line in latency.get_lines()]
     assert heights(took) == column(report, "took min") + column(report, "p10") + column(

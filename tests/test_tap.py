@@ -337,7 +337,7 @@ def test_each_interval_option_sets_how_often_its_job_runs(
     assert dht.intervals == replace(Intervals(), **{job: 2.5})
     runs: dict[str, list[float]] = {name: [] for name in INTERVAL_JOBS}
 
-    def record(name: str, *args: object) -> list[object]:
+    def record(name: str, *args: object, **options: object) -> list[object]:
         runs[name].append(reactor.seconds())
         return []
 
@@ -346,9 +346,29 @@ def test_each_interval_option_sets_how_often_its_job_runs(
     root.startService()
     assert dht.ready  # the first node of a network: the jobs run from the first interval on
     reactor.pump([0.25] * 41)
-    assert runs == {name: [2.5, 5.0, 7.5, 10.0] if name == job else [] for name in INTERVAL_JOBS}
+    # Replication first runs at a random point of its interval, then every interval.
+    times = runs[job]
+    first = times[0] if job == "replicate" else 2.5
+    assert 0 < first <= 2.5
+    assert times == pytest.approx([first + 2.5 * n for n in range(len(times))])
+    assert len(times) == (4 if job != "replicate" else int((10.25 - first) // 2.5) + 1)
+    assert all(not runs[name] for name in INTERVAL_JOBS if name != job)
     root.stopService()
     assert not [call for call in reactor.getDelayedCalls() if call.active()]
+
+
+def test_ping_after_sets_the_routing_tables_staleness_window(tmp_path: Path) -> None:
+    """--ping-after (15 minutes by default) is how long a full bucket's oldest contact must
+    be quiet before a newcomer sets off a ping of it: the node's table uses it once started."""
+    reactor = MemoryReactorClock()
+    options = parse("--data-dir", str(tmp_path), "--http", "none", "--ping-after", "30")
+    root = makeService(options, reactor)
+    dht = next(s for s in root if isinstance(s, DHTService))
+    assert dht.intervals.ping_after == 30.0
+    assert Intervals().ping_after == 900.0
+    root.startService()
+    assert dht.node.engine.routing.ping_after == 30.0
+    root.stopService()
 
 
 def test_the_stale_bucket_threshold_is_the_kademlia_hour_whatever_the_refresh_interval(

@@ -22,7 +22,7 @@ from twisted.web.server import Site
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits, limit_options
 from txdht.core.messages import MAX_CONTACTS
-from txdht.core.schedule import Intervals
+from txdht.core.schedule import Intervals, interval_options
 from txdht.node import Address, Node
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage, StorageError
@@ -103,41 +103,10 @@ class Options(usage.Options):
             "Longest message accepted, in bytes.",
             _positive(int),
         ],
-        [
-            "refresh-interval",
-            None,
-            Intervals.refresh,
-            "Seconds between bucket refreshes.",
-            _positive(float),
-        ],
-        [
-            "replicate-interval",
-            None,
-            Intervals.replicate,
-            "Seconds between re-stores of held items to the k closest nodes.",
-            _positive(float),
-        ],
-        [
-            "republish-interval",
-            None,
-            Intervals.republish,
-            "Seconds between republishing this node's own items.",
-            _positive(float),
-        ],
-        [
-            "expire-interval",
-            None,
-            Intervals.expire,
-            "Seconds between drops of expired items.",
-            _positive(float),
-        ],
-        [
-            "save-interval",
-            None,
-            Intervals.save,
-            "Seconds between saves of the routing table's contacts.",
-            _positive(float),
-        ],
+        *(
+            [name, None, default, text, _positive(float)]
+            for name, default, text, _ in interval_options()
+        ),
         ["max-value", None, MAX_VALUE_BYTES, "Largest value stored, in bytes.", _positive(int)],
         *([name[2:], None, default, text, kind] for name, kind, default, text in limit_options()),
     ]
@@ -229,13 +198,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         max_value=options["max-value"],
         limits=options["limits"],
     )
-    intervals = Intervals(
-        refresh=options["refresh-interval"],
-        replicate=options["replicate-interval"],
-        republish=options["republish-interval"],
-        expire=options["expire-interval"],
-        save=options["save-interval"],
-    )
+    intervals = Intervals(**{field: options[name] for name, _, _, field in interval_options()})
     root = MultiService()
     # The first child stops last: the database closes after the node has stopped using it.
     _ClosingService(storage).setServiceParent(root)  # type: ignore[no-untyped-call]

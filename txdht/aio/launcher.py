@@ -20,7 +20,7 @@ from pathlib import Path
 from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Node, run
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import Limits, limit_options
-from txdht.core.schedule import Intervals
+from txdht.core.schedule import Intervals, interval_options
 from txdht.sqlite import SQLiteStorage, StorageError
 
 __all__ = ["main", "parse_args"]
@@ -67,6 +67,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-value", type=int, default=MAX_VALUE_BYTES, help="largest value stored, in bytes"
     )
+    timing = parser.add_argument_group("housekeeping intervals, in seconds")
+    for name, seconds, text, field in interval_options():
+        timing.add_argument(
+            f"--{name}",
+            dest=field,
+            type=float,
+            default=seconds,
+            help=f"{text} (default {seconds:g})",
+        )
     limits = parser.add_argument_group("limits on what peers may ask (docs/security.md)")
     for name, kind, default, text in limit_options():
         limits.add_argument(name, type=kind, default=default, help=f"{text} (default {default})")
@@ -77,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(e))
     if args.max_value < 1:
         parser.error("--max-value must be above 0")
+    options = interval_options()
+    for name, _, _, field in options:
+        if not getattr(args, field) > 0:
+            parser.error(f"--{name} must be above 0")
+    args.intervals = Intervals(**{field: getattr(args, field) for _, _, _, field in options})
     return args
 
 
@@ -106,7 +120,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         for signum in signals:
             loop.add_signal_handler(signum, stop.set)
         log.info("node %s listens on %s:%d", node.id[:16], args.host, node.port)
-        node.serve(args.peer, Intervals())
+        node.serve(args.peer, args.intervals)
         await stop.wait()
         log.info("stopping")
         for signum in signals:

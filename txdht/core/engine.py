@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -64,9 +65,12 @@ from txdht.core.routing import K, RoutingTable
 from txdht.core.storage import PublishedItem, StoredItem
 from txdht.core.timing import RoundTrips
 
-__all__ = ["Engine", "Timer", "outcome"]
+__all__ = ["MAX_PROOFS", "Engine", "Timer", "outcome"]
 
 Address = tuple[str, int]
+#: Contacts whose proof of their id is remembered (the most recent), so that a ping before an
+#: eviction need not challenge them again: an Ed25519 signature and check each time.
+MAX_PROOFS = 10_000
 
 
 class Timer:
@@ -177,6 +181,11 @@ class Engine:
         #: Operations that ended, whose parents have yet to hear of it.
         self._queue: deque[Operation] = deque()
         self._running: set[Operation] = set()
+        #: The address each contact proved its id from (the identity handshake), the most
+        #: recent MAX_PROOFS of them.
+        self._proofs: OrderedDict[int, Address] = OrderedDict()
+        #: When a peer last stored each key here (a STORE request), for replication's rule.
+        self._stored_at: dict[int, float] = {}
         self._count_publishers()
 
     # -- events from the driver ----------------------------------------------------------------
@@ -542,6 +551,10 @@ class Engine:
         """Whether ``pong`` proves that ``contact`` holds the key its id is the hash of (the
         identity handshake); if not, it is logged and dropped from the routing table."""
         if isinstance(pong, m.Pong) and pong.proof and proves(contact.id, challenge, pong.proof):
+            self._proofs.pop(contact.id, None)
+            self._proofs[contact.id] = contact.address
+            if len(self._proofs) > MAX_PROOFS:
+                self._proofs.popitem(last=False)
             return True
         self.log(
             "warn",
@@ -551,6 +564,12 @@ class Engine:
         )
         self.routing.remove(contact.id)
         return False
+
+    def has_proved(self, contact: Contact) -> bool:
+        """Whether ``contact`` proved its id (the identity handshake) from the address it has
+        now: such a contact is not challenged again (a plain ping will do), as long as it stays
+        there."""
+        return self._proofs.get(contact.id) == contact.address
 
     def lookup_machine(self, target: int, find_value: bool = False) -> IterativeLookup:
         """A new lookup machine for ``target``, seeded with the whole routing table: it starts
@@ -577,6 +596,10 @@ class Engine:
             retries=self.retries,
         )
 
+    def jitter(self, span: float) -> float:
+        """A random time from 0 up to ``span`` seconds (to spread out timers)."""
+        return self._rng.random() * span
+
     def refresh_targets(self, now: float, interval: float) -> list[int]:
         """A random id in each bucket no lookup has targeted for ``interval`` seconds."""
         return [b.random_id(self._rng) for b in self.routing.stale_buckets(now, interval)]
@@ -596,6 +619,7 @@ class Engine:
             return self.message(m.Pong, rid, proof=proof)
         if isinstance(request, m.Store):
             self.store(request.item, request.ttl, self.now, request.cas)
+            self._stored_at[request.item.key] = self.now
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -656,6 +680,8 @@ class Engine:
     def expire(self, now: float) -> int:
         """Drop expired items and ended rate-limit cool-offs; return how many items."""
         self.rate_limiter.forget(now)
+        for key in [k for k, when in self._stored_at.items() if now - when > MAX_TTL]:
+            del self._stored_at[key]  # whatever it stored has expired by now
         dropped = self.storage.expire(now)
         if dropped:
             self._count_publishers()
@@ -701,9 +727,17 @@ class Engine:
             return True, answered[: self.k - 1]
         return False, answered[: self.k]
 
-    def replication_jobs(self, now: float) -> list[tuple[Item, float]]:
-        """Every held item with the time it has left: what replication stores again."""
-        return [(r.item, r.expires_at - now) for r in self.storage.records() if r.expires_at > now]
+    def replication_jobs(self, now: float, fresh: float = 0.0) -> list[tuple[Item, float]]:
+        """Every held item with the time it has left: what replication stores again; but not
+        those a peer stored here in the last ``fresh`` seconds (the Kademlia paper's rule: a
+        node that got a STORE for a key assumes the other k - 1 closest got it too, so one
+        node, not k, replicates each key in an interval)."""
+        recent = self._stored_at
+        return [
+            (r.item, r.expires_at - now)
+            for r in self.storage.records()
+            if r.expires_at > now and now - recent.get(r.key, -math.inf) >= fresh
+        ]
 
     def republish_jobs(self) -> list[tuple[Item, float]]:
         """Every item this node published, with its ttl: what republishing stores again."""

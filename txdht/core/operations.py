@@ -457,20 +457,27 @@ class Repair(_Gather):
 
 
 class PingCheck(_Gather):
-    """Ping-before-evict: ping the head of a full bucket with an identity challenge; it stays
-    if it answers with a proof of its id, is dropped if it proves something else, and counts a
-    failure (evicted, when a newcomer waits) if it does not answer."""
+    """Ping-before-evict: ping the head of a full bucket; it stays if it answers (with a proof
+    of its id, when challenged), is dropped if it proves something else, and counts a failure
+    (evicted, when a newcomer waits) if it does not answer. A contact that already proved its
+    id from its present address is not challenged again: a plain ping, answered from its id,
+    will do."""
 
     def __init__(self, contact: Contact) -> None:
         super().__init__()
         self.contact = contact
+        self.challenge: bytes | None = None
 
     def begin(self) -> None:
-        self.challenge = self.engine.challenge(self.contact)
-        self.send_all([self.contact], Ping, challenge=self.challenge)
+        if self.engine.has_proved(self.contact):
+            self.send_all([self.contact], Ping)
+        else:
+            self.challenge = self.engine.challenge(self.contact)
+            self.send_all([self.contact], Ping, challenge=self.challenge)
 
     def answered(self, request: Request, reply: Message) -> None:
-        self.engine.proven(self.contact, self.challenge, reply)
+        if self.challenge is not None:
+            self.engine.proven(self.contact, self.challenge, reply)
 
     def refused(self, request: Request, error: Exception) -> None:
         self.engine.log(

@@ -13,10 +13,12 @@ hear from a node (it sent us a request, or answered one of ours) the shell calls
    unbalanced) when the new contact is among the k closest to us that we know. Splitting repeats
    until the contact fits or the rule says stop.
 4. Otherwise a contact that has failed ``max_failures`` times in a row is replaced at once;
-   failing that the newcomer waits in the bucket's replacement cache, and ``seen`` returns the
-   head of the bucket: the shell pings it. If it answers (``seen`` again) it moves to the tail and
-   stays: live contacts are never evicted, which is what makes Kademlia resist flooding. If it
-   fails (``failed``), it is evicted and the most recently seen replacement takes its place.
+   failing that the newcomer waits in the bucket's replacement cache, and, if the head of the
+   bucket has not been heard from for ``ping_after`` seconds (15 minutes, as BEP 5), ``seen``
+   returns it: the shell pings it (a head heard from lately is live: nobody is pinged). If it
+   answers (``seen`` again) it moves to the tail and stays: live contacts are never evicted,
+   which is what makes Kademlia resist flooding. If it fails (``failed``), it is evicted and the
+   most recently seen replacement takes its place.
 
 Every failed request counts against a contact (``failed``); with a replacement waiting, a contact
 is dropped after ``max_failures`` failures in a row. With no replacement it stays, marked stale,
@@ -41,12 +43,16 @@ from dataclasses import dataclass
 
 from txdht.core.ids import ID_BITS, Contact, closest
 
-__all__ = ["MAX_FAILURES", "K", "KBucket", "RoutingTable"]
+__all__ = ["MAX_FAILURES", "PING_AFTER", "K", "KBucket", "RoutingTable"]
 
 #: Contacts per bucket, and replicas per item: the paper's k.
 K = 20
 #: Failed requests in a row after which a contact counts as stale and may be replaced.
 MAX_FAILURES = 3
+#: Seconds: a full bucket's oldest contact heard from more recently than this is not pinged
+#: when a newcomer wants its place (BEP 5's fifteen minutes): it is live, and the newcomer
+#: waits in the replacement cache.
+PING_AFTER = 900.0
 
 
 @dataclass
@@ -106,12 +112,15 @@ class RoutingTable:
         now: float = 0.0,
         max_failures: int = MAX_FAILURES,
         max_per_subnet: int = 0,
+        ping_after: float = PING_AFTER,
     ) -> None:
         self.own_id = own_id
         self.k = k
         self.max_failures = max_failures
         #: Contacts of one /24 (IPv4) or /48 (IPv6) per bucket; 0 for no limit.
         self.max_per_subnet = max_per_subnet
+        #: A full bucket's head heard from within this many seconds is not pinged (rule 4).
+        self.ping_after = ping_after
         self.buckets = [KBucket(0, 1 << ID_BITS, now)]
 
     def bucket_for(self, ident: int) -> KBucket:
@@ -182,9 +191,9 @@ class RoutingTable:
         bucket.replacements.move_to_end(contact.id)
         while len(bucket.replacements) > self.k:
             bucket.replacements.popitem(last=False)
-        if bucket.pinging is not None:
-            return None
         head = next(iter(bucket.entries.values()))
+        if bucket.pinging is not None or now - head.last_seen < self.ping_after:
+            return None
         bucket.pinging = head.contact.id
         return head.contact
 

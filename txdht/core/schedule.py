@@ -11,7 +11,8 @@ job        default  what it does
 refresh    10 min   look up a random id in each bucket no lookup touched for an hour; join
                     again through the seeds (or the saved contacts) if the routing table has
                     no live contact left
-replicate  1 h      store every held item again on the current k closest nodes
+replicate  1 h      store every held item again on the current k closest nodes, but not one a
+                    peer stored here within the interval (it was sent to the others too)
 republish  12 h     publish again, with a fresh ttl, what this node published (the default ttl
                     is 24 h, so every item is renewed well before it expires)
 expire     1 min    drop expired items (and ended rate-limit cool-offs)
@@ -19,7 +20,10 @@ save       5 min    save the routing table's contacts, to rejoin without seeds a
 ========== ======== ==========================================================================
 
 Jobs run only once the node has tried to join (``Ready``), and a job still running when its
-time comes again is not started twice.
+time comes again is not started twice. Replication first runs at a random point of its
+interval (each node its own), then every interval: the first of a key's k holders to replicate
+it stores it on the others, which then skip it, so one node, not k, replicates each key per
+interval (the Kademlia paper's rule).
 
 A join that fails (no seed answered: they are down, or, after a restart, every saved contact
 was a node that went down with us) is tried again after 1 s, then 2 s, 4 s... up to the refresh
@@ -32,13 +36,22 @@ node, instead of knowing only the nodes that happened to call it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from txdht.core.commands import Joined, Ready
 from txdht.core.ids import id_to_hex
 from txdht.core.operations import Join, Operation, PublishAll, Refresh
+from txdht.core.routing import PING_AFTER
 
-__all__ = ["FIRST_RETRY", "JOBS", "REFRESH_INTERVAL", "Intervals", "Service"]
+__all__ = [
+    "FIRST_RETRY",
+    "JOBS",
+    "REFRESH_INTERVAL",
+    "Intervals",
+    "Service",
+    "interval_options",
+]
 
 Address = tuple[str, int]
 #: A bucket no lookup touched for this long is refreshed (the Kademlia paper's hour).
@@ -49,17 +62,50 @@ FIRST_RETRY = 1.0
 JOBS = ("refresh", "replicate", "republish", "expire", "save")
 
 
+def _every(default: float, option: str | None, text: str) -> Any:
+    return field(default=default, metadata={"option": option, "help": text})
+
+
 @dataclass(frozen=True)
 class Intervals:
-    """Seconds between two runs of each housekeeping job."""
+    """Seconds between two runs of each housekeeping job, and the node's other periods.
 
-    refresh: float = 600.0
-    replicate: float = 3600.0
-    republish: float = 12 * 3600.0
-    expire: float = 60.0
-    save: float = 300.0
-    #: A bucket untouched by lookups for this long is refreshed.
-    stale_bucket: float = REFRESH_INTERVAL
+    A field with an ``option`` in its metadata is an option of ``twistd dht`` and of the
+    asyncio launcher (``interval_options``)."""
+
+    refresh: float = _every(600.0, "refresh-interval", "Seconds between bucket refreshes.")
+    replicate: float = _every(
+        3600.0,
+        "replicate-interval",
+        "Seconds between re-stores of held items to the k closest nodes (a key a peer stored "
+        "here within this time is skipped: the peer sent it to the others too).",
+    )
+    republish: float = _every(
+        12 * 3600.0, "republish-interval", "Seconds between republishing this node's own items."
+    )
+    expire: float = _every(60.0, "expire-interval", "Seconds between drops of expired items.")
+    save: float = _every(
+        300.0, "save-interval", "Seconds between saves of the routing table's contacts."
+    )
+    #: A bucket untouched by lookups for this long is refreshed (no option: the paper's hour).
+    stale_bucket: float = _every(REFRESH_INTERVAL, None, "")
+    ping_after: float = _every(
+        PING_AFTER,
+        "ping-after",
+        "A full bucket's oldest contact is pinged before a newcomer may take its place only "
+        "if not heard from for this many seconds.",
+    )
+
+
+def interval_options() -> list[tuple[str, float, str, str]]:
+    """Every interval that is a command-line option: (option without dashes, default, help,
+    field name)."""
+    defaults = Intervals()
+    return [
+        (spec.metadata["option"], getattr(defaults, spec.name), spec.metadata["help"], spec.name)
+        for spec in fields(Intervals)
+        if spec.metadata["option"] is not None
+    ]
 
 
 class Service(Operation):
@@ -85,9 +131,13 @@ class Service(Operation):
         self._joining: Join | None = None
 
     def begin(self) -> None:
+        self.engine.routing.ping_after = self.intervals.ping_after
         for job in JOBS:
             every = getattr(self.intervals, job)
-            self.later(every, self._tick, job, every)
+            # Replication starts at a random point of its interval, so that of the k holders
+            # of a key one replicates first, and the others, having just been sent it, skip it.
+            first = self.engine.jitter(every) if job == "replicate" else every
+            self.later(first, self._tick, job, every)
         seeds = self.current_seeds()
         if seeds:
             self._join(seeds)
@@ -194,7 +244,7 @@ class Service(Operation):
                 return self._joining
             return Refresh(self.intervals.stale_bucket)
         if job == "replicate":
-            return PublishAll(engine.replication_jobs(now))
+            return PublishAll(engine.replication_jobs(now, fresh=self.intervals.replicate))
         if job == "republish":
             return PublishAll(engine.republish_jobs())
         result = engine.expire(now) if job == "expire" else engine.save_contacts()
