@@ -31,8 +31,7 @@ FLOOR_OF = dict(zip(OURS, FLOORS, strict=True))
 MEASURES = ("rpc-c1", "rpc-c32", "serving", "network", "memory", "profile")
 #: What each contender is measured on.
 MEASURES_OF: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(OURS, ("rpc-c1", "rpc-c32", "serving", "network", "memory")),
-    "twisted-epoll": ("rpc-c1", "rpc-c32", "serving", "network", "memory", "profile"),
+    **dict.fromkeys(OURS, ("rpc-c1", "rpc-c32", "serving", "network", "memory", "profile")),
     **dict.fromkeys(OTHERS, ("network", "memory")),
     **dict.fromkeys(FLOORS, ("rpc-c1", "rpc-c32", "serving")),
 }

@@ -50,6 +50,7 @@ async def rpc(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
             concurrency=concurrency,
             duration=float(params["warmup"]),
         )
+        cpu = time.process_time()
         result = await drive(
             op,
             shell.gather,
@@ -57,9 +58,12 @@ async def rpc(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
             concurrency=concurrency,
             duration=float(params["duration"]),
         )
+        cpu = time.process_time() - cpu
     finally:
         await close()
-    return {"concurrency": concurrency, **result}
+    # Both ends run in this process: the CPU of a round trip is that of both its messages.
+    per_ping = cpu / result["count"] * 1e6 if result["count"] else None
+    return {"concurrency": concurrency, **result, "cpu_us_per_ping": per_ping}
 
 
 async def serving(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -150,8 +154,19 @@ async def network(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
     result["get_local"] = tally["local"]
     result["msgs_per_put"] = _mean(result["msgs_per_put_seq"], result["msgs_per_put_conc"])
     result["msgs_per_get"] = _mean(result["msgs_per_get_seq"], result["msgs_per_get_conc"])
+    for op in ("put", "get"):
+        messages = [result[f"msgs_{op}_{phase}"] for phase in ("seq", "conc")]
+        cpu = sum(result[f"cpu_{op}_{phase}_s"] for phase in ("seq", "conc"))
+        known = None not in messages and sum(messages) > 0
+        result[f"cpu_us_per_msg_{op}"] = cpu / sum(messages) * 1e6 if known else None
     if profiler is not None:
-        _write_profile(profiler, str(params["profile_path"]), params, result)
+        result["time_split"] = _write_profile(
+            profiler,
+            str(params["profile_path"]),
+            params,
+            result,
+            str(params.get("contender", "twisted-epoll")),
+        )
     return result
 
 
@@ -180,14 +195,15 @@ async def _phase(
         return True if finished is None else (True, finished)
 
     await shell.quiesce()
-    sent = shell.sent_total(nodes)
+    sent, cpu = shell.sent_total(nodes), time.process_time()
     if profiler is not None:
         profiler.enable()
     put = await drive(put_op, shell.gather, count=ops, concurrency=concurrency, duration=timeout)
     if profiler is not None:
         profiler.disable()
     await shell.quiesce()
-    put_msgs = _per_op(shell.sent_total(nodes), sent, put["count"])
+    put_cpu, put_sent = time.process_time() - cpu, shell.sent_total(nodes)
+    put_msgs = _per_op(put_sent, sent, put["count"])
 
     stored = [i for i in range(ops) if keys[i] is not None]
     readers = []
@@ -206,7 +222,7 @@ async def _phase(
         success = value == values[i]
         return success if finished is None else (success, finished)
 
-    sent = shell.sent_total(nodes)
+    sent, cpu = shell.sent_total(nodes), time.process_time()
     if profiler is not None:
         profiler.enable()
     gets = ops if stored else 0
@@ -214,7 +230,8 @@ async def _phase(
     if profiler is not None:
         profiler.disable()
     await shell.quiesce()
-    get_msgs = _per_op(shell.sent_total(nodes), sent, get["count"])
+    get_cpu, get_sent = time.process_time() - cpu, shell.sent_total(nodes)
+    get_msgs = _per_op(get_sent, sent, get["count"])
     tally["gets_ok"] += get["ok"]
     tally["gets"] += get["count"]
     result: dict[str, Any] = {}
@@ -228,6 +245,11 @@ async def _phase(
         result[f"{name}_{phase}_not_started"] = wanted - measured["count"]
     result[f"msgs_per_put_{phase}"] = put_msgs
     result[f"msgs_per_get_{phase}"] = get_msgs
+    # CPU per message: the process's CPU time (every node, and OpenDHT's threads) over the
+    # requests sent, each with its reply: both ends of every message run in this process.
+    result[f"cpu_put_{phase}_s"], result[f"cpu_get_{phase}_s"] = put_cpu, get_cpu
+    result[f"msgs_put_{phase}"] = None if put_msgs is None else put_msgs * put["count"]
+    result[f"msgs_get_{phase}"] = None if get_msgs is None else get_msgs * get["count"]
     return result
 
 
@@ -243,9 +265,39 @@ def _mean(a: float | None, b: float | None) -> float | None:
     return (a + b) / 2
 
 
+#: Where the time goes: the profile's own time, by what the function belongs to. The first
+#: rule that matches a function's file (as ``profile_name`` names it) or name decides.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("codec", ("txdht/core/messages.py", "txdht/core/framing.py", "json/", "binascii")),
+    ("sockets", ("_socket.socket", "select.epoll", "selectors.py")),
+    ("crypto", ("ed25519", "cryptography/", "_hashlib", "openssl")),
+    ("core", ("txdht/core/",)),
+    ("driver", ("txdht/node.py", "txdht/aio/", "txdht/asyncio_adapter.py")),
+    ("loop", ("twisted/", "asyncio/", "uvloop", "contextvars", "zope/")),
+    ("benchmark", ("benchmarks/",)),
+)
+
+
+def time_split(stats: pstats.Stats) -> dict[str, float]:
+    """The share of the profile's own time (tottime) in each of ``CATEGORIES`` (and other)."""
+    totals = dict.fromkeys([name for name, _ in CATEGORIES] + ["other"], 0.0)
+    raw: Any = stats.stats  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, own, _, _) in raw.items():
+        where = f"{filename}:{function}"
+        name = next((n for n, marks in CATEGORIES if any(m in where for m in marks)), "other")
+        totals[name] += own
+    total = sum(totals.values()) or 1.0
+    return {name: own / total for name, own in totals.items()}
+
+
 def _write_profile(
-    profiler: cProfile.Profile, path: str, params: dict[str, Any], result: dict[str, Any]
-) -> None:
+    profiler: cProfile.Profile,
+    path: str,
+    params: dict[str, Any],
+    result: dict[str, Any],
+    contender: str = "twisted-epoll",
+) -> dict[str, float]:
+    """Write the profile's listings to ``path``; return where the time went (``time_split``)."""
     labels = {"seq": "sequential", "conc": f"at concurrency {params['concurrency']}"}
     done = ", ".join(
         f"{result[f'{op}_{phase}_count']} {op}s {label}"
@@ -255,10 +307,13 @@ def _write_profile(
     out = io.StringIO()
     out.write(
         f"cProfile of the put and get phases ({done}) on a {params['nodes']}-node "
-        "twisted-epoll network in one process.\n\n"
-        "== top 15 by cumulative time ==\n"
+        f"{contender} network in one process.\n\n"
     )
     stats = relative_stats(profiler, out)
+    split = time_split(stats)
+    out.write("== where the time goes (share of own time) ==\n")
+    out.writelines(f"{name:10s} {share:6.1%}\n" for name, share in split.items())
+    out.write("\n== top 15 by cumulative time ==\n")
     stats.sort_stats("cumulative").print_stats(15)
     out.write("\n== top 15 by own time (tottime) ==\n")
     stats.sort_stats("tottime").print_stats(15)
@@ -266,6 +321,7 @@ def _write_profile(
     stats.sort_stats("cumulative").print_stats(r"txdht[/\\]", 15)
     with open(path, "w", encoding="utf-8") as f:
         f.write(out.getvalue())
+    return split
 
 
 def relative_stats(profiler: cProfile.Profile, stream: io.StringIO) -> pstats.Stats:

@@ -90,6 +90,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "put_conc_p50_ms",
                     "get_conc_p50_ms",
                     "rss_per_node_kib",
+                    "cpu_us_per_msg_put",
+                    "cpu_us_per_msg_get",
                 )
             }
         mem, base = measures.get("memory", {}), opendht.get("memory", {})
@@ -343,7 +345,8 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     label,
                     contender,
                     f"{_fmt(m.get('ops_per_s'), ',.0f')} pings/s, p50 "
-                    f"{_fmt(m.get('p50_ms'), '.3f')} ms, p99 {_fmt(m.get('p99_ms'), '.3f')} ms"
+                    f"{_fmt(m.get('p50_ms'), '.3f')} ms, p99 {_fmt(m.get('p99_ms'), '.3f')} ms, "
+                    f"CPU {_fmt(m.get('cpu_us_per_ping'), '.0f')} us per ping"
                     + _errors(doc, contender, rpc),
                     versus,
                     "",
@@ -438,6 +441,20 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         )
         rows.append(
             (
+                "CPU per message",
+                contender,
+                f"{_fmt(m.get('cpu_us_per_msg_put'), '.0f')} us in puts, "
+                f"{_fmt(m.get('cpu_us_per_msg_get'), '.0f')} us in gets (a request and its "
+                "reply, both ends in this process)",
+                "",
+                f"{_x(r.get('cpu_us_per_msg_put_vs_opendht'), '.2f')} puts, "
+                f"{_x(r.get('cpu_us_per_msg_get_vs_opendht'), '.2f')} gets"
+                if r
+                else "",
+            )
+        )
+        rows.append(
+            (
                 f"RSS/node ({n} nodes)",
                 contender,
                 f"{_fmt(m.get('rss_per_node_kib'), ',.1f')} KiB (full join)",
@@ -469,6 +486,37 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         if doc["contenders"][contender]["reason"] and not any(row[1] == contender for row in rows):
             rows.append(("-", contender, str(doc["contenders"][contender]["reason"]), "", ""))
     return rows
+
+
+def _where_the_time_goes(doc: dict[str, Any]) -> list[str]:
+    """The profile's own time by category, one row per contender profiled."""
+    splits = {
+        r["contender"]: r["metrics"]["time_split"]
+        for r in doc["runs"]
+        if r["measure"] == "profile" and r.get("ok") and r["metrics"].get("time_split")
+    }
+    if not splits:
+        return []
+    names = list(next(iter(splits.values())))
+    lines = [
+        "",
+        "## Where the time goes",
+        "",
+        "Share of the profiled put and get phases' own time (cProfile), by what the functions "
+        "belong to: codec (messages, framing, json), sockets (send, recv, poll), crypto, core "
+        "(engine, operations, lookup, routing, streams...), driver (the node's I/O), loop "
+        "(the reactor or asyncio's Python code), other (builtins called from everywhere: "
+        "isinstance, dict and list methods, dataclass constructors). uvloop's loop and its "
+        "socket calls are C code that cProfile does not see: its row is the Python part only.",
+        "",
+        "| contender | " + " | ".join(names) + " |",
+        "| --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for contender in [c for c in CONTENDERS if c in splits]:
+        split = splits[contender]
+        cells = " | ".join(f"{split.get(n, 0.0):.0%}" for n in names)
+        lines.append(f"| {contender} | {cells} |")
+    return lines
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -514,13 +562,14 @@ def markdown(doc: dict[str, Any]) -> str:
     met = sum(1 for t in doc["targets"] if t["status"] == "met")
     missed = sum(1 for t in doc["targets"] if t["status"] == "missed")
     lines += ["", f"{met} met, {missed} missed, {len(doc['targets']) - met - missed} n/a."]
+    lines += _where_the_time_goes(doc)
     profiles = [
-        r["metrics"].get("profile_path")
+        f"{r['contender']} `{Path(r['metrics']['profile_path']).name}`"
         for r in doc["runs"]
-        if r["measure"] == "profile" and r.get("ok")
+        if r["measure"] == "profile" and r.get("ok") and r["metrics"].get("profile_path")
     ]
     if profiles:
-        lines += ["", f"CPU profile (twisted-epoll): `{Path(profiles[0]).name}`."]
+        lines += ["", f"CPU profiles: {', '.join(profiles)}."]
     return "\n".join(lines) + "\n"
 
 

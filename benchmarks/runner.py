@@ -60,7 +60,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "value_size": 100,
             "phase_timeout": 4.0,
         },
-        "run": {"repeat": 3, "budget": 540.0},
+        "run": {"repeat": 3, "budget": 720.0},
     },
     "quick": {
         "rpc": {"warmup": 0.1, "duration": 0.5, "max_ops": 100_000},
@@ -89,7 +89,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "value_size": 100,
             "phase_timeout": 2.0,
         },
-        "run": {"repeat": 1, "budget": 110.0},
+        "run": {"repeat": 1, "budget": 150.0},
     },
     "tiny": {
         "rpc": {"warmup": 0.05, "duration": 0.2, "max_ops": 10_000},
@@ -173,6 +173,7 @@ def _params(
         params["phase_timeout"] = phase_seconds
     if measure == "profile":
         params["profile_path"] = str(out / f"{stamp}-profile-{contender}.txt")
+        params["contender"] = contender
     return params
 
 
@@ -340,7 +341,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, help="runs per configuration (default 3)")
     parser.add_argument(
-        "--budget", type=float, help="seconds for the whole run (default 540, --quick 110)"
+        "--budget", type=float, help="seconds for the whole run (default 720, --quick 150)"
     )
     parser.add_argument(
         "--phase-seconds",

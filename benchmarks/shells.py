@@ -322,12 +322,12 @@ class AioShell(_OursMixin):
 
 
 class TwistedFloorShell:
-    """A bare netstring echo with Twisted's ``NetstringReceiver`` (the Twisted node's framing),
+    """A bare netstring echo with txdht's ``NetstringDecoder`` (the Twisted node's framing),
     on the epoll reactor (``loop=None``: driven from ``Deferred.fromCoroutine``) or on
     asyncioreactor (``loop`` given: Deferreds awaited through ``asFuture``).
 
-    Its sockets set TCP_NODELAY, as asyncio's (and uvloop's) do by default, so that the four
-    floors are the best each loop can do; the Twisted node does not set it (see the README).
+    Its sockets set TCP_NODELAY, as asyncio's (and uvloop's) do by default, and as the Twisted
+    node does, so that the four floors are the best each loop can do.
     """
 
     def __init__(self, reactor: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -364,36 +364,35 @@ class TwistedFloorShell:
 
     async def rpc_pair(self) -> tuple[Callable[[], Any], Callable[[], Awaitable[None]]]:
         from twisted.internet.endpoints import TCP4ClientEndpoint
-        from twisted.internet.protocol import Factory
-        from twisted.protocols.basic import NetstringReceiver
+        from twisted.internet.protocol import Factory, Protocol
 
-        class Echo(NetstringReceiver):
-            MAX_LENGTH = MAX_MESSAGE
-
+        class Echo(Protocol):
             def connectionMade(self) -> None:
+                self.decoder = NetstringDecoder(MAX_MESSAGE)
                 self.transport.setTcpNoDelay(True)
 
-            def stringReceived(self, string: bytes) -> None:
-                self.sendString(string)
+            def dataReceived(self, data: bytes) -> None:
+                for payload in self.decoder.feed(data):
+                    self.transport.write(netstring(payload))
 
         defer = self._defer
 
-        class Client(NetstringReceiver):
-            MAX_LENGTH = MAX_MESSAGE
-
+        class Client(Protocol):
             def __init__(self) -> None:
+                self.decoder = NetstringDecoder(MAX_MESSAGE)
                 self.waiting: deque[Any] = deque()
 
             def connectionMade(self) -> None:
                 self.transport.setTcpNoDelay(True)
 
-            def stringReceived(self, string: bytes) -> None:
-                self.waiting.popleft().callback(string)
+            def dataReceived(self, data: bytes) -> None:
+                for payload in self.decoder.feed(data):
+                    self.waiting.popleft().callback(payload)
 
             def request(self, payload: bytes) -> Any:
                 d = defer.Deferred()
                 self.waiting.append(d)
-                self.sendString(payload)
+                self.transport.write(netstring(payload))
                 return d
 
         port = await self._listen(Echo)
@@ -408,22 +407,22 @@ class TwistedFloorShell:
         return (lambda: self._wait(client.request(payload))), close
 
     async def serving_server(self, contacts: int) -> tuple[int, Callable[[], int], Any]:
-        from twisted.protocols.basic import NetstringReceiver
+        from twisted.internet.protocol import Protocol
 
         reply = netstring(canned_nodes_reply(REPLY_CONTACTS))
         served = [0]
         connections: list[Any] = []
 
-        class Canned(NetstringReceiver):
-            MAX_LENGTH = MAX_MESSAGE
-
+        class Canned(Protocol):
             def connectionMade(self) -> None:
+                self.decoder = NetstringDecoder(MAX_MESSAGE)
                 self.transport.setTcpNoDelay(True)
                 connections.append(self)
 
-            def stringReceived(self, string: bytes) -> None:
-                self.transport.write(reply)
-                served[0] += 1
+            def dataReceived(self, data: bytes) -> None:
+                for _ in self.decoder.feed(data):
+                    self.transport.write(reply)
+                    served[0] += 1
 
         port = await self._listen(Canned)
 

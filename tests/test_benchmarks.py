@@ -92,8 +92,10 @@ FIELDS = {
 }
 #: What each contender is measured on (the others are skipped by --only or do not apply).
 APPLIES = {
-    **{name: ["rpc-c1", "rpc-c32", "serving", "network", "memory"] for name in CONTENDERS[:4]},
-    "twisted-epoll": ["rpc-c1", "rpc-c32", "serving", "network", "memory", "profile"],
+    **{
+        name: ["rpc-c1", "rpc-c32", "serving", "network", "memory", "profile"]
+        for name in CONTENDERS[:4]
+    },
     **{name: ["network", "memory"] for name in THIRD_PARTY},
     **{name: ["rpc-c1", "rpc-c32", "serving"] for name in CONTENDERS[6:]},
 }

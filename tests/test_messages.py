@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,6 +32,8 @@ from txdht.core.messages import (
     Pong,
     Store,
     Value,
+    _checked,
+    _refuse_constant,
     decode,
     encode,
 )
@@ -685,3 +688,169 @@ def test_single_byte_mutation_decodes_or_is_refused(data: bytes, position: int, 
 def test_truncated_message_is_malformed(data: bytes, cut: int) -> None:
     """A valid message cut short anywhere is MALFORMED."""
     assert refusal(data[: cut % len(data)]).code is ErrorCode.MALFORMED
+
+
+# -- the fast codec is the plain one, byte for byte and verdict for verdict -----------------------
+
+
+def reference_encode(message: Message) -> bytes:
+    """The wire bytes as the codec first wrote them: the wire object through ``json.dumps``."""
+    obj = {"v": PROTOCOL_VERSION, "type": message.TYPE, "rid": message.rid}
+    obj.update(sender=id_to_hex(message.sender), port=message.port, **message.body())
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+ODD_VALUES = [
+    pytest.param(Store(**HEAD, item=SIGNED, ttl=86400, cas=2), id="store-int-ttl-cas"),
+    pytest.param(Store(**HEAD, item=BLOB, ttl=1e-05), id="store-tiny-ttl"),
+    pytest.param(Store(**HEAD, item=BLOB, ttl=float("inf")), id="store-infinite-ttl"),
+    pytest.param(Error(**HEAD, code=ErrorCode.BAD_FIELD, message='\ud800 \x00 "\\'), id="error"),
+    pytest.param(Value(**HEAD, item=OWNER.sign('é\u2603 "name"', b"", 0)), id="value-unicode"),
+    pytest.param(Value(**HEAD, item=blob(b"")), id="value-empty"),
+    pytest.param(Nodes(**HEAD, nodes=(Contact(0, "::1", 1),)), id="nodes-zero-id"),
+]
+
+
+@pytest.mark.parametrize("message", [*ROUND_TRIP, *ODD_VALUES])
+def test_encode_writes_what_json_dumps_writes(message: Message) -> None:
+    """The codec's text is byte for byte what ``json.dumps`` writes for the wire object."""
+    assert encode(message) == reference_encode(message)
+
+
+def test_a_message_type_of_ones_own_is_encoded_from_its_body() -> None:
+    """A Message subclass the codec does not know is written from its ``body()``."""
+
+    class Hello(Message):
+        TYPE = "hello"
+
+        def body(self) -> dict[str, Any]:
+            return {"greeting": "hé"}
+
+    message = Hello(**HEAD)
+    assert encode(message) == reference_encode(message)
+    assert encode(message).endswith(b',"greeting":"h\\u00e9"}')
+
+
+ids = st.integers(min_value=0, max_value=2**512 - 1)
+items = st.one_of(
+    st.binary(max_size=80).map(blob),
+    st.builds(
+        lambda name, value, seq: OWNER.sign(name, value, seq),
+        st.text(min_size=1, max_size=20).filter(lambda n: len(n.encode("utf-8", "replace")) <= 256),
+        st.binary(max_size=80),
+        st.integers(min_value=0, max_value=2**63 - 1),
+    ),
+)
+contacts = st.builds(
+    Contact, ids, st.sampled_from(["127.0.0.1", "192.0.2.1", "2001:db8::1"]), st.integers(1, 65535)
+)
+head = {
+    "rid": st.integers(min_value=1, max_value=2**53 - 1),  # 0: error replies about unread ids
+    "sender": ids,
+    "port": st.integers(min_value=0, max_value=65535),
+}
+messages = st.one_of(
+    st.builds(Ping, **head, challenge=st.none() | st.binary(min_size=16, max_size=64)),
+    st.builds(Pong, **head, proof=st.none() | st.binary(min_size=96, max_size=96)),
+    st.builds(
+        Store,
+        **head,
+        item=items,
+        ttl=st.floats(min_value=1e-9, max_value=MAX_TTL) | st.integers(1, int(MAX_TTL)),
+        cas=st.none() | st.integers(min_value=0, max_value=2**63 - 1),
+    ),
+    st.builds(Ok, **head),
+    st.builds(FindNode, **head, target=ids),
+    st.builds(FindValue, **head, key=ids),
+    st.builds(Nodes, **head, nodes=st.lists(contacts, max_size=5).map(tuple)),
+    st.builds(Value, **head, item=items),
+    st.builds(Error, **head, code=st.integers(-(2**70), 2**70), message=st.text(max_size=30)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=messages)
+def test_any_message_encodes_as_json_dumps_and_round_trips(message: Message) -> None:
+    """Every message's text is what ``json.dumps`` writes, and decodes to an equal message."""
+    data = encode(message)
+    assert data == reference_encode(message)
+    decoded = decode(data)
+    assert type(decoded) is type(message)
+    expected = replace(message, ttl=float(message.ttl)) if isinstance(message, Store) else message
+    assert decoded == expected
+
+
+def checked_outcome(data: bytes) -> Message | ProtocolError:
+    """What the field-by-field reader alone makes of ``data`` (the codec's reference)."""
+    try:
+        return _checked(json.loads(data.decode("utf-8"), parse_constant=_refuse_constant), data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return refusal(data)
+    except ProtocolError as e:
+        return e
+
+
+def same_outcome(a: Message | ProtocolError, b: Message | ProtocolError) -> bool:
+    """Whether two outcomes are the same message, or the same refusal."""
+    if isinstance(a, ProtocolError) and isinstance(b, ProtocolError):
+        return (a.code, a.message, a.request_id, a.in_reply) == (
+            b.code,
+            b.message,
+            b.request_id,
+            b.in_reply,
+        )
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.sampled_from(
+        [
+            *ENCODED,
+            encode(Store(**HEAD, item=BLOB, ttl=60.0, cas=0)),
+            encode(Nodes(**HEAD, nodes=CONTACTS * 3)),
+            encode(Value(**HEAD, item=SIGNED)),
+        ]
+    ),
+    position=st.integers(min_value=0),
+    byte=st.integers(min_value=0, max_value=255),
+)
+def test_fast_reader_agrees_with_the_field_by_field_reader(
+    data: bytes, position: int, byte: int
+) -> None:
+    """With one byte changed anywhere, decode gives what the field-by-field reader gives: the
+    same message, or the same refusal (code, text, request id, direction)."""
+    index = position % len(data)
+    mutated = data[:index] + bytes([byte]) + data[index + 1 :]
+    assert same_outcome(outcome(mutated), checked_outcome(mutated))
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param({"v": True}, id="bool-version"),
+        pytest.param({"type": ["ping"]}, id="list-type"),
+        pytest.param({"type": "hello"}, id="unknown-type"),
+        pytest.param({"challenge": None}, id="null-challenge"),
+        pytest.param({"challenge": "AAAA"}, id="short-challenge"),
+        pytest.param({"type": "store", "ttl": 5, "item": {"value": ""}, "cas": True}, id="cas"),
+        pytest.param({"type": "store", "ttl": "5", "item": {"value": ""}}, id="ttl"),
+        pytest.param({"type": "store", "ttl": 5, "item": []}, id="item"),
+        pytest.param({"type": "nodes", "nodes": {}}, id="nodes-object"),
+        pytest.param({"type": "nodes", "nodes": [[1, 2]]}, id="contact-short"),
+        pytest.param({"type": "nodes", "nodes": [["a", "b", "c"]]}, id="contact-types"),
+        pytest.param({"type": "nodes", "nodes": [[id_to_hex(1), "::1", 0]]}, id="contact-port"),
+        pytest.param({"type": "error", "code": 1.0, "message": ""}, id="error-code"),
+    ],
+)
+def test_fast_reader_hands_the_odd_ones_to_the_field_by_field_reader(obj: dict[str, Any]) -> None:
+    """A message with one field of an odd kind gets the field-by-field reader's verdict."""
+    data = json.dumps({**wire_object("ping"), **obj}).encode()
+    assert same_outcome(outcome(data), checked_outcome(data))
+
+
+def test_byte_order_mark_is_malformed() -> None:
+    """A payload starting with a UTF-8 byte order mark is refused as json.loads refuses it."""
+    error = refusal(b"\xef\xbb\xbf" + encode(EXAMPLES["ping"]))
+    assert error.code is ErrorCode.MALFORMED
+    assert "BOM" in error.message

@@ -1,9 +1,9 @@
 """The Twisted driver: netstring connections, time from the reactor, and the ``Node`` API.
 
 Every decision is the core's (``txdht.core.engine.Engine`` behind ``txdht.core.streams.
-Streams``). This module moves bytes and time: ``DHTProtocol`` frames messages with
-``NetstringReceiver`` and hands each payload to the core; ``Node`` carries out the commands the
-core returns (write, connect, close, log, fire the Deferred of a finished operation), keeps one
+Streams``). This module moves bytes and time: ``DHTProtocol`` frames messages with the
+core's ``NetstringDecoder`` and hands each payload to the core; ``Node`` carries out the commands
+the core returns (write, connect, close, log, fire the Deferred of a finished operation), keeps one
 ``callLater`` at the core's next deadline, and turns the core's operations into Deferreds
 that cancel them.
 """
@@ -25,14 +25,14 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
-from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 
 from txdht.core import operations as ops
 from txdht.core.commands import Close, Command, Connect, Done, Failed, Log, Ready, Write
 from txdht.core.engine import Engine
+from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
 from txdht.core.interfaces import IStorage
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
@@ -51,16 +51,20 @@ T = TypeVar("T")
 Connector = Callable[[Address, "DHTFactory"], "Deferred[DHTProtocol]"]
 
 
-class DHTProtocol(NetstringReceiver):
-    """One connection to a peer, either direction: netstrings in and out."""
+class DHTProtocol(Protocol):
+    """One connection to a peer, either direction: netstrings in and out.
+
+    Framing is the core's ``NetstringDecoder`` (it accepts and refuses exactly what Twisted's
+    ``NetstringReceiver`` does, and reads whole netstrings in place). Writes go straight to the
+    transport, which sends what was written in one reactor iteration together.
+    """
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.MAX_LENGTH = node.max_message
+        self.decoder = NetstringDecoder(node.max_message)
         self.link: Link | None = None
         #: Fires once the connection is closed.
         self.closed: Deferred[None] = Deferred()
-        self._framing_reported = False
 
     def connectionMade(self) -> None:
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
@@ -71,20 +75,19 @@ class DHTProtocol(NetstringReceiver):
         self.node.opened(self, peer.host, peer.port)
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
-        if self.brokenPeer and not self._framing_reported and self.link is not None:
-            self._framing_reported = True
-            why = f"a malformed netstring, or one longer than {self.MAX_LENGTH} bytes"
-            self.node.run(self.node.streams.framing_lost(self.link, why))
-
-    def stringReceived(self, string: bytes) -> None:
-        assert self.link is not None
-        node = self.node
-        node.run(node.streams.received(self.link, string, node.reactor.seconds()))
+        node, link, decoder = self.node, self.link, self.decoder
+        assert link is not None
+        transport: Any = self.transport
+        for payload in decoder.feed(data):
+            node.run(node.streams.received(link, payload, node.reactor.seconds()))
+        if decoder.error is not None and not transport.disconnecting:
+            limit = decoder.max_length
+            why = f"a malformed netstring, or one longer than {limit} bytes: {decoder.error}"
+            node.run(node.streams.framing_lost(link, why))
 
     def send(self, message: Message) -> None:
         """Write one message."""
-        self.sendString(encode(message))  # type: ignore[no-untyped-call]
+        self.transport.write(netstring(encode(message)))  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.link is not None:

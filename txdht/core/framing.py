@@ -41,12 +41,34 @@ class NetstringDecoder:
         found: list[bytes] = []
         if self.error is not None:
             return found
-        self._buffer += data
-        try:
-            while (payload := self._next()) is not None:
-                found.append(payload)
-        except FramingError as e:
-            self.error = e
+        buffer = self._buffer
+        start = size = 0
+        if buffer:  # the rest of a netstring begun earlier: ``_next`` takes it from here
+            buffer += data
+        else:
+            # The common case, whole well-formed netstrings, read in place; from the first
+            # thing that is not one (a part, or a broken one) on, ``_next`` judges.
+            size, digits, limit = len(data), self._digits, self.max_length
+            while start < size:
+                colon = data.find(b":", start, start + digits + 1)
+                if colon < 0:
+                    break
+                head = data[start:colon]
+                if not head.isdigit() or (head[0] == 48 and colon - start > 1):  # 48: "0"
+                    break
+                end = colon + 1 + int(head)
+                if end - colon - 1 > limit or end >= size or data[end] != 44:  # 44: ","
+                    break
+                found.append(data[colon + 1 : end])
+                start = end + 1
+        if start < size:
+            buffer += data[start:]
+        if buffer:
+            try:
+                while (payload := self._next()) is not None:
+                    found.append(payload)
+            except FramingError as e:
+                self.error = e
         return found
 
     def _next(self) -> bytes | None:

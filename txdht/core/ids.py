@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,8 +61,12 @@ def bucket_index(own: int, other: int) -> int:
 
 
 def closest(target: int, entries: Iterable[Contact], count: int) -> list[Contact]:
-    """The ``count`` entries closest to ``target``, nearest first (distinct ids never tie)."""
-    return heapq.nsmallest(count, entries, key=lambda entry: entry.id ^ target)
+    """The ``count`` entries closest to ``target``, nearest first (distinct ids never tie).
+
+    ``sorted(...)[:count]`` is what ``heapq.nsmallest`` is documented to equal; for the few
+    dozen contacts a node sorts per request it is twice as fast (nsmallest's heap is Python).
+    """
+    return sorted(entries, key=lambda entry: entry.id ^ target)[:count]
 
 
 @functools.lru_cache(maxsize=1 << 14)

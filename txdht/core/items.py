@@ -25,6 +25,7 @@ This module is pure: no I/O, no clock. Wire form is a JSON object (``Item.to_jso
 from __future__ import annotations
 
 import base64
+import binascii
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -130,7 +131,7 @@ def _size_problem(what: str, data: bytes, size: int) -> str | None:
 
 def to_base64(data: bytes) -> str:
     """``data`` as base64 text (how bytes travel in JSON)."""
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def from_base64(text: str) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
@@ -184,22 +185,235 @@ _REPLY_NAMES = frozenset(cls.TYPE for cls in REPLY_TYPES)
 
 
 def encode(message: Message) -> bytes:
-    """The wire bytes of ``message`` (without the netstring framing)."""
-    head = {"v": PROTOCOL_VERSION, "type": message.TYPE, "rid": message.rid}
-    obj = {**head, "sender": id_to_hex(message.sender), "port": message.port, **message.body()}
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    """The wire bytes of ``message`` (without the netstring framing).
+
+    The text is exactly what ``json.dumps(obj, separators=(",", ":"))`` writes for the wire
+    object (the envelope, then the body in ``body()`` order), assembled from pieces without
+    building the object: strings through ``json``'s own C escaper (ASCII, ``\\uXXXX``), numbers
+    as ``json`` writes them. A type this module does not know is encoded through ``body()``.
+    """
+    body = _BODY_TEXT.get(type(message))
+    if body is None:  # a type of someone else's: the plain way
+        obj = {"v": PROTOCOL_VERSION, "type": message.TYPE, "rid": message.rid}
+        obj.update(sender=id_to_hex(message.sender), port=message.port, **message.body())
+        return _json(obj).encode("ascii")
+    text = _HEAD % (
+        message.TYPE,
+        _value(message.rid),
+        id_to_hex(message.sender),
+        _value(message.port),
+        body(message),
+    )
+    return text.encode("ascii")
+
+
+#: The envelope of our own types (their names are ASCII constants); the fields are JSON text.
+_HEAD = f'{{"v":{PROTOCOL_VERSION},"type":"%s","rid":%s,"sender":"%s","port":%s%s}}'
+#: Any JSON value, written exactly as ``json.dumps(value, separators=(",", ":"))`` writes it.
+_json = json.JSONEncoder(separators=(",", ":")).encode
+#: A string as JSON: ``json``'s C escaper, the one ``json.dumps`` uses (ASCII-only output).
+_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _value(value: object) -> str:
+    """``value`` as JSON: strings and numbers directly (as ``json`` writes them: an int
+    subclass as its number, a bool as ``true``), anything else through ``json``."""
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return float.__repr__(value)
+    return _json(value)
+
+
+def _b64_text(name: str, data: bytes | None) -> str:
+    return "" if data is None else f',"{name}":"{to_base64(data)}"'
+
+
+@functools.lru_cache(maxsize=64)
+def _item_text(item: Item) -> str:
+    """``item.to_json()`` as JSON (cached: a put sends the same item to k peers, replication
+    and read repair send it again)."""
+    text = '{"value":"' + to_base64(item.value) + '"'
+    if item.public_key is not None:
+        text += f',"public_key":"{to_base64(item.public_key)}","seq":{_value(item.seq)}'
+    if item.name is not None:
+        text += ',"name":' + _value(item.name)
+    if item.signature is not None:
+        text += f',"signature":"{to_base64(item.signature)}"'
+    return text + "}"
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _contact_text(contact: Contact) -> str:
+    """One contact of a ``nodes`` reply as JSON (cached: a node names the same few hundred
+    contacts in every reply)."""
+    return f'["{id_to_hex(contact.id)}",{_value(contact.host)},{_value(contact.port)}]'
+
+
+def _store_text(message: Any) -> str:
+    text = f',"item":{_item_text(message.item)},"ttl":{_value(message.ttl)}'
+    return text if message.cas is None else f'{text},"cas":{_value(message.cas)}'
+
+
+def _error_text(message: Any) -> str:
+    return f',"code":{_value(message.code)},"message":{_value(message.message[:MAX_ERROR_TEXT])}'
+
+
+#: How each type's body is written, after the envelope (``Ok``'s is empty).
+_BODY_TEXT: dict[type[Message], Callable[[Any], str]] = {
+    Ping: lambda m: _b64_text("challenge", m.challenge),
+    Pong: lambda m: _b64_text("proof", m.proof),
+    Store: _store_text,
+    Ok: lambda m: "",
+    FindNode: lambda m: f',"target":"{id_to_hex(m.target)}"',
+    FindValue: lambda m: f',"key":"{id_to_hex(m.key)}"',
+    Nodes: lambda m: ',"nodes":[' + ",".join(map(_contact_text, m.nodes)) + "]",
+    Value: lambda m: ',"item":' + _item_text(m.item),
+    Error: _error_text,
+}
 
 
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+#: ``json.loads(text, parse_constant=_refuse_constant)``, built once rather than per message.
+_parse = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
 def decode(data: bytes) -> Message:
-    """Parse one message; ``ProtocolError`` says what is wrong with anything else."""
+    """Parse one message; ``ProtocolError`` says what is wrong with anything else.
+
+    A well-formed message of one of our types is read by ``_read``, which checks every rule
+    in straight-line code; anything it does not accept, ``_checked`` reads again, field by
+    field in the order docs/protocol.md gives, to say exactly what is wrong (and the rare
+    valid message ``_read`` leaves to it, it reads too).
+    """
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        text = data.decode("utf-8")
+        # json.loads refuses a byte order mark (the decoder alone would not): so do we.
+        obj = json.loads(text) if text.startswith("\ufeff") else _parse(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(ErrorCode.MALFORMED, f"not a UTF-8 JSON text: {e}") from None
+    if type(obj) is dict and not _too_deep(obj, data):
+        try:
+            message = _read(obj)
+        except (LookupError, ValueError, TypeError, ProtocolError):
+            message = None
+        if message is not None:
+            return message
+    return _checked(obj, data)
+
+
+def _read(obj: dict[str, Any]) -> Message | None:
+    """The message ``obj`` holds, if it is well formed and every field is of the plain kind
+    (None, or an exception, sends it to ``_checked``)."""
+    rid, port, sender, kind = obj.get("rid"), obj.get("port"), obj.get("sender"), obj.get("type")
+    if not (
+        type(kind) is str
+        and obj.get("v") == PROTOCOL_VERSION
+        and type(obj["v"]) is int
+        and type(rid) is int
+        and (0 if kind in _REPLY_NAMES else 1) <= rid <= MAX_REQUEST_ID
+        and type(port) is int
+        and 0 <= port <= 65535
+        and type(sender) is str
+    ):
+        return None
+    body = _BODY_READERS.get(kind)
+    if body is None:
+        return None
+    return _BY_TYPE[kind](rid=rid, sender=id_from_hex(sender), port=port, **body(obj))
+
+
+def _b64(obj: dict[str, Any], name: str, low: int, high: int) -> bytes | None:
+    """The optional base64 field ``name`` (absent: None); ValueError or TypeError if it is
+    not ``low`` to ``high`` bytes of base64."""
+    text = obj.get(name)
+    if text is None and name not in obj:
+        return None
+    if type(text) is not str:
+        raise TypeError(name)
+    data = from_base64(text)
+    if not low <= len(data) <= high:
+        raise ValueError(name)
+    return data
+
+
+def _item(obj: dict[str, Any], name: str = "item") -> Item:
+    item = obj[name]
+    if type(item) is not dict:
+        raise TypeError(name)
+    return Item.from_json(item)
+
+
+def _ttl(obj: dict[str, Any]) -> float:
+    ttl = obj["ttl"]
+    if type(ttl) not in (int, float) or not 0 < ttl <= MAX_TTL:
+        raise ValueError("ttl")
+    return float(ttl)
+
+
+def _cas(obj: dict[str, Any]) -> int | None:
+    if "cas" not in obj:
+        return None
+    cas = obj["cas"]
+    if type(cas) is not int or not 0 <= cas <= MAX_SEQ:
+        raise ValueError("cas")
+    return cas
+
+
+def _nodes(obj: dict[str, Any]) -> tuple[Contact, ...]:
+    raw = obj["nodes"]
+    if type(raw) is not list or len(raw) > MAX_CONTACTS:
+        raise ValueError("nodes")
+    contacts = []
+    for entry in raw:
+        if type(entry) is not list or len(entry) != 3:
+            raise ValueError("contact")
+        ident, host, port = entry
+        if type(ident) is not str or type(host) is not str or type(port) is not int:
+            raise ValueError("contact")
+        contacts.append(_wire_contact(ident, host, port))
+    return tuple(contacts)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _wire_contact(ident: str, host: str, port: int) -> Contact:
+    """The contact ``[ident, host, port]`` of a ``nodes`` reply (all three of their JSON
+    types already); ValueError if it is not one. Cached: peers name the same contacts in
+    every reply."""
+    if not 1 <= port <= 65535:
+        raise ValueError("port")
+    return Contact(id_from_hex(ident), _ip(host), port)
+
+
+def _error(obj: dict[str, Any]) -> dict[str, Any]:
+    code, message = obj["code"], obj["message"]
+    if type(code) is not int or type(message) is not str:
+        raise TypeError("error")
+    return {"code": code, "message": message[:MAX_ERROR_TEXT]}
+
+
+#: How ``_read`` reads each type's body: keyword arguments for its class.
+_BODY_READERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "ping": lambda o: {"challenge": _b64(o, "challenge", 16, 64)},
+    "pong": lambda o: {"proof": _b64(o, "proof", PROOF_BYTES, PROOF_BYTES)},
+    "ok": lambda o: {},
+    "store": lambda o: {"ttl": _ttl(o), "cas": _cas(o), "item": _item(o)},
+    "find_node": lambda o: {"target": id_from_hex(o["target"])},
+    "find_value": lambda o: {"key": id_from_hex(o["key"])},
+    "nodes": lambda o: {"nodes": _nodes(o)},
+    "value": lambda o: {"item": _item(o)},
+    "error": _error,
+}
+
+
+def _checked(obj: object, data: bytes) -> Message:
+    """Read ``obj`` (parsed from ``data``) field by field, in the order docs/protocol.md
+    gives, raising the ``ProtocolError`` for the first rule it breaks."""
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "a message is a JSON object")
     if _too_deep(obj, data):
