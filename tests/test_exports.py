@@ -24,6 +24,7 @@ EXPECTED = {
     "MemoryStorage": storage.MemoryStorage,
     "Node": node.Node,
     "NotFoundError": core_errors.NotFoundError,
+    "OperationTimeout": core_errors.OperationTimeout,
     "ProtocolError": core_errors.ProtocolError,
     "PutError": core_errors.PutError,
     "RemoteError": core_errors.RemoteError,
