@@ -678,3 +678,28 @@ def test_importing_txdht_aio_does_not_import_twisted() -> None:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     code = "import txdht.aio, sys; assert 'twisted' not in sys.modules, 'twisted was imported'"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_stop_cancels_a_connection_attempt_still_on_its_way() -> None:
+    """stop() cancels a connection attempt that has not finished (and the operation waiting
+    for it), and leaves no task behind."""
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+
+        async def hanging(address: tuple[str, int], factory: object) -> NetstringProtocol:
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("never reached")
+
+        node = Node(connect=hanging)
+        await node.start()
+        call = asyncio.create_task(node.call(("127.0.0.1", 1), Ping))
+        await started.wait()
+        assert len(node._connects) == 1
+        await node.stop()
+        assert not node._connects
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    run_async(scenario)

@@ -461,6 +461,7 @@ def test_lookup_can_be_cancelled() -> None:
             net.silence(node)
         lookup = nodes[0].lookup(99)
         assert isinstance(lookup, Lookup)
+        assert lookup.machine.target == 99
         await until(net, lambda: pending(nodes[0]) == 3)
         queries = list(lookup.op.requests.values())
         assert {q.op for q in queries} == {lookup.op}

@@ -619,3 +619,26 @@ def test_a_retry_goes_on_a_fresh_connection_when_the_old_one_heard_nothing() -> 
     assert connects == [("127.0.0.1", b.port)] * 2  # one per retry
     reconnects = [e for e in events if "reconnecting" in e["log_format"]]
     assert len(reconnects) == 2
+
+
+def test_housekeeping_can_be_run_by_hand() -> None:
+    """replicate, republish, expire and save_contacts, called by hand, do what the service's
+    jobs do: copies on the k closest, this node's items again, expired items dropped, the
+    table's contacts saved; a Lookup shows its machine while it runs."""
+    net = MemoryNetwork()
+    nodes = net.create(8, k=3)
+    owner = nodes[2]
+    key = net.run(owner.put("by hand", b"v", ttl=100.0))
+    assert net.run(owner.replicate()) >= 1
+    assert net.run(owner.republish()) == 1
+    assert owner.save_contacts() == len(owner.engine.routing) > 0
+    assert [c.id for c in owner.engine.storage.contacts()] == [
+        c.id for c in owner.engine.routing.contacts()
+    ]
+    net.advance(101.0)
+    dropped = sum(node.expire() for node in nodes)
+    assert dropped >= 3
+    assert all(n.engine.get(int(key, 16), net.clock.seconds()) is None for n in nodes)
+    lookup = owner.lookup(5)
+    assert lookup.machine.target == 5
+    net.run(lookup)

@@ -408,3 +408,14 @@ def test_operations_are_counted_by_kind() -> None:
     wire.start(a, ops.Join([("127.0.0.1", b.port)]))
     counted = a.metrics.operations
     assert (counted["Join"], counted["Lookup"] >= 1, counted["Refresh"]) == (1, True, 1)
+
+
+def test_only_the_most_recent_proofs_are_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most MAX_PROOFS proofs are kept: a new one pushes the oldest out."""
+    monkeypatch.setattr("txdht.core.engine.MAX_PROOFS", 1)
+    a, b, c = engine(1), engine(2), engine(3)
+    wire = Wire(a, b, c)
+    wire.start(a, ops.PingCheck(contact(b)))
+    wire.start(a, ops.PingCheck(contact(c)))
+    assert a.has_proved(contact(c))
+    assert not a.has_proved(contact(b))

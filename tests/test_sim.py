@@ -683,6 +683,35 @@ def test_latency_scales_lookup_time() -> None:
     assert slow.tables[0].rows[0][12] == pytest.approx(fast.tables[0].rows[0][12])
 
 
+def test_idle_scenario_counts_what_keeping_the_network_costs() -> None:
+    """Left alone, a network's nodes send messages of their own (replication, refresh...):
+    the report gives them per node per hour, by kind, with their bytes, and replication per
+    item per interval; a key is replicated by one of its holders, not by all k."""
+    report = run("idle", Settings(nodes=20, keys=10, k=4, hours=2.0))
+    traffic, per_item = report.tables
+    rows = {str(row[0]): [float(v) for v in row[1:]] for row in traffic.rows}
+    assert rows["all"][0] == pytest.approx(sum(r[0] for k, r in rows.items() if k != "all"))
+    assert rows["store"][0] > 0
+    assert rows["ok"][0] == 0  # a reply: no messages counted, only its bytes
+    assert rows["ok"][1] > 0
+    assert rows["store"][1] > rows["store"][0] * 100  # a stored item is some hundreds of bytes
+    ((publishes, stores),) = [[float(v) for v in row] for row in per_item.rows]
+    assert 0 < publishes <= 2  # one holder per key and interval, not k = 4
+    assert stores <= 4 * publishes
+    assert "2 replication rounds" in report.notes[0]
+
+
+def test_a_node_publishes_an_item_that_is_not_its_own() -> None:
+    """SimNode.publish stores an item on the k closest without remembering it to republish."""
+    net = network(10, k=3)
+    done: list[int] = []
+    item = blob(b"someone else's")
+    net.nodes[4].publish(item, 60.0, done.append)
+    wait(net, done)
+    assert done == [3]
+    assert net.nodes[4].engine.storage.published(item.key) is None
+
+
 def test_crash_scenario_reads_after_killing_and_counts_replicas() -> None:
     """The crash scenario kills each fraction in its own network and reports both phases."""
     report = run("crash", Settings(nodes=40, keys=30, k=8, kill=(0.5, 0.9)))

@@ -22,6 +22,7 @@ RUNS = {
     "churn": Settings(nodes=20, keys=4, k=5, hours=2.0),
     "partition": Settings(nodes=20, keys=2, k=5, minutes=12.0),
     "silent": Settings(nodes=30, keys=4, k=6, lookups=8, silent=(0.1, 0.33)),
+    "idle": Settings(nodes=15, keys=6, k=4, hours=1.0),
 }
 
 
@@ -123,6 +124,14 @@ def test_the_silent_plot_shows_the_latency_distribution_and_the_puts(
     )
 
 
+def test_the_idle_plot_shows_messages_and_bytes_by_kind(reports: dict[str, Any]) -> None:
+    """Bars of messages per node per hour, and of KiB, one per kind of message."""
+    report = reports["idle"]
+    messages, size = figure(report).axes
+    assert heights(messages) == column(report, "messages")
+    assert heights(size) == pytest.approx([b / 1024 for b in column(report, "bytes")])
+
+
 def test_two_reports_are_compared_before_and_after(reports: dict[str, Any], tmp_path: Path) -> None:
     """--compare draws a silent or lookup report before (dashed) and after (solid) a change on
     one plot; other pairs are refused with a clear error."""
@@ -131,6 +140,13 @@ def test_two_reports_are_compared_before_and_after(reports: dict[str, Any], tmp_
         styles = {line.get_linestyle() for line in ax.get_lines()}
         assert styles == {"--", "-"}
         assert "before and after" in ax.get_title()
+    (ax,) = comparison(reports["idle"], reports["idle"]).axes
+    kinds, messages = column(reports["idle"], "kind"), column(reports["idle"], "messages")
+    counts = dict(zip(kinds, messages, strict=True))
+    assert heights(ax) == [counts[kind] for kind in sorted(counts)] * 2
+    legend = ax.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == ["before", "after"]
     with pytest.raises(ValueError, match="cannot compare a crash report"):
         comparison(reports["crash"], reports["crash"])
     paths = []

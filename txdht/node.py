@@ -90,10 +90,10 @@ class DHTProtocol(Protocol):
         self.transport.write(netstring(encode(message)))  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.link is not None:
-            node = self.node
-            error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
-            node.run(node.streams.lost(self.link, error, node.reactor.seconds()))
+        assert self.link is not None  # connectionMade came first
+        node = self.node
+        error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
+        node.run(node.streams.lost(self.link, error, node.reactor.seconds()))
         self.closed.callback(None)
 
 
@@ -398,9 +398,7 @@ class Node:
             self.log.emit(LogLevel.levelWithName(level), text, **fields)
 
     def _ended(self, op: ops.Operation) -> None:
-        d = self._waiting.pop(op, None)
-        if d is None:
-            return
+        d = self._waiting.pop(op)  # a cancelled operation ends with no Done or Failed
         if op.error is None:
             d.callback(op.result)
         elif type(op.error) is TimeoutError:  # a request's: Twisted's own, as Twisted expects

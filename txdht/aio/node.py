@@ -99,7 +99,8 @@ class NetstringProtocol(asyncio.Protocol):
         data = netstring(encode(message))
         if self._outbox is not None:
             self._outbox.append(data)
-        elif self.transport is not None:
+        else:
+            assert self.transport is not None  # connection_made came first
             self.transport.write(data)
 
     def _closing(self) -> bool:
@@ -117,10 +118,10 @@ class NetstringProtocol(asyncio.Protocol):
             self.transport.write(b"".join(outbox))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.link is not None:
-            node = self.node
-            error = exc or ConnectionResetError(f"connection to {self.link.host} lost")
-            node.run(node.streams.lost(self.link, error, node.now()))
+        assert self.link is not None  # connection_made came first
+        node = self.node
+        error = exc or ConnectionResetError(f"connection to {self.link.host} lost")
+        node.run(node.streams.lost(self.link, error, node.now()))
         self.closed.set_result(None)
 
 
