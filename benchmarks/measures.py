@@ -155,6 +155,10 @@ async def network(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
     result["msgs_per_put"] = _mean(result["msgs_per_put_seq"], result["msgs_per_put_conc"])
     result["msgs_per_get"] = _mean(result["msgs_per_get_seq"], result["msgs_per_get_conc"])
     for op in ("put", "get"):
+        result[f"pings_per_{op}"] = _mean(
+            result[f"pings_per_{op}_seq"], result[f"pings_per_{op}_conc"]
+        )
+    for op in ("put", "get"):
         messages = [result[f"msgs_{op}_{phase}"] for phase in ("seq", "conc")]
         cpu = sum(result[f"cpu_{op}_{phase}_s"] for phase in ("seq", "conc"))
         known = None not in messages and sum(messages) > 0
@@ -195,6 +199,7 @@ async def _phase(
         return True if finished is None else (True, finished)
 
     await shell.quiesce()
+    pings = shell.pings_total(nodes)
     sent, cpu = shell.sent_total(nodes), time.process_time()
     if profiler is not None:
         profiler.enable()
@@ -204,6 +209,8 @@ async def _phase(
     await shell.quiesce()
     put_cpu, put_sent = time.process_time() - cpu, shell.sent_total(nodes)
     put_msgs = _per_op(put_sent, sent, put["count"])
+    put_pings = _per_op(shell.pings_total(nodes), pings, put["count"])
+    pings = shell.pings_total(nodes)
 
     stored = [i for i in range(ops) if keys[i] is not None]
     readers = []
@@ -232,6 +239,7 @@ async def _phase(
     await shell.quiesce()
     get_cpu, get_sent = time.process_time() - cpu, shell.sent_total(nodes)
     get_msgs = _per_op(get_sent, sent, get["count"])
+    get_pings = _per_op(shell.pings_total(nodes), pings, get["count"])
     tally["gets_ok"] += get["ok"]
     tally["gets"] += get["count"]
     result: dict[str, Any] = {}
@@ -245,6 +253,8 @@ async def _phase(
         result[f"{name}_{phase}_not_started"] = wanted - measured["count"]
     result[f"msgs_per_put_{phase}"] = put_msgs
     result[f"msgs_per_get_{phase}"] = get_msgs
+    # Pings (ping-before-evict, mostly): background work that each operation sets off.
+    result[f"pings_per_put_{phase}"], result[f"pings_per_get_{phase}"] = put_pings, get_pings
     # CPU per message: the process's CPU time (every node, and OpenDHT's threads) over the
     # requests sent, each with its reply: both ends of every message run in this process.
     result[f"cpu_put_{phase}_s"], result[f"cpu_get_{phase}_s"] = put_cpu, get_cpu

@@ -434,7 +434,9 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 "messages",
                 contender,
                 f"{_fmt(m.get('msgs_per_put'), '.1f')} per put, "
-                f"{_fmt(m.get('msgs_per_get'), '.1f')} per get",
+                f"{_fmt(m.get('msgs_per_get'), '.1f')} per get; pings "
+                f"{_fmt(m.get('pings_per_put'), '.3f')} per put, "
+                f"{_fmt(m.get('pings_per_get'), '.3f')} per get",
                 "",
                 "",
             )

@@ -165,6 +165,10 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
             empty = sorted(f for f in FIELDS[measure] if metrics[f] is None)
             assert not empty, (name, measure, empty)
             assert set(document["results"][name][measure]) >= FIELDS[measure]
+            if measure in ("network", "profile") and name not in THIRD_PARTY:
+                # Pings each operation set off (ping-before-evict): counted for ours only.
+                for op in ("put", "get"):
+                    assert metrics[f"pings_per_{op}"] >= 0, (name, measure)
             if measure in ("network", "profile"):
                 # Ours must find every value; a third party's success is what it measured.
                 success = metrics["get_success"]
