@@ -34,17 +34,22 @@ def test_a_node_that_measured_nothing_waits_first_slow() -> None:
     assert trips.slow_after(None) == trips.slow_after(7) == FIRST_SLOW
 
 
-def test_contacts_have_their_own_estimate_and_the_rest_the_overall_one() -> None:
-    """A measured contact's deadline comes from its own round trips; one never measured from
-    the node's overall estimate, which every reply (from an address too) updates."""
+def test_a_request_waits_the_shorter_of_its_contacts_estimate_and_the_overall_one() -> None:
+    """A contact's own estimate counts when it is the shorter one; one never measured, or
+    measured while the network was slow (a stale estimate: it changes only when that contact
+    answers), waits as long as the overall estimate, which every reply (from an address too)
+    updates."""
     trips = RoundTrips(ceiling=5.0)
-    trips.measured(1, 0.4)
-    trips.measured(None, 0.1)  # a seed's pong: overall only
-    assert trips.slow_after(1) == pytest.approx(1.2)
-    overall = RoundTrip(0.4)
-    overall.update(0.1)
-    assert trips.slow_after(2) == pytest.approx(overall.timeout())
-    assert len(trips) == 1
+    trips.measured(1, 0.8)  # measured while everything was slow
+    for _ in range(50):
+        trips.measured(None, 0.2)  # then the network got fast
+    overall = trips.slow_after(2)
+    assert overall == pytest.approx(0.2, rel=0.1)
+    assert trips.slow_after(1) == overall  # not 2.4 s: its own estimate is stale
+    trips.measured(3, 0.101)
+    trips.measured(3, 0.101)
+    assert trips.slow_after(3) == pytest.approx(0.101 + 4 * 0.0505 * 0.75)  # shorter: its own
+    assert len(trips) == 2
 
 
 def test_the_deadline_stays_between_the_floor_and_the_ceiling() -> None:
@@ -60,13 +65,12 @@ def test_the_deadline_stays_between_the_floor_and_the_ceiling() -> None:
 def test_the_least_recently_measured_contact_is_forgotten_past_the_limit() -> None:
     """At most ``limit`` contacts are remembered: a new one pushes the stalest out."""
     trips = RoundTrips(ceiling=5.0, limit=2)
-    trips.measured(1, 1.0)
-    trips.measured(2, 1.0)
-    trips.measured(1, 1.0)  # 1 is now the most recent
-    trips.measured(3, 0.2)
+    trips.measured(1, 0.2)
+    trips.measured(2, 0.2)
+    trips.measured(1, 0.2)  # 1 is now the most recent
+    trips.measured(3, 1.0)
     assert len(trips) == 2
-    assert trips.slow_after(2) == trips.slow_after(99)  # 2 forgotten: the overall estimate
-    assert trips.slow_after(1) == pytest.approx(1.0 + 4 * 0.375)  # two samples of 1 s
+    assert set(trips._by_id) == {1, 3}
 
 
 def test_a_slow_or_failed_contact_is_questionable_until_it_answers() -> None:

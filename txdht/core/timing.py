@@ -11,9 +11,10 @@ used. A silent peer then costs a lookup a few round trips, not five seconds.
 The slow deadline comes from measured round trips, the way RFC 6298 sets TCP's retransmission
 timeout: a smoothed round-trip time ``srtt`` and its mean deviation ``rttvar``, updated with
 every reply (gains 1/8 and 1/4), and a timeout of ``srtt + 4 * rttvar``, here kept between
-``SLOW_FLOOR`` and ``rpc_timeout``. Each contact has its own estimate (a bounded number of them,
-the least recently measured forgotten first); a contact never measured starts from the node's
-overall estimate, which every reply updates, and before any reply at all the node waits
+``SLOW_FLOOR`` and ``rpc_timeout``. The node keeps an overall estimate, which every reply
+updates, and one per contact (a bounded number of them, the least recently measured forgotten
+first); a request waits the shorter of the two (a contact's own estimate can be stale: it
+changes only when that contact answers). Before any reply at all the node waits
 ``FIRST_SLOW`` seconds.
 """
 
@@ -80,11 +81,21 @@ class RoundTrips:
             self._by_id.popitem(last=False)
 
     def slow_after(self, ident: int | None) -> float:
-        """Seconds after which a reply from ``ident`` is overdue: its own estimate, or the
-        overall one, kept between ``SLOW_FLOOR`` and the ceiling."""
-        estimate = self._by_id.get(ident) if ident is not None else None
-        estimate = estimate or self.overall
-        wait = FIRST_SLOW if estimate is None else estimate.timeout()
+        """Seconds after which a reply from ``ident`` is overdue: the shorter of its own
+        estimate and the overall one (or the overall one alone, for a contact never measured),
+        kept between ``SLOW_FLOOR`` and the ceiling.
+
+        Never longer than the overall estimate: a contact's own estimate changes only when it
+        answers, so one measured while the network was slow (a busy start) would keep its
+        requests waiting long after the network got fast again, and one that stopped
+        answering (a frozen host) keeps that estimate for good. The overall estimate, which
+        every reply updates, already spans the spread of round trips over the contacts."""
+        if self.overall is None:
+            return min(self.ceiling, FIRST_SLOW)
+        wait = self.overall.timeout()
+        own = self._by_id.get(ident) if ident is not None else None
+        if own is not None:
+            wait = min(wait, own.timeout())
         return min(self.ceiling, max(SLOW_FLOOR, wait))
 
     def __len__(self) -> int:
