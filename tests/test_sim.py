@@ -116,12 +116,15 @@ def test_clock_bounds_every_run() -> None:
 
 
 def test_pool_chooses_uniformly_and_removes_in_constant_time() -> None:
-    """The pool hands out its members, forgets removed ones, and ignores strangers."""
+    """The pool holds each node once, hands out its members, forgets removed ones, and
+    ignores strangers."""
     net = Network()
     nodes = [net.add_node() for _ in range(4)]
     pool = _Pool()
     for node in nodes:
         pool.add(node)
+    pool.add(nodes[1])  # already in: a pool holds each node once
+    assert len(pool) == 4
     pool.discard(nodes[1])
     pool.discard(nodes[3])  # the last one
     pool.discard(nodes[1])  # not there any more
@@ -129,6 +132,15 @@ def test_pool_chooses_uniformly_and_removes_in_constant_time() -> None:
     assert sorted(n.index for n in pool) == [0, 2]
     rng = random.Random(1)
     assert {pool.choice(rng).index for _ in range(50)} == {0, 2}
+
+
+def test_a_killed_member_is_no_seed_for_newcomers() -> None:
+    """A node that joined is a member once (its join is reported twice: joined, and ready), so
+    killing it leaves no copy of it to be handed to a newcomer as its seed."""
+    net = network(6)
+    assert sorted(n.index for n in net.members) == list(range(6))
+    net.kill(net.nodes[2])
+    assert 2 not in {n.index for n in net.members}
 
 
 def test_closest_ids_agrees_with_sorting_everything() -> None:

@@ -122,6 +122,8 @@ class _Pool:
         return iter(list(self.items))
 
     def add(self, node: SimNode) -> None:
+        if node.index in self._where:
+            return  # already in: a pool holds each node once
         self._where[node.index] = len(self.items)
         self.items.append(node)
 
@@ -452,9 +454,9 @@ class SimNode:
                     if self._joined is not None:
                         self._joined(self)
                 case Joined():
-                    if self.ready:
-                        self.network.members.add(self)
-                case Log():
+                    self.network.members.add(self)
+                case _:
+                    assert isinstance(command, Log)  # no connections here: no Write or Close
                     self.network.note(f"{self} {command.level} {command.format()}")
         self._arm()
 
