@@ -22,17 +22,23 @@ from txdht.core.messages import (
     PROTOCOL_VERSION,
     REPLY_TYPES,
     REQUEST_TYPES,
+    MAX_LEASE,
     Error,
+    Expired,
     FindNode,
     FindValue,
+    Listen,
+    Listening,
     Message,
     Nodes,
     Ok,
     Ping,
     Pong,
     Store,
+    Update,
     Value,
     _checked,
+    check_network,
     _refuse_constant,
     decode,
     encode,
@@ -61,6 +67,10 @@ EXAMPLES: dict[str, Message] = {
     "nodes": Nodes(**HEAD, nodes=CONTACTS),
     "value": Value(**HEAD, item=BLOB),
     "error": Error(**HEAD, code=int(ErrorCode.BAD_FIELD), message="field 'ttl' is bad"),
+    "listen": Listen(**HEAD, key=TARGET, lease=600.0, seq=3),
+    "listening": Listening(**HEAD, lease=600.0, item=SIGNED),
+    "update": Update(**HEAD, key=SIGNED.key, item=SIGNED),
+    "expired": Expired(**HEAD, key=SIGNED.key, seq=3),
 }
 
 #: More messages for the round trip: the other item kind, empty and edge-valued envelopes.
@@ -77,6 +87,13 @@ ROUND_TRIP = [
     pytest.param(Ping(**HEAD, challenge=b"\xff" * 16), id="ping-shortest-challenge"),
     pytest.param(Ping(**HEAD, challenge=b"\x00" * 64), id="ping-longest-challenge"),
     pytest.param(Pong(**HEAD, proof=OWNER.prove(b"c" * 32)), id="pong-proof"),
+    pytest.param(Listen(**HEAD, key=TARGET, lease=0.0), id="listen-cancel-no-seq"),
+    pytest.param(Listen(**HEAD, key=TARGET, lease=MAX_LEASE, seq=0), id="listen-max-lease"),
+    pytest.param(Listening(**HEAD, lease=30.0), id="listening-nothing-held"),
+    pytest.param(Update(**HEAD, key=BLOB.key, item=BLOB), id="update-blob"),
+    pytest.param(Ping(**HEAD, network="lab-1.test_net"), id="ping-other-network"),
+    pytest.param(Ping(**HEAD, network="a" * 64), id="ping-longest-network-name"),
+    pytest.param(Update(**HEAD, key=BLOB.key, item=BLOB, network="z"), id="update-other-network"),
 ]
 
 
@@ -180,6 +197,12 @@ def test_encode_is_compact_utf8_json() -> None:
         ),
         pytest.param("value", {"item": {"value": b64(b"some data")}}, id="value"),
         pytest.param("error", {"code": 104, "message": "field 'ttl' is bad"}, id="error"),
+        pytest.param("listen", {"key": id_to_hex(TARGET), "lease": 600.0, "seq": 3}, id="listen"),
+        pytest.param("listening", {"lease": 600.0, "item": SIGNED.to_json()}, id="listening"),
+        pytest.param(
+            "update", {"key": id_to_hex(SIGNED.key), "item": SIGNED.to_json()}, id="update"
+        ),
+        pytest.param("expired", {"key": id_to_hex(SIGNED.key), "seq": 3}, id="expired"),
     ],
 )
 def test_exact_wire_json(kind: str, body: dict[str, Any]) -> None:
@@ -464,6 +487,47 @@ BAD_INPUTS = [
         RID,
         id="second-contact-bad",
     ),
+    # The network name (after the port).
+    pytest.param(wire("ping", network=None), ErrorCode.BAD_FIELD, RID, id="network-null"),
+    pytest.param(wire("ping", network=""), ErrorCode.BAD_FIELD, RID, id="network-empty"),
+    pytest.param(wire("ping", network="A"), ErrorCode.BAD_FIELD, RID, id="network-upper-case"),
+    pytest.param(wire("ping", network="-a"), ErrorCode.BAD_FIELD, RID, id="network-leading-dash"),
+    pytest.param(wire("ping", network="a b"), ErrorCode.BAD_FIELD, RID, id="network-space"),
+    pytest.param(wire("ping", network="a" * 65), ErrorCode.BAD_FIELD, RID, id="network-too-long"),
+    pytest.param(wire("ping", network=7), ErrorCode.BAD_FIELD, RID, id="network-number"),
+    pytest.param(
+        wire("ping", network=None, port=-1), ErrorCode.BAD_FIELD, RID, id="port-before-network"
+    ),
+    # listen, listening, update, expired.
+    pytest.param(wire("listen", drop=("key",)), ErrorCode.MISSING_FIELD, RID, id="listen-no-key"),
+    pytest.param(
+        wire("listen", drop=("lease",)), ErrorCode.MISSING_FIELD, RID, id="listen-no-lease"
+    ),
+    pytest.param(wire("listen", lease=-1), ErrorCode.BAD_FIELD, RID, id="listen-negative-lease"),
+    pytest.param(wire("listen", lease=86401), ErrorCode.BAD_FIELD, RID, id="listen-long-lease"),
+    pytest.param(wire("listen", lease="60"), ErrorCode.BAD_FIELD, RID, id="listen-string-lease"),
+    pytest.param(
+        wire("listen", lease=12345.5).replace(b"12345.5", b"1e400"),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="listen-huge-lease",
+    ),
+    pytest.param(wire("listen", seq=-1), ErrorCode.BAD_FIELD, RID, id="listen-negative-seq"),
+    pytest.param(wire("listen", seq=2**63), ErrorCode.BAD_FIELD, RID, id="listen-huge-seq"),
+    pytest.param(wire("listen", seq=None), ErrorCode.BAD_FIELD, RID, id="listen-null-seq"),
+    pytest.param(wire("listen", key="ab"), ErrorCode.BAD_FIELD, RID, id="listen-bad-key"),
+    pytest.param(
+        wire("listen", key="ab", lease=-1), ErrorCode.BAD_FIELD, RID, id="listen-key-first"
+    ),
+    pytest.param(
+        wire("listening", drop=("lease",)), ErrorCode.MISSING_FIELD, RID, id="listening-no-lease"
+    ),
+    pytest.param(wire("listening", item=None), ErrorCode.BAD_FIELD, RID, id="listening-null-item"),
+    pytest.param(wire("listening", item={}), ErrorCode.MISSING_FIELD, RID, id="listening-item"),
+    pytest.param(wire("update", drop=("item",)), ErrorCode.MISSING_FIELD, RID, id="update-no-item"),
+    pytest.param(wire("update", drop=("key",)), ErrorCode.MISSING_FIELD, RID, id="update-no-key"),
+    pytest.param(wire("expired", seq="3"), ErrorCode.BAD_FIELD, RID, id="expired-string-seq"),
+    pytest.param(wire("expired", drop=("seq",)), ErrorCode.MISSING_FIELD, RID, id="expired-no-seq"),
     # value.
     pytest.param(
         wire("value", drop=("item",)), ErrorCode.MISSING_FIELD, RID, id="value-missing-item"
@@ -643,8 +707,8 @@ def test_request_and_reply_types_partition_the_types() -> None:
     """Every message type is a request or a reply, never both, and type names are unique."""
     requests = {cls.TYPE for cls in REQUEST_TYPES}
     replies = {cls.TYPE for cls in REPLY_TYPES}
-    assert requests == {"ping", "store", "find_node", "find_value"}
-    assert replies == {"pong", "ok", "nodes", "value", "error"}
+    assert requests == {"ping", "store", "find_node", "find_value", "listen", "update", "expired"}
+    assert replies == {"pong", "ok", "nodes", "value", "error", "listening"}
     assert not requests & replies
     assert requests | replies == set(EXAMPLES)
     assert len(REQUEST_TYPES) + len(REPLY_TYPES) == len(EXAMPLES)
@@ -696,7 +760,10 @@ def test_truncated_message_is_malformed(data: bytes, cut: int) -> None:
 def reference_encode(message: Message) -> bytes:
     """The wire bytes as the codec first wrote them: the wire object through ``json.dumps``."""
     obj = {"v": PROTOCOL_VERSION, "type": message.TYPE, "rid": message.rid}
-    obj.update(sender=id_to_hex(message.sender), port=message.port, **message.body())
+    obj.update(sender=id_to_hex(message.sender), port=message.port)
+    if message.network != "txdht":
+        obj["network"] = message.network
+    obj.update(message.body())
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
@@ -708,6 +775,8 @@ ODD_VALUES = [
     pytest.param(Value(**HEAD, item=OWNER.sign('é\u2603 "name"', b"", 0)), id="value-unicode"),
     pytest.param(Value(**HEAD, item=blob(b"")), id="value-empty"),
     pytest.param(Nodes(**HEAD, nodes=(Contact(0, "::1", 1),)), id="nodes-zero-id"),
+    pytest.param(Listen(**HEAD, key=0, lease=1e-05, seq=2**63 - 1), id="listen-tiny-lease"),
+    pytest.param(Listening(**HEAD, lease=86400, item=blob(b"")), id="listening-int-lease"),
 ]
 
 
@@ -765,6 +834,22 @@ messages = st.one_of(
     st.builds(Nodes, **head, nodes=st.lists(contacts, max_size=5).map(tuple)),
     st.builds(Value, **head, item=items),
     st.builds(Error, **head, code=st.integers(-(2**70), 2**70), message=st.text(max_size=30)),
+    st.builds(
+        Listen,
+        **head,
+        key=ids,
+        lease=st.floats(min_value=0, max_value=MAX_LEASE),
+        seq=st.none() | st.integers(min_value=0, max_value=2**63 - 1),
+        network=st.sampled_from(["txdht", "private", "lab.2_x-y"]),
+    ),
+    st.builds(
+        Listening,
+        **head,
+        lease=st.floats(min_value=0, max_value=MAX_LEASE),
+        item=st.none() | items,
+    ),
+    st.builds(Update, **head, key=ids, item=items),
+    st.builds(Expired, **head, key=ids, seq=st.integers(min_value=0, max_value=2**63 - 1)),
 )
 
 
@@ -810,6 +895,8 @@ def same_outcome(a: Message | ProtocolError, b: Message | ProtocolError) -> bool
             encode(Store(**HEAD, item=BLOB, ttl=60.0, cas=0)),
             encode(Nodes(**HEAD, nodes=CONTACTS * 3)),
             encode(Value(**HEAD, item=SIGNED)),
+            encode(Listen(**HEAD, key=TARGET, lease=60.0, network="private")),
+            encode(Listening(**HEAD, lease=60.0)),
         ]
     ),
     position=st.integers(min_value=0),
@@ -841,12 +928,38 @@ def test_fast_reader_agrees_with_the_field_by_field_reader(
         pytest.param({"type": "nodes", "nodes": [["a", "b", "c"]]}, id="contact-types"),
         pytest.param({"type": "nodes", "nodes": [[id_to_hex(1), "::1", 0]]}, id="contact-port"),
         pytest.param({"type": "error", "code": 1.0, "message": ""}, id="error-code"),
+        pytest.param({"network": None}, id="null-network"),
+        pytest.param({"network": "Upper"}, id="upper-case-network"),
+        pytest.param({"type": "listen", "key": id_to_hex(1), "lease": True}, id="bool-lease"),
+        pytest.param({"type": "listen", "key": id_to_hex(1), "lease": 1, "seq": -1}, id="seq"),
+        pytest.param({"type": "listening", "lease": 1, "item": None}, id="null-item"),
+        pytest.param({"type": "expired", "key": id_to_hex(1), "seq": 1.0}, id="float-seq"),
     ],
 )
 def test_fast_reader_hands_the_odd_ones_to_the_field_by_field_reader(obj: dict[str, Any]) -> None:
     """A message with one field of an odd kind gets the field-by-field reader's verdict."""
     data = json.dumps({**wire_object("ping"), **obj}).encode()
     assert same_outcome(outcome(data), checked_outcome(data))
+
+
+def test_network_names_are_checked() -> None:
+    """A network name is 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit."""
+    for good in ("txdht", "a", "0", "my-net.2_x", "z" * 64):
+        assert check_network(good) == good
+    for bad in ("", "Net", "-a", ".a", "a b", "a/b", "é", "z" * 65, None):
+        with pytest.raises(ValueError, match="a network name is"):
+            check_network(bad)  # type: ignore[arg-type]
+
+
+def test_the_public_network_sends_no_name_and_a_missing_name_is_the_public_network() -> None:
+    """A message of the public network has no network field, which is what nodes that know
+    nothing of names send; one of another network names it after the port."""
+    assert b"network" not in encode(EXAMPLES["ping"])
+    assert decode(wire("ping")).network == "txdht"
+    assert decode(wire("ping", network="txdht")).network == "txdht"
+    other = encode(Ping(**HEAD, network="lab"))
+    assert b'"port":4000,"network":"lab"}' in other
+    assert decode(other).network == "lab"
 
 
 def test_byte_order_mark_is_malformed() -> None:

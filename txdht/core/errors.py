@@ -41,6 +41,8 @@ class ErrorCode(IntEnum):
     BAD_FIELD = 104
     #: The message is a reply nobody asked for, or a request where a reply was due.
     UNEXPECTED = 105
+    #: The message is of another network than this node's (its ``network`` field).
+    WRONG_NETWORK = 106
     #: A mutable item's signature does not verify against its public key.
     BAD_SIGNATURE = 200
     #: A mutable item's sequence number is lower than the stored one (or equal with other data).
@@ -55,6 +57,14 @@ class ErrorCode(IntEnum):
     CAS_MISMATCH = 205
     #: The peer sends requests faster than this node serves it; it is ignored for a while.
     RATE_LIMITED = 300
+    #: The node holds as many listens as it accepts (``max_listens``).
+    LISTENS_FULL = 301
+    #: The node holds as many listens from this peer as it accepts (``max_listens_per_peer``).
+    PEER_LISTENS_FULL = 302
+    #: The node holds as many listens on this key as it accepts (``max_listens_per_key``).
+    KEY_LISTENS_FULL = 303
+    #: An update or expired notice for a key the receiver does not listen to (any more).
+    NOT_LISTENING = 304
     #: The node failed while handling a valid request (its fault, not the peer's).
     INTERNAL = 500
 

@@ -76,6 +76,17 @@ class Limits:
     max_per_subnet: int = _limit(
         2, "Contacts of one /24 (IPv4) or /48 (IPv6) per bucket (not loopback); 0: no limit."
     )
+    max_listens: int = _limit(
+        10_000, "Listens the node holds for others in all (each costs about 0.5 KiB)."
+    )
+    max_listens_per_peer: int = _limit(
+        32, "Listens the node holds for one peer (an IP address; a connection on loopback)."
+    )
+    max_listens_per_key: int = _limit(
+        2000, "Listens the node holds on one key (each new version is pushed to every one)."
+    )
+    min_lease: float = _limit(30.0, "Shortest listen lease granted, in seconds.")
+    max_lease: float = _limit(3600.0, "Longest listen lease granted, in seconds.")
 
     def __post_init__(self) -> None:
         """Refuse a limit that makes no sense (zero or negative), naming it."""
@@ -86,6 +97,11 @@ class Limits:
                 least = "0 or more" if spec.name == "max_per_subnet" else "above 0"
                 option = "--" + spec.name.replace("_", "-")
                 raise ValueError(f"the limit {spec.name} ({option}) must be {least}, got {value!r}")
+        if self.min_lease > self.max_lease:
+            raise ValueError(
+                f"the limit min_lease (--min-lease, {self.min_lease!r}) must be at most "
+                f"max_lease (--max-lease, {self.max_lease!r})"
+            )
 
 
 def limit_options() -> list[tuple[str, type, object, str]]:

@@ -2,9 +2,11 @@
 
 Every message carries the protocol version ``v``, its ``type``, a request id ``rid`` (a reply
 echoes the id of the request it answers, so many requests can share one connection), and the
-sender's id and listening port (0: "I do not listen, do not add me to your routing table"). The
-sender's host is never sent: the receiver takes it from the connection, so a peer cannot point
-others at an address it does not hold.
+sender's id and listening port (0: "I do not listen, do not add me to your routing table"), and,
+outside the public network, the sender's ``network`` name (absent: the public network, so the
+public network's messages are those of nodes that know nothing of names). The sender's host is
+never sent: the receiver takes it from the connection, so a peer cannot point others at an
+address it does not hold.
 
 ``decode`` is strict: anything but a well-formed message of a known type raises ``ProtocolError``
 with the code that says what is wrong, and with the request id when one could be read, so that
@@ -19,6 +21,7 @@ import functools
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
@@ -28,22 +31,29 @@ from txdht.core.ids import Contact, id_from_hex, id_to_hex
 from txdht.core.items import MAX_SEQ, MAX_TTL, PROOF_BYTES, Item, from_base64, to_base64
 
 __all__ = [
+    "DEFAULT_NETWORK",
     "MAX_CONTACTS",
     "MAX_DEPTH",
     "MAX_ERROR_TEXT",
+    "MAX_LEASE",
     "PROTOCOL_VERSION",
     "REPLY_TYPES",
     "REQUEST_TYPES",
     "Error",
+    "Expired",
     "FindNode",
     "FindValue",
+    "Listen",
+    "Listening",
     "Message",
     "Nodes",
     "Ok",
     "Ping",
     "Pong",
     "Store",
+    "Update",
     "Value",
+    "check_network",
     "decode",
     "encode",
 ]
@@ -62,16 +72,37 @@ MAX_ERROR_TEXT = 1024
 #: bound is ours, not the JSON parser's recursion limit, which varies with the caller's stack:
 #: every node refuses exactly the same messages, and leaves room for fields yet to come.
 MAX_DEPTH = 32
+#: The public network's name: a message without a ``network`` field is of this network, and
+#: its nodes send none (so that they and nodes that know nothing of names are one network).
+DEFAULT_NETWORK = "txdht"
+#: A network name: 1 to 64 of lower-case ASCII letters, digits, ``.``, ``_`` and ``-``, starting
+#: with a letter or digit (no escaping in JSON, no look-alikes, fits in a log line).
+_NETWORK_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: The longest lease a ``listen`` may ask for or a ``listening`` reply may grant, in seconds (a
+#: day; a node grants at most its own ``max_lease``).
+MAX_LEASE = 86400.0
+
+
+def check_network(name: str) -> str:
+    """``name`` if it is a valid network name; ``ValueError`` saying why otherwise."""
+    if not isinstance(name, str) or not _NETWORK_NAME.fullmatch(name):
+        raise ValueError(
+            f"a network name is 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or "
+            f"digit, not {name!r:.80}"
+        )
+    return name
 
 
 @dataclass(frozen=True, kw_only=True)
 class Message:
-    """What every message carries: request id, the sender's id, the sender's listening port."""
+    """What every message carries: request id, the sender's id, the sender's listening port,
+    and the network it belongs to."""
 
     TYPE: ClassVar[str] = ""
     rid: int
     sender: int
     port: int
+    network: str = DEFAULT_NETWORK
 
     def body(self) -> dict[str, Any]:
         """The type-specific fields, in wire form."""
@@ -178,8 +209,72 @@ class Error(Message):
         return {"code": self.code, "message": self.message[:MAX_ERROR_TEXT]}
 
 
-REQUEST_TYPES: tuple[type[Message], ...] = (Ping, Store, FindNode, FindValue)
-REPLY_TYPES: tuple[type[Message], ...] = (Pong, Ok, Nodes, Value, Error)
+@dataclass(frozen=True, kw_only=True)
+class Listen(Message):
+    """Tell me of every newer version of the item under ``key`` you store, for ``lease``
+    seconds (0: stop telling me); ``seq``, when given, is the newest version I have. Answered by
+    ``listening``, then ``update`` and ``expired`` requests on this connection."""
+
+    TYPE = "listen"
+    key: int
+    lease: float
+    seq: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": id_to_hex(self.key), "lease": self.lease}
+        return body if self.seq is None else {**body, "seq": self.seq}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listening(Message):
+    """The listen is granted for ``lease`` seconds (0: cancelled); ``item`` is the newest
+    version held, when there is one newer than the listener said it has."""
+
+    TYPE = "listening"
+    lease: float
+    item: Item | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"lease": self.lease}
+        return body if self.item is None else {**body, "item": self.item.to_json()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Update(Message):
+    """A newer version of the item under ``key`` was stored here (to a listener). Answered by
+    ``ok``."""
+
+    TYPE = "update"
+    key: int
+    item: Item
+
+    def body(self) -> dict[str, Any]:
+        return {"key": id_to_hex(self.key), "item": self.item.to_json()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expired(Message):
+    """The item under ``key`` (version ``seq``) expired here (to a listener). Answered by
+    ``ok``."""
+
+    TYPE = "expired"
+    key: int
+    seq: int
+
+    def body(self) -> dict[str, Any]:
+        return {"key": id_to_hex(self.key), "seq": self.seq}
+
+
+REQUEST_TYPES: tuple[type[Message], ...] = (
+    Ping,
+    Store,
+    FindNode,
+    FindValue,
+    Listen,
+    Update,
+    Expired,
+)
+REPLY_TYPES: tuple[type[Message], ...] = (Pong, Ok, Nodes, Value, Error, Listening)
 _BY_TYPE = {cls.TYPE: cls for cls in REQUEST_TYPES + REPLY_TYPES}
 _REPLY_NAMES = frozenset(cls.TYPE for cls in REPLY_TYPES)
 
@@ -193,22 +288,27 @@ def encode(message: Message) -> bytes:
     as ``json`` writes them. A type this module does not know is encoded through ``body()``.
     """
     body = _BODY_TEXT.get(type(message))
+    network = message.network
     if body is None:  # a type of someone else's: the plain way
         obj = {"v": PROTOCOL_VERSION, "type": message.TYPE, "rid": message.rid}
-        obj.update(sender=id_to_hex(message.sender), port=message.port, **message.body())
-        return _json(obj).encode("ascii")
+        obj.update(sender=id_to_hex(message.sender), port=message.port)
+        if network != DEFAULT_NETWORK:
+            obj["network"] = network
+        return _json(obj | message.body()).encode("ascii")
     text = _HEAD % (
         message.TYPE,
         _value(message.rid),
         id_to_hex(message.sender),
         _value(message.port),
+        "" if network == DEFAULT_NETWORK else ',"network":' + _value(network),
         body(message),
     )
     return text.encode("ascii")
 
 
-#: The envelope of our own types (their names are ASCII constants); the fields are JSON text.
-_HEAD = f'{{"v":{PROTOCOL_VERSION},"type":"%s","rid":%s,"sender":"%s","port":%s%s}}'
+#: The envelope of our own types (their names are ASCII constants); the fields are JSON text
+#: (the network, outside the public network, after the port).
+_HEAD = f'{{"v":{PROTOCOL_VERSION},"type":"%s","rid":%s,"sender":"%s","port":%s%s%s}}'
 #: Any JSON value, written exactly as ``json.dumps(value, separators=(",", ":"))`` writes it.
 _json = json.JSONEncoder(separators=(",", ":")).encode
 #: A string as JSON: ``json``'s C escaper, the one ``json.dumps`` uses (ASCII-only output).
@@ -257,6 +357,16 @@ def _store_text(message: Any) -> str:
     return text if message.cas is None else f'{text},"cas":{_value(message.cas)}'
 
 
+def _listen_text(message: Any) -> str:
+    text = f',"key":"{id_to_hex(message.key)}","lease":{_value(message.lease)}'
+    return text if message.seq is None else f'{text},"seq":{_value(message.seq)}'
+
+
+def _listening_text(message: Any) -> str:
+    text = f',"lease":{_value(message.lease)}'
+    return text if message.item is None else f'{text},"item":{_item_text(message.item)}'
+
+
 def _error_text(message: Any) -> str:
     return f',"code":{_value(message.code)},"message":{_value(message.message[:MAX_ERROR_TEXT])}'
 
@@ -272,6 +382,10 @@ _BODY_TEXT: dict[type[Message], Callable[[Any], str]] = {
     Nodes: lambda m: ',"nodes":[' + ",".join(map(_contact_text, m.nodes)) + "]",
     Value: lambda m: ',"item":' + _item_text(m.item),
     Error: _error_text,
+    Listen: _listen_text,
+    Listening: _listening_text,
+    Update: lambda m: f',"key":"{id_to_hex(m.key)}","item":{_item_text(m.item)}',
+    Expired: lambda m: f',"key":"{id_to_hex(m.key)}","seq":{_value(m.seq)}',
 }
 
 
@@ -323,9 +437,15 @@ def _read(obj: dict[str, Any]) -> Message | None:
     ):
         return None
     body = _BODY_READERS.get(kind)
-    if body is None:
+    network = obj.get("network", DEFAULT_NETWORK)
+    if body is None or (network is not DEFAULT_NETWORK and not _is_network(network)):
         return None
-    return _BY_TYPE[kind](rid=rid, sender=id_from_hex(sender), port=port, **body(obj))
+    fields = body(obj)
+    return _BY_TYPE[kind](rid=rid, sender=id_from_hex(sender), port=port, network=network, **fields)
+
+
+def _is_network(name: object) -> bool:
+    return type(name) is str and _NETWORK_NAME.fullmatch(name) is not None
 
 
 def _b64(obj: dict[str, Any], name: str, low: int, high: int) -> bytes | None:
@@ -354,6 +474,20 @@ def _ttl(obj: dict[str, Any]) -> float:
     if type(ttl) not in (int, float) or not 0 < ttl <= MAX_TTL:
         raise ValueError("ttl")
     return float(ttl)
+
+
+def _lease(obj: dict[str, Any]) -> float:
+    lease = obj["lease"]
+    if type(lease) not in (int, float) or not 0 <= lease <= MAX_LEASE:
+        raise ValueError("lease")
+    return float(lease)
+
+
+def _seq(obj: dict[str, Any], name: str = "seq") -> int:
+    seq = obj[name]
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        raise ValueError(name)
+    return seq
 
 
 def _cas(obj: dict[str, Any]) -> int | None:
@@ -408,6 +542,14 @@ _BODY_READERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "nodes": lambda o: {"nodes": _nodes(o)},
     "value": lambda o: {"item": _item(o)},
     "error": _error,
+    "listen": lambda o: {
+        "key": id_from_hex(o["key"]),
+        "lease": _lease(o),
+        "seq": _seq(o) if "seq" in o else None,
+    },
+    "listening": lambda o: {"lease": _lease(o), "item": _item(o) if "item" in o else None},
+    "update": lambda o: {"key": id_from_hex(o["key"]), "item": _item(o)},
+    "expired": lambda o: {"key": id_from_hex(o["key"]), "seq": _seq(o)},
 }
 
 
@@ -438,7 +580,9 @@ def _checked(obj: object, data: bytes) -> Message:
     low = 0 if fields.in_reply else 1
     rid, sender = fields.int_in("rid", low, MAX_REQUEST_ID), fields.id("sender")
     port = fields.int_in("port", 0, 65535)
-    return cls(rid=rid, sender=sender, port=port, **_BODY_PARSERS[kind](fields))
+    network = fields.network()
+    body = _BODY_PARSERS[kind](fields)
+    return cls(rid=rid, sender=sender, port=port, network=network, **body)
 
 
 def _too_deep(obj: dict[str, Any], data: bytes) -> bool:
@@ -510,6 +654,22 @@ class _Fields:
         except ValueError as e:
             self.fail(ErrorCode.BAD_FIELD, f"field {name!r}: {e}")
 
+    def network(self) -> str:
+        """The optional ``network`` name; the public network's when absent."""
+        if "network" not in self.obj:
+            return DEFAULT_NETWORK
+        name: str = self.get("network", str)
+        if not _NETWORK_NAME.fullmatch(name):
+            self.fail(ErrorCode.BAD_FIELD, f"field 'network' is not a network name: {name!r:.80}")
+        return name
+
+    def lease(self) -> float:
+        """A lease: a number of seconds from 0 to MAX_LEASE."""
+        lease = self.get("lease", float)
+        if not 0 <= lease <= MAX_LEASE:
+            self.fail(ErrorCode.BAD_FIELD, f"field 'lease' must be from 0 to {MAX_LEASE:g}")
+        return float(lease)
+
     def b64(self, name: str, low: int, high: int) -> bytes | None:
         """The optional base64 field ``name``, of ``low`` to ``high`` bytes; None when absent."""
         if name not in self.obj:
@@ -553,6 +713,19 @@ def _store_body(f: _Fields) -> dict[str, Any]:
     return {"item": f.item(), "ttl": float(ttl), "cas": cas}
 
 
+def _listen_body(f: _Fields) -> dict[str, Any]:
+    key, lease = f.id("key"), f.lease()
+    return {
+        "key": key,
+        "lease": lease,
+        "seq": f.int_in("seq", 0, MAX_SEQ) if "seq" in f.obj else None,
+    }
+
+
+def _listening_body(f: _Fields) -> dict[str, Any]:
+    return {"lease": f.lease(), "item": f.item() if "item" in f.obj else None}
+
+
 def _error_body(f: _Fields) -> dict[str, Any]:
     return {"code": f.get("code", int), "message": f.get("message", str)[:MAX_ERROR_TEXT]}
 
@@ -568,4 +741,8 @@ _BODY_PARSERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
     "nodes": lambda f: {"nodes": f.contacts()},
     "value": lambda f: {"item": f.item()},
     "error": _error_body,
+    "listen": _listen_body,
+    "listening": _listening_body,
+    "update": lambda f: {"key": f.id("key"), "item": f.item()},
+    "expired": lambda f: {"key": f.id("key"), "seq": f.int_in("seq", 0, MAX_SEQ)},
 }
