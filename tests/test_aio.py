@@ -100,7 +100,7 @@ def free_port() -> int:
 
 
 def _ignore(
-    request: Message, host: str, port: int, now: float
+    request: Message, host: str, port: int, now: float, link: object = None
 ) -> tuple[Message | None, list[Command]]:
     """A core's answer to every request: none (and nothing learnt from it)."""
     return None, []

@@ -276,11 +276,11 @@ def test_put_whose_store_is_never_answered_fails_without_codes() -> None:
         real = b.engine.request_received
 
         def no_stores(
-            request: Message, host: str, port: int, now: float
+            request: Message, host: str, port: int, now: float, link: object = None
         ) -> tuple[Message | None, list[Command]]:
             if isinstance(request, Store):
                 return None, []
-            return real(request, host, port, now)
+            return real(request, host, port, now, link)
 
         vars(b.engine)["request_received"] = no_stores
         with pytest.raises(PutError, match="no node stored") as caught:
@@ -657,9 +657,9 @@ def test_unexpected_reply_type_counts_as_a_failed_query() -> None:
         real = odd.engine.request_received
 
         def answer_with_a_value(
-            request: Message, host: str, port: int, now: float
+            request: Message, host: str, port: int, now: float, link: object = None
         ) -> tuple[Message | None, list[Command]]:
-            reply, commands = real(request, host, port, now)
+            reply, commands = real(request, host, port, now, link)
             if isinstance(request, FindNode):
                 item = blob(b"not asked for")
                 reply = odd.engine.message(Value, request.rid, item=item)

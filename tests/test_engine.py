@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from txdht.core.commands import Command, Send
@@ -58,9 +60,7 @@ def lookup(engine: Engine, target: int, now: float, find_value: bool = False) ->
     return engine.lookup_machine(target, find_value)
 
 
-def request(
-    cls: type[Message], sender: int = 7, port: int | None = None, **fields: object
-) -> Message:
+def request(cls: type[Message], sender: int = 7, port: int | None = None, **fields: Any) -> Message:
     """A request from a peer with id ``sender`` (listening on a port derived from it)."""
     return cls(
         rid=42, sender=sender, port=1024 + sender % 60000 if port is None else port, **fields

@@ -382,8 +382,8 @@ def test_unexpected_reply_type_counts_as_a_failed_query() -> None:
     odd = nodes[2]
     real = odd.engine.request_received
 
-    def answer(request: Message, host: str, port: int, now: float) -> Any:
-        reply, commands = real(request, host, port, now)
+    def answer(request: Message, host: str, port: int, now: float, link: object = None) -> Any:
+        reply, commands = real(request, host, port, now, link)
         if isinstance(request, FindNode):
             reply = odd.engine.message(Value, request.rid, item=blob(b"not asked for"))
         return reply, commands
@@ -422,8 +422,8 @@ def test_put_whose_store_is_never_answered_fails_without_codes() -> None:
     )
     real = b.engine.request_received
 
-    def no_stores(request: Message, host: str, port: int, now: float) -> Any:
-        reply, commands = real(request, host, port, now)
+    def no_stores(request: Message, host: str, port: int, now: float, link: object = None) -> Any:
+        reply, commands = real(request, host, port, now, link)
         return (None if isinstance(request, Store) else reply), commands
 
     b.engine.request_received = no_stores  # type: ignore[method-assign]

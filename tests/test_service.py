@@ -382,8 +382,10 @@ def test_stopping_during_the_first_lookup_is_quiet() -> None:
     node = net.add_node()
     real = seed.engine.request_received
 
-    def no_find_node(request: Message, host: str, port: int, now: float) -> Any:
-        reply, commands = real(request, host, port, now)
+    def no_find_node(
+        request: Message, host: str, port: int, now: float, link: object = None
+    ) -> Any:
+        reply, commands = real(request, host, port, now, link)
         return (None if isinstance(request, FindNode) else reply), commands
 
     seed.engine.request_received = no_find_node  # type: ignore[method-assign]

@@ -185,9 +185,11 @@ def test_every_request_goes_through_the_engine(monkeypatch: pytest.MonkeyPatch) 
     calls: list[str] = []
     received = Engine.request_received
 
-    def counting(self: Engine, request: Message, host: str, port: int, now: float) -> Any:
+    def counting(
+        self: Engine, request: Message, host: str, port: int, now: float, link: object = None
+    ) -> Any:
         calls.append(request.TYPE)
-        return received(self, request, host, port, now)
+        return received(self, request, host, port, now, link)
 
     monkeypatch.setattr(Engine, "request_received", counting)
     net = network(30)

@@ -243,8 +243,8 @@ def silence(node: Node) -> None:
     """From now on ``node`` answers no request (as a frozen host)."""
     real = node.engine.request_received
 
-    def unanswered(request: Any, host: str, port: int, now: float) -> Any:
-        _, commands = real(request, host, port, now)
+    def unanswered(request: Any, host: str, port: int, now: float, link: object = None) -> Any:
+        _, commands = real(request, host, port, now, link)
         return None, commands
 
     node.engine.request_received = unanswered  # type: ignore[method-assign]

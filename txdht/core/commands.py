@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from txdht.core.listen import Notice
     from txdht.core.messages import Message
     from txdht.core.operations import Operation, Request
     from txdht.core.streams import Link
@@ -24,6 +25,7 @@ __all__ = [
     "Failed",
     "Joined",
     "Log",
+    "Notify",
     "Ready",
     "Send",
     "Write",
@@ -78,6 +80,15 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Notify:
+    """Tell the application of the listen ``op`` (``Engine.start``) of ``notice``: a newer
+    version of the item it listens to, or its expiry."""
+
+    op: Operation
+    notice: Notice
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """The node's service has listened and tried to join (``joined``: and succeeded)."""
 
@@ -108,4 +119,4 @@ class Log:
         return self.text.format(**self.fields)
 
 
-Command = Send | Write | Connect | Close | Done | Failed | Ready | Joined | Log
+Command = Send | Write | Connect | Close | Done | Failed | Notify | Ready | Joined | Log

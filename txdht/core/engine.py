@@ -34,6 +34,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
+from txdht.core import listen
 from txdht.core import messages as m
 from txdht.core.commands import Command, Done, Failed, Log, Send
 from txdht.core.errors import ErrorCode, OperationTimeout, ProtocolError, RemoteError
@@ -134,6 +135,7 @@ class Engine:
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         rng: random.Random | None = None,
         challenge: Callable[[object, float], bytes] = _urandom_challenge,
+        network: str = m.DEFAULT_NETWORK,
     ) -> None:
         if not 1 <= k <= m.MAX_CONTACTS:
             raise ValueError(f"k must be from 1 to {m.MAX_CONTACTS} (what a nodes reply may carry)")
@@ -141,6 +143,9 @@ class Engine:
             raise ValueError("alpha must be at least 1")
         if rpc_timeout <= 0:
             raise ValueError("rpc_timeout must be above 0 seconds")
+        #: The network this node belongs to: it sends the name in every message, and refuses
+        #: requests (and replies) of any other network.
+        self.network = m.check_network(network)
         self.identity = identity
         self.id = identity.node_id
         self.storage = storage
@@ -186,15 +191,21 @@ class Engine:
         self._proofs: OrderedDict[int, Address] = OrderedDict()
         #: When a peer last stored each key here (a STORE request), for replication's rule.
         self._stored_at: dict[int, float] = {}
+        #: The listens this node holds for its peers, and its own running listens by key.
+        self.listeners = listen.Listeners(limits)
+        self.listening: dict[int, set[listen.Listen]] = {}
+        #: Set once ``stop`` is under way.
+        self.stopping = False
         self._count_publishers()
 
     # -- events from the driver ----------------------------------------------------------------
 
     def request_received(
-        self, request: m.Message, host: str, port: int, now: float
+        self, request: m.Message, host: str, port: int, now: float, link: object = None
     ) -> tuple[m.Message | None, list[Command]]:
-        """A peer at ``host`` (from its port ``port``) sent ``request``: the reply to send back
-        on the same connection (None: send nothing), and the commands it caused."""
+        """A peer at ``host`` (from its port ``port``, on connection ``link`` where there are
+        connections) sent ``request``: the reply to send back on the same connection (None:
+        send nothing), and the commands it caused."""
         self.now = now
         verdict = self.rate_limiter.check(peer_key(host, port), now)
         if verdict != Verdict.SERVE:
@@ -204,10 +215,22 @@ class Engine:
             self.log("warn", "{host} is over its request rate: ignored for a while", host=host)
             text = "too many requests: ignored for a while"
             return self.error(request.rid, ErrorCode.RATE_LIMITED, text), self.settle()
+        if request.network != self.network:  # never in the table, never served
+            self.metrics.rpc("received", request.TYPE, "error")
+            self.log(
+                "warn",
+                "refused a {type} request from {host}: it is of network {theirs!r}, not {ours!r}",
+                type=request.TYPE,
+                host=host,
+                theirs=request.network,
+                ours=self.network,
+            )
+            text = f"this node is of network {self.network!r}, not {request.network!r}"
+            return self.error(request.rid, ErrorCode.WRONG_NETWORK, text), self.settle()
         if request.port and request.sender != self.id:
             self._seen(Contact(request.sender, host, request.port))
         try:
-            reply = self._answer(request)
+            reply = listen.answer(self, request, host, port, link) or self._answer(request)
         except ProtocolError as e:
             reply = self.error(request.rid, e.code, e.message)
             self.log(
@@ -245,6 +268,9 @@ class Engine:
         elif contact is not None and reply.sender != contact.id:
             error = ProtocolError(ErrorCode.UNEXPECTED, f"{contact} answered with another id")
             self._failed(request, error)
+        elif reply.network != self.network:
+            text = f"{request.peer} is of network {reply.network!r}, not {self.network!r}"
+            self._failed(request, ProtocolError(ErrorCode.WRONG_NETWORK, text))
         else:
             self.metrics.rpc("sent", request.message.TYPE, "ok")
             if contact is not None:
@@ -309,9 +335,17 @@ class Engine:
         self._seen(contact)
         return self.settle()
 
+    def link_lost(self, link: object, now: float) -> list[Command]:
+        """The connection ``link`` closed (``Streams`` reports it): the listens held on it go,
+        and this node's listens whose holder it led to listen again."""
+        self.now = now
+        listen.link_lost(self, link)
+        return self.settle()
+
     def stop(self, now: float) -> list[Command]:
         """Cancel every operation and timer."""
         self.now = now
+        self.stopping = True
         for op in list(self._running):
             self._cancel(op)
         self._timers.clear()
@@ -340,7 +374,7 @@ class Engine:
     def message(self, cls: type[m.Message], rid: int | None = None, **fields: object) -> m.Message:
         """A message from this node; a request gets a fresh request id."""
         rid = next(self._rids) if rid is None else rid
-        return cls(rid=rid, sender=self.id, port=self.port, **fields)
+        return cls(rid=rid, sender=self.id, port=self.port, network=self.network, **fields)
 
     def error(self, rid: int, code: ErrorCode, text: str) -> m.Message:
         """An error reply."""
@@ -407,12 +441,15 @@ class Engine:
         cls: type[m.Message],
         *,
         retry_of: Request | None = None,
+        via: object = None,
         **fields: Any,
     ) -> Request:
         """Send a request for ``op``: it fails with ``TimeoutError`` after ``rpc_timeout``,
-        and goes slow (``txdht.core.timing``) when its reply is overdue before that."""
+        and goes slow (``txdht.core.timing``) when its reply is overdue before that. With
+        ``via``, it goes on that connection (``Streams``), not on the one to its address."""
         _running(op)
         request = Request(self.message(cls, **fields), to, op, self.now, retry_of)
+        request.via = via
         self._requests[request.rid] = request
         op.requests[request.rid] = request
         now = self.now
@@ -485,6 +522,21 @@ class Engine:
                 "debug", text, type=kind, rid=request.rid, peer=request.peer, reason=str(error)
             )
         self._guard(request.op, request.op.request_failed, request, error)
+
+    def feed(self, op: Operation, method: Callable[..., None], *args: Any) -> None:
+        """Call ``method`` of ``op`` with an event from outside its requests and children
+        (a push to a listen); as for every event, an exception there fails ``op``."""
+        self._guard(op, method, *args)
+
+    def fail_soon(self, request: Request, error: Exception) -> None:
+        """Fail ``request`` with ``error`` as the next timer (it cannot be sent: its connection
+        has gone), not inside the step that sent it."""
+        self.call_at(self.now, self._fail_now, request, error)
+
+    def _fail_now(self, request: Request, error: Exception) -> None:
+        if not request.ended:
+            self._close(request)
+            self._failed(request, error)
 
     def _guard(self, op: Operation, method: Callable[..., None], *args: Any) -> None:
         """Call one of ``op``'s event methods; an exception there (a bug) fails ``op``, as
@@ -654,6 +706,8 @@ class Engine:
         if stored is not None and stored.item == item:
             expires = max(expires, stored.expires_at)
         self.storage.put(StoredItem(item, expires))
+        if stored is None or item.seq > stored.item.seq:
+            listen.changed(self, item)  # a version newer than what was held: tell listeners
 
     def publishable(self, item: Item) -> None:
         """Raise ``ProtocolError`` if ``item`` does not verify, or is larger than this node
@@ -682,6 +736,7 @@ class Engine:
         self.rate_limiter.forget(now)
         for key in [k for k, when in self._stored_at.items() if now - when > MAX_TTL]:
             del self._stored_at[key]  # whatever it stored has expired by now
+        listen.expiring(self, now)  # before the items go: their listeners are told
         dropped = self.storage.expire(now)
         if dropped:
             self._count_publishers()

@@ -73,6 +73,7 @@ class Request:
         "slow",
         "slow_timer",
         "timer",
+        "via",
     )
 
     def __init__(
@@ -99,6 +100,8 @@ class Request:
         self.slow = False
         #: The connection it was written on (set by ``Streams``; None in the simulator).
         self.link: Link | None = None
+        #: The connection it must go on, if any (a push to a listener: ``Streams``).
+        self.via: Any = None
         self.ended = False
 
     @property

@@ -119,7 +119,7 @@ class Streams:
         for request in self.engine.pending():
             if request.link is link:
                 commands += self.engine.request_failed(request.rid, error, now)
-        return commands
+        return commands + self.engine.link_lost(link, now)
 
     def received(self, link: Link, payload: bytes, now: float) -> list[Command]:
         """One payload (a netstring's contents) arrived on ``link`` (ignored once the core
@@ -135,9 +135,9 @@ class Streams:
             return self._bad(link, e)
         if isinstance(message, REPLY_TYPES):
             return engine.reply_received(message, link.host, now, link)
-        if message.port and link.address is None:
+        if message.port and link.address is None and message.network == engine.network:
             self._adopt(link, (link.host, message.port))
-        reply, commands = engine.request_received(message, link.host, link.port, now)
+        reply, commands = engine.request_received(message, link.host, link.port, now, link)
         if reply is not None:
             commands.insert(0, Write(link, reply))
         return commands
@@ -191,11 +191,21 @@ class Streams:
         return commands + engine.settle()
 
     def _send(self, request: Request) -> None:
-        """The engine sends ``request``: on the peer's connection, or once there is one.
+        """The engine sends ``request``: on the peer's connection, or once there is one; a
+        request to be sent ``via`` a given connection (a push to a listener), on that one, or
+        it fails (the connection has gone).
 
         A retry does not go on the connection its first try went on if nothing at all has
         arrived on it since: that connection may be dead without knowing it (a peer that
         vanished without a reset), so it is closed and a fresh one opened."""
+        via = request.via
+        if via is not None:
+            if via in self.links and not via.closing:
+                request.link = via
+                self.engine.emit(Write(via, request.message))
+            else:
+                self.engine.fail_soon(request, ConnectionError("its connection has closed"))
+            return
         link = self._by_address.get(request.address)
         if link is not None and _silent_since(link, request.retry_of):
             self.engine.log(
