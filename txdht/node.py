@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -29,8 +29,9 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from txdht.core import listen as listening
 from txdht.core import operations as ops
-from txdht.core.commands import Close, Command, Connect, Done, Failed, Log, Ready, Write
+from txdht.core.commands import Close, Command, Connect, Done, Failed, Log, Notify, Ready, Write
 from txdht.core.engine import Engine
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
@@ -38,13 +39,13 @@ from txdht.core.interfaces import IStorage
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits
 from txdht.core.lookup import ALPHA, IterativeLookup
-from txdht.core.messages import Message, encode
+from txdht.core.messages import DEFAULT_NETWORK, Message, encode
 from txdht.core.routing import K
 from txdht.core.schedule import REFRESH_INTERVAL, Intervals, Service
 from txdht.core.storage import MemoryStorage
 from txdht.core.streams import Link, Streams
 
-__all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node"]
+__all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node", "Subscription"]
 
 Address = tuple[str, int]
 T = TypeVar("T")
@@ -124,6 +125,40 @@ class Lookup(Deferred[IterativeLookup]):
         return self.op.machine
 
 
+class Subscription:
+    """A running listen (``Node.listen(key, callback)``): ``callback`` is called with a
+    ``Notice`` for each newer version of the item, and for its expiry, until ``cancel()``.
+
+    ``done`` fires with None once the listen has stopped (cancelled, or the node stopped), and
+    fails if the listen failed."""
+
+    def __init__(
+        self, node: Node, op: listening.Listen, callback: Callable[[listening.Notice], object]
+    ):
+        self.node, self.op, self.callback = node, op, callback
+        self.done: Deferred[None] = Deferred(lambda _: node.cancel(op))
+        self.done.addErrback(lambda failure: failure.trap(CancelledError) and None)
+
+    @property
+    def key(self) -> str:
+        """The key listened to, in hex."""
+        return id_to_hex(self.op.key)
+
+    @property
+    def holders(self) -> list[Contact]:
+        """The nodes that hold a listen of it now."""
+        return self.op.listening_to()
+
+    @property
+    def active(self) -> bool:
+        """Whether it still runs."""
+        return not self.op.ended
+
+    def cancel(self) -> None:
+        """Stop listening (the holders are told); no more calls of the callback."""
+        self.done.cancel()
+
+
 class Node:
     """A DHT node with a Deferred API.
 
@@ -149,6 +184,7 @@ class Node:
         connect: Connector | None = None,
         rng: random.Random | None = None,
         limits: Limits | None = None,
+        network: str = DEFAULT_NETWORK,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -165,6 +201,7 @@ class Node:
             limits=limits,
             rpc_timeout=rpc_timeout,
             rng=rng,
+            network=network,
         )
         self.streams = Streams(self.engine)
         self.rpc_timeout = rpc_timeout
@@ -178,6 +215,8 @@ class Node:
         self.ready_observers: list[Callable[[bool], None]] = []
         self._connect = connect or self._connect_tcp
         self._waiting: dict[ops.Operation, Deferred[Any]] = {}
+        #: The running listens of this node's callers.
+        self.subscriptions: dict[ops.Operation, Subscription] = {}
         self._timer: IDelayedCall | None = None
         self._port: IListeningPort | None = None
 
@@ -191,8 +230,27 @@ class Node:
         """The TCP port the node listens on (0 until ``listen`` has fired)."""
         return self.engine.port
 
-    def listen(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> Deferred[IListeningPort]:
-        """Listen on a server endpoint string; the port is then sent in every message."""
+    @overload
+    def listen(self, endpoint: str = ...) -> Deferred[IListeningPort]: ...
+
+    @overload
+    def listen(
+        self, endpoint: str, callback: Callable[[listening.Notice], object]
+    ) -> Subscription: ...
+
+    def listen(
+        self,
+        endpoint: str = "tcp:0:interface=127.0.0.1",
+        callback: Callable[[listening.Notice], object] | None = None,
+    ) -> Deferred[IListeningPort] | Subscription:
+        """Listen on a server endpoint string; the port is then sent in every message.
+
+        With a ``callback``, listen to a key instead: ``listen(key, callback)`` (``key`` in
+        hex) calls ``callback`` with a ``Notice`` (``key``, ``seq``, ``value``, ``expired``)
+        for each newer version of the item under ``key``, in order and each once, and when it
+        expires; it returns a ``Subscription`` to cancel it."""
+        if callback is not None:
+            return self.subscribe(endpoint, callback)
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._port = port
@@ -287,6 +345,18 @@ class Node:
         self.start(op, lookup)
         return lookup
 
+    def subscribe(
+        self,
+        key: str,
+        callback: Callable[[listening.Notice], object],
+        lease: float = listening.LEASE,
+    ) -> Subscription:
+        """``listen(key, callback)``, asking each holder for ``lease`` seconds at a time."""
+        op = listening.Listen(id_from_hex(key), lease=lease)
+        subscription = self.subscriptions[op] = Subscription(self, op, callback)
+        self.start(op, subscription.done)
+        return subscription
+
     def call(self, to: Contact | Address, cls: type[Message], **fields: Any) -> Deferred[Message]:
         """Send a request to a contact or address; fires with the reply.
 
@@ -322,7 +392,9 @@ class Node:
 
     def expire(self) -> int:
         """Drop expired items (and ended rate-limit cool-offs); return how many items."""
-        return self.engine.expire(self.reactor.seconds())
+        dropped = self.engine.expire(self.reactor.seconds())
+        self.run(self.engine.settle())  # the listeners of what expired are told
+        return dropped
 
     def save_contacts(self) -> int:
         """Save the routing table's contacts to the store (to rejoin after a restart)."""
@@ -354,6 +426,7 @@ class Node:
     def cancel(self, op: ops.Operation) -> None:
         """Stop a running core operation."""
         self._waiting.pop(op, None)
+        self.subscriptions.pop(op, None)
         self.run(self.engine.cancel(op, self.reactor.seconds()))
 
     def opened(self, protocol: DHTProtocol, host: str, port: int) -> Link:
@@ -381,6 +454,8 @@ class Node:
                     link.handle.transport.loseConnection()
                 case Done(op) | Failed(op):
                     self._ended(op)
+                case Notify(op, notice):
+                    self._notify(op, notice)
                 case Log(level, text, fields):
                     self._log(level, text, fields)
                 case Ready(joined):
@@ -397,7 +472,17 @@ class Node:
         else:
             self.log.emit(LogLevel.levelWithName(level), text, **fields)
 
+    def _notify(self, op: ops.Operation, notice: listening.Notice) -> None:
+        subscription = self.subscriptions.get(op)
+        if subscription is None:  # its callback cancelled it earlier in this batch
+            return
+        try:
+            subscription.callback(notice)
+        except Exception:
+            self.log.failure("a listen's callback failed (the listen goes on)")
+
     def _ended(self, op: ops.Operation) -> None:
+        self.subscriptions.pop(op, None)
         d = self._waiting.pop(op)  # a cancelled operation ends with no Done or Failed
         if op.error is None:
             d.callback(op.result)

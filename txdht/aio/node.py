@@ -334,7 +334,9 @@ class Node:
 
     def expire(self) -> int:
         """Drop expired items (and ended rate-limit cool-offs); return how many items."""
-        return self.engine.expire(self.now())
+        dropped = self.engine.expire(self.now())
+        self.run(self.engine.settle())  # the listeners of what expired are told
+        return dropped
 
     def save_contacts(self) -> int:
         """Save the routing table's contacts to the store (to rejoin after a restart)."""

@@ -732,7 +732,9 @@ class Engine:
             raise ProtocolError(ErrorCode.STORAGE_FULL, text)
 
     def expire(self, now: float) -> int:
-        """Drop expired items and ended rate-limit cool-offs; return how many items."""
+        """Drop expired items and ended rate-limit cool-offs; return how many items. The
+        listeners of what expired are told (commands for ``settle``)."""
+        self.now = now
         self.rate_limiter.forget(now)
         for key in [k for k, when in self._stored_at.items() if now - when > MAX_TTL]:
             del self._stored_at[key]  # whatever it stored has expired by now

@@ -486,7 +486,7 @@ class Listen(Operation):
             listens.discard(self)
             if not listens:
                 del engine.listening[self.key]
-        told = [h.contact for h in self.holders.values() if h.state == "listening"]
+        told = [h.contact for h in self.holders.values() if h.state != "polling"]
         if told and not engine.stopping:  # a stopping node's connections close: enough
             engine.begin(Unlisten(self.key, told), None)
 
@@ -520,7 +520,7 @@ class Listen(Operation):
         for ident, holder in list(self.holders.items()):
             if ident not in wanted:
                 del self.holders[ident]
-                if holder.state == "listening":
+                if holder.state != "polling":  # granted, or asked (perhaps granted by now)
                     self.send(holder.contact, m.Listen, key=self.key, lease=0.0)
         for contact in closest:
             known = self.holders.get(contact.id)
