@@ -53,7 +53,7 @@ def publish(net: MemoryNetwork, node: Node, item: Item, ttl: float = 3600.0) -> 
 
 def holders_of(nodes: list[Node], key: int) -> list[Node]:
     """The nodes holding a listen on ``key``."""
-    return [n for n in nodes if key in n.engine.listeners.keys()]
+    return [n for n in nodes if key in n.engine.listeners]
 
 
 def test_a_listener_is_told_each_new_version_once_and_in_order() -> None:
@@ -63,7 +63,8 @@ def test_a_listener_is_told_each_new_version_once_and_in_order() -> None:
     got: list[Notice] = []
     sub = nodes[1].listen(id_to_hex(key_of("news")), got.append)
     net.advance(1)
-    assert len(sub.holders) == 3 and sub.active
+    assert len(sub.holders) == 3
+    assert sub.active
     assert len(holders_of(nodes, key_of("news"))) == 3
     for seq in (1, 2, 3):
         publish(net, nodes[5], version(seq))
@@ -162,7 +163,8 @@ def test_a_notice_as_json() -> None:
     """A new version's notice carries the key, the sequence number and the value in base64."""
     notice = Notice(key_of("news"), 3, version(3, b"hi"))
     assert notice.to_json() == {"key": id_to_hex(key_of("news")), "seq": 3, "value": "aGk="}
-    assert notice.value == b"hi" and not notice.expired
+    assert notice.value == b"hi"
+    assert not notice.expired
 
 
 def test_a_listen_asks_for_sensible_intervals() -> None:
@@ -186,9 +188,12 @@ def test_the_lease_granted_is_clamped_to_the_holders_bounds() -> None:
     limits = Limits(**{**vars(UNLIMITED), "min_lease": 60.0, "max_lease": 120.0})
     holder, asker = net.add_node(limits=limits), net.add_node()
     short = listen_to(net, asker, holder, 1, 5.0)
-    assert isinstance(short, Listening) and short.lease == 60.0 and short.item is None
+    assert isinstance(short, Listening)
+    assert short.lease == 60.0
+    assert short.item is None
     long = listen_to(net, asker, holder, 1, 5000.0)
-    assert isinstance(long, Listening) and long.lease == 120.0
+    assert isinstance(long, Listening)
+    assert long.lease == 120.0
     assert len(holder.engine.listeners) == 1  # a renewal, not a second listen
 
 
@@ -246,7 +251,8 @@ def test_a_lease_of_zero_cancels() -> None:
     holder, asker = net.add_node(), net.add_node()
     listen_to(net, asker, holder, 1, 60.0)
     reply = listen_to(net, asker, holder, 1, 0.0)
-    assert isinstance(reply, Listening) and reply.lease == 0
+    assert isinstance(reply, Listening)
+    assert reply.lease == 0
     assert len(holder.engine.listeners) == 0
     listen_to(net, asker, holder, 1, 0.0)  # nothing to cancel: the same answer
 
@@ -258,9 +264,11 @@ def test_a_listener_that_has_the_version_is_not_sent_it_again() -> None:
     holder, asker = net.add_node(), net.add_node()
     holder.engine.store(version(2), 60.0, 0.0)
     has = net.run(asker.call(contact(holder), ListenRequest, key=key_of("news"), lease=60, seq=2))
-    assert isinstance(has, Listening) and has.item is None
+    assert isinstance(has, Listening)
+    assert has.item is None
     older = net.run(asker.call(contact(holder), ListenRequest, key=key_of("news"), lease=60, seq=1))
-    assert isinstance(older, Listening) and older.item == version(2)
+    assert isinstance(older, Listening)
+    assert older.item == version(2)
 
 
 def test_a_listen_held_on_a_closed_connection_goes() -> None:
@@ -357,7 +365,8 @@ def test_a_holder_that_dies_is_replaced_at_the_next_lookup() -> None:
     dead = next(n for n in nodes if contact(n) in sub.holders)
     net.kill(dead)
     net.advance(5)
-    assert contact(dead) not in sub.holders and len(sub.holders) == 2
+    assert contact(dead) not in sub.holders
+    assert len(sub.holders) == 2
     net.advance(listening.REFRESH)
     assert len(sub.holders) == 3
     publish(net, nodes[5], version(1))
@@ -376,7 +385,8 @@ def test_a_newcomer_closer_to_the_key_gets_a_listen_at_refresh() -> None:
         net.run(node.join([("127.0.0.1", nodes[0].port)]))
     net.advance(listening.REFRESH + 1)
     after = {c.id for c in sub.holders}
-    assert after != before and len(after) == 3
+    assert after != before
+    assert len(after) == 3
     everyone = net.nodes
     assert {n.engine.id for n in holders_of(everyone, key_of("news"))} == after
 
@@ -401,7 +411,8 @@ def test_old_nodes_are_polled() -> None:
     got: list[Notice] = []
     sub = nodes[1].subscribe(id_to_hex(key_of("news")), got.append)
     net.advance(1)
-    assert sub.holders == [] and len(sub.op.polled()) == 3
+    assert sub.holders == []
+    assert len(sub.op.polled()) == 3
     publish(net, nodes[5], version(1))
     net.advance(listening.POLL + 1)
     assert [n.seq for n in got] == [1]
@@ -532,12 +543,14 @@ def test_registry_bookkeeping() -> None:
     (entry,) = registry.entries()
     assert entry.target == Contact(9, "10.0.0.1", 4000)
     assert registry.holds(entry)
-    assert registry.drop(entry) and not registry.drop(entry)
+    assert registry.drop(entry)
+    assert not registry.drop(entry)
     assert not registry.cancel(1, 9, "10.0.0.1")
     registry.register(1, 9, "10.0.0.1", 0, "link", "10.0.0.1", 60.0, 0.0)
     (entry,) = registry.entries()
     assert entry.target == ("10.0.0.1", 0)
-    assert registry.link_lost("link") == 1 and len(registry) == 0
+    assert registry.link_lost("link") == 1
+    assert len(registry) == 0
 
 
 def test_pushes_of_an_unknown_kind_are_none_of_listens_business() -> None:

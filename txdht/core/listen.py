@@ -164,6 +164,9 @@ class Listeners:
     def __len__(self) -> int:
         return self._count
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
     def keys(self) -> list[int]:
         """The keys listened to."""
         return list(self._by_key)
