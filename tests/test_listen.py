@@ -391,16 +391,24 @@ def test_a_newcomer_closer_to_the_key_gets_a_listen_at_refresh() -> None:
     assert {n.engine.id for n in holders_of(everyone, key_of("news"))} == after
 
 
-def old_node(node: Node) -> None:
-    """Make ``node`` answer listen requests as a node older than listening does."""
+def answer_listens(node: Node, code: ErrorCode | None) -> None:
+    """Make ``node`` answer listen requests with error ``code`` (UNKNOWN_TYPE: as a node older
+    than listening does), or with a plain ok (None)."""
     real = node.engine.request_received
 
     def answer(request: Message, host: str, port: int, now: float, link: object = None) -> Any:
         if isinstance(request, ListenRequest):
-            return node.engine.error(request.rid, ErrorCode.UNKNOWN_TYPE, "unknown type"), []
+            if code is None:
+                return node.engine.message(Ok, request.rid), []
+            return node.engine.error(request.rid, code, "no"), []
         return real(request, host, port, now, link)
 
     node.engine.request_received = answer  # type: ignore[method-assign]
+
+
+def old_node(node: Node) -> None:
+    """Make ``node`` answer listen requests as a node older than listening does."""
+    answer_listens(node, ErrorCode.UNKNOWN_TYPE)
 
 
 def test_old_nodes_are_polled() -> None:
@@ -453,23 +461,7 @@ def test_a_holder_answering_a_listen_with_another_reply_is_dropped() -> None:
     """A holder answering listen with something else than listening is not listened to."""
     net, nodes = network()
     for node in nodes:
-        real = node.engine.request_received
-
-        def answer(
-            request: Message,
-            host: str,
-            port: int,
-            now: float,
-            link: object = None,
-            *,
-            n=node,
-            r=real,
-        ) -> Any:
-            if isinstance(request, ListenRequest):
-                return n.engine.message(Ok, request.rid), []
-            return r(request, host, port, now, link)
-
-        node.engine.request_received = answer  # type: ignore[method-assign]
+        answer_listens(node, None)
     sub = nodes[1].listen(id_to_hex(key_of("news")), lambda _: None)
     net.advance(1)
     assert sub.holders == []
