@@ -51,6 +51,12 @@ def publish(net: MemoryNetwork, node: Node, item: Item, ttl: float = 3600.0) -> 
     return stored
 
 
+def wait(net: MemoryNetwork, seconds: float) -> None:
+    """Move the clock ``seconds`` on, one second at a time (timers then fire on time)."""
+    for _ in range(int(seconds)):
+        net.advance(1)
+
+
 def holders_of(nodes: list[Node], key: int) -> list[Node]:
     """The nodes holding a listen on ``key``."""
     return [n for n in nodes if key in n.engine.listeners]
@@ -74,26 +80,31 @@ def test_a_listener_is_told_each_new_version_once_and_in_order() -> None:
     assert sub.key == id_to_hex(key_of("news"))
 
 
-def test_an_older_version_stored_later_is_not_delivered() -> None:
-    """A version older than the last delivered (a late replica) is never delivered."""
+def test_an_older_version_pushed_later_is_not_delivered() -> None:
+    """A version older than the last delivered (a late replica's push) is acknowledged and
+    never delivered; a push that does not verify is refused."""
     net, nodes = network()
+    key = key_of("news")
     got: list[Notice] = []
-    nodes[1].listen(id_to_hex(key_of("news")), got.append)
+    nodes[1].listen(id_to_hex(key), got.append)
     net.advance(1)
     publish(net, nodes[5], version(5))
-    sub = nodes[1].subscriptions
-    (op,) = sub
-    assert isinstance(op, Listen)
-    op.pushed(version(3))  # as a slow holder would
+    late = net.run(nodes[6].call(contact(nodes[1]), Update, key=key, item=version(3)))
+    assert isinstance(late, Ok)
+    with pytest.raises(RemoteError) as refused:
+        net.run(nodes[6].call(contact(nodes[1]), Update, key=key, item=version(9, name="other")))
+    assert refused.value.code == ErrorCode.BAD_SIGNATURE or refused.value.code > 0
     assert [n.seq for n in got] == [5]
 
 
 def test_the_current_version_is_delivered_when_listening_starts() -> None:
-    """A listen on a key that already has a version delivers it at once, once."""
+    """A listen on a key that already has a version delivers it at once, once, from the
+    holders' answers."""
     net, nodes = network()
     publish(net, nodes[5], version(4))
+    listener = next(n for n in nodes if n.engine.storage.get(key_of("news")) is None)
     got: list[Notice] = []
-    nodes[1].listen(id_to_hex(key_of("news")), got.append)
+    listener.listen(id_to_hex(key_of("news")), got.append)
     net.advance(1)
     assert [n.seq for n in got] == [4]
 
@@ -146,17 +157,19 @@ def test_an_expired_item_is_told_once_after_a_check() -> None:
 
 
 def test_an_expiry_notice_from_one_holder_is_checked_against_the_others() -> None:
-    """An expired notice is not believed while another node still holds the version."""
+    """An expired notice is not believed while another node still holds the version, and a
+    notice about an older version is ignored."""
     net, nodes = network()
     key = key_of("news")
     got: list[Notice] = []
     sub = nodes[1].listen(id_to_hex(key), got.append)
     net.advance(1)
     publish(net, nodes[5], version(2))
-    sub.op.expiry_told(1)  # older than delivered: ignored
-    sub.op.expiry_told(2)
+    for seq in (1, 2):
+        net.run(nodes[6].call(contact(nodes[1]), Expired, key=key, seq=seq))
     net.advance(5)
     assert [(n.seq, n.expired) for n in got] == [(2, False)]
+    assert sub.op.checking is None
 
 
 def test_a_notice_as_json() -> None:
@@ -391,13 +404,16 @@ def test_a_newcomer_closer_to_the_key_gets_a_listen_at_refresh() -> None:
     assert {n.engine.id for n in holders_of(everyone, key_of("news"))} == after
 
 
-def answer_listens(node: Node, code: ErrorCode | None) -> None:
+def answer_listens(node: Node, code: ErrorCode | None, item: Item | None = None) -> None:
     """Make ``node`` answer listen requests with error ``code`` (UNKNOWN_TYPE: as a node older
-    than listening does), or with a plain ok (None)."""
+    than listening does), or (None) with a plain ok, or with a listening reply carrying
+    ``item``."""
     real = node.engine.request_received
 
     def answer(request: Message, host: str, port: int, now: float, link: object = None) -> Any:
         if isinstance(request, ListenRequest):
+            if item is not None:
+                return node.engine.message(Listening, request.rid, lease=60.0, item=item), []
             if code is None:
                 return node.engine.message(Ok, request.rid), []
             return node.engine.error(request.rid, code, "no"), []
@@ -467,15 +483,17 @@ def test_a_holder_answering_a_listen_with_another_reply_is_dropped() -> None:
     assert sub.holders == []
 
 
-def test_a_version_that_does_not_verify_is_not_delivered() -> None:
-    """An item under another key in a listening reply or a poll is refused."""
+def test_a_listening_reply_with_an_item_that_does_not_verify_is_not_delivered() -> None:
+    """An item under another key in a listening reply is refused, and the holder counted as
+    failing."""
     net, nodes = network()
+    for node in nodes:
+        answer_listens(node, None, item=version(1, name="other"))
     got: list[Notice] = []
     sub = nodes[1].listen(id_to_hex(key_of("news")), got.append)
     net.advance(1)
-    holder = sub.holders[0]
-    sub.op._received(version(1, name="other"), holder)
     assert got == []
+    assert len(sub.holders) == 3
 
 
 def test_a_callback_that_raises_is_logged_and_the_listen_goes_on(
@@ -554,3 +572,171 @@ def test_pushes_of_an_unknown_kind_are_none_of_listens_business() -> None:
     update = node.engine.message(Update, key=blob(b"x").key, item=blob(b"x"))
     with pytest.raises(Exception, match="does not listen"):
         listening.answer(node.engine, update, "127.0.0.1", 1, None)
+
+
+def test_registry_counts_per_key_and_per_peer() -> None:
+    """Dropping one of a peer's listens on a key keeps its others, and their counts."""
+    registry = Listeners(Limits())
+    registry.register(1, 9, "10.0.0.1", 4000, None, "10.0.0.1", 60.0, 0.0)
+    registry.register(1, 8, "10.0.0.1", 4001, None, "10.0.0.1", 60.0, 0.0)
+    first = next(iter(registry.entries()))
+    assert registry.drop(first)
+    assert 1 in registry
+    assert len(registry) == 1
+    assert registry.purge(1000.0) == 1
+    assert 1 not in registry
+
+
+def test_a_listen_that_fails_ends_its_subscription_with_the_error(
+    fail_on_logged_errors: list[Any],
+) -> None:
+    """A bug in a listen's step fails it: its subscription's ``done`` fails, and later pushes
+    and closed connections leave it alone."""
+    net, nodes = network()
+    key = key_of("news")
+    sub = nodes[1].listen(id_to_hex(key), lambda _: None)
+    net.advance(1)
+
+    def broken(item: Item) -> None:
+        raise RuntimeError("a bug")
+
+    sub.op.pushed = broken  # type: ignore[method-assign]
+    publish(net, nodes[5], version(1))
+    assert not sub.active
+    with pytest.raises(RuntimeError, match="a bug"):
+        net.run(sub.done)
+    fail_on_logged_errors.clear()
+    for link in list(nodes[1].streams.links):
+        link.handle.transport.loseConnection()
+    net.flush()
+    with pytest.raises(RemoteError) as refused:
+        net.run(nodes[6].call(contact(nodes[1]), Update, key=key, item=version(2)))
+    assert refused.value.code == ErrorCode.NOT_LISTENING
+
+
+def test_two_listens_on_one_key_and_a_cancel_before_any_answer() -> None:
+    """Two listens of one node on one key both deliver; cancelling one at once (before any
+    holder answered) leaves the other."""
+    net, nodes = network()
+    key = id_to_hex(key_of("news"))
+    first: list[Notice] = []
+    second: list[Notice] = []
+    quick = nodes[1].listen(key, first.append)
+    nodes[1].listen(key, first.append)
+    nodes[1].listen(key, second.append)
+    quick.cancel()  # its lookup had not even been answered
+    net.advance(1)
+    publish(net, nodes[5], version(1))
+    assert [n.seq for n in first] == [1]
+    assert [n.seq for n in second] == [1]
+
+
+def fail_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on every lookup fails (as one with a bug would)."""
+    from txdht.core import operations as ops
+
+    def broken(self: ops.Lookup, request: Any, reply: Any) -> None:
+        raise RuntimeError("a lookup bug")
+
+    monkeypatch.setattr(ops.Lookup, "replied", broken)
+
+
+def test_a_failed_lookup_leaves_the_listen_running(
+    monkeypatch: pytest.MonkeyPatch, fail_on_logged_errors: list[Any]
+) -> None:
+    """A lookup that fails (its own bug) is logged; the listen keeps its holders and its
+    expiry check does not tell of an expiry it could not check against other nodes' copies...
+    unless no copy is found at all."""
+    net, nodes = network()
+    key = key_of("news")
+    got: list[Notice] = []
+    sub = nodes[1].listen(id_to_hex(key), got.append)
+    net.advance(1)
+    fail_lookups(monkeypatch)
+    net.advance(listening.REFRESH + 1)
+    assert len(sub.holders) == 3
+    net.run(nodes[6].call(contact(nodes[1]), Expired, key=key, seq=1))
+    net.advance(5)
+    assert [(n.seq, n.expired) for n in got] == [(1, True)]
+    fail_on_logged_errors.clear()
+
+
+def test_an_expiry_check_overtaken_by_a_newer_version_tells_nothing() -> None:
+    """An expiry notice about a version older than one delivered meanwhile is dropped."""
+    net, nodes = network()
+    key = key_of("news")
+    got: list[Notice] = []
+    sub = nodes[1].listen(id_to_hex(key), got.append)
+    net.advance(1)
+    engine = nodes[1].engine
+    engine.feed(sub.op, sub.op.expiry_told, 1)
+    engine.feed(sub.op, sub.op.pushed, version(3))
+    nodes[1].run(engine.settle())
+    net.advance(5)
+    assert [(n.seq, n.expired) for n in got] == [(3, False)]
+
+
+def test_polled_holders_are_replaced_by_newcomers_and_come_back() -> None:
+    """Old nodes no longer among the k closest stop being polled (with no cancel: they had no
+    listen); an old node that failed a poll is polled again when a lookup finds it."""
+    net, nodes = network()
+    for node in nodes:
+        old_node(node)
+    sub = nodes[1].subscribe(id_to_hex(key_of("news")), lambda _: None)
+    net.advance(1)
+    polled = [n for n in nodes if contact(n) in sub.op.polled()]
+    net.silence(polled[0])
+    wait(net, listening.POLL + 10)
+    assert contact(polled[0]) not in sub.op.polled()
+    net._silenced.clear()
+    net.advance(listening.REFRESH)
+    assert contact(polled[0]) in sub.op.polled()
+    for _ in range(20):
+        node = net.add_node(k=3)
+        net.run(node.join([("127.0.0.1", nodes[0].port)]))
+    net.advance(listening.REFRESH)
+    assert sub.op.polled() == []
+    assert len(sub.holders) == 3
+
+
+def test_a_long_lease_is_renewed_after_a_lookup() -> None:
+    """With a lease longer than twice the refresh interval the lookup comes first, and the
+    renewal later, each on its own time."""
+    net, nodes = network()
+    sub = nodes[1].subscribe(id_to_hex(key_of("news")), lambda _: None, lease=2000.0)
+    net.advance(listening.REFRESH + 1)
+    assert len(sub.holders) == 3
+    net.advance(1000)
+    received = sum(n.engine.metrics.rpcs[("received", "listen", "ok")] for n in nodes)
+    assert received >= 6
+
+
+def test_cancels_that_fail_are_let_go() -> None:
+    """Cancels sent to holders that no longer answer fail quietly."""
+    net, nodes = network()
+    sub = nodes[1].listen(id_to_hex(key_of("news")), lambda _: None)
+    net.advance(1)
+    for node in nodes:
+        if contact(node) in sub.holders:
+            net.silence(node)
+    sub.cancel()
+    net.advance(30)
+    assert nodes[1].engine.metrics.rpcs[("sent", "listen", "timeout")] == 3
+    assert not nodes[1].engine.running()
+
+
+def test_a_holder_that_stops_answering_while_being_replaced_is_let_go() -> None:
+    """A holder dropped at a lookup that then does not answer its cancel is let go."""
+    net, nodes = network(6)
+    sub = nodes[1].subscribe(id_to_hex(key_of("news")), lambda _: None, lease=2000.0)
+    net.advance(1)
+    old = [n for n in nodes if contact(n) in sub.holders]
+    for _ in range(20):
+        node = net.add_node(k=3)
+        net.run(node.join([("127.0.0.1", nodes[0].port)]))
+    net.advance(listening.REFRESH - 5)
+    for node in old:
+        net.silence(node)
+    wait(net, 40)
+    assert not {contact(n) for n in old} & set(sub.holders)
+    assert nodes[1].engine.metrics.rpcs[("sent", "listen", "timeout")] >= 1

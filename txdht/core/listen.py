@@ -484,11 +484,10 @@ class Listen(Operation):
 
     def cancelled(self) -> None:
         engine = self.engine
-        listens = engine.listening.get(self.key)
-        if listens is not None:
-            listens.discard(self)
-            if not listens:
-                del engine.listening[self.key]
+        listens = engine.listening[self.key]
+        listens.discard(self)
+        if not listens:
+            del engine.listening[self.key]
         told = [h.contact for h in self.holders.values() if h.state != "polling"]
         if told and not engine.stopping:  # a stopping node's connections close: enough
             engine.begin(Unlisten(self.key, told), None)
@@ -595,7 +594,9 @@ class Listen(Operation):
         holder = self.holders.get(contact.id)
         if holder is None or (isinstance(message, m.Listen) and not message.lease):
             return
-        if isinstance(message, m.Listen) and holder.state == "asking":
+        if isinstance(message, m.FindValue):
+            self._gone(contact.id)  # a polled node that fails: the next lookup may bring it back
+        else:  # a listen (none is sent again to a holder while one is out: it is "asking")
             if isinstance(error, RemoteError) and error.code == ErrorCode.UNKNOWN_TYPE:
                 self.old.add(contact.id)  # an older node: poll it (now, for the current value)
                 holder.state, holder.due = "polling", self.engine.now
@@ -608,8 +609,6 @@ class Listen(Operation):
                     error=str(error),
                 )
                 self._gone(contact.id)
-        elif isinstance(message, m.FindValue):
-            self._gone(contact.id)  # a polled node that fails: the next lookup may bring it back
         self._arm()
 
     def link_lost(self, link: object) -> None:
