@@ -740,3 +740,88 @@ def test_a_holder_that_stops_answering_while_being_replaced_is_let_go() -> None:
     wait(net, 40)
     assert not {contact(n) for n in old} & set(sub.holders)
     assert nodes[1].engine.metrics.rpcs[("sent", "listen", "timeout")] >= 1
+
+
+def test_a_push_whose_connection_closes_is_not_resent_elsewhere() -> None:
+    """An update waiting for its acknowledgement when its connection closes is not sent on
+    another connection: the listen it served is gone with the connection."""
+    net, nodes = network()
+    nodes[1].listen(id_to_hex(key_of("news")), lambda _: None)
+    net.advance(1)
+    holders = holders_of(nodes, key_of("news"))
+    net.silence(nodes[1])
+    publish(net, nodes[5], version(1))
+    for holder in holders:
+        for link in list(holder.streams.links):
+            if link.address == ("127.0.0.1", nodes[1].port):
+                link.handle.transport.loseConnection()
+    wait(net, 30)
+    for holder in holders:  # failed with the connection, and its retry at once: not sent
+        rpcs = holder.engine.metrics.rpcs
+        assert {k: v for k, v in rpcs.items() if k[1] == "update"} == {
+            ("sent", "update", "failed"): 2
+        }
+        assert len(holder.engine.listeners) == 0
+
+
+# -- the network name ------------------------------------------------------------------------
+
+
+def test_nodes_of_two_networks_told_of_each_other_stay_apart() -> None:
+    """A node refuses requests of another network with WRONG_NETWORK and never adds such a
+    node to its table: joining through another network's node fails, and lookups stay
+    within each network."""
+    net = MemoryNetwork()
+    red = [net.add_node(network="red") for _ in range(4)]
+    blue = [net.add_node(network="blue") for _ in range(4)]
+    for group in (red, blue):
+        for node in group[1:]:
+            net.run(node.join([("127.0.0.1", group[0].port)]))
+    from txdht.core.errors import JoinError
+
+    stranger = net.add_node(network="blue")
+    with pytest.raises(JoinError):
+        net.run(stranger.join([("127.0.0.1", red[0].port)]))
+    net.run(stranger.join([("127.0.0.1", red[0].port), ("127.0.0.1", blue[0].port)]))
+    blue.append(stranger)
+    with pytest.raises(RemoteError) as refused:
+        net.run(blue[1].call(contact(red[0]), FindValue, key=1))
+    assert refused.value.code == ErrorCode.WRONG_NETWORK
+    for node in red:
+        net.run(node.lookup(node.engine.id ^ 1))
+    red_ids = {n.engine.id for n in red}
+    blue_ids = {n.engine.id for n in blue}
+    for node in red:
+        assert {c.id for c in node.engine.routing.contacts()} <= red_ids
+    for node in blue:
+        assert {c.id for c in node.engine.routing.contacts()} <= blue_ids
+    assert stranger.engine.metrics.rpcs[("sent", "ping", "error")] >= 1
+    assert red[0].engine.metrics.rpcs[("received", "ping", "error")] >= 1
+
+
+def test_a_reply_of_another_network_fails_the_request() -> None:
+    """A reply carrying another network's name (a node that ignores names) fails the request
+    with WRONG_NETWORK, and its sender is not added."""
+    from dataclasses import replace
+
+    net = MemoryNetwork()
+    red, careless = net.add_node(network="red"), net.add_node()
+    real = careless.engine.request_received
+
+    def ignoring(request: Message, host: str, port: int, now: float, link: object = None) -> Any:
+        return real(replace(request, network="txdht"), host, port, now, link)
+
+    careless.engine.request_received = ignoring  # type: ignore[method-assign]
+    from txdht.core.errors import ProtocolError
+    from txdht.core.messages import Ping
+
+    with pytest.raises(ProtocolError) as refused:
+        net.run(red.call(contact(careless), Ping))
+    assert refused.value.code == ErrorCode.WRONG_NETWORK
+    assert careless.engine.id not in red.engine.routing
+
+
+def test_a_network_name_is_checked() -> None:
+    """A node's network name is validated when it is made."""
+    with pytest.raises(ValueError, match="a network name"):
+        MemoryNetwork().add_node(network="Not A Name")

@@ -530,13 +530,12 @@ class Engine:
 
     def fail_soon(self, request: Request, error: Exception) -> None:
         """Fail ``request`` with ``error`` as the next timer (it cannot be sent: its connection
-        has gone), not inside the step that sent it."""
-        self.call_at(self.now, self._fail_now, request, error)
+        has gone), not inside the step that sent it (unless its operation ends first)."""
+        request.op.timers.append(self.call_at(self.now, self._fail_now, request, error))
 
     def _fail_now(self, request: Request, error: Exception) -> None:
-        if not request.ended:
-            self._close(request)
-            self._failed(request, error)
+        self._close(request)
+        self._failed(request, error)
 
     def _guard(self, op: Operation, method: Callable[..., None], *args: Any) -> None:
         """Call one of ``op``'s event methods; an exception there (a bug) fails ``op``, as
