@@ -13,11 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar, cast
 
+from txdht.core import listen as listening
 from txdht.core import operations as ops
-from txdht.core.commands import Close, Command, Connect, Done, Failed, Log, Ready, Write
+from txdht.core.commands import (
+    Close,
+    Command,
+    Connect,
+    Done,
+    Failed,
+    Log,
+    Notify,
+    Ready,
+    Write,
+)
 from txdht.core.engine import Engine
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
@@ -25,13 +37,20 @@ from txdht.core.interfaces import IStorage
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits
 from txdht.core.lookup import ALPHA, IterativeLookup
-from txdht.core.messages import Message, encode
+from txdht.core.messages import DEFAULT_NETWORK, Message, encode
 from txdht.core.routing import K
 from txdht.core.schedule import REFRESH_INTERVAL, Intervals, Service
 from txdht.core.storage import MemoryStorage
 from txdht.core.streams import Link, Streams
 
-__all__ = ["DEFAULT_MAX_MESSAGE", "DEFAULT_RPC_TIMEOUT", "Lookup", "NetstringProtocol", "Node"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "DEFAULT_RPC_TIMEOUT",
+    "Lookup",
+    "NetstringProtocol",
+    "Node",
+    "Subscription",
+]
 
 log = logging.getLogger("txdht.aio")
 
@@ -139,6 +158,63 @@ class Lookup(asyncio.Future[IterativeLookup]):
         return self.op.machine
 
 
+class Subscription:
+    """A running listen (``Node.listen(key)``): iterate over it (``async for notice in ...``)
+    for a ``Notice`` per newer version of the item, and for its expiry; ``cancel()`` (or
+    leaving ``async with``) stops it, and the iteration then ends. Notices wait here until
+    they are read."""
+
+    def __init__(self, node: Node, op: listening.Listen) -> None:
+        self.node, self.op = node, op
+        self.done: asyncio.Future[None] = node.loop.create_future()
+        self._notices: deque[listening.Notice] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.done.add_done_callback(lambda _: self._wake())
+
+    @property
+    def key(self) -> str:
+        """The key listened to, in hex."""
+        return id_to_hex(self.op.key)
+
+    @property
+    def holders(self) -> list[Contact]:
+        """The nodes that hold a listen of it now."""
+        return self.op.listening_to()
+
+    def cancel(self) -> None:
+        """Stop listening (the holders are told); the iteration ends after what was queued."""
+        self.done.cancel()
+
+    def notified(self, notice: listening.Notice) -> None:
+        """The core told of ``notice`` (the driver calls this)."""
+        self._notices.append(notice)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> listening.Notice:
+        while not self._notices:
+            if self.done.done():
+                if not self.done.cancelled() and self.done.exception() is not None:
+                    raise self.done.exception()  # type: ignore[misc]
+                raise StopAsyncIteration
+            self._waiter = self.node.loop.create_future()
+            await self._waiter
+        return self._notices.popleft()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.cancel()
+
+
 class Node:
     """A DHT node with an async API (the same method names as the asyncio adapter's).
 
@@ -167,6 +243,7 @@ class Node:
         limits: Limits | None = None,
         clock: Clock | None = None,
         connect: Connector | None = None,
+        network: str = DEFAULT_NETWORK,
     ) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self.clock = clock or cast(Clock, self.loop)
@@ -180,6 +257,7 @@ class Node:
             limits=limits,
             rpc_timeout=rpc_timeout,
             rng=rng,
+            network=network,
         )
         self.streams = Streams(self.engine)
         self.rpc_timeout = rpc_timeout
@@ -187,6 +265,8 @@ class Node:
         self.metrics = self.engine.metrics
         self._server: asyncio.Server | None = None
         self._waiting: dict[ops.Operation, asyncio.Future[Any]] = {}
+        #: The running listens of this node's callers.
+        self.subscriptions: dict[ops.Operation, Subscription] = {}
         self._connects: set[asyncio.Task[None]] = set()
         self._timer: TimerHandle | None = None
         self._open = connect or self._connect_tcp
@@ -299,6 +379,17 @@ class Node:
         self.start_op(op, lookup)
         return lookup
 
+    def listen(self, key: str, lease: float = listening.LEASE) -> Subscription:
+        """Listen to the item under ``key`` (hex): ``async for notice in node.listen(key)``
+        gives a ``Notice`` (``key``, ``seq``, ``value``, ``expired``) for each newer version,
+        in order and each once, and when it expires, until the subscription is cancelled.
+        Each holder is asked for ``lease`` seconds at a time."""
+        op = listening.Listen(id_from_hex(key), lease=lease)
+        subscription = self.subscriptions[op] = Subscription(self, op)
+        subscription.done.add_done_callback(lambda _: self.subscriptions.pop(op, None))
+        self.start_op(op, subscription.done)
+        return subscription
+
     async def call(self, to: Contact | Address, cls: type[Message], **fields: Any) -> Message:
         """Send a request to a contact or address and return the reply.
 
@@ -383,6 +474,10 @@ class Node:
                             future.set_result(op.result)
                         else:
                             future.set_exception(op.error)
+                case Notify(op, notice):
+                    # (a cancelled listen is stopped in the core, and forgotten here, by its
+                    # future's callbacks, one after the other: no Notify comes between)
+                    self.subscriptions[op].notified(notice)
                 case Log(level, text, fields):
                     error = fields.get("failure")
                     log.log(
