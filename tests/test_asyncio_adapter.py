@@ -607,3 +607,33 @@ def test_an_asyncio_program_uses_the_node() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello from asyncio.run\n"
+
+
+@pytest.mark.usefixtures("asyncio_pass")
+@pytest_twisted.ensureDeferred
+async def test_listen_gives_each_new_version_until_cancelled(reactor: Any) -> None:
+    """``async for notice in node.listen(key)`` gives each new version once, in order; after
+    cancel() the iteration ends."""
+
+    async def scenario() -> None:
+        nodes = await started(4, network="adapted")
+        try:
+            for node in nodes[1:]:
+                await node.join([("127.0.0.1", nodes[0].port)])
+            key = await nodes[1].put("news", b"v1")
+            got: list[tuple[int, bytes | None]] = []
+            async with nodes[2].listen(key) as listening:
+                async for notice in listening:
+                    got.append((notice.seq, notice.value))
+                    if notice.seq == 1:
+                        await nodes[1].put("news", b"v2")
+                    else:
+                        break
+            assert got == [(1, b"v1"), (2, b"v2")]
+            assert [n async for n in listening] == []
+            assert [n async for n in listening] == []
+            assert nodes[2].node.engine.network == "adapted"
+        finally:
+            await stop_all(nodes)
+
+    await on_asyncio(scenario())

@@ -69,8 +69,10 @@ if TYPE_CHECKING:
 
     from txdht.core.interfaces import IStorage
     from txdht.core.items import Identity
+    from txdht.core.limits import Limits
+    from txdht.core.listen import Notice
 
-__all__ = ["AsyncioNode", "ReactorMismatch", "install_reactor"]
+__all__ = ["AsyncioNode", "Listening", "ReactorMismatch", "install_reactor"]
 
 _T = TypeVar("_T")
 _log = Logger(namespace="txdht.asyncio_adapter")
@@ -92,6 +94,8 @@ class _NodeOptions(TypedDict, total=False):
     max_message: int
     max_value: int
     rng: random.Random
+    limits: Limits
+    network: str
 
 
 def install_reactor(loop: asyncio.AbstractEventLoop | None = None) -> AsyncioSelectorReactor:
@@ -178,6 +182,37 @@ async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> tup
         )
         return None
     return str(found[0][4][0]), port
+
+
+class Listening:
+    """A listen of the adapter's node: ``async for notice in node.listen(key)`` gives each
+    ``Notice``; ``cancel()`` (or leaving ``async with``) stops it and ends the iteration after
+    what was queued."""
+
+    def __init__(self, node: Node, key: str) -> None:
+        self._notices: asyncio.Queue[Notice | None] = asyncio.Queue()
+        self.subscription = node.listen(key, self._notices.put_nowait)
+        self.subscription.done.addBoth(lambda _: self._notices.put_nowait(None))
+
+    def cancel(self) -> None:
+        """Stop listening."""
+        self.subscription.cancel()
+
+    def __aiter__(self) -> Listening:
+        return self
+
+    async def __anext__(self) -> Notice:
+        notice = await self._notices.get()
+        if notice is None:
+            self._notices.put_nowait(None)  # the end, for any later reader too
+            raise StopAsyncIteration
+        return notice
+
+    async def __aenter__(self) -> Listening:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.cancel()
 
 
 class AsyncioNode:
@@ -288,6 +323,11 @@ class AsyncioNode:
         :raises ProtocolError: the item is not valid (for example, the value is too large).
         """
         return await _wait(self._started().put_blob(value, ttl, timeout))
+
+    def listen(self, key: str) -> Listening:
+        """Listen to the item under ``key`` (hex): ``async for notice in node.listen(key)``
+        gives a ``Notice`` for each newer version (in order, each once) and for its expiry."""
+        return Listening(self._started(), key)
 
     async def get(self, key: str, timeout: float | None = None) -> bytes:
         """The value under ``key`` (hex), verified.
