@@ -132,6 +132,10 @@ def test_parse_args_limits_default_and_configurable() -> None:
     )
     assert args.limits == Limits(peer_burst=3.0, max_bad_messages=1)
     assert args.max_value == 9
+    assert parse_args(["--data-dir", "d"]).network == "txdht"
+    args = parse_args(["--data-dir", "d", "--network", "lab-7", "--max-listens-per-peer", "4"])
+    assert args.network == "lab-7"
+    assert args.limits == Limits(max_listens_per_peer=4)
 
 
 @pytest.mark.parametrize(
@@ -142,6 +146,8 @@ def test_parse_args_limits_default_and_configurable() -> None:
         (["--max-per-subnet", "-2"], r"\(--max-per-subnet\) must be 0 or more"),
         (["--max-value", "0"], "--max-value must be above 0"),
         (["--tracked-peers", "lots"], "invalid int value: 'lots'"),
+        (["--network", "Bad"], "a network name is 1 to 64"),
+        (["--min-lease", "100", "--max-lease", "50"], r"min_lease \(--min-lease"),
     ],
 )
 def test_parse_args_refuses_bad_limits(

@@ -76,6 +76,9 @@ def test_bad_peers_are_usage_errors(text: str, message: str) -> None:
         (["--max-items", "0"], r"--max-items\) must be above 0"),
         (["--max-per-subnet", "-1"], r"--max-per-subnet\) must be 0 or more"),
         (["--max-items", "many"], "invalid literal"),
+        (["--max-listens-per-peer", "0"], r"--max-listens-per-peer\) must be above 0"),
+        (["--min-lease", "100", "--max-lease", "50"], r"min_lease \(--min-lease"),
+        (["--network", "Two Words"], "a network name is 1 to 64"),
     ],
 )
 def test_bad_numbers_are_usage_errors(args: list[str], message: str) -> None:
@@ -290,10 +293,20 @@ def test_limits_and_max_value_reach_the_node(tmp_path: Path) -> None:
         "0",
         "--max-value",
         "2048",
+        "--max-listens",
+        "40",
+        "--max-listens-per-key",
+        "5",
+        "--network",
+        "lab-7",
     )
     root = makeService(options, MemoryReactorClock())
     node = next(s for s in root if isinstance(s, DHTService)).node
-    assert node.engine.limits == Limits(peer_rate=7.5, max_items=12, max_per_subnet=0)
+    assert node.engine.limits == Limits(
+        peer_rate=7.5, max_items=12, max_per_subnet=0, max_listens=40, max_listens_per_key=5
+    )
+    assert node.engine.network == "lab-7"
+    assert parse()["network"] == "txdht"
     assert node.engine.max_value == 2048
     assert node.engine.routing.max_per_subnet == 0
 

@@ -21,7 +21,7 @@ from twisted.web.server import Site
 
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits, limit_options
-from txdht.core.messages import MAX_CONTACTS
+from txdht.core.messages import DEFAULT_NETWORK, MAX_CONTACTS, check_network
 from txdht.core.schedule import Intervals, interval_options
 from txdht.node import Address, Node
 from txdht.service import DHTService
@@ -108,6 +108,14 @@ class Options(usage.Options):
             for name, default, text, _ in interval_options()
         ),
         ["max-value", None, MAX_VALUE_BYTES, "Largest value stored, in bytes.", _positive(int)],
+        [
+            "network",
+            None,
+            DEFAULT_NETWORK,
+            "The network's name: nodes of other networks are refused, and never added "
+            "(1 to 64 of a-z, 0-9, '.', '_', '-').",
+            check_network,
+        ],
         *([name[2:], None, default, text, kind] for name, kind, default, text in limit_options()),
     ]
 
@@ -197,6 +205,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         max_message=options["max-message"],
         max_value=options["max-value"],
         limits=options["limits"],
+        network=options["network"],
     )
     intervals = Intervals(**{field: options[name] for name, _, _, field in interval_options()})
     root = MultiService()

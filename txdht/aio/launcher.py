@@ -20,6 +20,7 @@ from pathlib import Path
 from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Node, run
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import Limits, limit_options
+from txdht.core.messages import DEFAULT_NETWORK, check_network
 from txdht.core.schedule import Intervals, interval_options
 from txdht.sqlite import SQLiteStorage, StorageError
 
@@ -33,6 +34,13 @@ def _peer(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def _network(text: str) -> str:
+    try:
+        return check_network(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-value", type=int, default=MAX_VALUE_BYTES, help="largest value stored, in bytes"
+    )
+    parser.add_argument(
+        "--network",
+        type=_network,
+        default=DEFAULT_NETWORK,
+        help="the network's name: nodes of other networks are refused, and never added "
+        f"(default {DEFAULT_NETWORK})",
     )
     timing = parser.add_argument_group("housekeeping intervals, in seconds")
     for name, seconds, text, field in interval_options():
@@ -110,6 +125,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             rpc_timeout=args.rpc_timeout,
             max_value=args.max_value,
             limits=args.limits,
+            network=args.network,
         )
         await node.start(args.host, args.port)
         stop = stop or asyncio.Event()
