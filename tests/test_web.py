@@ -14,6 +14,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.protocol import ClientCreator, Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 from twisted.web.client import Agent
@@ -783,3 +784,112 @@ async def test_writes_from_the_dashboard_s_own_origin_are_served(api: API) -> No
     status, _ = await api.json("POST", "/v1/blobs", b"blob", headers)
     assert status == 201
     assert await api.nodes[1].get(body["key"]) == b"value"
+
+
+class _Events(Protocol):
+    """Reads a Server-Sent Events stream; ``wait(n)`` fires once ``n`` events have come."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.events: list[tuple[str, Any]] = []
+        self.comments = 0
+        self._waiting: list[tuple[int, Deferred[None]]] = []
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n\n" in self.buffer:
+            block, self.buffer = self.buffer.split(b"\n\n", 1)
+            fields = dict(
+                line.split(": ", 1) for line in block.decode().splitlines() if ": " in line
+            )
+            if block.startswith(b":"):
+                self.comments += 1
+                continue
+            self.events.append((fields["event"], json.loads(fields["data"])))
+        for count, d in list(self._waiting):
+            if len(self.events) >= count:
+                self._waiting.remove((count, d))
+                d.callback(None)
+
+    def wait(self, count: int) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((count, d))
+        self.dataReceived(b"")
+        return d
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_stream_each_new_version_and_stop_when_the_client_goes(api: API) -> None:
+    """GET /v1/keys/{key}/events is an event stream: a ``version`` event (key, seq, value in
+    base64) for the current and each newer version, in order; when the client closes the
+    connection, the node stops listening."""
+    writer = api.nodes[1]
+    key = await writer.put("news", b"one")
+    agent = Agent(api.reactor)
+    url = f"http://127.0.0.1:{api.port.getHost().port}/v1/keys/{key}/events".encode()
+    response = await agent.request(b"GET", url)
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    stream = _Events()
+    response.deliverBody(stream)
+    await stream.wait(1)
+    await writer.put("news", b"two")
+    await stream.wait(2)
+    assert stream.events == [
+        ("version", {"key": key, "seq": 1, "value": "b25l"}),
+        ("version", {"key": key, "seq": 2, "value": "dHdv"}),
+    ]
+    assert stream.comments >= 1
+    status, listens = await api.json("GET", "/v1/listens")
+    assert status == 200
+    (mine,) = listens["listening"]
+    assert (mine["key"], mine["delivered"], mine["seq"]) == (key, 2, 2)
+    assert len(mine["holders"]) >= 1
+    assert mine["polled"] == []
+    holder_view = await api.json("GET", "/v1/listens")
+    assert isinstance(holder_view[1]["held"], list)
+    response._transport.loseConnection()  # type: ignore[attr-defined]
+    await stream.closed
+    for _ in range(50):
+        if not api.nodes[0].subscriptions:
+            break
+        await deferLater(api.reactor, 0.01)
+    assert api.nodes[0].subscriptions == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_tell_of_expiry_and_keep_the_stream_alive(
+    api: API, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``expired`` event comes when the item expires; an idle stream gets comments."""
+    import txdht.web
+
+    monkeypatch.setattr(txdht.web, "KEEP_ALIVE", 0.05)
+    key = await api.nodes[1].put("brief", b"soon gone", ttl=1)
+    agent = Agent(api.reactor)
+    url = f"http://127.0.0.1:{api.port.getHost().port}/v1/keys/{key}/events".encode()
+    response = await agent.request(b"GET", url)
+    stream = _Events()
+    response.deliverBody(stream)
+    await stream.wait(1)
+    await deferLater(api.reactor, 1.2)
+    for node in api.nodes:
+        node.expire()
+    await stream.wait(2)
+    assert stream.events[1] == ("expired", {"key": key, "seq": 1, "expired": True})
+    assert stream.comments >= 3
+    response._transport.loseConnection()  # type: ignore[attr-defined]
+    await stream.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_of_a_malformed_key_are_refused(api: API) -> None:
+    """A malformed key is answered 400 bad_key, as for a get."""
+    status, body = await api.json("GET", "/v1/keys/nothex/events")
+    error_of(status, body, 400, "bad_key")
+    status, body = await api.json("POST", f"/v1/keys/{'ab' * 64}/events")
+    error_of(status, body, 405, "method_not_allowed")

@@ -6,6 +6,11 @@ method  path                   answer
 PUT     /v1/names/{name}       body = value; signs and stores it: 201 (below)
 POST    /v1/blobs              body = value; stores an immutable blob: 201 (below)
 GET     /v1/keys/{key}         200 the value bytes; 404 not found; 400 malformed key
+GET     /v1/keys/{key}/events  Server-Sent Events while the client stays: ``version`` with
+                               ``{"key", "seq", "value"}`` (base64) for each newer version,
+                               ``expired`` with ``{"key", "seq", "expired": true}``
+GET     /v1/listens            this node's listens: as listener (key, delivered, holders)
+                               and as holder (key, peer, expires_in)
 GET     /v1/status             id, version, endpoints, port, joined, peers, live_contacts,
                                network_size, items, uptime
 GET     /v1/peers              the routing table: id, host, port, bucket, last_seen, failures
@@ -57,6 +62,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from txdht.core.errors import ErrorCode, NotFoundError, OperationTimeout, ProtocolError, PutError
 from txdht.core.ids import bucket_index, id_from_hex, id_to_hex
 from txdht.core.items import Item, blob
+from txdht.core.listen import Notice
 from txdht.core.lookup import IterativeLookup
 from txdht.node import Node
 from txdht.prometheus import CONTENT_TYPE, exposition, node_registry
@@ -65,6 +71,8 @@ __all__ = ["APIResource"]
 
 #: How many finished lookups ``/v1/lookups`` remembers, newest first.
 RECENT_LOOKUPS = 20
+#: Seconds between the comments an idle event stream sends (proxies close silent streams).
+KEEP_ALIVE = 15.0
 #: At most this many items are listed by ``/v1/items`` (``count`` is always the total).
 MAX_LISTED_ITEMS = 2000
 #: A put every node refused with one of these codes answers this status with the code's name
@@ -156,6 +164,8 @@ class APIResource(Resource):
             result = self._route(method, path, request)
         except _HTTPError as e:
             return self._error(request, e)
+        if isinstance(result, int):  # NOT_DONE_YET: a stream, which writes as it goes
+            return result
         if isinstance(result, Deferred):
             request.notifyFinish().addErrback(lambda _: result.cancel())
             result.addCallback(self._write, request)
@@ -210,11 +220,14 @@ class APIResource(Resource):
             (b"v1", b"peers"): ("GET", self._peers),
             (b"v1", b"items"): ("GET", self._items),
             (b"v1", b"lookups"): ("GET", self._recent_lookups),
+            (b"v1", b"listens"): ("GET", self._listens),
             (b"metrics",): ("GET", self._metrics),
             (b"v1", b"blobs"): ("POST", self._put_blob),
         }
         if len(path) == 3 and path[:2] == [b"v1", b"keys"]:
             expected, handler = "GET", lambda r: self._get(path[2], r)
+        elif len(path) == 4 and path[:2] == [b"v1", b"keys"] and path[3] == b"events":
+            expected, handler = "GET", lambda r: self._events(path[2], r)
         elif len(path) == 3 and path[:2] == [b"v1", b"names"]:
             expected, handler = "PUT", lambda r: self._put(path[2], r)
         elif tuple(path) in STATIC_FILES:
@@ -337,6 +350,62 @@ class APIResource(Resource):
             raise _HTTPError(400, "bad_key", str(e)) from None
         d = self.node.get(key, self._timeout(request))
         return d.addCallback(lambda value: (200, value))
+
+    def _events(self, raw_key: bytes, request: Request) -> int:
+        """Listen to the key while the client stays, and send each notice as an event."""
+        key = raw_key.decode("ascii", "replace")
+        try:
+            id_from_hex(key)
+        except ValueError as e:
+            raise _HTTPError(400, "bad_key", str(e)) from None
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.write(b": listening\n\n")  # the headers go now: the client knows it is on
+        reactor = self.node.reactor
+
+        def send(notice: Notice) -> None:
+            kind = b"expired" if notice.expired else b"version"
+            data = json.dumps(notice.to_json()).encode()
+            request.write(b"event: %s\nid: %d\ndata: %s\n\n" % (kind, notice.seq, data))
+
+        def keep_alive() -> None:  # a comment now and then, so idle proxies keep it open
+            request.write(b": keep-alive\n\n")
+            timer[0] = reactor.callLater(KEEP_ALIVE, keep_alive)
+
+        subscription = self.node.listen(key, send)
+        timer = [reactor.callLater(KEEP_ALIVE, keep_alive)]
+
+        def gone(_: object) -> None:
+            subscription.cancel()
+            timer[0].cancel()
+
+        request.notifyFinish().addBoth(gone)
+        return NOT_DONE_YET
+
+    def _listens(self, request: Request) -> tuple[int, Any]:
+        node, now = self.node, self.node.reactor.seconds()
+        mine = [
+            {
+                "key": sub.key,
+                "delivered": sub.op.delivered,
+                "seq": sub.op.seq if sub.op.seq >= 0 else None,
+                "holders": [id_to_hex(c.id) for c in sub.holders],
+                "polled": [id_to_hex(c.id) for c in sub.op.polled()],
+            }
+            for sub in node.subscriptions.values()
+        ]
+        held = [
+            {
+                "key": id_to_hex(entry.key),
+                "listener": id_to_hex(entry.ident),
+                "host": entry.host,
+                "expires_in": round(entry.expires_at - now, 3),
+            }
+            for entry in node.engine.listeners.entries()
+            if entry.expires_at > now
+        ]
+        return 200, {"listening": mine, "held": held[:MAX_LISTED_ITEMS]}
 
     def _timeout(self, request: Request) -> float:
         """The operation's deadline: ``?timeout=SECONDS`` (0 < SECONDS <= MAX_TIMEOUT), or
