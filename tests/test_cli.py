@@ -822,3 +822,81 @@ def test_runs_in_a_fresh_interpreter_without_twisted() -> None:
     assert result.returncode == 0, result.stderr
     assert "usage: txdht" in result.stdout
     assert "put-blob" in result.stdout
+
+
+# -- watch ------------------------------------------------------------------------------------
+
+WATCHED = "cd" * 64
+EVENTS = (
+    b": listening\n\n"
+    b'event: version\nid: 1\ndata: {"key": "'
+    + WATCHED.encode()
+    + b'", "seq": 1, "value": "b25l"}\n\n'
+    b": keep-alive\n\n"
+    b'event: version\nid: 2\ndata: {"key": "'
+    + WATCHED.encode()
+    + b'", "seq": 2, "value": "dHdv"}\n\n'
+    b'event: expired\nid: 2\ndata: {"key": "'
+    + WATCHED.encode()
+    + b'", "seq": 2, "expired": true}\n\n'
+)
+
+
+def watch_stream(node: FakeNode, body: bytes) -> None:
+    """Make ``node`` answer the watch of ``WATCHED`` with the event stream ``body``."""
+    node.overrides[f"/v1/keys/{WATCHED}/events"] = (200, "text/event-stream", body)
+
+
+def test_watch_prints_each_value_and_tells_expiry_on_stderr(
+    node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each version's value is a line on stdout; the expiry is told on stderr."""
+    watch_stream(node, EVENTS)
+    assert run(node, "watch", WATCHED, "--count", "3") == 0
+    out, err = capsys.readouterr()
+    assert out == "one\ntwo\n"
+    assert "version 2 expired" in err
+
+
+def test_watch_json_prints_each_event_as_a_json_line(
+    node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json prints each event as the node sent it, one JSON object a line."""
+    watch_stream(node, EVENTS)
+    assert run(node, "watch", WATCHED, "--json", "--count", "3") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["seq"], e.get("value"), e.get("expired")) for e in lines] == [
+        (1, "b25l", None),
+        (2, "dHdv", None),
+        (2, None, True),
+    ]
+
+
+def test_watch_of_a_stream_that_ends_exits_3(
+    node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream the node closes (it stopped) ends the watch with status 3."""
+    watch_stream(node, EVENTS)
+    assert run(node, "watch", WATCHED) == 3
+    assert "closed the stream" in capsys.readouterr().err
+
+
+def test_watch_errors(node: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
+    """A refused key exits 1 with the node's message; garbage, silence and no node exit 3."""
+    assert run(node, "watch", "nothex") == 1
+    assert "128 lowercase hex" in capsys.readouterr().err
+    node.overrides[f"/v1/keys/{WATCHED}/events"] = GARBAGE
+    assert run(node, "watch", WATCHED) == 3
+    assert "connection to the node" in capsys.readouterr().err
+    assert main(["--node", f"http://127.0.0.1:{closed_port()}", "watch", WATCHED]) == 3
+    assert "cannot reach" in capsys.readouterr().err
+
+
+def test_watch_of_a_silent_node_exits_3(
+    node: FakeNode, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that sends nothing (not even its keep-alive comments) is taken as gone."""
+    monkeypatch.setattr(cli, "WATCH_SILENCE", 0.2)
+    node.overrides[f"/v1/keys/{WATCHED}/events"] = SLOW
+    assert run(node, "watch", WATCHED) == 3
+    assert "sent nothing for 0.2s" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """The ``txdht`` command line client: talks to a running node over its HTTP JSON API.
 
-It stores values (``put``, ``put-blob``), fetches them (``get``) and shows the node's state
-(``status``, ``peers``). Only the standard library is used (no Twisted), so the client starts fast
-and runs anywhere the package is installed.
+It stores values (``put``, ``put-blob``), fetches them (``get``), prints each new version of
+one as it is stored (``watch``) and shows the node's state (``status``, ``peers``). Only the
+standard library is used (no Twisted), so the client starts fast and runs anywhere the package
+is installed.
 
 Exit status: 0 success; 1 the node reported an error (its message is shown) or sent a reply the
 client cannot read; 2 a usage error or a local file that cannot be read or written; 3 the node
@@ -15,6 +16,7 @@ callers (and tests) may replace them.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import math
@@ -34,6 +36,9 @@ DEFAULT_NODE = "http://127.0.0.1:8470"
 DEFAULT_TIMEOUT = 10.0
 #: Seconds the command waits for a get or put past the deadline it gave the node.
 GRACE = 5.0
+#: Seconds ``watch`` waits for a byte of its event stream (the node sends a comment every 15 s)
+#: before it decides the node has gone.
+WATCH_SILENCE = 45.0
 NODE_ENV = "TXDHT_NODE"
 
 EXIT_OK = 0
@@ -47,6 +52,7 @@ examples:
   txdht put greeting "hello world"        store a value under a name, print its key
   txdht put-blob photo.jpg                store a file under its own hash, print its key
   txdht get KEY -o copy.jpg               fetch a value into a file
+  txdht watch KEY --json                  print each new version as a JSON line
   txdht --node http://127.0.0.1:8471 status  talk to another node on this machine
 
 The node is {DEFAULT_NODE} unless --node (before or after the command) or
@@ -335,6 +341,59 @@ def _cmd_get(opts: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_watch(opts: argparse.Namespace) -> int:
+    """``txdht watch KEY``: print each new version's value as a line (``--json``: each event
+    as a JSON line), until interrupted or ``--count`` events; an expiry is told on stderr."""
+    node: str = opts.node
+    path = "/v1/keys/" + urllib.parse.quote(os.fsencode(opts.key), safe="") + "/events"
+    headers = {"User-Agent": f"txdht-cli/{__version__}", "Accept": "text/event-stream"}
+    request = urllib.request.Request(node + path, headers=headers)
+    left: int | None = opts.count
+    try:
+        with urllib.request.urlopen(request, timeout=WATCH_SILENCE) as reply:
+            event, data = "", ""
+            while left is None or left > 0:
+                raw = reply.readline()
+                if not raw:
+                    raise CLIError(f"the node at {node} closed the stream", EXIT_UNREACHABLE)
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = line[6:]
+                elif not line and data:
+                    _watched(opts, event, data)
+                    event, data = "", ""
+                    left = None if left is None else left - 1
+    except urllib.error.HTTPError as exc:
+        with exc:
+            raise _error_reply(exc.code, str(exc.reason), exc.read()) from None
+    except urllib.error.URLError as exc:
+        raise CLIError(
+            f"cannot reach the node at {node}: {exc.reason}; is it running? (--node)",
+            EXIT_UNREACHABLE,
+        ) from None
+    except TimeoutError:
+        message = f"the node at {node} sent nothing for {WATCH_SILENCE:g}s: it has gone"
+        raise CLIError(message, EXIT_UNREACHABLE) from None
+    except (OSError, http.client.HTTPException) as exc:
+        message = f"the connection to the node at {node} failed: {exc}"
+        raise CLIError(message, EXIT_UNREACHABLE) from None
+    return EXIT_OK
+
+
+def _watched(opts: argparse.Namespace, event: str, data: str) -> None:
+    """Print one event of ``watch``."""
+    notice = _json_object(data.encode())
+    if opts.json:
+        _print(json.dumps(notice))
+    elif event == "expired":
+        sys.stderr.write(f"txdht: version {notice.get('seq')} expired, and no newer is stored\n")
+    else:
+        sys.stdout.buffer.write(base64.b64decode(str(notice.get("value", ""))) + b"\n")
+    sys.stdout.flush()
+
+
 def _cmd_status(opts: argparse.Namespace) -> int:
     """``txdht status``: the node's identity, endpoints, whether it joined, its peers (and how
     many answer), the network's estimated size, its item count and uptime."""
@@ -478,6 +537,25 @@ def _build_parser() -> argparse.ArgumentParser:
     get.add_argument("key", metavar="KEY", help="the key (128 hex digits) printed by put")
     get.add_argument(
         "-o", "--output", metavar="FILE", help="write the value to FILE instead of stdout"
+    )
+
+    watch = command(
+        "watch",
+        "print each new version of a value as it is stored",
+        "Listen to KEY through the node and print the value of each new version as a line\n"
+        "(the current one first), until interrupted. An expiry is told on stderr.",
+        "txdht watch KEY --json",
+        _cmd_watch,
+    )
+    watch.add_argument("key", metavar="KEY", help="the key (128 hex digits) printed by put")
+    watch.add_argument(
+        "--json",
+        action="store_true",
+        help='print each event as a JSON line: {"key", "seq", "value" (base64)} or '
+        '{"key", "seq", "expired": true}',
+    )
+    watch.add_argument(
+        "--count", metavar="N", type=int, help="stop after N events (default: never)"
     )
 
     status = command(
