@@ -105,11 +105,17 @@ class NodeProcess:
         """The node's HTTP API."""
         return f"http://127.0.0.1:{self.http}"
 
-    def start(self, peers: list[NodeProcess] = (), k: int = 5) -> None:  # type: ignore[assignment]
-        """Start the process (it joins through ``peers``, or its saved contacts)."""
+    def start(
+        self,
+        peers: list[NodeProcess] = (),  # type: ignore[assignment]
+        k: int = 5,
+        options: Sequence[str] = (),
+    ) -> None:
+        """Start the process (it joins through ``peers``, or its saved contacts), with more
+        ``twistd dht`` options."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = self.command("-n", "--pidfile=", f"--reactor={self.reactor}")
-        args += ["--k", str(k), "--rpc-timeout", "2"]
+        args += ["--k", str(k), "--rpc-timeout", "2", *options]
         for peer in peers:
             args += ["--peer", f"127.0.0.1:{peer.port}"]
         with self.log.open("ab") as log:
