@@ -669,3 +669,34 @@ def test_unreachable_node_then_recovery(tmp_path: Path, browser: Browser) -> Non
         assert not browser.severe(allow_network=True), browser.severe(allow_network=True)
     finally:
         node.kill()
+
+
+def test_listens_panel_lists_the_listens_as_listener_and_as_holder(
+    network: list[NodeProcess], browser: Browser
+) -> None:
+    """While `txdht watch` runs on a node, its page lists the listen (with its holders), and a
+    holder's page lists the listen it holds."""
+    import subprocess
+
+    from tests.test_processes import BIN, environment, txdht
+
+    key = txdht(network[0], "put", "watched on the dashboard", "v").stdout.decode().strip()
+    watch = subprocess.Popen(
+        [str(BIN / "txdht"), "--node", network[2].url, "watch", key],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment(),
+    )
+    try:
+        browser.open(network[2])
+        until("the listen", lambda: browser.text("listening-count") == "1")
+        until("its holders", lambda: "holders" in browser.text("listening-list"))
+        assert key[:12] in browser.text("listening-list")
+        holder = next(n for n in network if n.api("/v1/listens")["held"])
+        browser.open(holder)
+        until("the held listen", lambda: int(browser.text("held-count") or 0) >= 1)
+        assert "left" in browser.text("held-list")
+        assert not browser.severe(), browser.severe()
+    finally:
+        watch.kill()
+        watch.wait(timeout=10)

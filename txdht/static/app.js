@@ -319,6 +319,28 @@
     }
   }
 
+  function listListens(listens) {
+    const rows = [
+      ["listening", listens.listening, (l) => short(l.key) + " · seq " + (l.seq === null ? "–" : l.seq) +
+        " · " + l.delivered + " told · " + l.holders.length + " holders" +
+        (l.polled.length ? ", " + l.polled.length + " polled" : "")],
+      ["held", listens.held, (l) => short(l.key) + " · for " + short(l.listener) + " at " + l.host +
+        " · " + span(l.expires_in) + " left"],
+    ];
+    for (const [name, entries, describe] of rows) {
+      const list = $(name + "-list");
+      clear(list);
+      $(name + "-count").textContent = entries.length;
+      for (const entry of entries) {
+        const item = document.createElement("li");
+        item.className = "mono";
+        item.textContent = describe(entry);
+        item.title = entry.key;
+        list.appendChild(item);
+      }
+    }
+  }
+
   // -- the panels ------------------------------------------------------------------------
 
   function rate(now, previous, field) {
@@ -362,8 +384,9 @@
 
   async function poll() {
     try {
-      const [status, peers, items, lookups, counts] = await Promise.all([
+      const [status, peers, items, lookups, counts, listens] = await Promise.all([
         json("v1/status"), json("v1/peers"), json("v1/items"), json("v1/lookups"), counters(),
+        json("v1/listens"),
       ]);
       state.selfId = status.id;
       state.lookups = lookups.lookups;
@@ -372,6 +395,7 @@
       drawItems(items.items);
       drawPaths();
       listLookups();
+      listListens(listens);
       showPanels(status, counts);
       document.title = "txdht " + status.id.slice(0, 8) + " · " + status.peers + " peers";
       setReachable(true, "live · updated " + new Date().toLocaleTimeString());
