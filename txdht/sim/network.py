@@ -29,13 +29,14 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from txdht.core import operations as ops
-from txdht.core.commands import Command, Done, Failed, Joined, Log, Ready, Send
+from txdht.core.commands import Command, Done, Failed, Joined, Log, Notify, Ready, Send
 from txdht.core.engine import Engine
 from txdht.core.errors import ErrorCode
 from txdht.core.framing import netstring
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, Item
 from txdht.core.limits import DEFAULT_RPC_TIMEOUT, Limits
+from txdht.core.listen import Listen, Notice
 from txdht.core.lookup import ALPHA
 from txdht.core.messages import Error, Message, encode
 from txdht.core.routing import K
@@ -403,6 +404,7 @@ class SimNode:
         self.alive = False
         self.service: Service | None = None
         self._waiting: dict[ops.Operation, Callable[[ops.Operation], None]] = {}
+        self._notified: dict[ops.Operation, Callable[[Notice], None]] = {}
         self._joined: Callable[[SimNode], None] | None = None
         self._fires: set[float] = set()
 
@@ -455,6 +457,8 @@ class SimNode:
                         self._joined(self)
                 case Joined():
                     self.network.members.add(self)
+                case Notify(op, notice):
+                    self._notified[op](notice)
                 case _:
                     assert isinstance(command, Log)  # no connections here: no Write or Close
                     self.network.note(f"{self} {command.level} {command.format()}")
@@ -514,6 +518,15 @@ class SimNode:
     ) -> None:
         """Send one request; ``done`` gets the reply, or the error it failed with."""
         self.start_op(ops.Call(to, cls, **fields), lambda op: done(op.error or op.result))
+
+    def listen(self, key: int, notified: Callable[[Notice], None]) -> Listen:
+        """Listen to ``key`` (as ``Node.listen``): ``notified`` gets each ``Notice``; the
+        listen runs until the node dies (or ``Engine.cancel``)."""
+        op = Listen(key)
+        self._notified[op] = notified
+        self._waiting[op] = lambda _: None  # a listen ends only by failing (a bug)
+        self.run(self.engine.start(op, self.now))
+        return op
 
     def join(self, seeds: list[Address], done: Callable[[int | None], None]) -> None:
         """Join through ``seeds``; ``done`` gets the contacts then known, or None (JoinError)."""

@@ -185,6 +185,24 @@ def _idle(report: Report) -> Figure:
     return fig
 
 
+def _listen(report: Report) -> Figure:
+    table = _Table(report["tables"][0])
+    fig, (ax,) = _new_figure(1)
+    phases = table.column("phase")
+
+    def number(value: Any) -> float:
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    _bars(
+        ax, phases, {name: [number(v) for v in table.column(name)] for name in ("p50 ms", "p99 ms")}
+    )
+    _goal(ax, 2 * report["parameters"]["latency"], "goal: p99 within 2 RTT")
+    ax.set_ylabel("ms from the put's acknowledgement to the listener")
+    ax.set_title("new versions reaching their listeners")
+    ax.legend(loc="upper left")
+    return fig
+
+
 _FIGURES: dict[str, Callable[[Report], Figure]] = {
     "lookup": _lookup,
     "crash": _crash,
@@ -192,6 +210,7 @@ _FIGURES: dict[str, Callable[[Report], Figure]] = {
     "idle": _idle,
     "churn": _churn,
     "partition": _partition,
+    "listen": _listen,
 }
 
 

@@ -1,4 +1,4 @@
-"""The scenarios of the simulator: lookup, crash, silent, idle, churn and partition.
+"""The scenarios of the simulator: lookup, crash, silent, idle, churn, partition and listen.
 
 Each takes ``Settings`` and returns a ``Report``. Every one of them grows its network the way a
 real one grows: nodes start one after another and join through a random node already in the
@@ -119,6 +119,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
     "idle": {"nodes": 200, "keys": 2000, "hours": 2.0},
     "churn": {"nodes": 100, "keys": 100, "hours": 12.0},
     "partition": {"nodes": 200, "keys": 20},
+    "listen": {"nodes": 200, "keys": 5, "hours": 1.0},
 }
 
 
@@ -978,6 +979,164 @@ def partition(s: Settings) -> Report:
     return report
 
 
+# -- listen ---------------------------------------------------------------------------------
+
+#: Listen: listeners per name.
+LISTENERS = 20
+
+
+class _Heard:
+    """What the listeners of the listen scenario were told, and when each version was
+    acknowledged to its writer."""
+
+    def __init__(self, net: Network, writer: _Writer) -> None:
+        self.net = net
+        self.writer = writer
+        #: (name, seq) -> when the store was acknowledged (the put's outcome reached the writer).
+        self.acked_at: dict[tuple[str, int], float] = {}
+        #: (name, seq) -> when its put started (versions are numbered 1, 2... in write order).
+        self.put_at: dict[tuple[str, int], float] = {}
+        #: (listener index, name) -> [(seq, when, expired)], in the order the listener was told.
+        self.told: dict[tuple[int, str], list[tuple[int, float, bool]]] = {}
+
+    def write(self, name: str) -> None:
+        """Write the next version of ``name``, noting when it starts and is acknowledged."""
+        seq = 1 + sum(1 for n, _ in self.put_at if n == name)
+        self.put_at[(name, seq)] = self.net.clock.now
+        self.writer.write(name, partial(self._acked, name))
+
+    def _acked(self, name: str, count: int) -> None:
+        if count:
+            self.acked_at.setdefault((name, self.writer.acked[name]), self.net.clock.now)
+
+    def listen(self, node: SimNode, name: str) -> None:
+        """``node`` listens to ``name``."""
+        told = self.told.setdefault((node.index, name), [])
+        node.listen(
+            self.writer.keys[name],
+            lambda notice: told.append((notice.seq, self.net.clock.now, notice.expired)),
+        )
+
+    def delays(
+        self, since: float = 0.0, until: float = math.inf, start: bool = False
+    ) -> list[float]:
+        """For every version acknowledged after ``since`` (up to ``until``) and every listener
+        of its name, the seconds from the acknowledgement (``start``: from the put's start) to
+        the listener being told (0 when told first; infinite when never told)."""
+        delays = []
+        for (_, name), told in self.told.items():
+            when = {seq: at for seq, at, expired in told if not expired}
+            for (acked_name, seq), acked in self.acked_at.items():
+                if acked_name == name and since < acked <= until:
+                    origin = self.put_at[(name, seq)] if start else acked
+                    delays.append(max(0.0, when.get(seq, math.inf) - origin))
+        return delays
+
+    def misses(self) -> tuple[int, int, int, int]:
+        """Over every listener and name: versions acknowledged, versions never told, versions
+        told twice or more, and listeners told out of order."""
+        expected = missing = twice = disorder = 0
+        for (_, name), told in self.told.items():
+            seqs = [seq for seq, _, expired in told if not expired]
+            acked = {seq for (n, seq) in self.acked_at if n == name}
+            expected += len(acked)
+            missing += len(acked - set(seqs))
+            twice += len(seqs) - len(set(seqs))
+            disorder += seqs != sorted(seqs)
+        return expected, missing, twice, disorder
+
+
+def listen(s: Settings) -> Report:
+    """Listeners on the names a writer updates: how soon each new version reaches them, in a
+    still network and then while nodes are replaced (``--churn`` per hour for ``--hours``)."""
+    net = s.network()
+    grow(net, s.nodes)
+    names = [f"name-{i}" for i in range(s.keys)]
+    writer = _Writer(net, net.ready.choice(net.rng), names)
+    heard = _Heard(net, writer)
+    others = [node for node in net.ready if node is not writer.node]
+    listeners: set[SimNode] = set()
+    for name in names:
+        for node in net.rng.sample(others, min(LISTENERS, len(others))):
+            heard.listen(node, name)
+            listeners.add(node)
+    net.clock.run(net.clock.now + 30)  # the listens are placed
+    rtt = s.latency / 1000
+    still = net.clock.now
+    for round_ in range(3):  # three versions of each name, a minute apart, in a still network
+        for name in names:
+            net.clock.at(still + 60 * round_ + 1, heard.write, name)
+    net.clock.run(still + 240)
+    quiet = heard.delays()
+    s.say(net, f"listen: {len(quiet)} deliveries measured in the still network")
+    churning = _Churn(s, net, [writer.node, *listeners], [writer.keys[n] for n in names])
+    churning.begin()
+    steps = int(s.hours * 3600 / WRITE_INTERVAL)
+    for step in range(1, steps + 1):
+        for name in names:
+            net.clock.at(churning.start + step * WRITE_INTERVAL - 2, heard.write, name)
+    net.clock.run(churning.end + 2 * s.rpc_timeout * s.k)
+    during = heard.delays(churning.start)
+    expected, missing, twice, disorder = heard.misses()
+    table = Table(
+        f"{s.nodes} nodes, {s.keys} names with {LISTENERS} listeners each, RTT {s.latency:g} ms",
+        ["phase", "versions", "deliveries", "p50 ms", "p99 ms", "max ms", "never told"]
+        + ["from put p50 ms", "p99 ms"],
+    )
+    for label, delays, versions, since, until in (
+        ("still", quiet, 3 * len(names), 0.0, churning.start),
+        (
+            f"{s.churn:.0%}/h churn, {s.hours:g} h",
+            during,
+            len(heard.acked_at) - 3 * len(names),
+            churning.start,
+            math.inf,
+        ),
+    ):
+        whole = heard.delays(since, until, start=True)
+        told = [d for d in delays if d < math.inf]
+        table.rows.append(
+            [
+                label,
+                versions,
+                len(delays),
+                round(percentile(told, 0.5) * 1000, 1),
+                round(percentile(delays, 0.99) * 1000, 1) if told else "-",
+                round(max(told, default=0) * 1000, 1),
+                len(delays) - len(told),
+                round(percentile([d for d in whole if d < math.inf], 0.5) * 1000, 1),
+                round(percentile([d for d in whole if d < math.inf], 0.99) * 1000, 1),
+            ]
+        )
+    p99 = percentile(quiet, 0.99)
+    report = Report("listen", s.describe("hours", "churn"), [table])
+    report.targets += [
+        Target(
+            "a new version reaches every listener within 2 RTT of the store's acknowledgement "
+            "(still network, p99)",
+            f"at most {2 * rtt * 1000:g} ms",
+            f"{p99 * 1000:.1f} ms" if p99 < math.inf else "not all told",
+            p99 <= 2 * rtt,
+        ),
+        Target(
+            "while churning, every listener is told every acknowledged version exactly once, "
+            "in order",
+            "none missed, none twice, none out of order",
+            f"{missing} missed, {twice} twice, {disorder} out of order, of {expected}",
+            not (missing or twice or disorder),
+        ),
+    ]
+    replaced = sum(h.replaced for h in churning.hours)
+    report.notes += [
+        f"the writer and the {len(listeners)} listening nodes stay up; {replaced} other nodes "
+        f"were replaced; each name gets a new version every {WRITE_INTERVAL:g} s "
+        "while churning; a delivery before the writer heard its put acknowledged counts as 0",
+    ]
+    report.counters = _counters([net])
+    report.simulated_seconds = net.clock.now
+    return report
+
+
 SCENARIOS: dict[str, Callable[[Settings], Report]] = {
     "lookup": lookup,
     "crash": crash,
@@ -985,4 +1144,5 @@ SCENARIOS: dict[str, Callable[[Settings], Report]] = {
     "idle": idle,
     "churn": churn,
     "partition": partition,
+    "listen": listen,
 }
