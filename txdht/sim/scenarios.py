@@ -1080,8 +1080,10 @@ def listen(s: Settings) -> Report:
     expected, missing, twice, disorder = heard.misses()
     table = Table(
         f"{s.nodes} nodes, {s.keys} names with {LISTENERS} listeners each, RTT {s.latency:g} ms",
-        ["phase", "versions", "deliveries", "p50 ms", "p99 ms", "max ms", "never told"]
-        + ["from put p50 ms", "p99 ms"],
+        [
+            *("phase", "versions", "deliveries", "p50 ms", "p99 ms", "max ms", "never told"),
+            *("from put p50 ms", "p99 ms"),
+        ],
     )
     for label, delays, versions, since, until in (
         ("still", quiet, 3 * len(names), 0.0, churning.start),
