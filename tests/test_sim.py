@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import random
 import re
@@ -1051,3 +1052,32 @@ def test_a_join_retry_still_joins_a_node_that_was_called_meanwhile() -> None:
     newcomer.run(newcomer.engine.seen(net.nodes[1].contact, net.clock.now))
     net.clock.run_until(lambda: newcomer in net.members, 60.0, "the retry")
     assert len(newcomer.engine.routing) == 3
+
+
+def test_listen_scenario_tells_every_listener_every_version_once() -> None:
+    """The listen scenario: in a still network and while churning, every listener is told of
+    every acknowledged version, once, in order, within 2 RTT of the acknowledgement."""
+    report = run("listen", Settings(nodes=40, keys=2, k=6, hours=0.5))
+    (table,) = report.tables
+    assert [row[0] for row in table.rows] == ["still", "50%/h churn, 0.5 h"]
+    assert table.rows[0][1:3] == [6, 6 * 19]
+    assert [row[6] for row in table.rows] == [0, 0]  # never told
+    assert all(target.met for target in report.targets), report.render()
+    assert report.counters["update"] > 0
+
+
+def test_listen_delays_count_a_version_never_told_as_infinite() -> None:
+    """A version no listener was told of is an infinite delay, and a miss."""
+    from txdht.sim.scenarios import _Heard
+
+    net = network(3)
+    writer = _Writer(net, net.nodes[0], ["a"])
+    heard = _Heard(net, writer)
+    heard.told[(1, "a")] = [(2, 5.0, False), (1, 6.0, False), (1, 7.0, False), (1, 8.0, True)]
+    heard.acked_at = {("a", 1): 4.0, ("a", 2): 4.5, ("a", 3): 9.0}
+    heard.put_at = {("a", 1): 3.0, ("a", 2): 4.0, ("a", 3): 8.0}
+    assert heard.delays() == [2.0, 0.5, math.inf]
+    assert heard.delays(4.0, 5.0, start=True) == [1.0]
+    assert heard.misses() == (3, 1, 1, 1)
+    heard._acked("a", 0)  # a put nobody took is no acknowledgement
+    assert len(heard.acked_at) == 3

@@ -23,6 +23,7 @@ RUNS = {
     "partition": Settings(nodes=20, keys=2, k=5, minutes=12.0),
     "silent": Settings(nodes=30, keys=4, k=6, lookups=8, silent=(0.1, 0.33)),
     "idle": Settings(nodes=15, keys=6, k=4, hours=1.0),
+    "listen": Settings(nodes=20, keys=1, k=5, hours=0.5),
 }
 
 
@@ -107,6 +108,16 @@ def test_the_partition_plot_stacks_what_gets_returned(reports: dict[str, Any]) -
     assert bars[2 * n :] == column(report, "none", table=1)
     acknowledged = sum(column(report, "acknowledged"))
     assert f"({acknowledged} writes acknowledged)" in ax.get_title()
+
+
+def test_the_listen_plot_shows_the_delays_per_phase_against_2_rtt(
+    reports: dict[str, Any],
+) -> None:
+    """One group of bars (p50, p99) per phase, and the goal line at 2 RTT."""
+    report = reports["listen"]
+    (ax,) = figure(report).axes
+    assert heights(ax) == column(report, "p50 ms") + column(report, "p99 ms")
+    assert [ydata(line) for line in ax.lines] == [[100.0, 100.0]]
 
 
 def test_the_silent_plot_shows_the_latency_distribution_and_the_puts(

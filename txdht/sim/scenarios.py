@@ -981,7 +981,7 @@ def partition(s: Settings) -> Report:
 
 # -- listen ---------------------------------------------------------------------------------
 
-#: Listen: listeners per name.
+#: Listen: listeners per name (at most half the other nodes: the rest are replaced).
 LISTENERS = 20
 
 
@@ -1025,7 +1025,10 @@ class _Heard:
         the listener being told (0 when told first; infinite when never told)."""
         delays = []
         for (_, name), told in self.told.items():
-            when = {seq: at for seq, at, expired in told if not expired}
+            when: dict[int, float] = {}
+            for seq, at, expired in told:
+                if not expired:
+                    when.setdefault(seq, at)  # the first time it was told
             for (acked_name, seq), acked in self.acked_at.items():
                 if acked_name == name and since < acked <= until:
                     origin = self.put_at[(name, seq)] if start else acked
@@ -1057,7 +1060,7 @@ def listen(s: Settings) -> Report:
     others = [node for node in net.ready if node is not writer.node]
     listeners: set[SimNode] = set()
     for name in names:
-        for node in net.rng.sample(others, min(LISTENERS, len(others))):
+        for node in net.rng.sample(others, min(LISTENERS, len(others) // 2)):  # others churn
             heard.listen(node, name)
             listeners.add(node)
     net.clock.run(net.clock.now + 30)  # the listens are placed
