@@ -798,6 +798,8 @@ def test_a_message_type_of_ones_own_is_encoded_from_its_body() -> None:
     message = Hello(**HEAD)
     assert encode(message) == reference_encode(message)
     assert encode(message).endswith(b',"greeting":"h\\u00e9"}')
+    named = Hello(**HEAD, network="lab")
+    assert b',"port":4000,"network":"lab","greeting"' in encode(named)
 
 
 ids = st.integers(min_value=0, max_value=2**512 - 1)
