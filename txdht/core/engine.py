@@ -58,7 +58,7 @@ from txdht.core.limits import (
     Verdict,
     peer_key,
 )
-from txdht.core.lookup import ALPHA, IterativeLookup
+from txdht.core.lookup import ALPHA, DisjointLookup, IterativeLookup, LookupMachine
 from txdht.core.metrics import Metrics
 from txdht.core.operations import Handoff, Lookup, Operation, PingCheck, Request
 from txdht.core.routing import K, RoutingTable
@@ -134,6 +134,7 @@ class Engine:
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         rng: random.Random | None = None,
         challenge: Callable[[object, float], bytes] = _urandom_challenge,
+        paths: int = 1,
     ) -> None:
         if not 1 <= k <= m.MAX_CONTACTS:
             raise ValueError(f"k must be from 1 to {m.MAX_CONTACTS} (what a nodes reply may carry)")
@@ -141,6 +142,8 @@ class Engine:
             raise ValueError("alpha must be at least 1")
         if rpc_timeout <= 0:
             raise ValueError("rpc_timeout must be above 0 seconds")
+        if paths < 1:
+            raise ValueError("a lookup takes at least 1 path")
         self.identity = identity
         self.id = identity.node_id
         self.storage = storage
@@ -156,6 +159,8 @@ class Engine:
         self.rate_limiter = RateLimiter(limits, now)
         #: Measured round trips, which set each request's slow deadline.
         self.round_trips = RoundTrips(rpc_timeout)
+        #: Disjoint paths each lookup takes (S/Kademlia; 1: a plain Kademlia lookup).
+        self.paths = paths
         #: How many times a lookup sends a slow query to one of the k closest again.
         self.retries = 2
         #: Seconds a driver waits for a connection to open (never longer than a request).
@@ -163,7 +168,7 @@ class Engine:
         #: RPC counters and lookup latencies, served at ``/metrics``.
         self.metrics = Metrics()
         #: Called with (state machine, seconds) when a lookup ends (the dashboard's feed).
-        self.lookup_observers: list[Callable[[IterativeLookup, float], None]] = []
+        self.lookup_observers: list[Callable[[LookupMachine, float], None]] = []
         #: Whether ``Log`` commands are made (the simulator turns them off).
         self.logging = True
         #: True once a join succeeded (``Join``: the driver's caller's, or the service's).
@@ -571,7 +576,7 @@ class Engine:
         there."""
         return self._proofs.get(contact.id) == contact.address
 
-    def lookup_machine(self, target: int, find_value: bool = False) -> IterativeLookup:
+    def lookup_machine(self, target: int, find_value: bool = False) -> LookupMachine:
         """A new lookup machine for ``target``, seeded with the whole routing table: it starts
         from the k closest, and when those fail (after a mass crash every one of them may be
         dead) the next closest contacts we know step in, instead of the lookup ending with
@@ -581,20 +586,21 @@ class Engine:
         them: after a mass crash, each would cost a timeout in every lookup (replication runs
         one per item) until it leaves the table. When no contact looks alive (this node's own
         network was down), all are asked again. Contacts that went slow or failed since they
-        last answered (questionable) are asked after the others."""
+        last answered (questionable) are asked after the others. With ``paths`` above 1, the
+        lookup goes over that many disjoint paths (``DisjointLookup``)."""
         self.routing.touch(target, self.now)
         seeds, dead, questionable = self.routing.lookup_seeds()
-        return IterativeLookup(
-            target,
-            seeds,
-            self.id,
-            self.k,
-            self.alpha,
-            find_value,
-            dead,
-            questionable,
-            retries=self.retries,
-        )
+        options: dict[str, Any] = {
+            "k": self.k,
+            "alpha": self.alpha,
+            "find_value": find_value,
+            "dead": dead,
+            "questionable": questionable,
+            "retries": self.retries,
+        }
+        if self.paths > 1:
+            return DisjointLookup(target, seeds, self.id, self.paths, **options)
+        return IterativeLookup(target, seeds, self.id, **options)
 
     def jitter(self, span: float) -> float:
         """A random time from 0 up to ``span`` seconds (to spread out timers)."""
@@ -618,8 +624,10 @@ class Engine:
             proof = None if request.challenge is None else self.identity.prove(request.challenge)
             return self.message(m.Pong, rid, proof=proof)
         if isinstance(request, m.Store):
+            held = self.get(request.item.key, self.now)
             self.store(request.item, request.ttl, self.now, request.cas)
-            self._stored_at[request.item.key] = self.now
+            if held == request.item:  # a peer's replication of what is here: this round is done
+                self._stored_at[request.item.key] = self.now
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -696,7 +704,7 @@ class Engine:
         return stored.item if stored is not None and stored.expires_at > now else None
 
     def newest(
-        self, key: int, found: IterativeLookup, now: float, ttl: float
+        self, key: int, found: LookupMachine, now: float, ttl: float
     ) -> tuple[Item | None, list[Contact]]:
         """The newest of our copy and the versions a FIND_VALUE lookup found, with the peers
         that sent an older one, to store the newest on for ``ttl`` seconds (read repair). An
@@ -729,9 +737,13 @@ class Engine:
 
     def replication_jobs(self, now: float, fresh: float = 0.0) -> list[tuple[Item, float]]:
         """Every held item with the time it has left: what replication stores again; but not
-        those a peer stored here in the last ``fresh`` seconds (the Kademlia paper's rule: a
-        node that got a STORE for a key assumes the other k - 1 closest got it too, so one
-        node, not k, replicates each key in an interval)."""
+        those a peer stored here again in the last ``fresh`` seconds (the Kademlia paper's
+        rule: a node that got a STORE for a key assumes the other k - 1 closest got it too, so
+        one node, not k, replicates each key in an interval). Only a store of the version
+        already held counts: the first arrival of a version (a publish, a newcomer's handoff,
+        a read repair) reaches all k holders at the same moment, and counting it would have
+        none of them replicate for a whole interval, when a crash right after a put needs the
+        first of them to (the crash scenario's target)."""
         recent = self._stored_at
         return [
             (r.item, r.expires_at - now)
