@@ -37,7 +37,7 @@ from txdht.core.ids import Contact, id_from_hex, id_to_hex
 from txdht.core.interfaces import IStorage
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits
-from txdht.core.lookup import ALPHA, IterativeLookup
+from txdht.core.lookup import ALPHA, LookupMachine
 from txdht.core.messages import Message, encode
 from txdht.core.routing import K
 from txdht.core.schedule import REFRESH_INTERVAL, Intervals, Service
@@ -110,7 +110,7 @@ class DHTFactory(Factory):
         return DHTProtocol(self.node)
 
 
-class Lookup(Deferred[IterativeLookup]):
+class Lookup(Deferred[LookupMachine]):
     """A running iterative lookup: fires with the finished state machine (``machine``, also
     readable while it runs); ``cancel()`` stops it and its queries."""
 
@@ -119,7 +119,7 @@ class Lookup(Deferred[IterativeLookup]):
         self.op = op
 
     @property
-    def machine(self) -> IterativeLookup:
+    def machine(self) -> LookupMachine:
         """The lookup's state machine."""
         return self.op.machine
 
