@@ -37,7 +37,7 @@ from txdht.core.ids import Contact, id_from_hex, id_to_hex
 from txdht.core.interfaces import IStorage
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits
-from txdht.core.lookup import ALPHA, LookupMachine
+from txdht.core.lookup import ALPHA, PATHS, LookupMachine
 from txdht.core.messages import Message, encode
 from txdht.core.routing import K
 from txdht.core.schedule import REFRESH_INTERVAL, Intervals, Service
@@ -143,6 +143,7 @@ class Node:
         storage: IStorage | None = None,
         k: int = K,
         alpha: int = ALPHA,
+        paths: int = PATHS,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_value: int = MAX_VALUE_BYTES,
@@ -161,6 +162,7 @@ class Node:
             now=self.reactor.seconds(),
             k=k,
             alpha=alpha,
+            paths=paths,
             max_value=max_value,
             limits=limits,
             rpc_timeout=rpc_timeout,

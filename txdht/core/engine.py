@@ -58,7 +58,7 @@ from txdht.core.limits import (
     Verdict,
     peer_key,
 )
-from txdht.core.lookup import ALPHA, DisjointLookup, IterativeLookup, LookupMachine
+from txdht.core.lookup import ALPHA, PATHS, DisjointLookup, IterativeLookup, LookupMachine
 from txdht.core.metrics import Metrics
 from txdht.core.operations import Handoff, Lookup, Operation, PingCheck, Request
 from txdht.core.routing import K, RoutingTable
@@ -134,7 +134,7 @@ class Engine:
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         rng: random.Random | None = None,
         challenge: Callable[[object, float], bytes] = _urandom_challenge,
-        paths: int = 1,
+        paths: int = PATHS,
     ) -> None:
         if not 1 <= k <= m.MAX_CONTACTS:
             raise ValueError(f"k must be from 1 to {m.MAX_CONTACTS} (what a nodes reply may carry)")

@@ -51,10 +51,13 @@ from txdht.core.ids import Contact
 from txdht.core.items import Item
 from txdht.core.routing import K
 
-__all__ = ["ALPHA", "DisjointLookup", "IterativeLookup", "LookupMachine"]
+__all__ = ["ALPHA", "PATHS", "DisjointLookup", "IterativeLookup", "LookupMachine"]
 
 #: Requests a lookup keeps in flight at once: the paper's alpha.
 ALPHA = 3
+#: Disjoint paths a lookup takes by default (S/Kademlia's d; 1: a plain Kademlia lookup). The
+#: adversary scenario's measurements chose it (docs/reliability.md, hostile nodes).
+PATHS = 1
 
 
 class _State(Enum):
