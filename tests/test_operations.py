@@ -407,6 +407,25 @@ def test_a_publish_right_after_a_put_is_replicated_at_the_first_tick() -> None:
     assert c.replication_jobs(20.0, fresh=3600.0) == []
 
 
+def test_a_key_replicated_by_a_peer_is_replicated_again_once_a_contact_is_lost() -> None:
+    """The skip holds only while the network is calm: once a contact comes to look dead
+    after the peer's store (a crash, say), the key is replicated at the next round."""
+    a = engine(1)
+    item = blob(b"replicated")
+    for when in (0.0, 10.0):  # a first arrival, then a peer's replication of it
+        reply, _ = a.request_received(
+            a.message(Store, 7, item=item, ttl=600.0), "127.0.0.1", 9, when
+        )
+        assert reply is not None
+    assert a.replication_jobs(20.0, fresh=3600.0) == []
+    gone = contact(engine(2))
+    a.routing.seen(gone, 20.0)
+    a.routing.failed(gone.id)
+    assert a.replication_jobs(20.0, fresh=3600.0) == []  # one failure: not yet dead-looking
+    a.routing.failed(gone.id)
+    assert [i for i, _ in a.replication_jobs(20.0, fresh=3600.0)] == [item]
+
+
 def test_a_contact_that_proved_its_id_is_pinged_without_a_challenge() -> None:
     """Ping-before-evict challenges a contact only until it has proved its id from its present
     address; then a plain ping will do, until it moves."""

@@ -189,8 +189,9 @@ class Engine:
         #: The address each contact proved its id from (the identity handshake), the most
         #: recent MAX_PROOFS of them.
         self._proofs: OrderedDict[int, Address] = OrderedDict()
-        #: When a peer last stored each key here (a STORE request), for replication's rule.
-        self._stored_at: dict[int, float] = {}
+        #: When a peer last stored each key here again (a STORE of the version held), and the
+        #: routing table's count of losses then, for replication's rule.
+        self._stored_at: dict[int, tuple[float, int]] = {}
         self._count_publishers()
 
     # -- events from the driver ----------------------------------------------------------------
@@ -627,7 +628,7 @@ class Engine:
             held = self.get(request.item.key, self.now)
             self.store(request.item, request.ttl, self.now, request.cas)
             if held == request.item:  # a peer's replication of what is here: this round is done
-                self._stored_at[request.item.key] = self.now
+                self._stored_at[request.item.key] = (self.now, self.routing.losses)
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -688,7 +689,7 @@ class Engine:
     def expire(self, now: float) -> int:
         """Drop expired items and ended rate-limit cool-offs; return how many items."""
         self.rate_limiter.forget(now)
-        for key in [k for k, when in self._stored_at.items() if now - when > MAX_TTL]:
+        for key in [k for k, (when, _) in self._stored_at.items() if now - when > MAX_TTL]:
             del self._stored_at[key]  # whatever it stored has expired by now
         dropped = self.storage.expire(now)
         if dropped:
@@ -743,13 +744,22 @@ class Engine:
         already held counts: the first arrival of a version (a publish, a newcomer's handoff,
         a read repair) reaches all k holders at the same moment, and counting it would have
         none of them replicate for a whole interval, when a crash right after a put needs the
-        first of them to (the crash scenario's target)."""
-        recent = self._stored_at
-        return [
-            (r.item, r.expires_at - now)
-            for r in self.storage.records()
-            if r.expires_at > now and now - recent.get(r.key, -math.inf) >= fresh
-        ]
+        first of them to (the crash scenario's target). And the rule holds only while the
+        network is calm: once a contact of this node has come to look dead (or was evicted)
+        since the store, the peer's round may have stored on nodes now gone, so this node
+        replicates the key at its next round as every holder did before the rule (after a
+        mass crash, keys replicated just before it were otherwise left unrepaired for up to
+        an interval: 687 of 10,000 keys under 16 of their 20 closest live nodes after a 50%
+        crash of 1,000 nodes)."""
+        recent, losses = self._stored_at, self.routing.losses
+        jobs = []
+        for r in self.storage.records():
+            if r.expires_at <= now:
+                continue
+            when, seen = recent.get(r.key, (-math.inf, losses))
+            if now - when >= fresh or seen != losses:
+                jobs.append((r.item, r.expires_at - now))
+        return jobs
 
     def republish_jobs(self) -> list[tuple[Item, float]]:
         """Every item this node published, with its ttl: what republishing stores again."""
