@@ -32,6 +32,7 @@ from txdht.aio.node import Node
 from txdht.core.ids import id_to_hex
 from txdht.core.items import Identity
 from txdht.core.limits import Limits, limit_options
+from txdht.core.lookup import PATHS
 from txdht.core.schedule import Intervals
 from txdht.sqlite import SQLiteStorage
 
@@ -483,3 +484,12 @@ def test_process_stops_cleanly_on_a_signal(signum: int, loop: str, tmp_path: Pat
     assert "stopping" in text
     assert "Traceback" not in text
     assert (data / "node.sqlite3").exists()
+
+
+def test_parse_args_lookup_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    """--lookup-paths defaults to the core's PATHS; fewer than one is refused, naming it."""
+    assert parse_args(["--data-dir", "d"]).lookup_paths == PATHS
+    assert parse_args(["--data-dir", "d", "--lookup-paths", "2"]).lookup_paths == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--data-dir", "d", "--lookup-paths", "0"])
+    assert "--lookup-paths must be at least 1" in capsys.readouterr().err

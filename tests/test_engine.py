@@ -11,7 +11,7 @@ from txdht.core.engine import Engine
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, Identity, Item, blob
-from txdht.core.lookup import IterativeLookup
+from txdht.core.lookup import DisjointLookup, IterativeLookup
 from txdht.core.messages import (
     Error,
     FindNode,
@@ -57,7 +57,9 @@ def sent(commands: list[Command]) -> list[tuple[str, int | None]]:
 def lookup(engine: Engine, target: int, now: float, find_value: bool = False) -> IterativeLookup:
     """A lookup machine from ``engine`` at time ``now``."""
     engine.now = now
-    return engine.lookup_machine(target, find_value)
+    machine = engine.lookup_machine(target, find_value)
+    assert isinstance(machine, IterativeLookup)  # one path: a plain Kademlia lookup
+    return machine
 
 
 def request(cls: type[Message], sender: int = 7, port: int | None = None, **fields: Any) -> Message:
@@ -432,3 +434,14 @@ def test_no_handoff_of_expired_records_or_to_far_newcomers() -> None:
     engine.routing.remove(far.id)
     near = Contact(item.key ^ 1, "127.0.0.1", 4101)
     assert engine.seen(near, 61.0) == []
+
+
+def test_lookups_take_the_engines_number_of_paths() -> None:
+    """paths=1 is a plain lookup, more is a DisjointLookup of that many paths; fewer than one
+    is refused."""
+    assert isinstance(make_engine().lookup_machine(5), IterativeLookup)
+    machine = Engine(ALICE, MemoryStorage(), now=0.0, paths=3).lookup_machine(5)
+    assert isinstance(machine, DisjointLookup)
+    assert len(machine.paths) == 3
+    with pytest.raises(ValueError, match="at least 1 path"):
+        Engine(ALICE, MemoryStorage(), now=0.0, paths=0)

@@ -11,7 +11,7 @@ import pytest
 from txdht.core.errors import ErrorCode
 from txdht.core.ids import MAX_ID, Contact, closest
 from txdht.core.items import Identity, Item, blob
-from txdht.core.lookup import ALPHA, IterativeLookup
+from txdht.core.lookup import ALPHA, DisjointLookup, IterativeLookup
 from txdht.core.routing import K
 
 #: Our own id in the hand-driven tests: as far as can be from target 0.
@@ -548,3 +548,132 @@ def test_questionable_contacts_are_asked_after_the_others() -> None:
     assert [x.id for x in lookup.next_queries()] == [3, 4]
     lookup.nodes_received(c(3), [])
     assert [x.id for x in lookup.next_queries()] == [1]
+
+
+# -- disjoint paths --------------------------------------------------------------------------
+
+
+def run_disjoint(
+    network: dict[int, set[int]],
+    start: int,
+    target: int,
+    paths: int,
+    rng: random.Random,
+    hostile: frozenset[int] = frozenset(),
+    k: int = K,
+) -> tuple[IterativeLookup | DisjointLookup, list[int]]:
+    """Run a FIND_NODE lookup over ``paths`` paths (1: a plain lookup) from ``start``; hostile
+    nodes answer with the k hostile nodes nearest the target (colluding). Returns the lookup
+    and every contact asked, in order."""
+    seeds = closest(target, cs(*network[start]), k)
+    lookup: IterativeLookup | DisjointLookup
+    if paths == 1:
+        lookup = IterativeLookup(target, seeds, own_id=start, k=k)
+    else:
+        lookup = DisjointLookup(target, seeds, start, paths, k=k)
+    allies = by_distance(target, hostile)
+    asked: list[int] = []
+    in_flight: list[Contact] = []
+    for _ in range(10 * len(network)):  # bounded: each contact is asked once
+        sent = lookup.next_queries()
+        asked += [peer.id for peer in sent]
+        in_flight += sent
+        if not in_flight:
+            break
+        peer = in_flight.pop(rng.randrange(len(in_flight)))
+        answer = cs(*allies[:k]) if peer.id in hostile else cs(*network[peer.id])
+        lookup.nodes_received(peer, closest(target, answer, k))
+    assert lookup.done
+    return lookup, asked
+
+
+def test_disjoint_paths_share_out_the_seeds_and_never_ask_a_contact_twice() -> None:
+    """Each path starts from its share of the seeds (nearest first, dealt in turn), no contact
+    is asked by two paths, and the lookup still finds the true k closest."""
+    rng = random.Random(11)
+    network = build_network(rng, 200, randoms=8, neighbours=K)
+    nodes = sorted(network)
+    for _ in range(10):
+        start, target = rng.choice(nodes), rng.getrandbits(512)
+        lookup, asked = run_disjoint(network, start, target, 3, rng)
+        assert isinstance(lookup, DisjointLookup)
+        assert len(asked) == len(set(asked))
+        seeds = closest(target, cs(*network[start]), K)
+        firsts = [path.trace[0][1] for path in lookup.paths]
+        assert firsts == seeds[:3]
+        truth = by_distance(target, (i for i in nodes if i != start))[:K]
+        assert [peer.id for peer in lookup.closest()] == truth
+        assert lookup.queries == len(asked)
+        assert lookup.answered == len(asked)
+        assert lookup.hops() == max(path.hops() for path in lookup.paths)
+        assert len(lookup.trace) == sum(len(path.trace) for path in lookup.paths)
+
+
+def test_colluders_steer_the_paths_they_are_asked_on_not_the_others() -> None:
+    """With a fifth of the nodes colluding (k = 8, sparse tables), a plain lookup often ends
+    among them, missing the nearest honest node; over three disjoint paths, rarely."""
+    k = 8
+    rng = random.Random(1)
+    network = build_network(rng, 200, randoms=4, neighbours=k)
+    nodes = sorted(network)
+    hostile = frozenset(rng.sample(nodes, 40))
+    honest = [i for i in nodes if i not in hostile]
+    misses = {1: 0, 3: 0}
+    for _ in range(100):
+        start, target = rng.choice(honest), rng.getrandbits(512)
+        nearest_honest = by_distance(target, (i for i in honest if i != start))[0]
+        for paths in misses:
+            lookup, _ = run_disjoint(network, start, target, paths, rng, hostile, k)
+            misses[paths] += nearest_honest not in {c.id for c in lookup.closest()}
+    assert misses[1] >= 20  # 29 of 100 at this seed
+    assert misses[3] * 5 <= misses[1]  # 2 of 100
+
+
+def test_a_disjoint_find_value_takes_the_newest_version_over_all_paths() -> None:
+    """Each path keeps what its peers sent; the lookup's value is the newest of them all, and
+    a blob found on any path ends the lookup."""
+    target = ITEM.key
+    seeds = near(target, 1, 2, 3, 4)
+    lookup = DisjointLookup(target, seeds, OWN, 2, find_value=True, k=2, alpha=1)
+    first = lookup.next_queries()
+    assert [p.id ^ target for p in first] == [1, 2]  # one per path, nearest first
+    older, newer = OWNER.sign("profile", b"old", 2), ITEM
+    assert lookup.value_received(first[0], older)
+    assert lookup.value_received(first[1], newer)
+    assert lookup.value == newer
+    assert {item for _, item in lookup.found} == {older, newer}
+    assert lookup.value_depth >= 1
+    forged = replace(ITEM, value=b"forged")
+    second = lookup.next_queries()
+    assert not lookup.value_received(second[0], forged)
+    assert [peer for peer, _ in lookup.bad_values] == [second[0]]
+    lookup.query_failed(second[1])
+    assert lookup.done  # each path's two seeds answered or failed
+    assert lookup.value == newer
+    answer = blob(b"plain")
+    blob_lookup = DisjointLookup(answer.key, near(answer.key, 1, 2), OWN, 2, find_value=True)
+    one, _ = blob_lookup.next_queries()
+    assert blob_lookup.value_received(one, answer)
+    assert blob_lookup.done
+    assert blob_lookup.next_queries() == []
+
+
+def test_events_about_contacts_no_path_asked_are_ignored() -> None:
+    """Replies, failures and slowness of contacts no path asked change nothing."""
+    lookup = DisjointLookup(0, cs(1, 2), OWN, 2, find_value=True)
+    stranger = c(99)
+    lookup.nodes_received(stranger, cs(3))
+    assert not lookup.value_received(stranger, ITEM)
+    lookup.query_failed(stranger)
+    assert not lookup.query_slow(stranger)
+    assert lookup.queries == 0
+    one, two = lookup.next_queries()
+    assert lookup.query_slow(one)  # one of the k closest: asked again
+    lookup.query_failed(two)
+    assert lookup.closest() == []
+
+
+def test_a_disjoint_lookup_needs_two_paths() -> None:
+    """One path is an IterativeLookup; fewer than two paths is a mistake."""
+    with pytest.raises(ValueError, match="at least 2 paths"):
+        DisjointLookup(0, cs(1), OWN, 1)

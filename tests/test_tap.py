@@ -16,6 +16,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from txdht.core.limits import Limits
+from txdht.core.lookup import PATHS
 from txdht.core.schedule import JOBS, REFRESH_INTERVAL, Intervals
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage
@@ -395,3 +396,15 @@ def test_the_stale_bucket_threshold_is_the_kademlia_hour_whatever_the_refresh_in
     assert (dht.intervals.refresh, dht.intervals.stale_bucket) == (60.0, REFRESH_INTERVAL)
     assert "stale-bucket" not in Options().docs
     dht.node.engine.storage.close()  # type: ignore[attr-defined]
+
+
+def test_lookup_paths_sets_how_many_disjoint_paths_each_lookup_takes(tmp_path: Path) -> None:
+    """--lookup-paths (the default from the adversary measurements) reaches the node's core;
+    zero is refused."""
+    options = parse("--data-dir", str(tmp_path), "--http", "none", "--lookup-paths", "3")
+    root = makeService(options, MemoryReactorClock())
+    dht = next(s for s in root if isinstance(s, DHTService))
+    assert dht.node.engine.paths == 3
+    assert parse("--data-dir", str(tmp_path))["lookup-paths"] == PATHS
+    with pytest.raises(usage.UsageError):
+        parse("--data-dir", str(tmp_path), "--lookup-paths", "0")

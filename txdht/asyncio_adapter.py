@@ -90,6 +90,7 @@ class _NodeOptions(TypedDict, total=False):
     storage: IStorage
     k: int
     alpha: int
+    paths: int
     rpc_timeout: float
     max_message: int
     max_value: int
@@ -219,7 +220,7 @@ class AsyncioNode:
     """The Twisted ``Node`` with an async API, for asyncio code on Twisted's asyncioreactor.
 
     :param node_options: passed to ``txdht.node.Node``: ``identity``, ``storage``, ``k``,
-        ``alpha``, ``rpc_timeout``, ``max_message``, ``max_value``, ``rng``.
+        ``alpha``, ``paths``, ``rpc_timeout``, ``max_message``, ``max_value``, ``rng``.
 
     Every method but ``stop`` raises ``RuntimeError`` until ``start()`` has finished, and again
     after ``stop()``. A stopped adapter can be started again, as a new Twisted node.

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits, limit_options
+from txdht.core.lookup import PATHS
 from txdht.core.messages import DEFAULT_NETWORK, MAX_CONTACTS, check_network
 from txdht.core.schedule import Intervals, interval_options
 from txdht.node import Address, Node
@@ -89,6 +90,14 @@ class Options(usage.Options):
         ],
         ["k", "k", 20, f"Bucket size and replicas per item (1 to {MAX_CONTACTS}).", int],
         ["alpha", "a", 3, "Requests in flight per lookup.", _positive(int)],
+        [
+            "lookup-paths",
+            None,
+            PATHS,
+            "Disjoint paths each lookup takes (S/Kademlia; 1: plain Kademlia): more paths "
+            "resist hostile nodes that steer lookups, at about that many times the messages.",
+            _positive(int),
+        ],
         [
             "rpc-timeout",
             None,
@@ -201,6 +210,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         storage=storage,
         k=options["k"],
         alpha=options["alpha"],
+        paths=options["lookup-paths"],
         rpc_timeout=options["rpc-timeout"],
         max_message=options["max-message"],
         max_value=options["max-value"],

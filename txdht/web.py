@@ -63,7 +63,7 @@ from txdht.core.errors import ErrorCode, NotFoundError, OperationTimeout, Protoc
 from txdht.core.ids import bucket_index, id_from_hex, id_to_hex
 from txdht.core.items import Item, blob
 from txdht.core.listen import Notice
-from txdht.core.lookup import IterativeLookup
+from txdht.core.lookup import LookupMachine
 from txdht.node import Node
 from txdht.prometheus import CONTENT_TYPE, exposition, node_registry
 
@@ -138,7 +138,7 @@ class APIResource(Resource):
         #: What ``/metrics`` serves: this node's metrics and its process's.
         self.registry = node_registry(node.metrics, self._gauges)
 
-    def _lookup_finished(self, machine: IterativeLookup, seconds: float) -> None:
+    def _lookup_finished(self, machine: LookupMachine, seconds: float) -> None:
         """Keep a snapshot of a finished lookup (not the machine: it holds every contact)."""
         self._lookup_count += 1
         trace = [

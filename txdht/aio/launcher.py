@@ -20,6 +20,7 @@ from pathlib import Path
 from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Node, run
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import Limits, limit_options
+from txdht.core.lookup import PATHS
 from txdht.core.messages import DEFAULT_NETWORK, check_network
 from txdht.core.schedule import Intervals, interval_options
 from txdht.sqlite import SQLiteStorage, StorageError
@@ -67,6 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=20, help="bucket size and replicas (default 20)")
     parser.add_argument("--alpha", type=int, default=3, help="lookup parallelism (default 3)")
     parser.add_argument(
+        "--lookup-paths",
+        type=int,
+        default=PATHS,
+        help="disjoint paths each lookup takes (S/Kademlia; 1: plain Kademlia): more paths "
+        f"resist hostile nodes, at about that many times the messages (default {PATHS})",
+    )
+    parser.add_argument(
         "--rpc-timeout", type=float, default=DEFAULT_RPC_TIMEOUT, help="seconds to wait for a reply"
     )
     parser.add_argument(
@@ -101,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(e))
     if args.max_value < 1:
         parser.error("--max-value must be above 0")
+    if args.lookup_paths < 1:
+        parser.error("--lookup-paths must be at least 1")
     options = interval_options()
     for name, _, _, field in options:
         if not getattr(args, field) > 0:
@@ -122,6 +132,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
             storage=storage,
             k=args.k,
             alpha=args.alpha,
+            paths=args.lookup_paths,
             rpc_timeout=args.rpc_timeout,
             max_value=args.max_value,
             limits=args.limits,

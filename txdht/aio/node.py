@@ -36,7 +36,7 @@ from txdht.core.ids import Contact, id_from_hex, id_to_hex
 from txdht.core.interfaces import IStorage
 from txdht.core.items import DEFAULT_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits
-from txdht.core.lookup import ALPHA, IterativeLookup
+from txdht.core.lookup import ALPHA, PATHS, LookupMachine
 from txdht.core.messages import DEFAULT_NETWORK, Message, encode
 from txdht.core.routing import K
 from txdht.core.schedule import REFRESH_INTERVAL, Intervals, Service
@@ -144,7 +144,7 @@ class NetstringProtocol(asyncio.Protocol):
         self.closed.set_result(None)
 
 
-class Lookup(asyncio.Future[IterativeLookup]):
+class Lookup(asyncio.Future[LookupMachine]):
     """A running iterative lookup: resolves to the finished state machine (``machine``, also
     readable while it runs); ``cancel()`` stops it and its queries."""
 
@@ -153,7 +153,7 @@ class Lookup(asyncio.Future[IterativeLookup]):
         self.op = op
 
     @property
-    def machine(self) -> IterativeLookup:
+    def machine(self) -> LookupMachine:
         """The lookup's state machine."""
         return self.op.machine
 
@@ -235,6 +235,7 @@ class Node:
         storage: IStorage | None = None,
         k: int = K,
         alpha: int = ALPHA,
+        paths: int = PATHS,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_value: int = MAX_VALUE_BYTES,
@@ -253,6 +254,7 @@ class Node:
             now=self.now(),
             k=k,
             alpha=alpha,
+            paths=paths,
             max_value=max_value,
             limits=limits,
             rpc_timeout=rpc_timeout,

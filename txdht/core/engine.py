@@ -59,7 +59,7 @@ from txdht.core.limits import (
     Verdict,
     peer_key,
 )
-from txdht.core.lookup import ALPHA, IterativeLookup
+from txdht.core.lookup import ALPHA, PATHS, DisjointLookup, IterativeLookup, LookupMachine
 from txdht.core.metrics import Metrics
 from txdht.core.operations import Handoff, Lookup, Operation, PingCheck, Request
 from txdht.core.routing import K, RoutingTable
@@ -135,6 +135,7 @@ class Engine:
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         rng: random.Random | None = None,
         challenge: Callable[[object, float], bytes] = _urandom_challenge,
+        paths: int = PATHS,
         network: str = m.DEFAULT_NETWORK,
     ) -> None:
         if not 1 <= k <= m.MAX_CONTACTS:
@@ -143,6 +144,8 @@ class Engine:
             raise ValueError("alpha must be at least 1")
         if rpc_timeout <= 0:
             raise ValueError("rpc_timeout must be above 0 seconds")
+        if paths < 1:
+            raise ValueError("a lookup takes at least 1 path")
         #: The network this node belongs to: it sends the name in every message, and refuses
         #: requests (and replies) of any other network.
         self.network = m.check_network(network)
@@ -161,6 +164,8 @@ class Engine:
         self.rate_limiter = RateLimiter(limits, now)
         #: Measured round trips, which set each request's slow deadline.
         self.round_trips = RoundTrips(rpc_timeout)
+        #: Disjoint paths each lookup takes (S/Kademlia; 1: a plain Kademlia lookup).
+        self.paths = paths
         #: How many times a lookup sends a slow query to one of the k closest again.
         self.retries = 2
         #: Seconds a driver waits for a connection to open (never longer than a request).
@@ -168,7 +173,7 @@ class Engine:
         #: RPC counters and lookup latencies, served at ``/metrics``.
         self.metrics = Metrics()
         #: Called with (state machine, seconds) when a lookup ends (the dashboard's feed).
-        self.lookup_observers: list[Callable[[IterativeLookup, float], None]] = []
+        self.lookup_observers: list[Callable[[LookupMachine, float], None]] = []
         #: Whether ``Log`` commands are made (the simulator turns them off).
         self.logging = True
         #: True once a join succeeded (``Join``: the driver's caller's, or the service's).
@@ -189,8 +194,9 @@ class Engine:
         #: The address each contact proved its id from (the identity handshake), the most
         #: recent MAX_PROOFS of them.
         self._proofs: OrderedDict[int, Address] = OrderedDict()
-        #: When a peer last stored each key here (a STORE request), for replication's rule.
-        self._stored_at: dict[int, float] = {}
+        #: When a peer last stored each key here again (a STORE of the version held), and the
+        #: routing table's count of losses then, for replication's rule.
+        self._stored_at: dict[int, tuple[float, int]] = {}
         #: The listens this node holds for its peers, and its own running listens by key.
         self.listeners = listen.Listeners(limits)
         self.listening: dict[int, set[listen.Listen]] = {}
@@ -622,7 +628,7 @@ class Engine:
         there."""
         return self._proofs.get(contact.id) == contact.address
 
-    def lookup_machine(self, target: int, find_value: bool = False) -> IterativeLookup:
+    def lookup_machine(self, target: int, find_value: bool = False) -> LookupMachine:
         """A new lookup machine for ``target``, seeded with the whole routing table: it starts
         from the k closest, and when those fail (after a mass crash every one of them may be
         dead) the next closest contacts we know step in, instead of the lookup ending with
@@ -632,20 +638,21 @@ class Engine:
         them: after a mass crash, each would cost a timeout in every lookup (replication runs
         one per item) until it leaves the table. When no contact looks alive (this node's own
         network was down), all are asked again. Contacts that went slow or failed since they
-        last answered (questionable) are asked after the others."""
+        last answered (questionable) are asked after the others. With ``paths`` above 1, the
+        lookup goes over that many disjoint paths (``DisjointLookup``)."""
         self.routing.touch(target, self.now)
         seeds, dead, questionable = self.routing.lookup_seeds()
-        return IterativeLookup(
-            target,
-            seeds,
-            self.id,
-            self.k,
-            self.alpha,
-            find_value,
-            dead,
-            questionable,
-            retries=self.retries,
-        )
+        options: dict[str, Any] = {
+            "k": self.k,
+            "alpha": self.alpha,
+            "find_value": find_value,
+            "dead": dead,
+            "questionable": questionable,
+            "retries": self.retries,
+        }
+        if self.paths > 1:
+            return DisjointLookup(target, seeds, self.id, self.paths, **options)
+        return IterativeLookup(target, seeds, self.id, **options)
 
     def jitter(self, span: float) -> float:
         """A random time from 0 up to ``span`` seconds (to spread out timers)."""
@@ -669,8 +676,10 @@ class Engine:
             proof = None if request.challenge is None else self.identity.prove(request.challenge)
             return self.message(m.Pong, rid, proof=proof)
         if isinstance(request, m.Store):
+            held = self.get(request.item.key, self.now)
             self.store(request.item, request.ttl, self.now, request.cas)
-            self._stored_at[request.item.key] = self.now
+            if held == request.item:  # a peer's replication of what is here: this round is done
+                self._stored_at[request.item.key] = (self.now, self.routing.losses)
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -735,7 +744,7 @@ class Engine:
         listeners of what expired are told (commands for ``settle``)."""
         self.now = now
         self.rate_limiter.forget(now)
-        for key in [k for k, when in self._stored_at.items() if now - when > MAX_TTL]:
+        for key in [k for k, (when, _) in self._stored_at.items() if now - when > MAX_TTL]:
             del self._stored_at[key]  # whatever it stored has expired by now
         listen.expiring(self, now)  # before the items go: their listeners are told
         dropped = self.storage.expire(now)
@@ -752,7 +761,7 @@ class Engine:
         return stored.item if stored is not None and stored.expires_at > now else None
 
     def newest(
-        self, key: int, found: IterativeLookup, now: float, ttl: float
+        self, key: int, found: LookupMachine, now: float, ttl: float
     ) -> tuple[Item | None, list[Contact]]:
         """The newest of our copy and the versions a FIND_VALUE lookup found, with the peers
         that sent an older one, to store the newest on for ``ttl`` seconds (read repair). An
@@ -785,15 +794,28 @@ class Engine:
 
     def replication_jobs(self, now: float, fresh: float = 0.0) -> list[tuple[Item, float]]:
         """Every held item with the time it has left: what replication stores again; but not
-        those a peer stored here in the last ``fresh`` seconds (the Kademlia paper's rule: a
-        node that got a STORE for a key assumes the other k - 1 closest got it too, so one
-        node, not k, replicates each key in an interval)."""
-        recent = self._stored_at
-        return [
-            (r.item, r.expires_at - now)
-            for r in self.storage.records()
-            if r.expires_at > now and now - recent.get(r.key, -math.inf) >= fresh
-        ]
+        those a peer stored here again in the last ``fresh`` seconds (the Kademlia paper's
+        rule: a node that got a STORE for a key assumes the other k - 1 closest got it too, so
+        one node, not k, replicates each key in an interval). Only a store of the version
+        already held counts: the first arrival of a version (a publish, a newcomer's handoff,
+        a read repair) reaches all k holders at the same moment, and counting it would have
+        none of them replicate for a whole interval, when a crash right after a put needs the
+        first of them to (the crash scenario's target). And the rule holds only while the
+        network is calm: once a contact of this node has come to look dead (or was evicted)
+        since the store, the peer's round may have stored on nodes now gone, so this node
+        replicates the key at its next round as every holder did before the rule (after a
+        mass crash, keys replicated just before it were otherwise left unrepaired for up to
+        an interval: 687 of 10,000 keys under 16 of their 20 closest live nodes after a 50%
+        crash of 1,000 nodes)."""
+        recent, losses = self._stored_at, self.routing.losses
+        jobs = []
+        for r in self.storage.records():
+            if r.expires_at <= now:
+                continue
+            when, seen = recent.get(r.key, (-math.inf, losses))
+            if now - when >= fresh or seen != losses:
+                jobs.append((r.item, r.expires_at - now))
+        return jobs
 
     def republish_jobs(self) -> list[tuple[Item, float]]:
         """Every item this node published, with its ttl: what republishing stores again."""

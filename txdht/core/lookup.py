@@ -44,16 +44,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from enum import Enum
+from typing import Any
 
 from txdht.core.errors import ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import Item
 from txdht.core.routing import K
 
-__all__ = ["ALPHA", "IterativeLookup"]
+__all__ = ["ALPHA", "PATHS", "DisjointLookup", "IterativeLookup", "LookupMachine"]
 
 #: Requests a lookup keeps in flight at once: the paper's alpha.
 ALPHA = 3
+#: Disjoint paths a lookup takes by default (S/Kademlia's d; 1: a plain Kademlia lookup). The
+#: adversary scenario's measurements chose it (docs/reliability.md, hostile nodes).
+PATHS = 1
 
 
 class _State(Enum):
@@ -87,6 +91,7 @@ class IterativeLookup:
         dead: Iterable[Contact] = (),
         questionable: Iterable[int] = (),
         retries: int = 2,
+        claimed: set[int] | None = None,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -104,6 +109,10 @@ class IterativeLookup:
         #: Ids of contacts that went slow or failed lately: asked after the others.
         self.questionable = frozenset(questionable)
         self._retried: dict[int, int] = {}
+        #: Ids asked by any path of a disjoint lookup (shared by its paths; None: one path):
+        #: a contact another path asked is not this path's to ask.
+        self._claimed = claimed
+        self._mine: set[int] = set()
         #: What happened, in order: ("sent" | "answered" | "failed" | "slow" | "retried",
         #: contact) (for display).
         self.trace: list[tuple[str, Contact]] = []
@@ -148,6 +157,10 @@ class IterativeLookup:
         if self.questionable:
             new.sort(key=lambda c: c.id in self.questionable)  # stable: nearest first within
         chosen = new[:room]
+        if self._claimed is not None:
+            ids = [c.id for c in chosen]
+            self._claimed.update(ids)
+            self._mine.update(ids)
         for contact in chosen:
             self._state[contact.id] = _State.IN_FLIGHT
             self.trace.append(("sent", contact))
@@ -238,7 +251,132 @@ class IterativeLookup:
         self._order.sort(key=lambda i: i ^ self.target)  # nearly sorted already: one pass
 
     def _shortlist(self) -> list[Contact]:
-        """The k closest contacts that have neither failed nor gone slow."""
-        out = (_State.FAILED, _State.SLOW)
-        alive = (self._contacts[i] for i in self._order if self._state[i] not in out)
+        """The k closest contacts that have neither failed nor gone slow (nor been asked by
+        another path of a disjoint lookup)."""
+        out, claimed, mine = (_State.FAILED, _State.SLOW), self._claimed, self._mine
+        alive = (
+            self._contacts[i]
+            for i in self._order
+            if self._state[i] not in out and (claimed is None or i not in claimed or i in mine)
+        )
         return list(itertools.islice(alive, self.k))
+
+
+class DisjointLookup:
+    """A lookup over ``paths`` disjoint paths (S/Kademlia): each path is an
+    ``IterativeLookup`` with its own shortlist and alpha requests in flight, started from its
+    share of the seeds (dealt out nearest first, in turn), and no contact is asked by two
+    paths. Hostile nodes that answer with each other can steer the paths they are asked on,
+    not the others. It answers as one lookup: ``closest()`` is the k closest that answered on
+    any path, ``value`` the newest valid version found on any, and it is ``done`` when every
+    path is (or a blob was found)."""
+
+    def __init__(
+        self, target: int, seeds: Iterable[Contact], own_id: int, paths: int, **options: Any
+    ) -> None:
+        if paths < 2:
+            raise ValueError("a disjoint lookup has at least 2 paths")
+        self.target, self.own_id = target, own_id
+        self.k: int = options.get("k", K)
+        self.find_value: bool = options.get("find_value", False)
+        ordered = sorted(seeds, key=lambda c: c.id ^ target)
+        claimed: set[int] = set()
+        self.paths = [
+            IterativeLookup(target, ordered[n::paths], own_id, claimed=claimed, **options)
+            for n in range(paths)
+        ]
+        #: Which path asked each contact: its replies go there.
+        self._path: dict[int, IterativeLookup] = {}
+
+    @property
+    def value(self) -> Item | None:
+        """The newest valid version any path found."""
+        return max(
+            (item for path in self.paths for _, item in path.found),
+            key=lambda item: item.seq,
+            default=None,
+        )
+
+    @property
+    def found(self) -> list[tuple[Contact, Item]]:
+        """Every valid item any path received, with its sender."""
+        return [pair for path in self.paths for pair in path.found]
+
+    @property
+    def bad_values(self) -> list[tuple[Contact, ProtocolError]]:
+        """Peers that sent a value that does not verify, on any path."""
+        return [pair for path in self.paths for pair in path.bad_values]
+
+    @property
+    def done(self) -> bool:
+        """Every path has ended, or one found a blob."""
+        value = self.value
+        if value is not None and not value.mutable:
+            return True
+        return all(path.done for path in self.paths)
+
+    @property
+    def queries(self) -> int:
+        """Queries sent on all paths, retries included."""
+        return sum(path.queries for path in self.paths)
+
+    @property
+    def answered(self) -> int:
+        """Contacts that answered, on all paths."""
+        return sum(path.answered for path in self.paths)
+
+    @property
+    def trace(self) -> list[tuple[str, Contact]]:
+        """What happened on each path, path after path."""
+        return [event for path in self.paths for event in path.trace]
+
+    def next_queries(self) -> list[Contact]:
+        """The contacts to query now, on every path."""
+        if self.done:
+            return []
+        chosen = []
+        for path in self.paths:
+            for contact in path.next_queries():
+                self._path[contact.id] = path
+                chosen.append(contact)
+        return chosen
+
+    def nodes_received(self, peer: Contact, contacts: Iterable[Contact]) -> None:
+        """``peer`` answered with contacts: they go to the path that asked it."""
+        path = self._path.get(peer.id)
+        if path is not None:
+            path.nodes_received(peer, contacts)
+
+    def value_received(self, peer: Contact, item: Item) -> bool:
+        """``peer`` answered with an item, on the path that asked it."""
+        path = self._path.get(peer.id)
+        return path is not None and path.value_received(peer, item)
+
+    def query_failed(self, peer: Contact) -> None:
+        """The query to ``peer`` failed, on the path that asked it."""
+        path = self._path.get(peer.id)
+        if path is not None:
+            path.query_failed(peer)
+
+    def query_slow(self, peer: Contact) -> bool:
+        """The query to ``peer`` is overdue, on the path that asked it; whether to retry."""
+        path = self._path.get(peer.id)
+        return path is not None and path.query_slow(peer)
+
+    def closest(self) -> list[Contact]:
+        """The k closest contacts that answered, on any path, nearest first."""
+        answered = {c.id: c for path in self.paths for c in path.closest()}
+        return sorted(answered.values(), key=lambda c: c.id ^ self.target)[: self.k]
+
+    def hops(self) -> int:
+        """How deep the deepest path went."""
+        return max(path.hops() for path in self.paths)
+
+    @property
+    def value_depth(self) -> int:
+        """The depth of the last valid value's sender, on any path (0: none)."""
+        return max(path.value_depth for path in self.paths)
+
+
+#: What a lookup operation drives: one path, or several disjoint ones.
+LookupMachine = IterativeLookup | DisjointLookup

@@ -122,6 +122,9 @@ class RoutingTable:
         #: A full bucket's head heard from within this many seconds is not pinged (rule 4).
         self.ping_after = ping_after
         self.buckets = [KBucket(0, 1 << ID_BITS, now)]
+        #: How many times a contact has come to look dead (its second failure in a row) or
+        #: been evicted: replication trusts another node's round only while this stays put.
+        self.losses = 0
 
     def bucket_for(self, ident: int) -> KBucket:
         """The bucket whose range holds ``ident``."""
@@ -207,6 +210,8 @@ class RoutingTable:
         entry.failures += 1
         entry.questionable = True
         evict = bucket.pinging == ident or entry.failures >= self.max_failures
+        if entry.failures == 2 or (evict and bucket.replacements):
+            self.losses += 1
         if evict and bucket.replacements:
             del bucket.entries[ident]
             _, newcomer = bucket.replacements.popitem()

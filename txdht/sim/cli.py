@@ -90,6 +90,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--silent", type=_fractions, help="silent: fractions that stop answering, e.g. 0.1,0.33"
     )
+    p.add_argument(
+        "--hostile", type=_fractions, help="adversary: fractions that are hostile, e.g. 0.2"
+    )
+    p.add_argument(
+        "--paths", type=_positive, help="disjoint paths each lookup takes (1: plain Kademlia)"
+    )
     p.add_argument("--minutes", type=_above_zero, help="partition: minutes split")
     p.add_argument("--json", action="store_true", help="print the report as JSON, not a table")
     p.add_argument(

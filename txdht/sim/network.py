@@ -56,6 +56,9 @@ __all__ = [
 PORT = 4000
 
 Address = tuple[str, int]
+#: An adversary's answer to a request: (node, request, sender's host) -> the reply to send
+#: (None: none) and the commands of its engine to carry out.
+Hostile = Callable[["SimNode", Message, str], tuple[Message | None, list[Command]]]
 #: A simulated lookup: the core's own lookup operation (its machine, latency and hops).
 SimLookup = ops.Lookup
 
@@ -156,6 +159,7 @@ class Network:
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         intervals: Intervals | None = None,
         limits: Limits | None = None,
+        paths: int = 1,
         trace: IO[str] | None = None,
         max_events: int = 2_000_000_000,
     ) -> None:
@@ -175,6 +179,8 @@ class Network:
         self.rpc_timeout = rpc_timeout
         self.intervals = intervals or Intervals()
         self.limits = limits or Limits()
+        #: Disjoint paths each node's lookups take.
+        self.paths = paths
         self.trace = trace
         #: Every node ever started, by index.
         self.nodes: list[SimNode] = []
@@ -291,7 +297,7 @@ class Network:
         if self.wire_bytes is not None:
             self._count_bytes(request.message)
         if self.trace is not None:
-            target = self.by_host[request.address[0]]
+            target = self.by_host.get(request.address[0], request.address[0])
             self.note(f"send {node}>{target} {kind} {request.rid}")
         if self._dropped():
             self.counts["lost"] += 1  # no answer: the sender's engine times it out
@@ -299,13 +305,17 @@ class Network:
             self.clock.at(self.clock.now + self._one_way(), self._deliver, node, request)
 
     def _deliver(self, sender: SimNode, request: ops.Request) -> None:
-        target = self.by_host[request.address[0]]
-        if not target.alive or self._apart(sender, target):
+        target = self.by_host.get(request.address[0])
+        if target is None or not target.alive or self._apart(sender, target):
+            # no such host (a contact an adversary made up), a stopped process, or a partition
             self.counts["unreachable"] += 1
             return
-        reply, commands = target.engine.request_received(
-            request.message, sender.host, PORT, self.clock.now
-        )
+        if target.hostile is not None:  # an adversary's answer (txdht.sim.adversary)
+            reply, commands = target.hostile(target, request.message, sender.host)
+        else:
+            reply, commands = target.engine.request_received(
+                request.message, sender.host, PORT, self.clock.now
+            )
         if reply is None:
             self.counts["unanswered"] += 1
         elif isinstance(reply, Error) and reply.code == ErrorCode.RATE_LIMITED:
@@ -394,6 +404,7 @@ class SimNode:
             k=network.k,
             alpha=network.alpha,
             limits=network.limits,
+            paths=network.paths,
             rpc_timeout=network.rpc_timeout,
             rng=rng,
             challenge=self._challenge,
@@ -402,6 +413,8 @@ class SimNode:
         self.engine.logging = network.trace is not None  # the log lines go to the trace
         self.contact = Contact(self.engine.id, self.host, PORT)
         self.alive = False
+        #: How it answers requests when it is an adversary (None: as the core does).
+        self.hostile: Hostile | None = None
         self.service: Service | None = None
         self._waiting: dict[ops.Operation, Callable[[ops.Operation], None]] = {}
         self._notified: dict[ops.Operation, Callable[[Notice], None]] = {}

@@ -203,11 +203,49 @@ def _listen(report: Report) -> Figure:
     return fig
 
 
+def _adversary(report: Report) -> Figure:
+    table, eclipse = (_Table(t) for t in report["tables"])
+    fig, (newest, cost, hidden) = _new_figure(3)
+    shown = min(table.column("hostile"), key=lambda f: abs(float(f.rstrip("%")) - 20.0))
+    rows = [row for row in table.rows if row[table.index["hostile"]] == shown]
+    kinds = list(dict.fromkeys(row[table.index["kind"]] for row in rows))
+    for kind in kinds:
+        mine = [row for row in rows if row[table.index["kind"]] == kind]
+        paths = [row[table.index["paths"]] for row in mine]
+        newest.plot(paths, [r[table.index["newest %"]] for r in mine], marker=".", label=kind)
+        cost.plot(paths, [r[table.index["RPCs per get"]] for r in mine], marker=".", label=kind)
+    _goal(newest, 99.0, "goal: 99% (colluding)")
+    for ax in (newest, cost):
+        ax.set_xticks(sorted(set(table.column("paths"))))
+    newest.set_xlabel("disjoint paths")
+    newest.set_ylabel("gets of the newest version, %")
+    newest.set_title(f"{shown} hostile: gets by honest nodes")
+    newest.legend(loc="lower right")
+    cost.set_xlabel("disjoint paths")
+    cost.set_ylabel("RPCs per get")
+    cost.set_title(f"{shown} hostile: cost")
+    cost.legend(loc="upper left")
+    for paths in dict.fromkeys(eclipse.column("paths")):
+        mine = [row for row in eclipse.rows if row[eclipse.index["paths"]] == paths]
+        hidden.plot(
+            [r[eclipse.index["ground ids"]] for r in mine],
+            [r[eclipse.index["newest %"]] for r in mine],
+            marker=".",
+            label=f"{paths} paths",
+        )
+    hidden.set_xlabel("ids ground next to the key")
+    hidden.set_ylabel("gets of the newest version, %")
+    hidden.set_title("eclipse of one key")
+    hidden.legend(loc="lower left")
+    return fig
+
+
 _FIGURES: dict[str, Callable[[Report], Figure]] = {
     "lookup": _lookup,
     "crash": _crash,
     "silent": _silent,
     "idle": _idle,
+    "adversary": _adversary,
     "churn": _churn,
     "partition": _partition,
     "listen": _listen,

@@ -1,4 +1,5 @@
-"""The scenarios of the simulator: lookup, crash, silent, idle, churn, partition and listen.
+"""The scenarios of the simulator: lookup, crash, silent, idle, adversary, churn, partition and
+listen.
 
 Each takes ``Settings`` and returns a ``Report``. Every one of them grows its network the way a
 real one grows: nodes start one after another and join through a random node already in the
@@ -22,6 +23,7 @@ from txdht.core.items import DEFAULT_TTL, Item, blob, mutable_key
 from txdht.core.limits import DEFAULT_RPC_TIMEOUT
 from txdht.core.lookup import ALPHA
 from txdht.core.routing import K
+from txdht.sim.adversary import KINDS, calm, grind, turn
 from txdht.sim.ideal import PerfectTables, ideal_lookup
 from txdht.sim.network import Network, SimLookup, SimNode, _Pool
 from txdht.sim.report import (
@@ -66,6 +68,8 @@ class Settings:
     loss: float = 0.0
     k: int = K
     alpha: int = ALPHA
+    #: Disjoint paths each lookup takes (1: plain Kademlia).
+    paths: int = 1
     rpc_timeout: float = DEFAULT_RPC_TIMEOUT
     #: Lookups measured (lookup), of each kind.
     lookups: int = 200
@@ -76,6 +80,8 @@ class Settings:
     kill: tuple[float, ...] = (0.5, 0.9)
     #: Silent: the fractions of the network that stop answering, each in a network of its own.
     silent: tuple[float, ...] = (0.1, 0.33)
+    #: Adversary: the fractions of the network that are hostile, each in a network of its own.
+    hostile: tuple[float, ...] = (0.1, 0.2, 0.3)
     #: Partition: minutes the network stays split.
     minutes: float = 30.0
     trace: IO[str] | None = None
@@ -93,6 +99,7 @@ class Settings:
             loss=self.loss,
             rpc_timeout=self.rpc_timeout,
             trace=self.trace,
+            paths=self.paths,
         )
 
     def say(self, net: Network, text: str) -> None:
@@ -117,6 +124,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
     "crash": {"nodes": 200, "keys": 1000},
     "silent": {"nodes": 1000, "keys": 100, "lookups": 200},
     "idle": {"nodes": 200, "keys": 2000, "hours": 2.0},
+    "adversary": {"nodes": 300, "keys": 20, "lookups": 40},
     "churn": {"nodes": 100, "keys": 100, "hours": 12.0},
     "partition": {"nodes": 200, "keys": 20},
     "listen": {"nodes": 200, "keys": 5, "hours": 1.0},
@@ -688,6 +696,172 @@ def _publishes(net: Network) -> int:
     return sum(node.engine.metrics.operations["Publish"] for node in net.live)
 
 
+# -- adversary ------------------------------------------------------------------------------
+
+#: Disjoint paths tried against each kind of adversary.
+PATHS = (1, 2, 3, 4)
+#: Ground ids tried next to one key, in the eclipse runs.
+ECLIPSE = (5, 10, 15, 20, 25)
+
+
+@dataclass
+class _Attempt:
+    """What honest nodes managed against one kind of adversary, with one number of paths."""
+
+    newest: int = 0
+    gets: int = 0
+    readable: int = 0
+    puts: int = 0
+    queries: list[int] = field(default_factory=list)
+
+
+def _honest_round(
+    s: Settings, net: Network, honest: list[SimNode], label: str, attempt: _Attempt
+) -> None:
+    """Honest nodes write names twice (the second version must win) and blobs, then other
+    honest nodes read them all back."""
+    rng = net.rng
+    writers = [rng.choice(honest) for _ in range(s.keys)]
+    names = [w.engine.next_version(f"{label} {i}", b"first") for i, w in enumerate(writers)]
+    store(net, names, writers)
+    newer = [w.engine.next_version(f"{label} {i}", b"second") for i, w in enumerate(writers)]
+    store(net, newer, writers)
+    blobs = [blob(f"{label} blob {i}".encode()) for i in range(s.keys)]
+    store(net, blobs, writers)
+
+    def get(key: int, done: Callable[[tuple[Item | None, int]], None]) -> None:
+        def got(item: Item | None, found: SimLookup | None) -> None:
+            done((item, found.machine.queries if found is not None else 0))
+
+        rng.choice(honest).get(key, got)
+
+    reads = [rng.choice(newer) for _ in range(s.lookups)]
+    for item, (got, queries) in zip(
+        reads, run_jobs(net, [partial(get, i.key) for i in reads], "gets"), strict=True
+    ):
+        attempt.gets += 1
+        attempt.newest += got is not None and got.seq == item.seq
+        attempt.queries.append(queries)
+    for item, (got, _) in zip(
+        blobs, run_jobs(net, [partial(get, b.key) for b in blobs], "reads"), strict=True
+    ):
+        attempt.puts += 1
+        attempt.readable += got == item
+
+
+def _adversary_once(s: Settings, fraction: float, report: Report, table: Table) -> Network:
+    net = s.network()
+    grow(net, s.nodes)
+    rng = net.rng
+    hostile = rng.sample(net.live.items, round(fraction * s.nodes))
+    honest = [n for n in net.live.items if n not in hostile]
+    s.say(net, f"adversary {fraction:.0%}: {s.nodes} nodes joined, {len(hostile)} hostile")
+    for kind in (*KINDS, "mixed"):
+        turn(hostile, kind, net, rng)
+        for paths in PATHS:
+            for node in honest:
+                node.engine.paths = paths
+            attempt = _Attempt()
+            _honest_round(s, net, honest, f"{fraction} {kind} {paths}", attempt)
+            table.rows.append(
+                [
+                    f"{fraction:.0%}",
+                    kind,
+                    paths,
+                    _percent(attempt.newest, attempt.gets),
+                    _percent(attempt.readable, attempt.puts),
+                    mean([float(q) for q in attempt.queries]),
+                ]
+            )
+        s.say(net, f"adversary {fraction:.0%}: {kind} measured")
+    calm(hostile)
+    return net
+
+
+def _eclipse(s: Settings, table: Table) -> Network:
+    """Adversaries with ids ground next to one key, colluding: how many hide it."""
+    net = s.network()
+    grow(net, s.nodes)
+    rng = net.rng
+    honest = list(net.live.items)
+    publisher = honest[0]
+    name = "eclipsed"
+    key = publisher.engine.next_version(name, b"x").key
+    beat = net.closest_live(key, 1)[0] ^ key  # nearer than every honest node
+    ground: list[SimNode] = []
+    tried = 0
+    for count in ECLIPSE:
+        identities, tries = grind(key, beat, count - len(ground), rng, limit=50_000_000)
+        tried += tries
+        for identity in identities:
+            node = net.add_node(identity)
+            net.start(node, net.seeds())
+            ground.append(node)
+        net.clock.run(net.clock.now + 120.0)  # they join (honestly, so far)
+        turn(ground, "collude", net, rng)
+        for paths in PATHS:
+            for node in honest:
+                node.engine.paths = paths
+            item = publisher.engine.next_version(name, b"value %d" % count)
+            store(net, [item], [publisher])
+            readers = [rng.choice(honest[1:]) for _ in range(s.lookups)]
+            got = read_through(net, readers, item.key)
+            ok = sum(1 for g in got if g is not None and g.seq == item.seq)
+            table.rows.append([len(ground), tried, paths, _percent(ok, len(got))])
+        calm(ground)
+    return net
+
+
+def read_through(net: Network, readers: list[SimNode], key: int) -> list[Item | None]:
+    """Get ``key`` through each of ``readers``."""
+
+    def job(reader: SimNode, done: Callable[[Item | None], None]) -> None:
+        reader.get(key, lambda item, _: done(item))
+
+    return run_jobs(net, [partial(job, r) for r in readers], "reads")
+
+
+def adversary(s: Settings) -> Report:
+    """Hostile nodes that speak the protocol but serve their own ends (txdht.sim.adversary),
+    and lookups over 1 to 4 disjoint paths: what honest nodes still read."""
+    columns = ["hostile", "kind", "paths", "newest %", "readable %", "RPCs per get"]
+    table = Table(
+        f"{s.nodes} nodes at k={s.k}: gets by honest nodes of the newest version of names "
+        "honest nodes wrote twice, and of blobs they put, with a fraction hostile",
+        columns,
+    )
+    eclipse = Table(
+        "eclipse: adversaries with ids ground nearer one key than any honest node, colluding; "
+        "gets of that key by honest nodes",
+        ["ground ids", "keys tried", "paths", "newest %"],
+    )
+    report = Report("adversary", s.describe("hostile", "lookups"), [table, eclipse])
+    nets = [_adversary_once(s, fraction, report, table) for fraction in s.hostile]
+    nets.append(_eclipse(s, eclipse))
+    colluding = [row for row in table.rows if row[0] == "20%" and row[1] == "collude"]
+    if colluding:
+        best = max(colluding, key=lambda row: (float(row[3]), -int(row[2])))
+        report.targets.append(
+            Target(
+                "20% colluding: gets of the newest version by honest nodes",
+                "at least 99%",
+                f"{float(best[3]):.1f}% with {best[2]} paths "
+                f"({float(best[5]):.1f} RPCs per get against "
+                f"{float(colluding[0][5]):.1f} with 1)",
+                float(best[3]) >= 99.0,
+            )
+        )
+    report.notes.append(
+        "each fraction runs in a network of its own, grown honestly; then the chosen nodes turn "
+        "hostile, kind after kind (mixed: each picks a kind), and for each number of paths "
+        f"honest nodes write {s.keys} names twice and put {s.keys} blobs, and {s.lookups} gets "
+        "of the names and one of each blob follow, through other honest nodes"
+    )
+    report.counters = _counters(nets)
+    report.simulated_seconds = sum(net.clock.now for net in nets)
+    return report
+
+
 # -- churn ----------------------------------------------------------------------------------
 
 
@@ -1147,6 +1321,7 @@ SCENARIOS: dict[str, Callable[[Settings], Report]] = {
     "crash": crash,
     "silent": silent,
     "idle": idle,
+    "adversary": adversary,
     "churn": churn,
     "partition": partition,
     "listen": listen,
