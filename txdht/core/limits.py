@@ -77,7 +77,7 @@ class Limits:
         2, "Contacts of one /24 (IPv4) or /48 (IPv6) per bucket (not loopback); 0: no limit."
     )
     max_listens: int = _limit(
-        10_000, "Listens the node holds for others in all (each costs about 0.5 KiB)."
+        10_000, "Listens the node holds for others in all (each costs about 0.6 to 0.8 KiB)."
     )
     max_listens_per_peer: int = _limit(
         32, "Listens the node holds for one peer (an IP address; a connection on loopback)."
