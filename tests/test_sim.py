@@ -1137,3 +1137,27 @@ def test_adversaries_answer_as_their_kind_and_can_be_calmed() -> None:
         behaviour("nice", net, rng)
     found, tries = grind(0, 1, 1, rng, limit=5)  # nearer than distance 1: impossible
     assert (found, tries) == ([], 5)
+
+
+def test_two_networks_on_one_bus_stay_apart() -> None:
+    """Nodes of networks red and blue on one bus, each given the other's nodes as seeds, never
+    take one another into their tables, and their lookups stay within their own network."""
+    net = Network(k=5)
+    red = [net.add_node(name="red") for _ in range(8)]
+    blue = [net.add_node(name="blue") for _ in range(8)]
+    net.start(red[0], [])
+    net.start(blue[0], [red[0].address])  # told only of the other network: cannot join
+    net.clock.run(net.clock.now + 30)
+    assert len(blue[0].engine.routing) == 0
+    for i in range(1, 8):
+        net.start(red[i], [blue[0].address, red[0].address])
+        net.start(blue[i], [red[0].address, blue[0].address])
+    net.clock.run(net.clock.now + 600)
+    for group, other in ((red, blue), (blue, red)):
+        ids = {node.engine.id for node in group}
+        for node in group:
+            assert {c.id for c in node.engine.routing.contacts()} <= ids
+            assert len(node.engine.routing) >= 1  # and each network works on its own
+        found = lookup(group[3], other[2].engine.id)
+        assert {c.id for c in found.machine.closest()} <= ids
+    assert sum(n.engine.metrics.rpcs[("received", "ping", "error")] for n in red) >= 1

@@ -38,7 +38,7 @@ from txdht.core.items import Identity, Item
 from txdht.core.limits import DEFAULT_RPC_TIMEOUT, Limits
 from txdht.core.listen import Listen, Notice
 from txdht.core.lookup import ALPHA
-from txdht.core.messages import Error, Message, encode
+from txdht.core.messages import DEFAULT_NETWORK, Error, Message, encode
 from txdht.core.routing import K
 from txdht.core.schedule import JOBS, Intervals, Service
 from txdht.core.storage import MemoryStorage
@@ -214,13 +214,17 @@ class Network:
         return Identity.from_private_bytes(raw)
 
     def add_node(
-        self, identity: Identity | None = None, rng: random.Random | None = None
+        self,
+        identity: Identity | None = None,
+        rng: random.Random | None = None,
+        name: str = DEFAULT_NETWORK,
     ) -> SimNode:
         """A new node (not started: call ``start``, or ``up``), with the seeded identity of
         its index unless given one; ``rng`` draws its refresh targets (the network's own
-        random stream when None)."""
+        random stream when None); ``name`` is the network it belongs to (``--network``: one
+        bus can carry several networks, which must stay apart)."""
         index = len(self.nodes)
-        node = SimNode(self, index, identity or self.identity(index), rng or self.rng)
+        node = SimNode(self, index, identity or self.identity(index), rng or self.rng, name)
         self.nodes.append(node)
         self.by_host[node.host] = node
         self.by_id[node.engine.id] = node
@@ -391,7 +395,12 @@ class SimNode:
     """One simulated node: a driver of the real ``Engine``, as ``txdht.node.Node`` is."""
 
     def __init__(
-        self, network: Network, index: int, identity: Identity, rng: random.Random
+        self,
+        network: Network,
+        index: int,
+        identity: Identity,
+        rng: random.Random,
+        name: str = DEFAULT_NETWORK,
     ) -> None:
         self.network = network
         self.index = index
@@ -408,6 +417,7 @@ class SimNode:
             rpc_timeout=network.rpc_timeout,
             rng=rng,
             challenge=self._challenge,
+            network=name,
         )
         self.engine.port = PORT
         self.engine.logging = network.trace is not None  # the log lines go to the trace
