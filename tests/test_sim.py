@@ -1108,7 +1108,9 @@ def test_adversary_scenario_measures_each_kind_with_each_number_of_paths(
     assert all(ground[5, paths] == 0.0 for paths in (1, 2, 3, 4))  # k ground: hidden
     (target,) = report.targets
     assert target.name.startswith("20% colluding")
-    assert "RPCs per get against" in target.measured
+    assert "1 path(s) (the default)" in target.name
+    assert target.measured.startswith(f"{float(rows['collude', 1][3]):.1f}%")
+    assert "with 2 (" in target.measured
 
 
 def test_adversaries_answer_as_their_kind_and_can_be_calmed() -> None:
@@ -1131,6 +1133,11 @@ def test_adversaries_answer_as_their_kind_and_can_be_calmed() -> None:
     assert isinstance(replies["far"], Nodes)
     assert all(c.host not in net.by_host for c in replies["far"].nodes)
     assert replies["drop"] is None
+    turn(bad, "collude", net, rng)
+    answer = bad[0].hostile
+    assert answer is not None
+    pong, _ = answer(bad[0], asker.engine.message(Ping), asker.host)
+    assert isinstance(pong, Pong)  # pings answered honestly: it keeps its place in tables
     calm(bad)
     assert bad[0].hostile is None
     with pytest.raises(ValueError, match="no adversary of kind 'nice'"):

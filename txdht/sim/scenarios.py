@@ -22,6 +22,7 @@ from txdht.core.ids import Contact
 from txdht.core.items import DEFAULT_TTL, Item, blob, mutable_key
 from txdht.core.limits import DEFAULT_RPC_TIMEOUT
 from txdht.core.lookup import ALPHA
+from txdht.core.lookup import PATHS as PATHS_DEFAULT
 from txdht.core.routing import K
 from txdht.sim.adversary import KINDS, calm, grind, turn
 from txdht.sim.ideal import PerfectTables, ideal_lookup
@@ -838,17 +839,22 @@ def adversary(s: Settings) -> Report:
     report = Report("adversary", s.describe("hostile", "lookups"), [table, eclipse])
     nets = [_adversary_once(s, fraction, report, table) for fraction in s.hostile]
     nets.append(_eclipse(s, eclipse))
-    colluding = [row for row in table.rows if row[0] == "20%" and row[1] == "collude"]
-    if colluding:
-        best = max(colluding, key=lambda row: (float(row[3]), -int(row[2])))
+    colluding = {row[2]: row for row in table.rows if row[0] == "20%" and row[1] == "collude"}
+    for paths, row in colluding.items():  # the target reads the default number of paths
+        if paths != PATHS_DEFAULT:
+            continue
+        others = ", ".join(
+            f"{float(r[3]):.1f}% with {d} ({float(r[5]):.1f} RPCs per get)"
+            for d, r in colluding.items()
+            if d != paths
+        )
         report.targets.append(
             Target(
-                "20% colluding: gets of the newest version by honest nodes",
+                f"20% colluding: gets of the newest version by honest nodes, {paths} path(s) "
+                "(the default)",
                 "at least 99%",
-                f"{float(best[3]):.1f}% with {best[2]} paths "
-                f"({float(best[5]):.1f} RPCs per get against "
-                f"{float(colluding[0][5]):.1f} with 1)",
-                float(best[3]) >= 99.0,
+                f"{float(row[3]):.1f}% ({float(row[5]):.1f} RPCs per get; {others})",
+                float(row[3]) >= 99.0,
             )
         )
     report.notes.append(
