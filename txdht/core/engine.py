@@ -221,21 +221,12 @@ class Engine:
             self.log("warn", "{host} is over its request rate: ignored for a while", host=host)
             text = "too many requests: ignored for a while"
             return self.error(request.rid, ErrorCode.RATE_LIMITED, text), self.settle()
-        if request.network != self.network:  # never in the table, never served
-            self.metrics.rpc("received", request.TYPE, "error")
-            self.log(
-                "warn",
-                "refused a {type} request from {host}: it is of network {theirs!r}, not {ours!r}",
-                type=request.TYPE,
-                host=host,
-                theirs=request.network,
-                ours=self.network,
-            )
-            text = f"this node is of network {self.network!r}, not {request.network!r}"
-            return self.error(request.rid, ErrorCode.WRONG_NETWORK, text), self.settle()
-        if request.port and request.sender != self.id:
-            self._seen(Contact(request.sender, host, request.port))
         try:
+            if request.network != self.network:  # never in the table, never served
+                text = f"this node is of network {self.network!r}, not {request.network!r}"
+                raise ProtocolError(ErrorCode.WRONG_NETWORK, text)
+            if request.port and request.sender != self.id:
+                self._seen(Contact(request.sender, host, request.port))
             reply = listen.answer(self, request, host, port, link) or self._answer(request)
         except ProtocolError as e:
             reply = self.error(request.rid, e.code, e.message)
