@@ -1062,14 +1062,24 @@ class _Writer:
         self.node = node
         self.keys = {name: mutable_key(node.engine.identity.public_bytes, name) for name in names}
         self.acked = dict.fromkeys(names, 0)
+        #: The sequence number last written of each name.
+        self.seqs: dict[str, int] = {}
         self.written = 0
         self.acknowledged = 0
 
-    def write(self, name: str, done: Callable[[int], None] | None = None) -> None:
-        """Publish the next version of ``name``."""
+    def write(
+        self, name: str, done: Callable[[int], None] | None = None, ttl: float = DEFAULT_TTL
+    ) -> None:
+        """Publish the next version of ``name``: kept (and republished) by the writer, or, with
+        a ``ttl`` shorter than the default, stored for ``ttl`` seconds and left to expire."""
         value = f"{name} at {self.net.clock.now:.0f}".encode()
-        item = self.node.engine.next_version(name, value)
-        self.node.publish_own(item, DEFAULT_TTL, partial(self._stored, name, item.seq, done))
+        item = self.node.engine.next_version(name, value, self.seqs.get(name))
+        self.seqs[name] = item.seq
+        stored = partial(self._stored, name, item.seq, done)
+        if ttl < DEFAULT_TTL:  # not remembered, so numbered here
+            self.node.publish(item, ttl, stored)
+        else:
+            self.node.publish_own(item, DEFAULT_TTL, stored)
 
     def _stored(self, name: str, seq: int, done: Callable[[int], None] | None, count: int) -> None:
         self.written += 1
@@ -1163,6 +1173,10 @@ def partition(s: Settings) -> Report:
 
 #: Listen: listeners per name (at most half the other nodes: the rest are replaced).
 LISTENERS = 20
+#: Listen: the name written three times in the still network and then left to expire, and how
+#: long its versions are stored (at most half the run).
+EXPIRING = "expiring"
+EXPIRING_TTL = 1800.0
 
 
 class _Heard:
@@ -1179,11 +1193,12 @@ class _Heard:
         #: (listener index, name) -> [(seq, when, expired)], in the order the listener was told.
         self.told: dict[tuple[int, str], list[tuple[int, float, bool]]] = {}
 
-    def write(self, name: str) -> None:
-        """Write the next version of ``name``, noting when it starts and is acknowledged."""
+    def write(self, name: str, ttl: float = DEFAULT_TTL) -> None:
+        """Write the next version of ``name`` (stored for ``ttl`` seconds), noting when it
+        starts and is acknowledged."""
         seq = 1 + sum(1 for n, _ in self.put_at if n == name)
         self.put_at[(name, seq)] = self.net.clock.now
-        self.writer.write(name, partial(self._acked, name))
+        self.writer.write(name, partial(self._acked, name), ttl)
 
     def _acked(self, name: str, count: int) -> None:
         if count:
@@ -1228,6 +1243,21 @@ class _Heard:
             disorder += seqs != sorted(seqs)
         return expected, missing, twice, disorder
 
+    def expiries(self, name: str, expired_at: float) -> tuple[int, int, list[float]]:
+        """The listeners of ``name``, how many were last told that its newest acknowledged
+        version expired, and the seconds from ``expired_at`` to each being told."""
+        newest = max(seq for (n, seq) in self.acked_at if n == name)
+        listeners = told_expired = 0
+        delays = []
+        for (_, listened), told in self.told.items():
+            if listened != name:
+                continue
+            listeners += 1
+            if told and told[-1][0] == newest and told[-1][2]:
+                told_expired += 1
+                delays.append(told[-1][1] - expired_at)
+        return listeners, told_expired, delays
+
 
 def listen(s: Settings) -> Report:
     """Listeners on the names a writer updates: how soon each new version reaches them, in a
@@ -1235,21 +1265,26 @@ def listen(s: Settings) -> Report:
     net = s.network()
     grow(net, s.nodes)
     names = [f"name-{i}" for i in range(s.keys)]
-    writer = _Writer(net, net.ready.choice(net.rng), names)
+    writer = _Writer(net, net.ready.choice(net.rng), [*names, EXPIRING])
     heard = _Heard(net, writer)
     others = [node for node in net.ready if node is not writer.node]
     listeners: set[SimNode] = set()
-    for name in names:
+    for name in [*names, EXPIRING]:
         for node in net.rng.sample(others, min(LISTENERS, len(others) // 2)):  # others churn
             heard.listen(node, name)
             listeners.add(node)
     net.clock.run(net.clock.now + 30)  # the listens are placed
     rtt = s.latency / 1000
     still = net.clock.now
-    for round_ in range(3):  # three versions of each name, a minute apart, in a still network
+    # Three versions of each name, a minute apart, in a still network; the expiring name's are
+    # stored for a short time and never written again: its listeners must be told it expired.
+    ttl = min(EXPIRING_TTL, s.hours * 3600 / 2)
+    for round_ in range(3):
         for name in names:
             net.clock.at(still + 60 * round_ + 1, heard.write, name)
+        net.clock.at(still + 60 * round_ + 1, heard.write, EXPIRING, ttl)
     net.clock.run(still + 240)
+    expired_at = heard.put_at[(EXPIRING, 3)] + ttl  # its last holder dropped it by then
     quiet = heard.delays()
     s.say(net, f"listen: {len(quiet)} deliveries measured in the still network")
     churning = _Churn(s, net, [writer.node, *listeners], [writer.keys[n] for n in names])
@@ -1261,6 +1296,7 @@ def listen(s: Settings) -> Report:
     net.clock.run(churning.end + 2 * s.rpc_timeout * s.k)
     during = heard.delays(churning.start)
     expected, missing, twice, disorder = heard.misses()
+    expiring_listeners, told_expired, expiry_delays = heard.expiries(EXPIRING, expired_at)
     table = Table(
         f"{s.nodes} nodes, {s.keys} names with {LISTENERS} listeners each, RTT {s.latency:g} ms",
         [
@@ -1309,6 +1345,17 @@ def listen(s: Settings) -> Report:
             "none missed, none twice, none out of order",
             f"{missing} missed, {twice} twice, {disorder} out of order, of {expected}",
             not (missing or twice or disorder),
+        ),
+        Target(
+            f"every listener of a name left to expire (stored for {ttl:g} s) is told it expired",
+            f"{expiring_listeners} of {expiring_listeners}",
+            f"{told_expired} of {expiring_listeners}"
+            + (
+                f", {percentile(expiry_delays, 0.5):.0f} s (p50) after it expired"
+                if expiry_delays
+                else ""
+            ),
+            told_expired == expiring_listeners,
         ),
     ]
     replaced = sum(h.replaced for h in churning.hours)
