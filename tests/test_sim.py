@@ -1062,10 +1062,14 @@ def test_listen_scenario_tells_every_listener_every_version_once() -> None:
     report = run("listen", Settings(nodes=40, keys=2, k=6, hours=0.5))
     (table,) = report.tables
     assert [row[0] for row in table.rows] == ["still", "50%/h churn, 0.5 h"]
-    assert table.rows[0][1:3] == [6, 6 * 19]
+    assert table.rows[0][1:3] == [9, 9 * 19]  # two names and the expiring one, three times
     assert [row[6] for row in table.rows] == [0, 0]  # never told
     assert all(target.met for target in report.targets), report.render()
     assert report.counters["update"] > 0
+    expiry = report.targets[-1]  # stored for a quarter hour, and told by the end
+    assert expiry.name.endswith("(stored for 900 s) is told it expired")
+    assert expiry.measured.startswith("19 of 19, ")
+    assert report.counters["expired"] > 0
 
 
 def test_listen_delays_count_a_version_never_told_as_infinite() -> None:
@@ -1083,6 +1087,11 @@ def test_listen_delays_count_a_version_never_told_as_infinite() -> None:
     assert heard.misses() == (3, 1, 1, 1)
     heard._acked("a", 0)  # a put nobody took is no acknowledgement
     assert len(heard.acked_at) == 3
+    heard.told[(2, "a")] = [(3, 9.5, False)]  # told of the newest, not of its expiry
+    heard.told[(1, "b")] = [(1, 8.0, True)]  # another name's
+    assert heard.expiries("a", 7.0) == (2, 0, "")
+    heard.told[(2, "a")].append((3, 12.0, True))
+    assert heard.expiries("a", 7.0) == (2, 1, ", 5 s (p50) after it expired")
 
 
 def test_adversary_scenario_measures_each_kind_with_each_number_of_paths(
