@@ -18,6 +18,7 @@ from txdht.core.limits import (
     Verdict,
     is_loopback,
     peer_key,
+    subnet_of,
 )
 from txdht.core.messages import Error, Ping, Pong, Store, decode, encode
 from txdht.core.routing import RoutingTable
@@ -269,6 +270,10 @@ def test_put_refused_as_stale_everywhere_reports_the_codes() -> None:
         ({"tracked_peers": 0}, r"tracked_peers \(--tracked-peers\) must be above 0"),
         ({"max_bad_messages": 0}, r"max_bad_messages \(--max-bad-messages\) must be above 0"),
         ({"max_per_subnet": -1}, r"max_per_subnet \(--max-per-subnet\) must be 0 or more"),
+        (
+            {"lookup_per_subnet": -1},
+            r"lookup_per_subnet \(--lookup-per-subnet\) must be 0 or more",
+        ),
     ],
 )
 def test_a_limit_that_makes_no_sense_is_refused(changes: dict[str, float], message: str) -> None:
@@ -276,6 +281,7 @@ def test_a_limit_that_makes_no_sense_is_refused(changes: dict[str, float], messa
     with pytest.raises(ValueError, match=message):
         Limits(**changes)  # type: ignore[arg-type]
     assert Limits(max_per_subnet=0).max_per_subnet == 0
+    assert Limits(lookup_per_subnet=0).lookup_per_subnet == 0
 
 
 def test_abandoned_requests_are_remembered_up_to_a_bound() -> None:
@@ -289,3 +295,18 @@ def test_abandoned_requests_are_remembered_up_to_a_bound() -> None:
     assert not abandoned.claim(2)  # one reply per request
     assert abandoned.claim(3)
     assert not abandoned.claim(4)  # never abandoned
+
+
+@pytest.mark.parametrize(
+    ("host", "subnet"),
+    [
+        ("198.51.100.7", "198.51.100.0/24"),
+        ("2001:db8:1:2::5", "2001:db8:1::/48"),
+        ("127.0.0.1", None),  # loopback: local test networks are exempt
+        ("::1", None),
+        ("node.example", None),  # not an address: not counted
+    ],
+)
+def test_subnet_of_names_the_network_a_rule_counts(host: str, subnet: str | None) -> None:
+    """The /24 or /48 a per-network rule counts a host against; None where none applies."""
+    assert subnet_of(host) == subnet

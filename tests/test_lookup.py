@@ -677,3 +677,40 @@ def test_a_disjoint_lookup_needs_two_paths() -> None:
     """One path is an IterativeLookup; fewer than two paths is a mistake."""
     with pytest.raises(ValueError, match="at least 2 paths"):
         DisjointLookup(0, cs(1), OWN, 1)
+
+
+def test_a_lookup_takes_few_contacts_of_one_subnet_from_replies() -> None:
+    """Ids ground next to the target and run on one /24 (or /48) fill no shortlist: a lookup
+    takes ``per_subnet`` of each network from peers' replies; loopback, other networks and
+    hosts that are not addresses are not counted, nor are the seeds (our own table's)."""
+    ground = [Contact(i, f"203.0.113.{i}", 4000) for i in range(1, 6)]
+    seeds = [Contact(1 << 300 | i, "203.0.113.200", 4000 + i) for i in range(3)]
+    lookup = IterativeLookup(0, seeds, own_id=OWN, per_subnet=2)
+    assert lookup.per_subnet == 2
+    asked = lookup.next_queries()
+    assert asked == seeds  # three seeds of one /24: all taken
+    honest = [Contact(100 + i, "127.0.0.1", 5000 + i) for i in range(3)] + [
+        Contact(200, "198.51.100.7", 4000),
+        Contact(201, "2001:db8:1::1", 4000),
+    ]
+    v6 = [Contact(300 + i, f"2001:db8:1::{i + 2}", 4000) for i in range(2)]
+    odd = Contact(400, "node.example", 4000)
+    lookup.nodes_received(asked[0], [*ground, *honest, *v6, odd])
+    assert lookup.refused == 3 + 1  # three of the ground /24, one of the /48
+    taken = {contact.id for contact in lookup._shortlist()}
+    assert {1, 2} <= taken
+    assert not {3, 4, 5} & taken
+    assert {100, 101, 102, 200, 201, 300, 400} <= taken
+    assert 301 not in taken
+    lookup.nodes_received(asked[1], ground)  # named again by another peer: still refused
+    assert lookup.refused == 4 + 3
+
+
+def test_without_a_subnet_limit_a_lookup_takes_every_contact() -> None:
+    """``per_subnet`` 0 (the machine's default; ``--lookup-per-subnet 0``) takes them all."""
+    ground = [Contact(i, f"203.0.113.{i}", 4000) for i in range(1, 6)]
+    lookup = IterativeLookup(0, cs(1 << 300), own_id=OWN)
+    (peer,) = lookup.next_queries()
+    lookup.nodes_received(peer, ground)
+    assert lookup.refused == 0
+    assert {1, 2, 3, 4, 5} <= {contact.id for contact in lookup._shortlist()}

@@ -1111,10 +1111,14 @@ def test_adversary_scenario_measures_each_kind_with_each_number_of_paths(
     assert all(0 <= float(row[3]) <= 100 and 0 <= float(row[4]) <= 100 for row in table.rows)
     for kind in kinds:  # more paths, more messages
         assert float(rows[kind, 4][5]) > float(rows[kind, 1][5])
-    ground = {(row[0], row[2]): float(row[3]) for row in eclipse.rows}
-    assert set(ground) == {(count, paths) for count in (2, 5) for paths in (1, 2, 3, 4)}
-    assert ground[2, 1] == 100.0  # 2 of k = 5 ground: honest holders remain
-    assert all(ground[5, paths] == 0.0 for paths in (1, 2, 3, 4))  # k ground: hidden
+    ground = {(row[0], row[2], row[3]): float(row[4]) for row in eclipse.rows}
+    assert set(ground) == {
+        (count, cap, paths) for count in (2, 5) for cap in ("none", 2) for paths in (1, 2, 3, 4)
+    }
+    assert ground[2, "none", 1] == 100.0  # 2 of k = 5 ground: honest holders remain
+    # k ground on one /24: hidden from lookups that take them all, not from those taking 2
+    assert all(ground[5, "none", paths] == 0.0 for paths in (1, 2, 3, 4))
+    assert all(ground[5, 2, paths] == 100.0 for paths in (1, 2, 3, 4))
     (target,) = report.targets
     assert target.name.startswith("20% colluding")
     assert "1 path(s) (the default)" in target.name

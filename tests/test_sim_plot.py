@@ -163,9 +163,28 @@ def test_the_adversary_plot_shows_each_kind_by_paths_and_the_eclipse(
     ]
     eclipse = report["tables"][1]["rows"]
     assert [str(line.get_label()) for line in hidden.get_lines()] == [
-        f"{paths} paths" for paths in (1, 2, 3, 4)
+        f"{paths} paths, subnet cap {cap}" for cap in ("none", 2) for paths in (1, 2, 3, 4)
     ]
-    assert ydata(hidden.get_lines()[0]) == [row[3] for row in eclipse if row[2] == 1]
+    assert [line.get_linestyle() for line in hidden.get_lines()] == ["--"] * 4 + ["-"] * 4
+    assert ydata(hidden.get_lines()[0]) == [row[4] for row in eclipse if row[2:4] == ["none", 1]]
+    assert ydata(hidden.get_lines()[4]) == [row[4] for row in eclipse if row[2:4] == [2, 1]]
+
+
+def test_an_eclipse_only_run_plots_the_eclipse_and_empty_kinds(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--hostile none`` runs only the eclipse: its plot has the eclipse lines and no kinds."""
+    argv = ["adversary", "--nodes", "20", "--k", "5", "--lookups", "2", "--hostile", "none"]
+    assert sim_main([*argv, "--out", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tables"][0]["rows"] == []
+    assert len(report["tables"][1]["rows"]) == 5 * 2 * 4  # ground ids x subnet caps x paths
+    assert report["targets"] == []
+    newest, cost, hidden = figure(report).axes
+    assert newest.get_lines() == [newest.get_lines()[0]]  # the 99% goal line only
+    assert cost.get_lines() == []
+    assert len(hidden.get_lines()) == 8
+    assert newest.get_title() == "none hostile: gets by honest nodes"
 
 
 def test_two_reports_are_compared_before_and_after(reports: dict[str, Any], tmp_path: Path) -> None:

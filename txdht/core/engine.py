@@ -640,6 +640,7 @@ class Engine:
             "dead": dead,
             "questionable": questionable,
             "retries": self.retries,
+            "per_subnet": self.limits.lookup_per_subnet,
         }
         if self.paths > 1:
             return DisjointLookup(target, seeds, self.id, self.paths, **options)

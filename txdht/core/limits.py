@@ -29,6 +29,7 @@ __all__ = [
     "is_loopback",
     "limit_options",
     "peer_key",
+    "subnet_of",
 ]
 
 
@@ -43,6 +44,10 @@ DEFAULT_CONNECT_TIMEOUT = 3.0
 #: Items replicated or republished at once by housekeeping, so a large store cannot flood
 #: the network or the node's own connection table in one go.
 HOUSEKEEPING_CONCURRENCY = 8
+
+
+#: The limits for which 0 means "no limit".
+_ZERO_OK = ("max_per_subnet", "lookup_per_subnet")
 
 
 def _limit(default: Any, text: str) -> Any:
@@ -76,6 +81,11 @@ class Limits:
     max_per_subnet: int = _limit(
         2, "Contacts of one /24 (IPv4) or /48 (IPv6) per bucket (not loopback); 0: no limit."
     )
+    lookup_per_subnet: int = _limit(
+        2,
+        "Contacts of one /24 (IPv4) or /48 (IPv6) a lookup takes from peers' replies (not "
+        "loopback); 0: no limit. Ids ground next to a key on one network cannot fill a lookup.",
+    )
     max_listens: int = _limit(
         10_000, "Listens the node holds for others in all (each costs about 0.6 to 0.8 KiB)."
     )
@@ -92,9 +102,10 @@ class Limits:
         """Refuse a limit that makes no sense (zero or negative), naming it."""
         for spec in fields(self):
             value = getattr(self, spec.name)
-            lowest_ok = value >= 0 if spec.name == "max_per_subnet" else value > 0
+            zero_ok = spec.name in _ZERO_OK
+            lowest_ok = value >= 0 if zero_ok else value > 0
             if not lowest_ok:
-                least = "0 or more" if spec.name == "max_per_subnet" else "above 0"
+                least = "0 or more" if zero_ok else "above 0"
                 option = "--" + spec.name.replace("_", "-")
                 raise ValueError(f"the limit {spec.name} ({option}) must be {least}, got {value!r}")
         if self.min_lease > self.max_lease:
@@ -126,6 +137,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@functools.lru_cache(maxsize=65536)
+def subnet_of(host: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) network of ``host``, as text; None for a loopback address
+    (exempt from per-network rules, so that local test networks work) or a host that is not
+    an IP address. Cached: lookups ask it for every contact a reply names."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.is_loopback:
+        return None
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{host}/{prefix}", strict=False))
 
 
 def peer_key(host: str, port: int) -> object:

@@ -35,6 +35,12 @@ repair). A value that does not verify counts as a failure of the peer that sent 
 lookup goes on. ``closest()`` is the result of a FIND_NODE lookup: the k closest contacts that
 answered, which is where a put stores its item.
 
+A lookup takes at most ``per_subnet`` contacts of one /24 (IPv4) or /48 (IPv6) from peers'
+replies (``Limits.lookup_per_subnet``, 2 by default; loopback exempt): an attacker who grinds
+ids next to a key and runs them on one network can put two of them in each lookup, not the
+whole shortlist (libtorrent's ``restrict_search_ips`` is the same idea, per address). The seeds,
+from our own routing table, are under its own per-bucket rule instead.
+
 Contacts given as ``dead`` (``Engine.lookup`` passes those whose last two requests failed) start
 out failed: they are never asked, even when a peer's reply names them. After a mass crash every
 lookup would otherwise spend a timeout on each dead node near its target."""
@@ -49,6 +55,7 @@ from typing import Any
 from txdht.core.errors import ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import Item
+from txdht.core.limits import subnet_of
 from txdht.core.routing import K
 
 __all__ = ["ALPHA", "PATHS", "DisjointLookup", "IterativeLookup", "LookupMachine"]
@@ -92,6 +99,7 @@ class IterativeLookup:
         questionable: Iterable[int] = (),
         retries: int = 2,
         claimed: set[int] | None = None,
+        per_subnet: int = 0,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -121,6 +129,13 @@ class IterativeLookup:
         self.depth: dict[int, int] = {}
         #: The depth of the peer the last valid value came from (0: no value yet).
         self.value_depth = 0
+        #: Contacts of one /24 (or /48) the lookup takes from peers' replies (0: any number;
+        #: loopback exempt), and how many of each it took: ids ground next to the target on one
+        #: network cannot fill the shortlist. Seeds, from our own table, are not counted.
+        self.per_subnet = per_subnet
+        self._subnets: dict[str, int] = {}
+        #: Contacts a reply named that the subnet rule kept out.
+        self.refused = 0
         self._contacts: dict[int, Contact] = {}
         self._state: dict[int, _State] = {}
         #: The ids of the contacts to ask, nearest the target first, kept sorted as they come.
@@ -242,9 +257,17 @@ class IterativeLookup:
         return True
 
     def _add(self, contacts: Iterable[Contact], depth: int) -> None:
+        per_subnet, subnets = self.per_subnet if depth > 1 else 0, self._subnets
         for contact in contacts:
             self.depth.setdefault(contact.id, depth)
             if contact.id != self.own_id and contact.id not in self._contacts:
+                if per_subnet:
+                    subnet = subnet_of(contact.host)
+                    if subnet is not None:
+                        if subnets.get(subnet, 0) >= per_subnet:
+                            self.refused += 1
+                            continue
+                        subnets[subnet] = subnets.get(subnet, 0) + 1
                 self._contacts[contact.id] = contact
                 self._state[contact.id] = _State.NEW
                 self._order.append(contact.id)

@@ -36,12 +36,12 @@ for longer than the refresh interval so the node can look up a random id in them
 from __future__ import annotations
 
 import bisect
-import ipaddress
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from txdht.core.ids import ID_BITS, Contact, closest
+from txdht.core.limits import subnet_of
 
 __all__ = ["MAX_FAILURES", "PING_AFTER", "K", "KBucket", "RoutingTable"]
 
@@ -292,10 +292,10 @@ class RoutingTable:
             if other.failures < self.max_failures:
                 return False
             self.remove(other.contact.id)
-        subnet = _subnet(host)
+        subnet = subnet_of(host)
         if subnet is None or not self.max_per_subnet:
             return True
-        same = sum(1 for e in bucket.entries.values() if _subnet(e.contact.host) == subnet)
+        same = sum(1 for e in bucket.entries.values() if subnet_of(e.contact.host) == subnet)
         return same < self.max_per_subnet
 
     def _may_split(self, bucket: KBucket, newcomer: int) -> bool:
@@ -310,11 +310,3 @@ class RoutingTable:
         halves = bucket.split()
         self.buckets[index : index + 1] = halves
         return halves[0] if halves[0].covers(newcomer) else halves[1]
-
-
-def _subnet(host: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    """The /24 or /48 of a non-loopback address (None for loopback, exempt from the rule)."""
-    address = ipaddress.ip_address(host)
-    if address.is_loopback:
-        return None
-    return ipaddress.ip_network(f"{host}/{24 if address.version == 4 else 48}", strict=False)

@@ -26,6 +26,10 @@ def _fractions(text: str) -> tuple[float, ...]:
     return values
 
 
+def _hostile(text: str) -> tuple[float, ...]:
+    return () if text == "none" else _fractions(text)
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -91,7 +95,9 @@ def parser() -> argparse.ArgumentParser:
         "--silent", type=_fractions, help="silent: fractions that stop answering, e.g. 0.1,0.33"
     )
     p.add_argument(
-        "--hostile", type=_fractions, help="adversary: fractions that are hostile, e.g. 0.2"
+        "--hostile",
+        type=_hostile,
+        help="adversary: fractions that are hostile, e.g. 0.2 (none: the eclipse runs only)",
     )
     p.add_argument(
         "--paths", type=_positive, help="disjoint paths each lookup takes (1: plain Kademlia)"

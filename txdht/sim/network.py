@@ -218,13 +218,15 @@ class Network:
         identity: Identity | None = None,
         rng: random.Random | None = None,
         name: str = DEFAULT_NETWORK,
+        host: str | None = None,
     ) -> SimNode:
         """A new node (not started: call ``start``, or ``up``), with the seeded identity of
         its index unless given one; ``rng`` draws its refresh targets (the network's own
         random stream when None); ``name`` is the network it belongs to (``--network``: one
-        bus can carry several networks, which must stay apart)."""
+        bus can carry several networks, which must stay apart); ``host`` its address (by
+        default one of its own on loopback, so that no per-network rule counts it)."""
         index = len(self.nodes)
-        node = SimNode(self, index, identity or self.identity(index), rng or self.rng, name)
+        node = SimNode(self, index, identity or self.identity(index), rng or self.rng, name, host)
         self.nodes.append(node)
         self.by_host[node.host] = node
         self.by_id[node.engine.id] = node
@@ -401,10 +403,11 @@ class SimNode:
         identity: Identity,
         rng: random.Random,
         name: str = DEFAULT_NETWORK,
+        host: str | None = None,
     ) -> None:
         self.network = network
         self.index = index
-        self.host = f"127.{index >> 16}.{index >> 8 & 255}.{index & 255}"
+        self.host = host or f"127.{index >> 16}.{index >> 8 & 255}.{index & 255}"
         self.address: Address = (self.host, PORT)
         self.engine = Engine(
             identity,

@@ -206,7 +206,9 @@ def _listen(report: Report) -> Figure:
 def _adversary(report: Report) -> Figure:
     table, eclipse = (_Table(t) for t in report["tables"])
     fig, (newest, cost, hidden) = _new_figure(3)
-    shown = min(table.column("hostile"), key=lambda f: abs(float(f.rstrip("%")) - 20.0))
+    shown = min(  # the fraction nearest 20%; none when only the eclipse was run
+        table.column("hostile"), key=lambda f: abs(float(f.rstrip("%")) - 20.0), default="none"
+    )
     rows = [row for row in table.rows if row[table.index["hostile"]] == shown]
     kinds = list(dict.fromkeys(row[table.index["kind"]] for row in rows))
     for kind in kinds:
@@ -224,16 +226,24 @@ def _adversary(report: Report) -> Figure:
     cost.set_xlabel("disjoint paths")
     cost.set_ylabel("RPCs per get")
     cost.set_title(f"{shown} hostile: cost")
-    cost.legend(loc="upper left")
-    for paths in dict.fromkeys(eclipse.column("paths")):
-        mine = [row for row in eclipse.rows if row[eclipse.index["paths"]] == paths]
-        hidden.plot(
-            [r[eclipse.index["ground ids"]] for r in mine],
-            [r[eclipse.index["newest %"]] for r in mine],
-            marker=".",
-            label=f"{paths} paths",
-        )
-    hidden.set_xlabel("ids ground next to the key")
+    if kinds:
+        cost.legend(loc="upper left")
+    column = eclipse.index
+    for cap in dict.fromkeys(eclipse.column("subnet cap")):  # no limit dashed, the cap solid
+        for paths in dict.fromkeys(eclipse.column("paths")):
+            mine = [
+                r
+                for r in eclipse.rows
+                if (r[column["subnet cap"]], r[column["paths"]]) == (cap, paths)
+            ]
+            hidden.plot(
+                [r[column["ground ids"]] for r in mine],
+                [r[column["newest %"]] for r in mine],
+                marker=".",
+                linestyle="--" if cap == "none" else "-",
+                label=f"{paths} paths, subnet cap {cap}",
+            )
+    hidden.set_xlabel("ids ground next to the key, on one /24")
     hidden.set_ylabel("gets of the newest version, %")
     hidden.set_title("eclipse of one key")
     hidden.legend(loc="lower left")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import IO, TypeVar
 
@@ -703,6 +703,8 @@ def _publishes(net: Network) -> int:
 PATHS = (1, 2, 3, 4)
 #: Ground ids tried next to one key, in the eclipse runs.
 ECLIPSE = (5, 10, 15, 20, 25)
+#: The /24 the eclipse's ground ids run on (one network, as a rented block would be).
+ATTACKER_NET = "203.0.113"
 
 
 @dataclass
@@ -794,21 +796,25 @@ def _eclipse(s: Settings, table: Table) -> Network:
     for count in ECLIPSE:
         identities, tries = grind(key, beat, count - len(ground), rng, limit=50_000_000)
         tried += tries
-        for identity in identities:
-            node = net.add_node(identity)
+        for identity in identities:  # the attacker's hosts: one network
+            node = net.add_node(identity, host=f"{ATTACKER_NET}.{len(ground) + 1}")
             net.start(node, net.seeds())
             ground.append(node)
         net.clock.run(net.clock.now + 120.0)  # they join (honestly, so far)
         turn(ground, "collude", net, rng)
-        for paths in PATHS:
-            for node in honest:
-                node.engine.paths = paths
-            item = publisher.engine.next_version(name, b"value %d" % count)
-            store(net, [item], [publisher])
-            readers = [rng.choice(honest[1:]) for _ in range(s.lookups)]
-            got = read_through(net, readers, item.key)
-            ok = sum(1 for g in got if g is not None and g.seq == item.seq)
-            table.rows.append([len(ground), tried, paths, _percent(ok, len(got))])
+        for cap in (0, honest[0].engine.limits.lookup_per_subnet):
+            limits = replace(net.limits, lookup_per_subnet=cap)
+            for paths in PATHS:
+                for node in honest:
+                    node.engine.paths, node.engine.limits = paths, limits
+                item = publisher.engine.next_version(name, b"value %d" % count)
+                store(net, [item], [publisher])
+                readers = [rng.choice(honest[1:]) for _ in range(s.lookups)]
+                got = read_through(net, readers, item.key)
+                ok = sum(1 for g in got if g is not None and g.seq == item.seq)
+                table.rows.append(
+                    [len(ground), tried, cap or "none", paths, _percent(ok, len(got))]
+                )
         calm(ground)
     return net
 
@@ -832,9 +838,10 @@ def adversary(s: Settings) -> Report:
         columns,
     )
     eclipse = Table(
-        "eclipse: adversaries with ids ground nearer one key than any honest node, colluding; "
-        "gets of that key by honest nodes",
-        ["ground ids", "keys tried", "paths", "newest %"],
+        "eclipse: adversaries with ids ground nearer one key than any honest node, on one /24, "
+        "colluding; gets of that key by honest nodes, whose lookups take at most 'subnet cap' "
+        "contacts of one /24 from replies (--lookup-per-subnet; none: no limit)",
+        ["ground ids", "keys tried", "subnet cap", "paths", "newest %"],
     )
     report = Report("adversary", s.describe("hostile", "lookups"), [table, eclipse])
     nets = [_adversary_once(s, fraction, report, table) for fraction in s.hostile]
