@@ -426,6 +426,43 @@ def test_a_key_replicated_by_a_peer_is_replicated_again_once_a_contact_is_lost()
     assert [i for i, _ in a.replication_jobs(20.0, fresh=3600.0)] == [item]
 
 
+def test_a_replication_round_skips_a_key_a_peer_replicated_while_it_waited_its_turn() -> None:
+    """A round publishes ``HOUSEKEEPING_CONCURRENCY`` keys at a time; a key a peer stores
+    here again before its turn comes is skipped then (no lookup, no stores), and the round
+    ends with the others."""
+    a, b = engine(1), engine(2)
+    wire = Wire(a, b)
+    a.routing.seen(contact(b), 0.0)
+    items = [blob(b"item %d" % i) for i in range(ops.HOUSEKEEPING_CONCURRENCY + 2)]
+    for item in items:  # first arrivals: every key is due
+        a.request_received(a.message(Store, 7, item=item, ttl=600.0), "127.0.0.1", 9, 0.0)
+    jobs = a.replication_jobs(1.0, fresh=3600.0)
+    assert len(jobs) == len(items)
+    round_ = ops.Replicate(jobs, fresh=3600.0)
+    sent = a.start(round_, 1.0)  # the first lookups leave; the last two keys wait their turn
+    assert len([c for c in sent if isinstance(c, Send)]) == ops.HOUSEKEEPING_CONCURRENCY
+    late = jobs[-1][0]  # a peer replicates the last one meanwhile
+    a.request_received(a.message(Store, 8, item=late, ttl=599.0), "127.0.0.1", 9, 2.0)
+    wire.deliver(sent, a)
+    assert round_.ended
+    assert round_.skipped == 1
+    assert round_.result == len(items) - 1
+    assert a.metrics.operations["Publish"] == len(items) - 1
+    assert b.storage.get(late.key) is None  # not sent: its peer did it
+    assert all(b.storage.get(item.key) for item, _ in jobs[:-1])
+
+
+def test_a_replication_round_with_nothing_left_due_ends_at_once() -> None:
+    """A round whose keys were all replicated by peers before it began ends with 0."""
+    a = engine(1)
+    item = blob(b"held")
+    for when in (0.0, 1.0):  # a first arrival, then a peer's replication
+        a.request_received(a.message(Store, 7, item=item, ttl=600.0), "127.0.0.1", 9, when)
+    round_ = ops.Replicate([(item, 590.0)], fresh=3600.0)
+    a.start(round_, 2.0)
+    assert (round_.ended, round_.result, round_.skipped) == (True, 0, 1)
+
+
 def test_a_contact_that_proved_its_id_is_pinged_without_a_challenge() -> None:
     """Ping-before-evict challenges a contact only until it has proved its id from its present
     address; then a plain ping will do, until it moves."""

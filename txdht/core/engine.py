@@ -799,15 +799,19 @@ class Engine:
         mass crash, keys replicated just before it were otherwise left unrepaired for up to
         an interval: 687 of 10,000 keys under 16 of their 20 closest live nodes after a 50%
         crash of 1,000 nodes)."""
-        recent, losses = self._stored_at, self.routing.losses
-        jobs = []
-        for r in self.storage.records():
-            if r.expires_at <= now:
-                continue
-            when, seen = recent.get(r.key, (-math.inf, losses))
-            if now - when >= fresh or seen != losses:
-                jobs.append((r.item, r.expires_at - now))
-        return jobs
+        return [
+            (r.item, r.expires_at - now)
+            for r in self.storage.records()
+            if r.expires_at > now and self.replication_due(r.key, now, fresh)
+        ]
+
+    def replication_due(self, key: int, now: float, fresh: float) -> bool:
+        """Whether this node should replicate ``key`` now (``replication_jobs``' rule): no
+        peer re-stored the version held here in the last ``fresh`` seconds, or a contact has
+        come to look dead since it did."""
+        losses = self.routing.losses
+        when, seen = self._stored_at.get(key, (-math.inf, losses))
+        return now - when >= fresh or seen != losses
 
     def republish_jobs(self) -> list[tuple[Item, float]]:
         """Every item this node published, with its ttl: what republishing stores again."""

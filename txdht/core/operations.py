@@ -49,6 +49,7 @@ __all__ = [
     "PublishAll",
     "Refresh",
     "Repair",
+    "Replicate",
     "Request",
 ]
 
@@ -534,21 +535,25 @@ class _Children(Operation):
     def run_all(self, children: list[Operation]) -> None:
         """Start ``children`` (as many as the limit allows; the rest as others end)."""
         self.queue = children[::-1]
-        if not children:
-            self.finish(0)
         self._fill()
+
+    def wanted(self, child: Operation) -> bool:
+        """Whether ``child``, its turn come, is still to run (it is dropped if not)."""
+        return True
 
     def _fill(self) -> None:
         while self.queue and (not self.limit or self.running < self.limit):
-            self.running += 1
-            self.spawn(self.queue.pop())
+            child = self.queue.pop()
+            if self.wanted(child):
+                self.running += 1
+                self.spawn(child)
+        if not self.running:
+            self.finish(self.succeeded)
 
     def child_ended(self, child: Operation) -> None:
         self.running -= 1
         self.succeeded += child.error is None
         self._fill()
-        if not self.running:
-            self.finish(self.succeeded)
 
 
 class Refresh(_Children):
@@ -574,6 +579,28 @@ class PublishAll(_Children):
 
     def begin(self) -> None:
         self.run_all([Publish(item, ttl) for item, ttl in self.jobs])
+
+
+class Replicate(PublishAll):
+    """Replication's round: publish each of ``jobs`` as ``PublishAll`` does, but check again,
+    as each one's turn comes, that its key is still due (``Engine.replication_due``): a
+    round of a few hundred items runs for tens of seconds, and a peer's replication of a key
+    that reaches this node meanwhile makes its own unnecessary (the Kademlia paper's rule, at
+    the moment it can still save a lookup). Ends with how many were stored somewhere; a key
+    skipped counts as neither."""
+
+    def __init__(self, jobs: list[tuple[Item, float]], fresh: float) -> None:
+        super().__init__(jobs)
+        self.fresh = fresh
+        #: Keys found no longer due when their turn came.
+        self.skipped = 0
+
+    def wanted(self, child: Operation) -> bool:
+        assert isinstance(child, Publish)
+        engine = self.engine
+        due = engine.replication_due(child.item.key, engine.now, self.fresh)
+        self.skipped += not due
+        return due
 
 
 class Join(Operation):

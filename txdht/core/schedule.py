@@ -41,7 +41,7 @@ from typing import Any
 
 from txdht.core.commands import Joined, Ready
 from txdht.core.ids import id_to_hex
-from txdht.core.operations import Join, Operation, PublishAll, Refresh
+from txdht.core.operations import Join, Operation, PublishAll, Refresh, Replicate
 from txdht.core.routing import PING_AFTER
 
 __all__ = [
@@ -244,7 +244,8 @@ class Service(Operation):
                 return self._joining
             return Refresh(self.intervals.stale_bucket)
         if job == "replicate":
-            return PublishAll(engine.replication_jobs(now, fresh=self.intervals.replicate))
+            fresh = self.intervals.replicate
+            return Replicate(engine.replication_jobs(now, fresh=fresh), fresh)
         if job == "republish":
             return PublishAll(engine.republish_jobs())
         result = engine.expire(now) if job == "expire" else engine.save_contacts()
