@@ -203,12 +203,10 @@ def _listen(report: Report) -> Figure:
     return fig
 
 
-def _adversary(report: Report) -> Figure:
-    table, eclipse = (_Table(t) for t in report["tables"])
-    fig, (newest, cost, hidden) = _new_figure(3)
-    shown = min(  # the fraction nearest 20%; none when only the eclipse was run
-        table.column("hostile"), key=lambda f: abs(float(f.rstrip("%")) - 20.0), default="none"
-    )
+def _kinds(table: _Table, newest: Axes, cost: Axes) -> None:
+    """Gets of the newest version and their cost by kind of adversary and paths, at the
+    hostile fraction nearest 20%."""
+    shown = min(table.column("hostile"), key=lambda f: abs(float(f.rstrip("%")) - 20.0))
     rows = [row for row in table.rows if row[table.index["hostile"]] == shown]
     kinds = list(dict.fromkeys(row[table.index["kind"]] for row in rows))
     for kind in kinds:
@@ -226,8 +224,16 @@ def _adversary(report: Report) -> Figure:
     cost.set_xlabel("disjoint paths")
     cost.set_ylabel("RPCs per get")
     cost.set_title(f"{shown} hostile: cost")
-    if kinds:
-        cost.legend(loc="upper left")
+    cost.legend(loc="upper left")
+
+
+def _adversary(report: Report) -> Figure:
+    table, eclipse = (_Table(t) for t in report["tables"])
+    if not table.rows:  # --hostile none: the eclipse only
+        fig, (hidden,) = _new_figure(1)
+    else:
+        fig, (newest, cost, hidden) = _new_figure(3)
+        _kinds(table, newest, cost)
     column = eclipse.index
     for cap in dict.fromkeys(eclipse.column("subnet cap")):  # no limit dashed, the cap solid
         for paths in dict.fromkeys(eclipse.column("paths")):
