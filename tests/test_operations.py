@@ -8,6 +8,7 @@ command to the addressed engine's ``request_received`` and the reply back to the
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from txdht.core.commands import Command, Done, Failed, Log, Send
 from txdht.core.engine import Engine, outcome
 from txdht.core.errors import ErrorCode, JoinError, OperationTimeout, ProtocolError, RemoteError
 from txdht.core.ids import Contact
-from txdht.core.items import MAX_TTL, Identity, blob
+from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.limits import Limits
 from txdht.core.messages import Message, Ping, Pong, Store
 from txdht.core.storage import MemoryStorage
@@ -450,6 +451,40 @@ def test_a_replication_round_skips_a_key_a_peer_replicated_while_it_waited_its_t
     assert a.metrics.operations["Publish"] == len(items) - 1
     assert b.storage.get(late.key) is None  # not sent: its peer did it
     assert all(b.storage.get(item.key) for item, _ in jobs[:-1])
+
+
+def test_a_copy_of_the_item_held_is_stored_again_without_verifying_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replication resends the same signed item: its expiry is renewed without a second
+    Ed25519 check. Anything else under the key (a forgery, a new version) is verified."""
+    a = engine(1)
+    owner = Identity.from_private_bytes(bytes(32))
+    item = owner.sign("name", b"value", 1)
+    checked: list[Item] = []
+    verify = Item.verify
+
+    def counted(self: Item, max_value: int = MAX_VALUE_BYTES) -> None:
+        checked.append(self)
+        verify(self, max_value)
+
+    monkeypatch.setattr(Item, "verify", counted)
+    a.store(item, 600.0, 0.0)
+    a.store(item, 600.0, 100.0)  # a peer's replication: the same bytes
+    assert checked == [item]
+    stored = a.storage.get(item.key)
+    assert stored is not None
+    assert stored.expires_at == 700.0
+    forged = replace(item, signature=bytes(64))
+    with pytest.raises(ProtocolError) as refused:
+        a.store(forged, 600.0, 200.0)
+    assert refused.value.code == ErrorCode.BAD_SIGNATURE
+    newer = owner.sign("name", b"newer", 2)
+    a.store(newer, 600.0, 300.0)
+    assert checked == [item, forged, newer]
+    a.store(item, 600.0, 1000.0)  # once what was held has expired, a copy is checked again
+    assert checked[-1] == item
+    assert len(checked) == 4
 
 
 def test_a_replication_round_with_nothing_left_due_ends_at_once() -> None:

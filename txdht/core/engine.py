@@ -690,11 +690,15 @@ class Engine:
 
     def store(self, item: Item, ttl: float, now: float, cas: int | None = None) -> None:
         """Keep ``item`` for ``ttl`` seconds if it verifies and may replace what is stored;
-        with ``cas``, only if the stored sequence number (0 for none) is ``cas``."""
-        item.verify(self.max_value)
+        with ``cas``, only if the stored sequence number (0 for none) is ``cas``. A copy
+        equal to the item held (replication and read repair resend the same signed item) is
+        not verified again: the held one was, when it came, and its signature is the same
+        bytes."""
         stored = self.storage.get(item.key)
         if stored is not None and stored.expires_at <= now:
             stored = None
+        if stored is None or stored.item != item:
+            item.verify(self.max_value)
         if cas is not None and (stored.item.seq if stored else 0) != cas:
             current = stored.item.seq if stored else 0
             raise ProtocolError(ErrorCode.CAS_MISMATCH, f"expected sequence {cas}, have {current}")
