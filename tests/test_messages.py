@@ -769,6 +769,7 @@ def reference_encode(message: Message) -> bytes:
 
 ODD_VALUES = [
     pytest.param(Store(**HEAD, item=SIGNED, ttl=86400, cas=2), id="store-int-ttl-cas"),
+    pytest.param(Store(**HEAD, item=SIGNED, ttl=60, cas=0, replica=True), id="store-replica"),
     pytest.param(Store(**HEAD, item=BLOB, ttl=1e-05), id="store-tiny-ttl"),
     pytest.param(Store(**HEAD, item=BLOB, ttl=float("inf")), id="store-infinite-ttl"),
     pytest.param(Error(**HEAD, code=ErrorCode.BAD_FIELD, message='\ud800 \x00 "\\'), id="error"),
@@ -923,6 +924,12 @@ def test_fast_reader_agrees_with_the_field_by_field_reader(
         pytest.param({"challenge": None}, id="null-challenge"),
         pytest.param({"challenge": "AAAA"}, id="short-challenge"),
         pytest.param({"type": "store", "ttl": 5, "item": {"value": ""}, "cas": True}, id="cas"),
+        pytest.param(
+            {"type": "store", "ttl": 5, "item": {"value": ""}, "replica": 1}, id="replica-int"
+        ),
+        pytest.param(
+            {"type": "store", "ttl": 5, "item": {"value": ""}, "replica": None}, id="replica-null"
+        ),
         pytest.param({"type": "store", "ttl": "5", "item": {"value": ""}}, id="ttl"),
         pytest.param({"type": "store", "ttl": 5, "item": []}, id="item"),
         pytest.param({"type": "nodes", "nodes": {}}, id="nodes-object"),

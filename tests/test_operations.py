@@ -487,6 +487,37 @@ def test_a_copy_of_the_item_held_is_stored_again_without_verifying_it_again(
     assert len(checked) == 4
 
 
+def test_a_replicas_first_arrival_counts_as_this_intervals_replication() -> None:
+    """A store marked ``replica`` (a peer's replication round) counts even where the key was
+    not held yet: a node the replicator's lookup found among the k closest does not replicate
+    the key again in the same interval. A first arrival without the mark (a put) does not."""
+    a = engine(1)
+    replicated, published = blob(b"replicated"), blob(b"published")
+    reply, _ = a.request_received(
+        a.message(Store, 7, item=replicated, ttl=600.0, replica=True), "127.0.0.1", 9, 0.0
+    )
+    assert reply is not None
+    reply, _ = a.request_received(
+        a.message(Store, 8, item=published, ttl=600.0), "127.0.0.1", 9, 0.0
+    )
+    assert reply is not None
+    assert [item for item, _ in a.replication_jobs(10.0, fresh=3600.0)] == [published]
+
+
+def test_a_replication_rounds_stores_are_marked_replica() -> None:
+    """Replicate's stores carry ``replica``; a put's do not."""
+    a, b = engine(1), engine(2)
+    wire = Wire(a, b)
+    a.routing.seen(contact(b), 0.0)
+    replicated, put = blob(b"replicated"), blob(b"put")
+    a.store(replicated, 600.0, 0.0)
+    wire.start(a, ops.Replicate([(replicated, 600.0)], fresh=3600.0))
+    wire.start(a, ops.Publish(put, 600.0))
+    assert b.storage.get(replicated.key) is not None
+    assert b.storage.get(put.key) is not None
+    assert [item for item, _ in b.replication_jobs(10.0, fresh=3600.0)] == [put]
+
+
 def test_a_replication_round_with_nothing_left_due_ends_at_once() -> None:
     """A round whose keys were all replicated by peers before it began ends with 0."""
     a = engine(1)

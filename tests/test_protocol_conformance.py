@@ -624,9 +624,10 @@ async def test_a_store_reports_the_first_problem_in_the_documented_order(kit: Ki
     older = signed(OWNER, "held", 2, b"v2")
     huge = signed(OWNER, "held", 9, b"x" * 1001)
     cases = [
-        # ttl before the item, cas before the item, the item's fields in order.
+        # ttl, cas and replica before the item, the item's fields in order.
         (message("store", item={"value": "!"}, ttl=0), BAD_FIELD, "ttl"),
         (message("store", item={}, ttl=60, cas=-1), BAD_FIELD, "cas"),
+        (message("store", item={}, ttl=60, replica="yes"), BAD_FIELD, "replica"),
         (
             message("store", item={**held, "public_key": "x", "seq": "3"}, ttl=60),
             BAD_FIELD,

@@ -670,8 +670,8 @@ class Engine:
         if isinstance(request, m.Store):
             held = self.get(request.item.key, self.now)
             self.store(request.item, request.ttl, self.now, request.cas)
-            if held == request.item:  # a peer's replication of what is here: this round is done
-                self._stored_at[request.item.key] = (self.now, self.routing.losses)
+            if held == request.item or request.replica:  # a peer's replication: this round
+                self._stored_at[request.item.key] = (self.now, self.routing.losses)  # is done
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)

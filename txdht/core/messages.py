@@ -134,16 +134,23 @@ class Pong(Message):
 @dataclass(frozen=True, kw_only=True)
 class Store(Message):
     """Keep ``item`` for ``ttl`` seconds; with ``cas``, only if the stored sequence number is
-    ``cas`` (0: nothing stored). Answered by ``ok`` or an ``error``."""
+    ``cas`` (0: nothing stored). ``replica``: the sender is replicating a version it holds
+    (its replication round), so the receiver need not replicate the key itself this interval.
+    Answered by ``ok`` or an ``error``."""
 
     TYPE = "store"
     item: Item
     ttl: float
     cas: int | None = None
+    replica: bool = False
 
     def body(self) -> dict[str, Any]:
-        body = {"item": self.item.to_json(), "ttl": self.ttl}
-        return body if self.cas is None else {**body, "cas": self.cas}
+        body: dict[str, Any] = {"item": self.item.to_json(), "ttl": self.ttl}
+        if self.cas is not None:
+            body["cas"] = self.cas
+        if self.replica:
+            body["replica"] = True
+        return body
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,7 +361,9 @@ def _contact_text(contact: Contact) -> str:
 
 def _store_text(message: Any) -> str:
     text = f',"item":{_item_text(message.item)},"ttl":{_value(message.ttl)}'
-    return text if message.cas is None else f'{text},"cas":{_value(message.cas)}'
+    if message.cas is not None:
+        text += f',"cas":{_value(message.cas)}'
+    return text + ',"replica":true' if message.replica else text
 
 
 def _listen_text(message: Any) -> str:
@@ -499,6 +508,13 @@ def _cas(obj: dict[str, Any]) -> int | None:
     return cas
 
 
+def _replica(obj: dict[str, Any]) -> bool:
+    replica = obj.get("replica", False)
+    if type(replica) is not bool:
+        raise ValueError("replica")
+    return replica
+
+
 def _nodes(obj: dict[str, Any]) -> tuple[Contact, ...]:
     raw = obj["nodes"]
     if type(raw) is not list or len(raw) > MAX_CONTACTS:
@@ -536,7 +552,7 @@ _BODY_READERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "ping": lambda o: {"challenge": _b64(o, "challenge", 16, 64)},
     "pong": lambda o: {"proof": _b64(o, "proof", PROOF_BYTES, PROOF_BYTES)},
     "ok": lambda o: {},
-    "store": lambda o: {"ttl": _ttl(o), "cas": _cas(o), "item": _item(o)},
+    "store": lambda o: {"ttl": _ttl(o), "cas": _cas(o), "replica": _replica(o), "item": _item(o)},
     "find_node": lambda o: {"target": id_from_hex(o["target"])},
     "find_value": lambda o: {"key": id_from_hex(o["key"])},
     "nodes": lambda o: {"nodes": _nodes(o)},
@@ -710,7 +726,8 @@ def _store_body(f: _Fields) -> dict[str, Any]:
     if not 0 < ttl <= MAX_TTL:
         f.fail(ErrorCode.BAD_FIELD, f"field 'ttl' must be above 0 and at most {MAX_TTL:g}")
     cas = f.int_in("cas", 0, MAX_SEQ) if "cas" in f.obj else None
-    return {"item": f.item(), "ttl": float(ttl), "cas": cas}
+    replica = f.get("replica", bool) if "replica" in f.obj else False
+    return {"item": f.item(), "ttl": float(ttl), "cas": cas, "replica": replica}
 
 
 def _listen_body(f: _Fields) -> dict[str, Any]:

@@ -333,10 +333,17 @@ class Publish(_Gather):
     ``remember``, an item of ours, kept to be republished once stored."""
 
     def __init__(
-        self, item: Item, ttl: float, cas: int | None = None, remember: bool = False
+        self,
+        item: Item,
+        ttl: float,
+        cas: int | None = None,
+        remember: bool = False,
+        replica: bool = False,
     ) -> None:
         super().__init__()
         self.item, self.ttl, self.cas, self.remember = item, ttl, cas, remember
+        #: A replication round's: its stores say so (``Store.replica``).
+        self.replica = replica
         self.holders: list[int] = []
         self.reasons: list[str] = []
         self.codes: set[int] = set()
@@ -370,7 +377,7 @@ class Publish(_Gather):
                 self.reasons.append(f"this node: {error}")
                 self.codes.add(int(error.code))
         self.targets = targets
-        self.send_all(targets, Store, item=item, ttl=self.ttl, cas=self.cas)
+        self.send_all(targets, Store, item=item, ttl=self.ttl, cas=self.cas, replica=self.replica)
 
     def answered(self, request: Request, reply: Message) -> None:
         assert request.contact is not None
@@ -586,14 +593,20 @@ class Replicate(PublishAll):
     as each one's turn comes, that its key is still due (``Engine.replication_due``): a
     round of a few hundred items runs for tens of seconds, and a peer's replication of a key
     that reaches this node meanwhile makes its own unnecessary (the Kademlia paper's rule, at
-    the moment it can still save a lookup). Ends with how many were stored somewhere; a key
-    skipped counts as neither."""
+    the moment it can still save a lookup). Its stores carry ``replica``, so that a node
+    among the k closest that did not hold the key yet (a lookup's view differs a little from
+    node to node) takes them as this interval's replication too, instead of replicating the
+    key again itself. Ends with how many were stored somewhere; a key skipped counts as
+    neither."""
 
     def __init__(self, jobs: list[tuple[Item, float]], fresh: float) -> None:
         super().__init__(jobs)
         self.fresh = fresh
         #: Keys found no longer due when their turn came.
         self.skipped = 0
+
+    def begin(self) -> None:
+        self.run_all([Publish(item, ttl, replica=True) for item, ttl in self.jobs])
 
     def wanted(self, child: Operation) -> bool:
         assert isinstance(child, Publish)
