@@ -759,14 +759,14 @@ def test_a_replication_that_does_not_finish_is_counted_as_it_stands(
         monkeypatch.setattr(net, "kill", kill_and_note)
         return net
 
-    begin = ops.PublishAll.begin
+    begin = ops.Replicate.begin
 
-    def stall_after_the_crash(self: ops.PublishAll) -> None:
+    def stall_after_the_crash(self: ops.Replicate) -> None:
         if not crashed:
             begin(self)  # before the crash, replication runs as usual; after, it never ends
 
     monkeypatch.setattr(Settings, "network", short_intervals)
-    monkeypatch.setattr(ops.PublishAll, "begin", stall_after_the_crash)
+    monkeypatch.setattr(ops.Replicate, "begin", stall_after_the_crash)
     report = run("crash", Settings(nodes=20, keys=10, k=4, kill=(0.9,)))
     (row,) = report.tables[0].rows
     assert row[:3] == ["90%", 2, 10]
