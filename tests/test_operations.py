@@ -19,7 +19,7 @@ from txdht.core.engine import Engine, outcome
 from txdht.core.errors import ErrorCode, JoinError, OperationTimeout, ProtocolError, RemoteError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, blob
-from txdht.core.limits import Limits
+from txdht.core.limits import HOUSEKEEPING_CONCURRENCY, Limits
 from txdht.core.messages import Message, Ping, Pong, Store
 from txdht.core.storage import MemoryStorage
 
@@ -434,14 +434,14 @@ def test_a_replication_round_skips_a_key_a_peer_replicated_while_it_waited_its_t
     a, b = engine(1), engine(2)
     wire = Wire(a, b)
     a.routing.seen(contact(b), 0.0)
-    items = [blob(b"item %d" % i) for i in range(ops.HOUSEKEEPING_CONCURRENCY + 2)]
+    items = [blob(b"item %d" % i) for i in range(HOUSEKEEPING_CONCURRENCY + 2)]
     for item in items:  # first arrivals: every key is due
         a.request_received(a.message(Store, 7, item=item, ttl=600.0), "127.0.0.1", 9, 0.0)
     jobs = a.replication_jobs(1.0, fresh=3600.0)
     assert len(jobs) == len(items)
     round_ = ops.Replicate(jobs, fresh=3600.0)
     sent = a.start(round_, 1.0)  # the first lookups leave; the last two keys wait their turn
-    assert len([c for c in sent if isinstance(c, Send)]) == ops.HOUSEKEEPING_CONCURRENCY
+    assert len([c for c in sent if isinstance(c, Send)]) == HOUSEKEEPING_CONCURRENCY
     late = jobs[-1][0]  # a peer replicates the last one meanwhile
     a.request_received(a.message(Store, 8, item=late, ttl=599.0), "127.0.0.1", 9, 2.0)
     wire.deliver(sent, a)
