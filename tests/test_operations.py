@@ -518,6 +518,43 @@ def test_a_replication_rounds_stores_are_marked_replica() -> None:
     assert [item for item, _ in b.replication_jobs(10.0, fresh=3600.0)] == [put]
 
 
+def test_a_holder_outside_the_k_closest_hands_the_key_off() -> None:
+    """A replication that finds k nodes nearer the key than this one, all of which take the
+    item, stops this node replicating it (it keeps its copy) until a contact looks dead or a
+    new version is stored here; a put, or a round whose stores were not all taken, does not."""
+    a, b = engine(1, k=1), engine(2)
+    wire = Wire(a, b)
+    a.routing.seen(contact(b), 0.0)
+    items = (blob(b"item %d" % n) for n in range(100))
+    item = next(i for i in items if b.id ^ i.key < a.id ^ i.key)  # b is nearer
+    a.store(item, 86400.0, 0.0)
+    wire.start(a, ops.Publish(item, 86400.0))  # a put: no hand-off
+    assert [i for i, _ in a.replication_jobs(1.0, fresh=386400.0)] == [item]
+    wire.start(a, ops.Replicate([(item, 86400.0)], fresh=386400.0))
+    assert b.storage.get(item.key) is not None
+    assert a.storage.get(item.key) is not None  # a keeps its copy
+    assert a.replication_jobs(7200.0, fresh=386400.0) == []  # handed off, past the interval
+    a.routing.failed(b.id)
+    a.routing.failed(b.id)  # a contact looks dead: the key is a's to replicate again
+    assert [i for i, _ in a.replication_jobs(7200.0, fresh=386400.0)] == [item]
+
+
+def test_a_new_version_takes_back_a_handed_off_key() -> None:
+    """A store of another version (a put that found this node among the k closest) ends the
+    hand-off; a copy of the held one does not."""
+    a = engine(1)
+    owner = Identity.from_private_bytes(bytes(32))
+    first, second = owner.sign("name", b"1", 1), owner.sign("name", b"2", 2)
+    a.store(first, 600.0, 0.0)
+    a.handed_off(first.key)
+    assert a.replication_jobs(10.0, fresh=3600.0) == []
+    a.request_received(a.message(Store, 7, item=second, ttl=600.0), "127.0.0.1", 9, 20.0)
+    assert [i for i, _ in a.replication_jobs(30.0, fresh=3600.0)] == [second]
+    a.handed_off(second.key)
+    a.request_received(a.message(Store, 8, item=second, ttl=600.0), "127.0.0.1", 9, 40.0)
+    assert a.replication_jobs(50.0, fresh=3600.0) == []  # a peer's re-store: not due anyway
+
+
 def test_a_replication_round_with_nothing_left_due_ends_at_once() -> None:
     """A round whose keys were all replicated by peers before it began ends with 0."""
     a = engine(1)

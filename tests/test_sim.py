@@ -711,9 +711,12 @@ def test_idle_scenario_counts_what_keeping_the_network_costs() -> None:
     assert rows["ok"][0] == 0  # a reply: no messages counted, only its bytes
     assert rows["ok"][1] > 0
     assert rows["store"][1] > rows["store"][0] * 100  # a stored item is some hundreds of bytes
-    ((publishes, stores),) = [[float(v) for v in row] for row in per_item.rows]
-    assert 0 < publishes <= 2  # one holder per key and interval, not k = 4
-    assert stores <= 4 * publishes
+    assert [row[0] for row in per_item.rows] == ["0-1 h", "1-2 h", "all"]
+    (first, second, whole) = [[float(v) for v in row[1:]] for row in per_item.rows]
+    for publishes, stores in (first, second, whole):
+        assert 0 < publishes <= 2  # one holder per key and interval, not k = 4
+        assert stores <= 4 * publishes
+    assert whole == pytest.approx([(first[0] + second[0]) / 2, (first[1] + second[1]) / 2])
     assert "2 replication rounds" in report.notes[0]
 
 

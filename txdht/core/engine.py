@@ -194,8 +194,9 @@ class Engine:
         #: The address each contact proved its id from (the identity handshake), the most
         #: recent MAX_PROOFS of them.
         self._proofs: OrderedDict[int, Address] = OrderedDict()
-        #: When a peer last stored each key here again (a STORE of the version held), and the
-        #: routing table's count of losses then, for replication's rule.
+        #: When a peer last stored each key here again (a STORE of the version held, or one
+        #: marked ``replica``), and the routing table's count of losses then, for replication's
+        #: rule; a time in the future marks a key handed off (``handed_off``).
         self._stored_at: dict[int, tuple[float, int]] = {}
         #: The listens this node holds for its peers, and its own running listens by key.
         self.listeners = listen.Listeners(limits)
@@ -670,8 +671,11 @@ class Engine:
         if isinstance(request, m.Store):
             held = self.get(request.item.key, self.now)
             self.store(request.item, request.ttl, self.now, request.cas)
+            key = request.item.key
             if held == request.item or request.replica:  # a peer's replication: this round
-                self._stored_at[request.item.key] = (self.now, self.routing.losses)  # is done
+                self._stored_at[key] = (self.now, self.routing.losses)  # is done
+            elif self._stored_at.get(key, (-math.inf, 0))[0] > self.now:
+                del self._stored_at[key]  # handed off, but a new version came: ours again
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -808,6 +812,17 @@ class Engine:
             for r in self.storage.records()
             if r.expires_at > now and self.replication_due(r.key, now, fresh)
         ]
+
+    def handed_off(self, key: int) -> None:
+        """This node's replication of ``key`` found k nodes nearer the key than itself, and
+        every one of them took the item: it is a holder outside the k closest (a lookup's
+        view differs a little from node to node, so a put or a replication can leave a copy
+        one place too far out). It keeps its copy, which still answers reads until it
+        expires, but stops replicating the key while no contact has come to look dead, or
+        until a new version is stored here: the k closest replicate it. Without this, every
+        such copy cost a second lookup for its key every interval (1.03 lookups per item per
+        interval in the idle 1,000-node network instead of 1)."""
+        self._stored_at[key] = (self.now + MAX_TTL, self.routing.losses)
 
     def replication_due(self, key: int, now: float, fresh: float) -> bool:
         """Whether this node should replicate ``key`` now (``replication_jobs``' rule): no

@@ -352,6 +352,8 @@ class Publish(_Gather):
         self.looked_up: int | None = None
         self.targets: list[Contact] = []
         self.took: set[int] = set()
+        #: Whether this node is among the k closest its lookup found (and keeps a copy).
+        self.kept = False
 
     def begin(self) -> None:
         try:
@@ -369,6 +371,7 @@ class Publish(_Gather):
         engine, item = self.engine, self.item
         self.looked_up = child.result.answered
         keep, targets = engine.placement(item.key, child.result.closest())
+        self.kept = keep
         if keep:
             error = engine.store_here(item, self.ttl, self.cas)
             if error is None:
@@ -404,6 +407,9 @@ class Publish(_Gather):
             return
         if self.remember:
             self.engine.remember(self.item, self.ttl)
+        engine = self.engine
+        if self.replica and not self.kept and len(self.took) >= engine.k:
+            engine.handed_off(self.item.key)  # k nearer nodes hold it: they replicate it
         self.finish(self.holders)
 
 

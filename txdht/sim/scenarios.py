@@ -11,6 +11,7 @@ which target, which victims) come from the network's seeded RNG.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -666,21 +667,31 @@ def idle(s: Settings) -> Report:
     net.wire_bytes = {}  # requests and replies, from now on
     start = net.clock.now
     seconds = s.hours * 3600
-    net.clock.run(start + seconds)
-    rounds = seconds / net.intervals.replicate
+    interval = net.intervals.replicate
+    rounds = seconds / interval
+    # Each interval of the window on its own: the first follows the puts, the next are steady.
+    marks = [(0.0, publishes, net.sent.get("store", 0))]
+    for n in range(1, math.ceil(rounds) + 1):
+        net.clock.run(start + min(n * interval, seconds))
+        marks.append((min(n * interval, seconds), _publishes(net), net.sent.get("store", 0)))
     traffic = Table(
         f"{s.nodes} nodes holding {s.keys} items at k={s.k}, left alone for {s.hours:g} h: "
         "messages and bytes per node per hour (requests; bytes count their replies too)",
         ["kind", "messages", "bytes"],
     )
     traffic.rows = _background(net, sent, seconds)
+    per_item = Table(
+        f"replication per item per interval ({interval / 3600:g} h), network-wide: each "
+        "interval of the window, then all of it",
+        ["interval", "publishes (lookups)", "stores"],
+    )
+    for (since, before, stored), (until, after, stored_after) in itertools.pairwise(marks):
+        share = s.keys * (until - since) / interval  # item-intervals in this stretch
+        label = f"{since / 3600:g}-{until / 3600:g} h"
+        per_item.rows.append([label, (after - before) / share, (stored_after - stored) / share])
     stores = net.sent.get("store", 0) - sent.get("store", 0)
     published = _publishes(net) - publishes
-    per_item = Table(
-        f"replication per item per interval ({net.intervals.replicate / 3600:g} h), network-wide",
-        ["publishes (lookups)", "stores"],
-    )
-    per_item.rows = [[published / s.keys / rounds, stores / s.keys / rounds]]
+    per_item.rows.append(["all", published / s.keys / rounds, stores / s.keys / rounds])
     report = Report("idle", s.describe("hours"), [traffic, per_item])
     report.notes.append(
         "what the nodes send of themselves: the refresh, replicate, republish, expire and save "
