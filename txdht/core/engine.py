@@ -669,9 +669,9 @@ class Engine:
             proof = None if request.challenge is None else self.identity.prove(request.challenge)
             return self.message(m.Pong, rid, proof=proof)
         if isinstance(request, m.Store):
-            held = self.get(request.item.key, self.now)
-            self.store(request.item, request.ttl, self.now, request.cas)
             key = request.item.key
+            held = self.get(key, self.now)
+            self.store(request.item, request.ttl, self.now, request.cas)
             if held == request.item or request.replica:  # a peer's replication: this round
                 self._stored_at[key] = (self.now, self.routing.losses)  # is done
             elif self._stored_at.get(key, (-math.inf, 0))[0] > self.now:

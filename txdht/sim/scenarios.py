@@ -689,9 +689,10 @@ def idle(s: Settings) -> Report:
         share = s.keys * (until - since) / interval  # item-intervals in this stretch
         label = f"{since / 3600:g}-{until / 3600:g} h"
         per_item.rows.append([label, (after - before) / share, (stored_after - stored) / share])
-    stores = net.sent.get("store", 0) - sent.get("store", 0)
-    published = _publishes(net) - publishes
-    per_item.rows.append(["all", published / s.keys / rounds, stores / s.keys / rounds])
+    (_, first, stored_first), (_, last, stored_last) = marks[0], marks[-1]
+    per_item.rows.append(
+        ["all", (last - first) / s.keys / rounds, (stored_last - stored_first) / s.keys / rounds]
+    )
     report = Report("idle", s.describe("hours"), [traffic, per_item])
     report.notes.append(
         "what the nodes send of themselves: the refresh, replicate, republish, expire and save "
@@ -813,7 +814,7 @@ def _eclipse(s: Settings, table: Table) -> Network:
             ground.append(node)
         net.clock.run(net.clock.now + 120.0)  # they join (honestly, so far)
         turn(ground, "collude", net, rng)
-        for cap in (0, honest[0].engine.limits.lookup_per_subnet):
+        for cap in (0, net.limits.lookup_per_subnet):  # none, then the default
             limits = replace(net.limits, lookup_per_subnet=cap)
             for paths in PATHS:
                 for node in honest:
