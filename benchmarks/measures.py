@@ -329,6 +329,8 @@ def _write_profile(
     stats.sort_stats("tottime").print_stats(15)
     out.write("\n== top 15 functions of txdht by cumulative time ==\n")
     stats.sort_stats("cumulative").print_stats(r"txdht[/\\]", 15)
+    out.write("\n== top 25 functions of txdht by own time ==\n")
+    stats.sort_stats("tottime").print_stats(r"txdht[/\\]", 25)
     with open(path, "w", encoding="utf-8") as f:
         f.write(out.getvalue())
     return split

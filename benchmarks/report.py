@@ -13,18 +13,25 @@ from benchmarks import CONTENDERS, FLOOR_OF, FLOORS, OURS
 
 __all__ = ["TARGETS", "build", "markdown", "targets", "write"]
 
-#: The issue's targets, as (id, text).
+#: The issues' targets, as (id, text): the ping and throughput ones of issue 17 (per-message
+#: cost), and serving's of the issue before it.
 TARGETS = (
     ("ping-p50-vs-floor", "ping p50 at concurrency 1 at most 1.5x the floor of the same loop"),
     ("uvloop-2x-twisted", "uvloop twin at least 2x twisted-epoll's ping throughput at c=1"),
     ("serving-15k", "at least 15,000 find_node replies per second from one node"),
     (
         "ahead-of-kademlia",
-        "ahead of kademlia on put and get throughput and p50 latency (50 nodes), "
-        "with 100% get success",
+        "ahead of kademlia on all eight put and get ratios (ops/s and p50, sequential and at 16 "
+        "in flight; 50 nodes) with 100% get success: the Twisted node and the uvloop twin "
+        "above 1x, the adapter and the default-loop twin at least 0.9x",
     ),
-    ("stretch-half-opendht", "stretch: at least half of OpenDHT's put and get throughput"),
+    ("puts-quarter-opendht", "puts at least 0.25x OpenDHT's ops/s (stretch 0.5x)"),
+    ("gets-ahead-of-opendht", "gets ahead of OpenDHT's ops/s"),
 )
+
+#: The least ratio to kademlia each of ours must reach on every put and get measure (issue
+#: 17): strictly ahead for the Twisted node and the uvloop twin, 0.9x for the other two.
+KADEMLIA_BAR = {"twisted-epoll": 1.0, "uvloop": 1.0, "twisted-asyncio": 0.9, "asyncio": 0.9}
 
 
 def _median(values: list[Any]) -> Any:
@@ -171,14 +178,17 @@ def targets(results: dict[str, dict[str, Any]], rat: dict[str, dict[str, Any]]) 
         if contender not in results:
             continue
         found.append(_versus_kademlia(contender, net, kad))
-        found.append(_versus_opendht(contender, net, od))
+        found += _versus_opendht(contender, net, od)
     return found
 
 
 def _versus_kademlia(contender: str, net: dict[str, Any], kad: dict[str, Any]) -> dict[str, Any]:
-    """Ahead on every throughput (ours / kademlia > 1) and every p50 (kademlia / ours > 1)."""
+    """Every throughput (ours / kademlia) and every p50 (kademlia / ours) at the contender's
+    bar: above 1x, or at least 0.9x (``KADEMLIA_BAR``)."""
+    bar = KADEMLIA_BAR[contender]
+    threshold = "> 1x" if bar == 1.0 else f">= {bar:g}x"
     if not net or not kad:
-        return _target("ahead-of-kademlia", contender, None, "> 1x", None, "no data")
+        return _target("ahead-of-kademlia", contender, None, threshold, None, "no data")
     margins = {}
     for op in ("put", "get"):
         for phase in ("seq", "conc"):
@@ -190,38 +200,50 @@ def _versus_kademlia(contender: str, net: dict[str, Any], kad: dict[str, Any]) -
             )
     known = [v for v in margins.values() if v is not None]
     if not known:
-        return _target("ahead-of-kademlia", contender, None, "> 1x", None, "no data")
+        return _target("ahead-of-kademlia", contender, None, threshold, None, "no data")
     measured = {k: v for k, v in margins.items() if v is not None}
     worst_name = min(measured, key=measured.__getitem__)
     worst = measured[worst_name]
     success = net.get("get_success")
-    met = all(v > 1 for v in known) and success == 1.0
+    at_bar = all(v > 1 if bar == 1.0 else v >= bar for v in known)
+    met = at_bar and len(known) == len(margins) and success == 1.0
     detail = (
         f"worst margin {_x(worst, '.2f')} ({worst_name}); get success "
         f"{_fmt(success, '.1%')}; " + ", ".join(f"{k} {_x(v, '.2f')}" for k, v in margins.items())
     )
-    return _target("ahead-of-kademlia", contender, worst, "> 1x", met, detail)
+    return _target("ahead-of-kademlia", contender, worst, threshold, met, detail)
 
 
-def _versus_opendht(contender: str, net: dict[str, Any], od: dict[str, Any]) -> dict[str, Any]:
-    if not net or not od:
-        return _target("stretch-half-opendht", contender, None, ">= 0.5x", None, "no data")
-    margins = {
-        f"{op} {phase}": _ratio(
-            net.get(f"{op}_{phase}_ops_per_s"), od.get(f"{op}_{phase}_ops_per_s")
+def _versus_opendht(
+    contender: str, net: dict[str, Any], od: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Puts at least 0.25x OpenDHT's ops/s (sequential and at 16 in flight; the stretch goal
+    of 0.5x is noted), and gets ahead of its ops/s."""
+    found = []
+    for ident, op, threshold, bar in (
+        ("puts-quarter-opendht", "put", ">= 0.25x", 0.25),
+        ("gets-ahead-of-opendht", "get", "> 1x", 1.0),
+    ):
+        margins = {
+            f"{op} {phase}": _ratio(
+                net.get(f"{op}_{phase}_ops_per_s"), od.get(f"{op}_{phase}_ops_per_s")
+            )
+            for phase in ("seq", "conc")
+        }
+        known = {k: v for k, v in margins.items() if v is not None}
+        if not net or not od or not known:
+            found.append(_target(ident, contender, None, threshold, None, "no data"))
+            continue
+        worst_name = min(known, key=lambda k: known[k])
+        worst = known[worst_name]
+        met = len(known) == len(margins) and (worst >= bar if op == "put" else worst > bar)
+        detail = f"worst {_x(worst, '.3f')} ({worst_name}); " + ", ".join(
+            f"{k} {_x(v, '.3f')}" for k, v in margins.items()
         )
-        for op in ("put", "get")
-        for phase in ("seq", "conc")
-    }
-    known = {k: v for k, v in margins.items() if v is not None}
-    if not known:
-        return _target("stretch-half-opendht", contender, None, ">= 0.5x", None, "no data")
-    worst_name = min(known, key=lambda k: known[k])
-    worst = known[worst_name]
-    detail = f"worst {_x(worst, '.3f')} ({worst_name}); " + ", ".join(
-        f"{k} {_x(v, '.3f')}" for k, v in margins.items()
-    )
-    return _target("stretch-half-opendht", contender, worst, ">= 0.5x", worst >= 0.5, detail)
+        if op == "put":
+            detail += f"; stretch 0.5x {'met' if worst >= 0.5 else 'missed'}"
+        found.append(_target(ident, contender, worst, threshold, met, detail))
+    return found
 
 
 def build(

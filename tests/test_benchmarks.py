@@ -187,6 +187,8 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
         "uvloop-2x-twisted",
         "serving-15k",
         "ahead-of-kademlia",
+        "puts-quarter-opendht",
+        "gets-ahead-of-opendht",
     }
     assert document["ratios"]["twisted-epoll"]["rpc-c1"]["floor"] == "floor-epoll"
 
@@ -284,3 +286,53 @@ def test_written_profile_names_no_directory_of_this_machine(tmp_path: Path) -> N
     assert not re.search(r"(^|\s)/\w", text, re.M), text  # no absolute path anywhere
     assert str(ROOT) not in text
     assert sys.prefix not in text
+
+
+def _network(scale: float, get_scale: float | None = None) -> dict[str, float]:
+    """A network measure's results: ``scale`` times a baseline's ops/s (p50 divided by it)."""
+    result: dict[str, float] = {"get_success": 1.0}
+    for op in ("put", "get"):
+        factor = scale if op == "put" or get_scale is None else get_scale
+        for phase in ("seq", "conc"):
+            result[f"{op}_{phase}_ops_per_s"] = 100.0 * factor
+            result[f"{op}_{phase}_p50_ms"] = 10.0 / factor
+    return result
+
+
+def test_targets_hold_each_contender_to_its_own_bar() -> None:
+    """Issue 17's bars: the Twisted node and the uvloop twin strictly ahead of kademlia on all
+    eight ratios, the adapter and the default-loop twin at 0.9x; puts at 0.25x OpenDHT's and
+    gets ahead of it; one missing ratio or a failed get is a miss, not a pass."""
+    from benchmarks.report import ratios, targets
+
+    results = {
+        "kademlia": {"network": _network(1.0)},
+        "opendht": {"network": _network(4.0, get_scale=1.0)},
+        "twisted-epoll": {"network": _network(0.95, get_scale=1.5)},
+        "asyncio": {"network": _network(0.95, get_scale=1.5)},
+        "uvloop": {"network": _network(1.1, get_scale=0.9)},
+        "twisted-asyncio": {"network": {**_network(1.2), "get_success": 0.99}},
+    }
+    found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results))}
+    status = {key: t["status"] for key, t in found.items()}
+    assert status[("ahead-of-kademlia", "twisted-epoll")] == "missed"  # 0.95x: not ahead
+    assert status[("ahead-of-kademlia", "asyncio")] == "met"  # 0.95x: at least 0.9x
+    assert status[("ahead-of-kademlia", "uvloop")] == "missed"  # gets 0.9x
+    assert status[("ahead-of-kademlia", "twisted-asyncio")] == "missed"  # a get failed
+    assert found[("ahead-of-kademlia", "asyncio")]["threshold"] == ">= 0.9x"
+    assert found[("ahead-of-kademlia", "twisted-epoll")]["threshold"] == "> 1x"
+    assert found[("ahead-of-kademlia", "uvloop")]["value"] == pytest.approx(0.9)
+    # Puts: 0.95 / 4 = 0.24x misses 0.25x; 1.1 / 4 = 0.275x meets it; 1.2 / 4 = 0.3x.
+    assert status[("puts-quarter-opendht", "twisted-epoll")] == "missed"
+    assert status[("puts-quarter-opendht", "uvloop")] == "met"
+    assert "stretch 0.5x missed" in found[("puts-quarter-opendht", "uvloop")]["detail"]
+    # Gets: 1.5x ahead; 0.9x behind.
+    assert status[("gets-ahead-of-opendht", "twisted-epoll")] == "met"
+    assert status[("gets-ahead-of-opendht", "uvloop")] == "missed"
+
+    partial = {**results, "asyncio": {"network": {**_network(1.5), "get_conc_p50_ms": None}}}
+    found = {(t["id"], t["contender"]): t for t in targets(partial, ratios(partial))}
+    assert found[("ahead-of-kademlia", "asyncio")]["status"] == "missed"  # one ratio unknown
+    none = {"asyncio": {"network": _network(1.0)}}
+    found = {(t["id"], t["contender"]): t for t in targets(none, ratios(none))}
+    assert {t["status"] for t in found.values()} == {"n/a"}

@@ -64,6 +64,10 @@ class _Entry:
     questionable: bool = False
 
 
+def _low(bucket: KBucket) -> int:
+    return bucket.low
+
+
 class KBucket:
     """The contacts whose ids fall in ``[low, high)``, least recently seen first."""
 
@@ -133,8 +137,7 @@ class RoutingTable:
 
     def bucket_for(self, ident: int) -> KBucket:
         """The bucket whose range holds ``ident``."""
-        lows = [b.low for b in self.buckets]
-        return self.buckets[bisect.bisect_right(lows, ident) - 1]
+        return self.buckets[bisect.bisect_right(self.buckets, ident, key=_low) - 1]
 
     def __len__(self) -> int:
         return sum(len(b.entries) for b in self.buckets)
