@@ -518,13 +518,30 @@ def test_a_replication_rounds_stores_are_marked_replica() -> None:
     assert [item for item, _ in b.replication_jobs(10.0, fresh=3600.0)] == [put]
 
 
+def _lose_a_contact(made: Engine, index: int = 3) -> None:
+    """Have ``made`` come to see a contact of its own as dead (two failures in a row): the
+    network is not calm for it for an interval."""
+    gone = next(
+        c for c in (contact(engine(i)) for i in range(index, index + 50)) if c.id ^ made.id > 1
+    )
+    made.routing.seen(gone, made.now)
+    assert gone.id in made.routing, "no room for the contact to lose"
+    losses = made.routing.losses
+    made.routing.failed(gone.id)
+    made.routing.failed(gone.id)
+    assert made.routing.losses == losses + 1
+
+
 def test_a_holder_outside_the_k_closest_hands_the_key_off() -> None:
     """A replication that finds k nodes nearer the key than this one, all of which take the
     item, stops this node replicating it (it keeps its copy) until a contact looks dead or a
-    new version is stored here; a put, or a round whose stores were not all taken, does not."""
+    new version is stored here; a put, or a round whose stores were not all taken, does not.
+    (While the network is calm, the routing table alone keeps such a holder from replicating:
+    see the next test. Here it is not: a contact has just come to look dead.)"""
     a, b = engine(1, k=1), engine(2)
     wire = Wire(a, b)
     a.routing.seen(contact(b), 0.0)
+    _lose_a_contact(a)
     items = (blob(b"item %d" % n) for n in range(100))
     item = next(i for i in items if b.id ^ i.key < a.id ^ i.key)  # b is nearer
     a.store(item, 86400.0, 0.0)
@@ -537,6 +554,33 @@ def test_a_holder_outside_the_k_closest_hands_the_key_off() -> None:
     a.routing.failed(b.id)
     a.routing.failed(b.id)  # a contact looks dead: the key is a's to replicate again
     assert [i for i, _ in a.replication_jobs(7200.0, fresh=386400.0)] == [item]
+
+
+def test_a_holder_outside_the_k_closest_leaves_the_key_to_them_while_calm() -> None:
+    """A holder whose routing table knows k live contacts nearer a key than itself does not
+    replicate the key, without a lookup, while no contact has come to look dead for an
+    interval; once one has, it replicates as every holder does, until an interval has passed
+    without another. A holder that knows fewer than k nearer contacts replicates."""
+    a, b, c = engine(1, k=2), engine(2), engine(3)
+    items = [blob(b"item %d" % n) for n in range(200)]
+    # Items b and c are both nearer than a (a is outside at k = 2), and one only b is.
+    outside = next(i for i in items if max(b.id ^ i.key, c.id ^ i.key) < a.id ^ i.key)
+    edge = next(i for i in items if b.id ^ i.key < a.id ^ i.key < c.id ^ i.key)
+    for made in (b, c):
+        a.routing.seen(contact(made), 0.0)
+    for item in (outside, edge):
+        a.store(item, 86400.0, 0.0)
+    assert a.outside(outside.key) and not a.outside(edge.key)
+    assert [i for i, _ in a.replication_jobs(10.0, fresh=3600.0)] == [edge]
+    a.now = 20.0
+    _lose_a_contact(a, 4)
+    assert {i for i, _ in a.replication_jobs(30.0, fresh=3600.0)} == {outside, edge}
+    assert {i for i, _ in a.replication_jobs(3629.0, fresh=3600.0)} == {outside, edge}
+    assert [i for i, _ in a.replication_jobs(3631.0, fresh=3600.0)] == [edge]  # calm again
+    a.routing.failed(b.id)
+    a.routing.failed(b.id)  # b looks dead: a knows one live contact nearer, not k
+    assert not a.outside(outside.key)
+    assert {i for i, _ in a.replication_jobs(7300.0, fresh=3600.0)} == {outside, edge}
 
 
 def test_a_new_version_takes_back_a_handed_off_key() -> None:
