@@ -386,26 +386,51 @@ def test_replication_skips_keys_a_peer_stored_here_again_within_the_interval() -
     assert a._stored_at == {}
 
 
-def test_a_publish_right_after_a_put_is_replicated_at_the_first_tick() -> None:
-    """After a put, every holder got the version at the same moment: the first holder whose
-    replication job runs stores it again on the others, which then skip it for the interval
-    (one replication per key per interval, starting at once: a crash right after a put is
-    repaired within one interval)."""
+def test_after_a_put_the_nearest_holder_replicates_first() -> None:
+    """After a put, every holder got the version at the same moment. The one whose routing
+    table knows no live contact nearer the key replicates it at its first round; the others
+    take the put as this interval's replication and skip it (two holders whose rounds ran
+    together both replicated it, before); they replicate it an interval after the put if no
+    peer stored it again, or as soon as a contact comes to look dead (a crash right after a
+    put is repaired at once)."""
     a, b, c = engine(1), engine(2), engine(3)
+    everyone = (a, b, c)
+    for holder in everyone:
+        for other in everyone:
+            if other is not holder:
+                holder.routing.seen(contact(other), 0.0)
     item = blob(b"fresh")
-    for holder in (a, b, c):
+    first = min(everyone, key=lambda e: e.id ^ item.key)
+    others = [e for e in everyone if e is not first]
+    for holder in everyone:
         reply, _ = holder.request_received(
-            a.message(Store, 8, item=item, ttl=600.0), "127.0.0.1", a.port, 0.0
+            a.message(Store, 8, item=item, ttl=86400.0), "127.0.0.1", a.port, 0.0
         )
         assert reply is not None
-    assert [i for i, _ in b.replication_jobs(10.0, fresh=3600.0)] == [item]
-    for holder in (b, c):  # a re-stores it on the others, as a's replication job does
+    assert first.nearest(item.key) and not any(e.nearest(item.key) for e in others)
+    assert [i for i, _ in first.replication_jobs(10.0, fresh=3600.0)] == [item]
+    assert all(e.replication_jobs(10.0, fresh=3600.0) == [] for e in others)
+    assert all(e.replication_jobs(3601.0, fresh=3600.0) for e in others)  # none came
+    others[0].now = 20.0
+    others[0].routing.failed(first.id)
+    others[0].routing.failed(first.id)  # the nearest looks dead: ours to replicate now
+    assert [i for i, _ in others[0].replication_jobs(30.0, fresh=3600.0)] == [item]
+    assert others[1].replication_jobs(30.0, fresh=3600.0) == []
+    for holder in others:  # the nearest re-stores it on the others, as its round does
         reply, _ = holder.request_received(
-            a.message(Store, 9, item=item, ttl=590.0), "127.0.0.1", a.port, 10.0
+            first.message(Store, 9, item=item, ttl=86000.0), "127.0.0.1", first.port, 3000.0
         )
         assert reply is not None
-    assert b.replication_jobs(20.0, fresh=3600.0) == []
-    assert c.replication_jobs(20.0, fresh=3600.0) == []
+    assert others[1].replication_jobs(3601.0, fresh=3600.0) == []  # stored again at 3,000 s
+
+
+def test_a_node_alone_is_the_nearest_holder() -> None:
+    """A node that knows no live contact replicates what it holds at its first round."""
+    a = engine(1)
+    item = blob(b"alone")
+    a.request_received(a.message(Store, 8, item=item, ttl=600.0), "127.0.0.1", 9, 0.0)
+    assert a.nearest(item.key)
+    assert [i for i, _ in a.replication_jobs(10.0, fresh=3600.0)] == [item]
 
 
 def test_a_key_replicated_by_a_peer_is_replicated_again_once_a_contact_is_lost() -> None:
@@ -433,10 +458,10 @@ def test_a_replication_round_skips_a_key_a_peer_replicated_while_it_waited_its_t
     ends with the others."""
     a, b = engine(1), engine(2)
     wire = Wire(a, b)
-    a.routing.seen(contact(b), 0.0)
     items = [blob(b"item %d" % i) for i in range(HOUSEKEEPING_CONCURRENCY + 2)]
     for item in items:  # first arrivals: every key is due
         a.request_received(a.message(Store, 7, item=item, ttl=600.0), "127.0.0.1", 9, 0.0)
+    a.routing.seen(contact(b), 0.0)  # (a knew no nearer node when they came: it is the first)
     jobs = a.replication_jobs(1.0, fresh=3600.0)
     assert len(jobs) == len(items)
     round_ = ops.Replicate(jobs, fresh=3600.0)
@@ -540,11 +565,11 @@ def test_a_holder_outside_the_k_closest_hands_the_key_off() -> None:
     see the next test. Here it is not: a contact has just come to look dead.)"""
     a, b = engine(1, k=1), engine(2)
     wire = Wire(a, b)
-    a.routing.seen(contact(b), 0.0)
-    _lose_a_contact(a)
     items = (blob(b"item %d" % n) for n in range(100))
     item = next(i for i in items if b.id ^ i.key < a.id ^ i.key)  # b is nearer
-    a.store(item, 86400.0, 0.0)
+    a.store(item, 86400.0, 0.0)  # (a knew no nearer node when it came: it is the first)
+    a.routing.seen(contact(b), 0.0)
+    _lose_a_contact(a)
     wire.start(a, ops.Publish(item, 86400.0))  # a put: no hand-off
     assert [i for i, _ in a.replication_jobs(1.0, fresh=386400.0)] == [item]
     wire.start(a, ops.Replicate([(item, 86400.0)], fresh=386400.0))
@@ -566,10 +591,10 @@ def test_a_holder_outside_the_k_closest_leaves_the_key_to_them_while_calm() -> N
     # Items b and c are both nearer than a (a is outside at k = 2), and one only b is.
     outside = next(i for i in items if max(b.id ^ i.key, c.id ^ i.key) < a.id ^ i.key)
     edge = next(i for i in items if b.id ^ i.key < a.id ^ i.key < c.id ^ i.key)
+    for item in (outside, edge):
+        a.store(item, 86400.0, 0.0)  # (a knew no nearer node when they came)
     for made in (b, c):
         a.routing.seen(contact(made), 0.0)
-    for item in (outside, edge):
-        a.store(item, 86400.0, 0.0)
     assert a.outside(outside.key) and not a.outside(edge.key)
     assert [i for i, _ in a.replication_jobs(10.0, fresh=3600.0)] == [edge]
     a.now = 20.0

@@ -14,7 +14,7 @@ from txdht.core.errors import NotFoundError
 from txdht.core.ids import id_from_hex
 from txdht.core.items import Identity, blob
 from txdht.core.messages import FindNode, Message
-from txdht.core.schedule import Intervals
+from txdht.core.schedule import REPLICA_GRACE, Intervals
 from txdht.node import Node
 from txdht.service import DHTService
 from txdht.testing import MemoryNetwork
@@ -105,7 +105,9 @@ def test_items_of_a_stopped_publisher_expire() -> None:
 
 
 def test_replication_restores_copies_after_holders_die() -> None:
-    """When holders die, hourly replication puts the item back on k live nodes."""
+    """When holders die right after a put, replication puts the item back on k live nodes:
+    the nearest holder at its first round, or, if it is one of the dead and no node noticed
+    (nobody asked the dead anything), the other holders an interval after the put."""
     net = MemoryNetwork()
     services = start(net, 16, k=4)
     key = net.run(services[0].node.put_blob(b"replicate me"))
@@ -116,7 +118,7 @@ def test_replication_restores_copies_after_holders_die() -> None:
         net.kill(service.node)
     alive = [s for s in services if s not in dead]
     assert holders(alive, key, now) <= 2 + 1
-    net.advance(HOUR + 1)
+    net.advance(2 * HOUR * (1 + REPLICA_GRACE) + 1)
     assert holders(alive, key, net.clock.seconds()) >= 4
 
 

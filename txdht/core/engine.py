@@ -195,8 +195,9 @@ class Engine:
         #: recent MAX_PROOFS of them.
         self._proofs: OrderedDict[int, Address] = OrderedDict()
         #: When a peer last stored each key here again (a STORE of the version held, or one
-        #: marked ``replica``), and the routing table's count of losses then, for replication's
-        #: rule; a time in the future marks a key handed off (``handed_off``).
+        #: marked ``replica``; or when a new version came, unless this node is the nearest
+        #: holder: ``nearest``), and the routing table's count of losses then, for
+        #: replication's rule; a time in the future marks a key handed off (``handed_off``).
         self._stored_at: dict[int, tuple[float, int]] = {}
         #: The routing table's count of losses when replication last looked, and since when
         #: it has stood at that count (the network is calm while it stands still).
@@ -677,8 +678,6 @@ class Engine:
             self.store(request.item, request.ttl, self.now, request.cas)
             if held == request.item or request.replica:  # a peer's replication: this round
                 self._stored_at[key] = (self.now, self.routing.losses)  # is done
-            elif self._stored_at.get(key, (-math.inf, 0))[0] > self.now:
-                del self._stored_at[key]  # handed off, but a new version came: ours again
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -717,6 +716,11 @@ class Engine:
         if stored is not None and stored.item == item:
             expires = max(expires, stored.expires_at)
         self.storage.put(StoredItem(item, expires))
+        if stored is None or stored.item != item:  # a version new here: who replicates it
+            if self.nearest(item.key):
+                self._stored_at.pop(item.key, None)  # this node, at its next round
+            else:  # the nearest holder, whose round stores it here again (see ``nearest``)
+                self._stored_at[item.key] = (now, self.routing.losses)
         if stored is None or item.seq > stored.item.seq:
             listen.changed(self, item)  # a version newer than what was held: tell listeners
 
@@ -840,6 +844,20 @@ class Engine:
             self._losses_since = (losses, now)
         calm = now - self._losses_since[1] >= fresh
         return not (calm and self.outside(key))
+
+    def nearest(self, key: int) -> bool:
+        """Whether the routing table knows no live contact nearer ``key`` than this node: of
+        the k holders a put (or a hand-off, or a read repair) reaches at the same moment,
+        this one replicates the version first, at its next round, and the others take the
+        version's arrival as this interval's replication (the Kademlia paper counts every
+        STORE so). Without it, every holder's first round was due, and two holders whose
+        rounds ran together both replicated the key: 3% of keys twice in the first interval
+        after the puts in the idle 1,000-node network. The others are not left waiting on a
+        nearest holder that is gone: a contact that comes to look dead makes every key due
+        again (``replication_due``), and otherwise they replicate an interval after the
+        arrival, like any key no peer stored again."""
+        nearest = self.routing.closest(key, 1, live=True)
+        return not nearest or self.id ^ key < nearest[0].id ^ key
 
     def outside(self, key: int) -> bool:
         """Whether the routing table knows k live contacts nearer ``key`` than this node: it
