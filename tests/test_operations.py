@@ -407,7 +407,8 @@ def test_after_a_put_the_nearest_holder_replicates_first() -> None:
             a.message(Store, 8, item=item, ttl=86400.0), "127.0.0.1", a.port, 0.0
         )
         assert reply is not None
-    assert first.nearest(item.key) and not any(e.nearest(item.key) for e in others)
+    assert first.nearest(item.key)
+    assert not any(e.nearest(item.key) for e in others)
     assert [i for i, _ in first.replication_jobs(10.0, fresh=3600.0)] == [item]
     assert all(e.replication_jobs(10.0, fresh=3600.0) == [] for e in others)
     assert all(e.replication_jobs(3601.0, fresh=3600.0) for e in others)  # none came
@@ -595,7 +596,8 @@ def test_a_holder_outside_the_k_closest_leaves_the_key_to_them_while_calm() -> N
         a.store(item, 86400.0, 0.0)  # (a knew no nearer node when they came)
     for made in (b, c):
         a.routing.seen(contact(made), 0.0)
-    assert a.outside(outside.key) and not a.outside(edge.key)
+    assert a.outside(outside.key)
+    assert not a.outside(edge.key)
     assert [i for i, _ in a.replication_jobs(10.0, fresh=3600.0)] == [edge]
     a.now = 20.0
     _lose_a_contact(a, 4)

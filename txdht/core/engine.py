@@ -803,17 +803,18 @@ class Engine:
         """Every held item with the time it has left: what replication stores again; but not
         those a peer stored here again in the last ``fresh`` seconds (the Kademlia paper's
         rule: a node that got a STORE for a key assumes the other k - 1 closest got it too, so
-        one node, not k, replicates each key in an interval). Only a store of the version
-        already held counts: the first arrival of a version (a publish, a newcomer's handoff,
-        a read repair) reaches all k holders at the same moment, and counting it would have
-        none of them replicate for a whole interval, when a crash right after a put needs the
-        first of them to (the crash scenario's target). And the rule holds only while the
-        network is calm: once a contact of this node has come to look dead (or was evicted)
-        since the store, the peer's round may have stored on nodes now gone, so this node
-        replicates the key at its next round as every holder did before the rule (after a
-        mass crash, keys replicated just before it were otherwise left unrepaired for up to
-        an interval: 687 of 10,000 keys under 16 of their 20 closest live nodes after a 50%
-        crash of 1,000 nodes)."""
+        one node, not k, replicates each key in an interval). A store of the version already
+        held, or one marked ``replica``, counts; so does the arrival of a new version (a put,
+        a newcomer's handoff, a read repair), except at the holder nearest the key by its own
+        table (``nearest``): that one replicates it at its next round, and the others then
+        hear from it every interval. And the rule holds only while the network is calm: once
+        a contact of this node has come to look dead (or was evicted) since the store, the
+        peer's round may have stored on nodes now gone, so this node replicates the key at its
+        next round as every holder did before the rule (after a mass crash, keys replicated
+        just before it were otherwise left unrepaired for up to an interval: 687 of 10,000
+        keys under 16 of their 20 closest live nodes after a 50% crash of 1,000 nodes). While
+        no contact has looked dead for an interval, a holder outside the key's k closest
+        leaves it to them (``outside``)."""
         return [
             (r.item, r.expires_at - now)
             for r in self.storage.records()

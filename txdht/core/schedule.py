@@ -12,7 +12,8 @@ refresh    10 min   look up a random id in each bucket no lookup touched for an 
                     again through the seeds (or the saved contacts) if the routing table has
                     no live contact left
 replicate  1 h      store every held item again on the current k closest nodes, but not one a
-                    peer stored here within the interval (it was sent to the others too)
+                    peer stored here within the interval (it was sent to the others too), nor
+                    one the nearest holder replicates (``Engine.replication_jobs``)
 republish  12 h     publish again, with a fresh ttl, what this node published (the default ttl
                     is 24 h, so every item is renewed well before it expires)
 expire     1 min    drop expired items (and ended rate-limit cool-offs)
