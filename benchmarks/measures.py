@@ -158,6 +158,10 @@ async def network(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
         result[f"pings_per_{op}"] = _mean(
             result[f"pings_per_{op}_seq"], result[f"pings_per_{op}_conc"]
         )
+        for kind in KINDS:
+            result[f"{kind}_per_{op}"] = _mean(
+                result[f"{kind}_per_{op}_seq"], result[f"{kind}_per_{op}_conc"]
+            )
     for op in ("put", "get"):
         messages = [result[f"msgs_{op}_{phase}"] for phase in ("seq", "conc")]
         cpu = sum(result[f"cpu_{op}_{phase}_s"] for phase in ("seq", "conc"))
@@ -199,7 +203,7 @@ async def _phase(
         return True if finished is None else (True, finished)
 
     await shell.quiesce()
-    pings = shell.pings_total(nodes)
+    pings, kinds = shell.pings_total(nodes), shell.sent_by_kind(nodes)
     sent, cpu = shell.sent_total(nodes), time.process_time()
     if profiler is not None:
         profiler.enable()
@@ -210,7 +214,8 @@ async def _phase(
     put_cpu, put_sent = time.process_time() - cpu, shell.sent_total(nodes)
     put_msgs = _per_op(put_sent, sent, put["count"])
     put_pings = _per_op(shell.pings_total(nodes), pings, put["count"])
-    pings = shell.pings_total(nodes)
+    put_kinds = _kinds_per_op(shell.sent_by_kind(nodes), kinds, put["count"])
+    pings, kinds = shell.pings_total(nodes), shell.sent_by_kind(nodes)
 
     stored = [i for i in range(ops) if keys[i] is not None]
     readers = []
@@ -240,6 +245,7 @@ async def _phase(
     get_cpu, get_sent = time.process_time() - cpu, shell.sent_total(nodes)
     get_msgs = _per_op(get_sent, sent, get["count"])
     get_pings = _per_op(shell.pings_total(nodes), pings, get["count"])
+    get_kinds = _kinds_per_op(shell.sent_by_kind(nodes), kinds, get["count"])
     tally["gets_ok"] += get["ok"]
     tally["gets"] += get["count"]
     result: dict[str, Any] = {}
@@ -255,12 +261,29 @@ async def _phase(
     result[f"msgs_per_get_{phase}"] = get_msgs
     # Pings (ping-before-evict, mostly): background work that each operation sets off.
     result[f"pings_per_put_{phase}"], result[f"pings_per_get_{phase}"] = put_pings, get_pings
+    # What the messages are (ours only): requests of each kind per operation.
+    for op, per_kind in (("put", put_kinds), ("get", get_kinds)):
+        for kind in KINDS:
+            result[f"{kind}_per_{op}_{phase}"] = None if per_kind is None else per_kind[kind]
     # CPU per message: the process's CPU time (every node, and OpenDHT's threads) over the
     # requests sent, each with its reply: both ends of every message run in this process.
     result[f"cpu_put_{phase}_s"], result[f"cpu_get_{phase}_s"] = put_cpu, get_cpu
     result[f"msgs_put_{phase}"] = None if put_msgs is None else put_msgs * put["count"]
     result[f"msgs_get_{phase}"] = None if get_msgs is None else get_msgs * get["count"]
     return result
+
+
+#: The requests the network measure counts by kind, for ours.
+KINDS = ("find_node", "find_value", "store", "ping")
+
+
+def _kinds_per_op(
+    after: dict[str, int] | None, before: dict[str, int] | None, ops: int
+) -> dict[str, float] | None:
+    """Requests of each of ``KINDS`` sent per operation between two counts (None: unknown)."""
+    if after is None or before is None or not ops:
+        return None
+    return {kind: (after.get(kind, 0) - before.get(kind, 0)) / ops for kind in KINDS}
 
 
 def _per_op(after: int | None, before: int | None, ops: int) -> float | None:

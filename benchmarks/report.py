@@ -113,6 +113,17 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _kinds(m: dict[str, Any]) -> str:
+    """The requests of each kind per put and per get, where the contender counts them."""
+    parts = []
+    for op in ("put", "get"):
+        known = [(k, m.get(f"{k}_per_{op}")) for k in ("find_node", "find_value", "store", "ping")]
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in known if isinstance(v, int | float) and v)
+        if shown:
+            parts.append(f"per {op}: {shown}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _target(
     ident: str, contender: str, value: float | None, threshold: str, met: bool | None, detail: str
 ) -> dict[str, Any]:
@@ -458,7 +469,7 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"{_fmt(m.get('msgs_per_put'), '.1f')} per put, "
                 f"{_fmt(m.get('msgs_per_get'), '.1f')} per get; pings "
                 f"{_fmt(m.get('pings_per_put'), '.3f')} per put, "
-                f"{_fmt(m.get('pings_per_get'), '.3f')} per get",
+                f"{_fmt(m.get('pings_per_get'), '.3f')} per get" + _kinds(m),
                 "",
                 "",
             )

@@ -12,7 +12,8 @@ A shell gives the measures (``benchmarks.measures``) what they need and nothing 
 - ``put(node, value)`` returning ``(key, finished_at | None)`` and ``get(node, key)`` returning
   ``(value | None, finished_at | None)``; ``holds(node, key)``; ``sent_total(nodes)`` and
   ``pings_total(nodes)`` (requests, and pings, sent so far by all nodes, or None when the
-  implementation cannot tell); ``replicas(k)``;
+  implementation cannot tell), ``sent_by_kind(nodes)`` (requests sent so far by kind, or
+  None); ``replicas(k)``;
 - ``rpc_pair()`` (a ping function between two endpoints, and a close function) and
   ``serving_server(contacts)`` (a port, a served-replies counter, and a close function), for
   the contenders that speak txdht's wire protocol, and for the floors.
@@ -126,6 +127,14 @@ class _OursMixin:
 
     def pings_total(self, nodes: list[Any]) -> int | None:
         return sum(_sent(self.metrics(node), "ping") for node in nodes)
+
+    def sent_by_kind(self, nodes: list[Any]) -> dict[str, int] | None:
+        counts: dict[str, int] = {}
+        for node in nodes:
+            for (direction, kind, _), n in self.metrics(node).rpcs.items():
+                if direction == "sent":
+                    counts[kind] = counts.get(kind, 0) + n
+        return counts
 
     async def settle(self, nodes: list[Any]) -> bool:
         return True
@@ -612,6 +621,9 @@ class KademliaShell:
     def pings_total(self, nodes: list[Any]) -> int | None:
         return None  # kademlia does not count its requests by kind
 
+    def sent_by_kind(self, nodes: list[Any]) -> dict[str, int] | None:
+        return None
+
     async def stop_all(self, nodes: list[Any]) -> None:
         for node in nodes:
             node.stop()
@@ -749,6 +761,9 @@ class OpenDHTShell:
 
     def pings_total(self, nodes: list[Any]) -> int | None:
         return None  # OpenDHT's message stats do not count pings apart
+
+    def sent_by_kind(self, nodes: list[Any]) -> dict[str, int] | None:
+        return None
 
     def sent_total(self, nodes: list[Any]) -> int:
         # getNodeMessageStats() returns the requests counted since the last call, and resets.

@@ -305,7 +305,7 @@ def test_targets_hold_each_contender_to_its_own_bar() -> None:
     gets ahead of it; one missing ratio or a failed get is a miss, not a pass."""
     from benchmarks.report import ratios, targets
 
-    results = {
+    results: dict[str, dict[str, Any]] = {
         "kademlia": {"network": _network(1.0)},
         "opendht": {"network": _network(4.0, get_scale=1.0)},
         "twisted-epoll": {"network": _network(0.95, get_scale=1.5)},
@@ -330,7 +330,8 @@ def test_targets_hold_each_contender_to_its_own_bar() -> None:
     assert status[("gets-ahead-of-opendht", "twisted-epoll")] == "met"
     assert status[("gets-ahead-of-opendht", "uvloop")] == "missed"
 
-    partial = {**results, "asyncio": {"network": {**_network(1.5), "get_conc_p50_ms": None}}}
+    unknown: dict[str, Any] = {**_network(1.5), "get_conc_p50_ms": None}
+    partial: dict[str, dict[str, Any]] = {**results, "asyncio": {"network": unknown}}
     found = {(t["id"], t["contender"]): t for t in targets(partial, ratios(partial))}
     assert found[("ahead-of-kademlia", "asyncio")]["status"] == "missed"  # one ratio unknown
     none = {"asyncio": {"network": _network(1.0)}}
