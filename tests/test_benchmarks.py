@@ -169,6 +169,10 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
                 # Pings each operation set off (ping-before-evict): counted for ours only.
                 for op in ("put", "get"):
                     assert metrics[f"pings_per_{op}"] >= 0, (name, measure)
+                # And what the rest are: a put stores, a get asks for the value.
+                assert metrics["store_per_put"] > 0, (name, measure)
+                assert metrics["find_value_per_get"] > 0, (name, measure)
+                assert metrics["store_per_get"] == 0, (name, measure)  # all were the newest
             if measure in ("network", "profile"):
                 # Ours must find every value; a third party's success is what it measured.
                 success = metrics["get_success"]
