@@ -865,8 +865,8 @@ class Engine:
         holds a copy from a put or a replication whose lookup saw it among the k closest (a
         lookup's view differs a little from node to node, and from round to round), but the
         k closest are others, and they replicate the key. Such a holder replicating it anyway
-        was what was left of the duplicates: 0.3% of keys replicated twice an interval in the
-        idle 1,000-node network, 3.4% in the first interval after the puts. Replication asks
+        was what was left of the steady duplicates: 0.3% of keys replicated twice an interval
+        in the idle 1,000-node network, none with this rule. Replication asks
         this only while the network is calm (no contact has come to look dead for an
         interval): after a crash, the k contacts the table names may be gone unnoticed, and
         every holder replicates as before."""
