@@ -999,13 +999,15 @@ def churn(s: Settings) -> Report:
     s.say(net, f"churn: {s.nodes} nodes joined, {len(keys)} of {s.keys} items stored")
     churning = _Churn(s, net, publishers, keys)
     sent, started = dict(net.sent), net.clock.now
+    net.wire_bytes = {}  # requests and replies, from now on
     churning.begin()
     net.clock.run(churning.end + 2 * s.rpc_timeout * s.k)  # the last probes end (or die)
     traffic = Table(
-        "messages per node per hour while churning, by kind (joins, housekeeping and the probes)",
-        ["kind", "messages"],
+        "messages and bytes per node per hour while churning, by kind (joins, housekeeping "
+        "and the probes; requests, and bytes count their replies too)",
+        ["kind", "messages", "bytes"],
     )
-    traffic.rows = [row[:2] for row in _background(net, sent, net.clock.now - started)]
+    traffic.rows = _background(net, sent, net.clock.now - started)
     columns = ["hour", "alive", "replaced", "lookups", "ok %", "gets", "ok %"]
     columns += ["replicas min", "p25", "p50"]
     table = Table(
