@@ -787,7 +787,7 @@ def test_churn_scenario_replaces_nodes_and_probes() -> None:
     assert all(row[3] and row[5] for row in rows)
     assert len(report.targets) == 3
     (traffic,) = [t for t in report.tables if t.columns == ["kind", "messages", "bytes"]]
-    by_kind = {row[0]: row[1:] for row in traffic.rows}
+    by_kind = {str(row[0]): (float(row[1]), float(row[2])) for row in traffic.rows}
     assert by_kind["store"][0] > 0  # replication and hand-offs store while nodes come and go
     assert by_kind["nodes"][0] == 0  # a reply: its bytes count, not as a message sent
     assert by_kind["nodes"][1] > by_kind["find_node"][1] > 0
