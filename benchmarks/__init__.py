@@ -12,6 +12,7 @@ __all__ = [
     "CONTENDERS",
     "FLOORS",
     "FLOOR_OF",
+    "KINDS",
     "MEASURES",
     "MEASURES_OF",
     "OTHERS",
@@ -21,6 +22,8 @@ __all__ = [
 #: Our four contenders: the Twisted node on epoll, the same node through the asyncio adapter
 #: on asyncioreactor, and the native asyncio twin on the default loop and on uvloop.
 OURS = ("twisted-epoll", "twisted-asyncio", "asyncio", "uvloop")
+#: The requests the network measure counts by kind, for ours (pings: ping-before-evict).
+KINDS = ("find_node", "find_value", "store", "ping")
 #: Other DHTs, measured on the same network workload.
 OTHERS = ("kademlia", "opendht")
 #: Bare netstring echo servers, one per loop: the limit each of ours is measured against.

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
+from benchmarks import KINDS
 from benchmarks.common import drive, open_fds, rss_kib
 
 __all__ = ["memory", "network", "profile", "rpc", "serving"]
@@ -203,7 +204,7 @@ async def _phase(
         return True if finished is None else (True, finished)
 
     await shell.quiesce()
-    pings, kinds = shell.pings_total(nodes), shell.sent_by_kind(nodes)
+    kinds = shell.sent_by_kind(nodes)
     sent, cpu = shell.sent_total(nodes), time.process_time()
     if profiler is not None:
         profiler.enable()
@@ -213,9 +214,8 @@ async def _phase(
     await shell.quiesce()
     put_cpu, put_sent = time.process_time() - cpu, shell.sent_total(nodes)
     put_msgs = _per_op(put_sent, sent, put["count"])
-    put_pings = _per_op(shell.pings_total(nodes), pings, put["count"])
     put_kinds = _kinds_per_op(shell.sent_by_kind(nodes), kinds, put["count"])
-    pings, kinds = shell.pings_total(nodes), shell.sent_by_kind(nodes)
+    kinds = shell.sent_by_kind(nodes)
 
     stored = [i for i in range(ops) if keys[i] is not None]
     readers = []
@@ -244,7 +244,6 @@ async def _phase(
     await shell.quiesce()
     get_cpu, get_sent = time.process_time() - cpu, shell.sent_total(nodes)
     get_msgs = _per_op(get_sent, sent, get["count"])
-    get_pings = _per_op(shell.pings_total(nodes), pings, get["count"])
     get_kinds = _kinds_per_op(shell.sent_by_kind(nodes), kinds, get["count"])
     tally["gets_ok"] += get["ok"]
     tally["gets"] += get["count"]
@@ -259,22 +258,18 @@ async def _phase(
         result[f"{name}_{phase}_not_started"] = wanted - measured["count"]
     result[f"msgs_per_put_{phase}"] = put_msgs
     result[f"msgs_per_get_{phase}"] = get_msgs
-    # Pings (ping-before-evict, mostly): background work that each operation sets off.
-    result[f"pings_per_put_{phase}"], result[f"pings_per_get_{phase}"] = put_pings, get_pings
-    # What the messages are (ours only): requests of each kind per operation.
+    # What the messages are (ours only): requests of each kind per operation; the pings
+    # (ping-before-evict, mostly) are background work that each operation sets off.
     for op, per_kind in (("put", put_kinds), ("get", get_kinds)):
         for kind in KINDS:
             result[f"{kind}_per_{op}_{phase}"] = None if per_kind is None else per_kind[kind]
+        result[f"pings_per_{op}_{phase}"] = result[f"ping_per_{op}_{phase}"]
     # CPU per message: the process's CPU time (every node, and OpenDHT's threads) over the
     # requests sent, each with its reply: both ends of every message run in this process.
     result[f"cpu_put_{phase}_s"], result[f"cpu_get_{phase}_s"] = put_cpu, get_cpu
     result[f"msgs_put_{phase}"] = None if put_msgs is None else put_msgs * put["count"]
     result[f"msgs_get_{phase}"] = None if get_msgs is None else get_msgs * get["count"]
     return result
-
-
-#: The requests the network measure counts by kind, for ours.
-KINDS = ("find_node", "find_value", "store", "ping")
 
 
 def _kinds_per_op(

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks import CONTENDERS, FLOOR_OF, FLOORS, OURS
+from benchmarks import CONTENDERS, FLOOR_OF, FLOORS, KINDS, OURS
 
 __all__ = ["TARGETS", "build", "markdown", "targets", "write"]
 
@@ -117,7 +117,7 @@ def _kinds(m: dict[str, Any]) -> str:
     """The requests of each kind per put and per get, where the contender counts them."""
     parts = []
     for op in ("put", "get"):
-        known = [(k, m.get(f"{k}_per_{op}")) for k in ("find_node", "find_value", "store", "ping")]
+        known = [(k, m.get(f"{k}_per_{op}")) for k in KINDS]
         shown = ", ".join(f"{k} {v:.1f}" for k, v in known if isinstance(v, int | float) and v)
         if shown:
             parts.append(f"per {op}: {shown}")

@@ -11,9 +11,8 @@ A shell gives the measures (``benchmarks.measures``) what they need and nothing 
   ``settle(nodes)`` (wait until background joins are done; OpenDHT only), ``stop_all(nodes)``;
 - ``put(node, value)`` returning ``(key, finished_at | None)`` and ``get(node, key)`` returning
   ``(value | None, finished_at | None)``; ``holds(node, key)``; ``sent_total(nodes)`` and
-  ``pings_total(nodes)`` (requests, and pings, sent so far by all nodes, or None when the
-  implementation cannot tell), ``sent_by_kind(nodes)`` (requests sent so far by kind, or
-  None); ``replicas(k)``;
+  ``sent_by_kind(nodes)`` (requests sent so far by all nodes, in all and by kind; by kind
+  None when the implementation cannot tell); ``replicas(k)``;
 - ``rpc_pair()`` (a ping function between two endpoints, and a close function) and
   ``serving_server(contacts)`` (a port, a served-replies counter, and a close function), for
   the contenders that speak txdht's wire protocol, and for the floors.
@@ -69,12 +68,8 @@ def unlimited() -> Any:
     return Limits(peer_rate=huge, peer_burst=huge, global_rate=huge, global_burst=huge)
 
 
-def _sent(metrics: Any, kind: str | None = None) -> int:
-    return sum(
-        n
-        for (direction, sent_kind, _), n in metrics.rpcs.items()
-        if direction == "sent" and kind in (None, sent_kind)
-    )
+def _sent(metrics: Any) -> int:
+    return sum(n for (direction, _, _), n in metrics.rpcs.items() if direction == "sent")
 
 
 def _fill(engine: Any, contacts: int, now: float, seed: int = 7) -> int:
@@ -124,9 +119,6 @@ class _OursMixin:
 
     def sent_total(self, nodes: list[Any]) -> int:
         return sum(_sent(self.metrics(node)) for node in nodes)
-
-    def pings_total(self, nodes: list[Any]) -> int | None:
-        return sum(_sent(self.metrics(node), "ping") for node in nodes)
 
     def sent_by_kind(self, nodes: list[Any]) -> dict[str, int] | None:
         counts: dict[str, int] = {}
@@ -618,11 +610,8 @@ class KademliaShell:
     def sent_total(self, nodes: list[Any]) -> int:
         return self.requests[0]
 
-    def pings_total(self, nodes: list[Any]) -> int | None:
-        return None  # kademlia does not count its requests by kind
-
     def sent_by_kind(self, nodes: list[Any]) -> dict[str, int] | None:
-        return None
+        return None  # kademlia does not count its requests by kind
 
     async def stop_all(self, nodes: list[Any]) -> None:
         for node in nodes:
@@ -759,11 +748,8 @@ class OpenDHTShell:
             self._held[id(node)] = held
         return str(self._keys[key]) in held
 
-    def pings_total(self, nodes: list[Any]) -> int | None:
-        return None  # OpenDHT's message stats do not count pings apart
-
     def sent_by_kind(self, nodes: list[Any]) -> dict[str, int] | None:
-        return None
+        return None  # OpenDHT's message stats do not count requests by kind
 
     def sent_total(self, nodes: list[Any]) -> int:
         # getNodeMessageStats() returns the requests counted since the last call, and resets.

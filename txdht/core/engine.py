@@ -703,7 +703,8 @@ class Engine:
         stored = self.storage.get(item.key)
         if stored is not None and stored.expires_at <= now:
             stored = None
-        if stored is None or stored.item != item:
+        new = stored is None or stored.item != item  # a version new here
+        if new:
             item.verify(self.max_value)
         if cas is not None and (stored.item.seq if stored else 0) != cas:
             current = stored.item.seq if stored else 0
@@ -716,7 +717,7 @@ class Engine:
         if stored is not None and stored.item == item:
             expires = max(expires, stored.expires_at)
         self.storage.put(StoredItem(item, expires))
-        if stored is None or stored.item != item:  # a version new here: who replicates it
+        if new:  # who replicates it
             if self.nearest(item.key):
                 self._stored_at.pop(item.key, None)  # this node, at its next round
             else:  # the nearest holder, whose round stores it here again (see ``nearest``)
