@@ -697,7 +697,7 @@ def test_a_lookup_takes_few_contacts_of_one_subnet_from_replies() -> None:
     odd = Contact(400, "node.example", 4000)
     lookup.nodes_received(asked[0], [*ground, *honest, *v6, odd])
     assert lookup.refused == 3 + 1  # three of the ground /24, one of the /48
-    taken = {contact.id for contact in lookup._shortlist()}
+    taken = set(lookup._shortlist_ids())
     assert {1, 2} <= taken
     assert not {3, 4, 5} & taken
     assert {100, 101, 102, 200, 201, 300, 400} <= taken
@@ -713,4 +713,94 @@ def test_without_a_subnet_limit_a_lookup_takes_every_contact() -> None:
     (peer,) = lookup.next_queries()
     lookup.nodes_received(peer, ground)
     assert lookup.refused == 0
-    assert {1, 2, 3, 4, 5} <= {contact.id for contact in lookup._shortlist()}
+    assert {1, 2, 3, 4, 5} <= set(lookup._shortlist_ids())
+
+
+def test_seeds_taken_nearest_first_as_needed() -> None:
+    """With ``nearest``, a lookup takes seeds as it needs them: k that are still candidates,
+    and one more for each that fails or goes slow, until none are left."""
+    ordered = near(0, *range(1, 31))  # nearest 0 first
+    taken: list[Contact] = []
+
+    def source() -> Iterable[Contact]:
+        for contact in ordered:
+            taken.append(contact)
+            yield contact
+
+    lookup = IterativeLookup(0, (), own_id=OWN, k=4, alpha=2, nearest=iter(source()))
+    assert len(taken) == 0  # nothing is read before the lookup runs
+    first = lookup.next_queries()
+    assert first == ordered[:2]
+    assert len(taken) == 4
+    for contact in first:
+        lookup.query_failed(contact)
+    assert lookup.next_queries() == ordered[2:4]
+    assert len(taken) == 6
+    for contact in ordered[2:4]:
+        lookup.query_failed(contact)
+    for _ in range(20):  # every seed fails: the lookup goes through the table, then ends
+        asked = lookup.next_queries()
+        if not asked:
+            break
+        for contact in asked:
+            lookup.query_failed(contact)
+    assert len(taken) == 30
+    assert finished(lookup)
+    assert lookup.closest() == []
+    mine = IterativeLookup(0, (), own_id=5, k=2, nearest=iter(cs(5, 6, 7)))
+    assert mine.next_queries() == cs(6, 7)  # never our own id
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_seeds_taken_as_needed_behave_as_the_whole_table(seed: int) -> None:
+    """Fed the same events, a lookup that takes its seeds nearest first as it needs them asks
+    the same contacts in the same order, ends at the same time and finds the same closest as
+    one given the whole table at the start; dead and questionable contacts included."""
+    rng = random.Random(seed)
+    target = rng.getrandbits(160)
+    table = [c(rng.getrandbits(160)) for _ in range(rng.randrange(0, 40))]
+    others = [c(rng.getrandbits(160)) for _ in range(40)]
+    dead = rng.sample(table, min(len(table), rng.randrange(3)))
+    questionable = {contact.id for contact in rng.sample(table, min(len(table), 3))}
+    k, alpha, find_value = rng.choice((2, 5, 8)), rng.choice((1, 3)), rng.random() < 0.3
+
+    def start(seeds: list[Contact], nearest: list[Contact] | None) -> IterativeLookup:
+        return IterativeLookup(
+            target,
+            seeds,
+            OWN,
+            k=k,
+            alpha=alpha,
+            find_value=find_value,
+            dead=dead,
+            questionable=questionable,
+            nearest=None if nearest is None else iter(nearest),
+        )
+
+    whole = start(table, None)
+    lazy = start([], closest(target, table, len(table)))
+    waiting: list[Contact] = []
+    for _ in range(200):
+        asked = whole.next_queries()
+        assert lazy.next_queries() == asked
+        waiting += asked
+        assert finished(lazy) == finished(whole)
+        if not waiting:
+            break
+        peer = waiting.pop(rng.randrange(len(waiting)))
+        event = rng.random()
+        if event < 0.5:
+            named = rng.sample(table + others, min(len(table) + len(others), rng.randrange(8)))
+            whole.nodes_received(peer, named)
+            lazy.nodes_received(peer, named)
+        elif event < 0.8:
+            whole.query_failed(peer)
+            lazy.query_failed(peer)
+        else:
+            again = whole.query_slow(peer)
+            assert lazy.query_slow(peer) == again
+            if again or rng.random() < 0.5:
+                waiting.append(peer)  # a retry, or a slow query that may still answer
+    assert lazy.closest() == whole.closest()
+    assert lazy.answered == whole.answered
+    assert lazy.queries == whole.queries

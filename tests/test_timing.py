@@ -83,11 +83,14 @@ def test_a_slow_or_failed_contact_is_questionable_until_it_answers() -> None:
     table.slow(one.id)
     table.slow(12345)  # not in the table: nothing happens
     table.failed(two.id)
-    assert table.lookup_seeds()[2] == [one.id, two.id]
+    assert table.suspects() == ([], {one.id, two.id})
     table.seen(one, 1.0)
-    assert table.lookup_seeds() == ([two, one], [], [two.id])  # one heard last: the tail
+    assert table.suspects() == ([], {two.id})  # one answered: no longer questionable
+    assert [c.id for c in table.nearest(0)] == [one.id, two.id]  # nearest 0 first
     table.failed(two.id)
-    assert table.lookup_seeds()[1] == [two]  # two failures in a row: dead to lookups
+    assert table.suspects() == ([two], {two.id})  # two failures in a row: dead to lookups
     table.failed(one.id)
     table.failed(one.id)
-    assert table.lookup_seeds()[1] == []  # when all look dead, all are asked again
+    assert table.suspects() == ([], {one.id, two.id})  # all look dead: all are asked again
+    table.remove(two.id)
+    assert table.suspects() == ([], {one.id})  # dropped: no longer a suspect

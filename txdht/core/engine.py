@@ -628,7 +628,8 @@ class Engine:
         """A new lookup machine for ``target``, seeded with the whole routing table: it starts
         from the k closest, and when those fail (after a mass crash every one of them may be
         dead) the next closest contacts we know step in, instead of the lookup ending with
-        nothing.
+        nothing. A one-path lookup takes the table's contacts nearest first as it needs them
+        (``RoutingTable.nearest``): usually a bucket or two, not the whole table per lookup.
 
         Contacts whose last two requests failed are not asked, nor added when a peer names
         them: after a mass crash, each would cost a timeout in every lookup (replication runs
@@ -637,7 +638,7 @@ class Engine:
         last answered (questionable) are asked after the others. With ``paths`` above 1, the
         lookup goes over that many disjoint paths (``DisjointLookup``)."""
         self.routing.touch(target, self.now)
-        seeds, dead, questionable = self.routing.lookup_seeds()
+        dead, questionable = self.routing.suspects()
         options: dict[str, Any] = {
             "k": self.k,
             "alpha": self.alpha,
@@ -648,8 +649,8 @@ class Engine:
             "per_subnet": self.limits.lookup_per_subnet,
         }
         if self.paths > 1:
-            return DisjointLookup(target, seeds, self.id, self.paths, **options)
-        return IterativeLookup(target, seeds, self.id, **options)
+            return DisjointLookup(target, self.routing.contacts(), self.id, self.paths, **options)
+        return IterativeLookup(target, (), self.id, nearest=self.routing.nearest(target), **options)
 
     def jitter(self, span: float) -> float:
         """A random time from 0 up to ``span`` seconds (to spread out timers)."""

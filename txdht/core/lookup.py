@@ -43,12 +43,19 @@ from our own routing table, are under its own per-bucket rule instead.
 
 Contacts given as ``dead`` (``Engine.lookup`` passes those whose last two requests failed) start
 out failed: they are never asked, even when a peer's reply names them. After a mass crash every
-lookup would otherwise spend a timeout on each dead node near its target."""
+lookup would otherwise spend a timeout on each dead node near its target.
+
+Seeds may come as ``nearest``, an iterator over the routing table nearest the target first
+(``RoutingTable.nearest``): the lookup takes from it until k of the seeds taken are still
+candidates, and takes more whenever one of them fails or goes slow. Every seed not taken is
+further than k candidates, so the shortlist is the one the whole table would give, for the
+cost of a bucket or two instead of a pass over the table per lookup."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from enum import Enum
 from typing import Any
 
@@ -100,6 +107,7 @@ class IterativeLookup:
         retries: int = 2,
         claimed: set[int] | None = None,
         per_subnet: int = 0,
+        nearest: Iterator[Contact] | None = None,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -115,7 +123,7 @@ class IterativeLookup:
         #: How many times a slow query to one of the k closest is sent again.
         self.retries = retries
         #: Ids of contacts that went slow or failed lately: asked after the others.
-        self.questionable = frozenset(questionable)
+        self.questionable = questionable if isinstance(questionable, set) else set(questionable)
         self._retried: dict[int, int] = {}
         #: Ids asked by any path of a disjoint lookup (shared by its paths; None: one path):
         #: a contact another path asked is not this path's to ask.
@@ -138,26 +146,36 @@ class IterativeLookup:
         self.refused = 0
         self._contacts: dict[int, Contact] = {}
         self._state: dict[int, _State] = {}
+        #: How many contacts are in flight, and how many in flight or retried.
+        self._flying = self._pending = 0
+        #: The valid item with the highest sequence number so far (the first of equals).
+        self._best: Item | None = None
         #: The ids of the contacts to ask, nearest the target first, kept sorted as they come.
         self._order: list[int] = []
         for contact in dead:  # known dead: never asked, even when a peer names them
             self._contacts[contact.id], self._state[contact.id] = contact, _State.FAILED
         self._add(seeds, 1)
+        #: More seeds, nearest first, taken as the lookup needs them (``_top_up``), and the
+        #: ids taken from them so far.
+        self._nearest = nearest
+        self._taken: list[int] = []
+        self._short = nearest is not None
 
     @property
     def value(self) -> Item | None:
         """The valid item with the highest sequence number received (the first of equals)."""
-        return max((item for _, item in self.found), key=lambda item: item.seq, default=None)
+        return self._best
 
     @property
     def done(self) -> bool:
         """Whether the lookup is over: a blob was found, or the shortlist has all answered."""
-        if self.value is not None and not self.value.mutable:
+        best = self._best
+        if best is not None and not best.mutable:
             return True
-        states = self._state.values()
-        pending = _State.IN_FLIGHT in states or _State.RETRY in states
-        waiting = self.find_value and not self.found and pending
-        return not waiting and all(self._state[c.id] is _State.ANSWERED for c in self._shortlist())
+        if self.find_value and self._best is None and self._pending:
+            return False
+        state, answered = self._state, _State.ANSWERED
+        return all(state[i] is answered for i in self._shortlist_ids())
 
     def next_queries(self) -> list[Contact]:
         """The contacts to query now; each is in flight until an event about it is fed back.
@@ -165,10 +183,11 @@ class IterativeLookup:
         Of the shortlist's contacts not asked yet, those not questionable go first."""
         if self.done:
             return []
-        room = self.alpha - list(self._state.values()).count(_State.IN_FLIGHT)
+        room = self.alpha - self._flying
         if room <= 0:
             return []
-        new = [c for c in self._shortlist() if self._state[c.id] is _State.NEW]
+        state, contacts = self._state, self._contacts
+        new = [contacts[i] for i in self._shortlist_ids() if state[i] is _State.NEW]
         if self.questionable:
             new.sort(key=lambda c: c.id in self.questionable)  # stable: nearest first within
         chosen = new[:room]
@@ -177,7 +196,7 @@ class IterativeLookup:
             self._claimed.update(ids)
             self._mine.update(ids)
         for contact in chosen:
-            self._state[contact.id] = _State.IN_FLIGHT
+            self._move(contact.id, _State.IN_FLIGHT)
             self.trace.append(("sent", contact))
         self.queries += len(chosen)
         return chosen
@@ -197,11 +216,13 @@ class IterativeLookup:
         try:
             item.verify_for(self.target)
         except ProtocolError as e:
-            self._state[peer.id] = _State.FAILED
+            self._move(peer.id, _State.FAILED)
             self.trace[-1] = ("failed", peer)  # it answered, but with a forgery
             self.bad_values.append((peer, e))
             return False
         self.found.append((peer, item))
+        if self._best is None or item.seq > self._best.seq:
+            self._best = item
         self.value_depth = self.depth.get(peer.id, 1)
         return True
 
@@ -209,7 +230,7 @@ class IterativeLookup:
         """The query to ``peer`` failed: timeout, lost connection, error reply or garbage
         (and its retry, if it had one)."""
         if self._state.get(peer.id) in _WAITING:
-            self._state[peer.id] = _State.FAILED
+            self._move(peer.id, _State.FAILED)
             self.trace.append(("failed", peer))
 
     def query_slow(self, peer: Contact) -> bool:
@@ -220,14 +241,14 @@ class IterativeLookup:
         state = self._state.get(peer.id)
         waiting = state is _State.IN_FLIGHT or state is _State.RETRY
         again = waiting and self._retried.get(peer.id, 0) < self.retries
-        if again and any(c.id == peer.id for c in self._shortlist()):
+        if again and peer.id in self._shortlist_ids():
             self._retried[peer.id] = self._retried.get(peer.id, 0) + 1
-            self._state[peer.id] = _State.RETRY
+            self._move(peer.id, _State.RETRY)
             self.queries += 1
             self.trace.append(("retried", peer))
             return True
-        if state is _State.IN_FLIGHT or state is _State.RETRY:
-            self._state[peer.id] = _State.SLOW
+        if waiting:
+            self._move(peer.id, _State.SLOW)
             self.trace.append(("slow", peer))
         return False
 
@@ -252,9 +273,42 @@ class IterativeLookup:
     def _answer(self, peer: Contact) -> bool:
         if self._state.get(peer.id) not in _WAITING:
             return False
-        self._state[peer.id] = _State.ANSWERED
+        self._move(peer.id, _State.ANSWERED)
         self.trace.append(("answered", peer))
         return True
+
+    def _move(self, ident: int, new: _State) -> None:
+        """Put a known contact in state ``new``, keeping the counts of those in flight."""
+        old = self._state[ident]
+        self._state[ident] = new
+        flying = (new is _State.IN_FLIGHT) - (old is _State.IN_FLIGHT)
+        self._flying += flying
+        self._pending += flying + (new is _State.RETRY) - (old is _State.RETRY)
+        if new is _State.FAILED or new is _State.SLOW:
+            self._short = self._nearest is not None  # a seed may have dropped out
+
+    def _top_up(self) -> None:
+        """Take seeds from ``nearest`` until k of those taken are still candidates (or none
+        are left). Every seed not taken yet is further than those, so the shortlist (the k
+        closest candidates) is the same as if the whole table had been taken at the start."""
+        self._short = False
+        nearest, state, out = self._nearest, self._state, (_State.FAILED, _State.SLOW)
+        assert nearest is not None
+        alive = sum(1 for i in self._taken if state[i] not in out)
+        while alive < self.k:
+            contact = next(nearest, None)
+            if contact is None:
+                self._nearest = None
+                return
+            ident = contact.id
+            if ident == self.own_id:
+                continue
+            if ident not in self._contacts:
+                self.depth.setdefault(ident, 1)
+                self._contacts[ident], state[ident] = contact, _State.NEW
+                bisect.insort(self._order, ident, key=lambda i: i ^ self.target)
+            self._taken.append(ident)
+            alive += state[ident] not in out
 
     def _add(self, contacts: Iterable[Contact], depth: int) -> None:
         per_subnet, subnets = self.per_subnet if depth > 1 else 0, self._subnets
@@ -273,15 +327,23 @@ class IterativeLookup:
                 self._order.append(contact.id)
         self._order.sort(key=lambda i: i ^ self.target)  # nearly sorted already: one pass
 
-    def _shortlist(self) -> list[Contact]:
-        """The k closest contacts that have neither failed nor gone slow (nor been asked by
-        another path of a disjoint lookup)."""
-        out, claimed, mine = (_State.FAILED, _State.SLOW), self._claimed, self._mine
-        alive = (
-            self._contacts[i]
-            for i in self._order
-            if self._state[i] not in out and (claimed is None or i not in claimed or i in mine)
+    def _shortlist_ids(self) -> list[int]:
+        """The ids of the k closest contacts that have neither failed nor gone slow (nor
+        been asked by another path of a disjoint lookup)."""
+        if self._short:
+            self._top_up()
+        out, claimed, mine, state = (
+            (_State.FAILED, _State.SLOW),
+            self._claimed,
+            self._mine,
+            self._state,
         )
+        if claimed is None:
+            alive = (i for i in self._order if state[i] not in out)
+        else:
+            alive = (
+                i for i in self._order if state[i] not in out and (i not in claimed or i in mine)
+            )
         return list(itertools.islice(alive, self.k))
 
 

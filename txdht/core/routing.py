@@ -38,6 +38,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from txdht.core.ids import ID_BITS, Contact, closest
@@ -66,6 +67,10 @@ class _Entry:
 
 def _low(bucket: KBucket) -> int:
     return bucket.low
+
+
+def _distance(target: int) -> Callable[[Contact], int]:
+    return lambda contact: contact.id ^ target
 
 
 class KBucket:
@@ -134,6 +139,10 @@ class RoutingTable:
         #: (the scan was the core's top cost in the simulator's profile). Checked against the
         #: table when read: an id since dropped no longer counts.
         self._at: dict[tuple[str, int], int] = {}
+        #: The entries marked questionable (slow or failed since they last answered), so that
+        #: a lookup need not scan the whole table for them. Checked against the table when
+        #: read: an entry since dropped, or heard from again, no longer counts.
+        self._questionable: dict[int, _Entry] = {}
 
     def bucket_for(self, ident: int) -> KBucket:
         """The bucket whose range holds ``ident``."""
@@ -167,11 +176,20 @@ class RoutingTable:
         contact of one further away: whole buckets are taken, nearest first, until there are
         enough, and only those are sorted (not the whole table, on every request served)."""
         count, found = self.k if count is None else count, []
-        for bucket in sorted(self.buckets, key=lambda b: (b.low ^ target) | (b.high - b.low - 1)):
+        for bucket in self._buckets_nearest(target):
             found += [c for c in bucket.contacts(live) if c.id != exclude]
             if len(found) >= count:
                 break
         return closest(target, found, count)
+
+    def nearest(self, target: int) -> Iterator[Contact]:
+        """Every contact, nearest ``target`` first, sorted a bucket at a time as they are
+        taken (see ``closest``): a lookup takes a few buckets' worth, not the whole table."""
+        for bucket in self._buckets_nearest(target):
+            yield from sorted((e.contact for e in bucket.entries.values()), key=_distance(target))
+
+    def _buckets_nearest(self, target: int) -> list[KBucket]:
+        return sorted(self.buckets, key=lambda b: (b.low ^ target) | (b.high - b.low - 1))
 
     def seen(self, contact: Contact, now: float) -> Contact | None:
         """We heard from ``contact``; return a contact the shell must ping, if any (rule 4)."""
@@ -216,7 +234,7 @@ class RoutingTable:
             bucket.replacements.pop(ident, None)
             return
         entry.failures += 1
-        entry.questionable = True
+        self._mark(entry)
         evict = bucket.pinging == ident or entry.failures >= self.max_failures
         if entry.failures == 2 or (evict and bucket.replacements):
             self.losses += 1
@@ -232,21 +250,25 @@ class RoutingTable:
         lookups) until it answers again. Being slow is not failing: nothing is evicted."""
         entry = self.bucket_for(ident).entries.get(ident)
         if entry is not None:
-            entry.questionable = True
+            self._mark(entry)
 
-    def lookup_seeds(self) -> tuple[list[Contact], list[Contact], list[int]]:
-        """What a lookup starts from, in one pass over the table: every contact; those that
-        look dead (their last two requests failed), unless all do; and the ids of the
-        questionable ones (slow or failed since they last answered)."""
-        seeds, dead, questionable = [], [], []
-        for bucket in self.buckets:
-            for ident, entry in bucket.entries.items():
-                seeds.append(entry.contact)
-                if entry.failures >= 2:
-                    dead.append(entry.contact)
-                if entry.questionable:
-                    questionable.append(ident)
-        return seeds, (dead if len(dead) < len(seeds) else []), questionable
+    def _mark(self, entry: _Entry) -> None:
+        entry.questionable = True
+        self._questionable[entry.contact.id] = entry
+
+    def suspects(self) -> tuple[list[Contact], set[int]]:
+        """What a lookup must know of the table besides its contacts: those that look dead
+        (their last two requests failed), unless all do, and the ids of the questionable ones
+        (slow or failed since they last answered), from the questionable entries alone."""
+        dead, questionable, marked = [], set(), self._questionable
+        for ident, entry in list(marked.items()):
+            if not entry.questionable or self.bucket_for(ident).entries.get(ident) is not entry:
+                del marked[ident]  # heard from again, or dropped: no longer questionable
+                continue
+            questionable.add(ident)
+            if entry.failures >= 2:
+                dead.append(entry.contact)
+        return (dead if len(dead) < len(self) else []), questionable
 
     def remove(self, ident: int) -> None:
         """Forget a contact outright (it misbehaved), promoting a replacement if one waits."""
