@@ -165,3 +165,50 @@ async def test_stop_releases_the_port(reactor: Any) -> None:
     assert again.port == number
     await again.stop()
     await sleep(reactor, 0)
+
+
+class Collect(Protocol):
+    """Keeps what arrives."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.arrived: Deferred[None] = Deferred()
+        self.expected = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) >= self.expected and not self.arrived.called:
+            self.arrived.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_eager_writes_reach_the_peer_whole_and_in_order(reactor: Any) -> None:
+    """``eager_writer`` on real TCP: a write to an idle connection goes to the socket at once
+    (nothing is left queued); one larger than the socket takes is sent in part and the rest
+    queued, and writes behind it wait their turn: the peer gets every byte, in order."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+    from twisted.internet.protocol import Factory
+
+    from txdht.node import eager_writer
+
+    server = Collect()
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(lambda: server)
+    )
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    client = await endpoint.connect(Factory.forProtocol(Protocol))
+    try:
+        write = eager_writer(client.transport)
+        write(b"first")
+        assert not client.transport._tempDataBuffer
+        assert not client.transport.dataBuffer
+        big = random.Random(1).randbytes(16 * 1024 * 1024)
+        write(big)
+        assert client.transport._tempDataBuffer or client.transport.dataBuffer  # a part waits
+        write(b"last")
+        server.expected = len(b"first") + len(big) + len(b"last")
+        await server.arrived
+        assert bytes(server.data) == b"first" + big + b"last"
+    finally:
+        client.transport.loseConnection()
+        await port.stopListening()

@@ -24,7 +24,7 @@ from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.items import Identity, proves
 from txdht.core.limits import DEFAULT_CONNECT_TIMEOUT
 from txdht.core.messages import Error, Message, Ping, Pong, decode, encode
-from txdht.node import DHTProtocol, Node
+from txdht.node import DHTProtocol, Node, eager_writer
 
 PEER = ("127.0.0.1", 4001)
 TIMEOUT = 5.0
@@ -230,3 +230,60 @@ def test_broken_framing_closes_the_connection_without_a_reply(node: Node, data: 
     other.dataReceived(netstring(encode(ping)))
     (pong,) = written(other_transport)
     assert (type(pong), pong.rid) == (Pong, 9)
+
+
+class CountingTransport(StringTransport):
+    """A StringTransport that keeps each write apart."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+def test_the_replies_to_one_segment_leave_in_one_write(node: Node) -> None:
+    """Requests that arrive together are answered together: one write to the transport for
+    the replies to every request in a segment, in order; a lone request gets its own."""
+    protocol = node.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = CountingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+    protocol.makeConnection(transport)
+    peer = Identity.generate().node_id
+    pings = [Ping(rid=rid, sender=peer, port=0) for rid in (1, 2, 3)]
+    protocol.dataReceived(b"".join(netstring(encode(ping)) for ping in pings))
+    assert len(transport.writes) == 1
+    assert [reply.rid for reply in written(transport)] == [1, 2, 3]
+    protocol.dataReceived(netstring(encode(Ping(rid=4, sender=peer, port=0))))
+    assert len(transport.writes) == 2
+
+
+def test_a_plain_transport_gets_plain_writes() -> None:
+    """``eager_writer`` of a transport that is not a Twisted TCP connection is its write."""
+    transport = StringTransport()
+    assert eager_writer(transport) == transport.write
+
+
+class LostTransport:
+    """The parts of a Twisted TCP transport that ``eager_writer`` reads, on a connection the
+    kernel has reset: ``writeSomeData`` returns the error, as Twisted's does."""
+
+    connected, disconnecting, dataBuffer = 1, False, b""
+
+    def __init__(self) -> None:
+        self._tempDataBuffer: list[bytes] = []
+
+    def writeSomeData(self, data: bytes) -> object:
+        return ConnectionDone()
+
+    def write(self, data: bytes) -> None:
+        self._tempDataBuffer.append(data)
+
+
+def test_a_write_on_a_lost_connection_goes_to_the_transport() -> None:
+    """When the socket refuses a write (the connection is lost), the data goes through
+    ``write``, which finds the loss out and closes the connection as Twisted does."""
+    transport = LostTransport()
+    eager_writer(transport)(b"lost")
+    assert transport._tempDataBuffer == [b"lost"]

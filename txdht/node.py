@@ -45,7 +45,15 @@ from txdht.core.schedule import REFRESH_INTERVAL, Intervals, Service
 from txdht.core.storage import MemoryStorage
 from txdht.core.streams import Link, Streams
 
-__all__ = ["DEFAULT_MAX_MESSAGE", "DHTFactory", "DHTProtocol", "Lookup", "Node", "Subscription"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "DHTFactory",
+    "DHTProtocol",
+    "Lookup",
+    "Node",
+    "Subscription",
+    "eager_writer",
+]
 
 Address = tuple[str, int]
 T = TypeVar("T")
@@ -66,8 +74,11 @@ class DHTProtocol(Protocol):
         self.link: Link | None = None
         #: Fires once the connection is closed.
         self.closed: Deferred[None] = Deferred()
+        #: Writes to the transport (``eager_writer``), once connected.
+        self.write: Callable[[bytes], None] = _unconnected
 
     def connectionMade(self) -> None:
+        self.write = eager_writer(self.transport)
         peer: Any = self.transport.getPeer()  # type: ignore[union-attr]
         # Requests and replies are small and wait on each other: do not let Nagle hold them.
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -79,16 +90,21 @@ class DHTProtocol(Protocol):
         node, link, decoder = self.node, self.link, self.decoder
         assert link is not None
         transport: Any = self.transport
-        for payload in decoder.feed(data):
-            node.run(node.streams.received(link, payload, node.reactor.seconds()))
-        if decoder.error is not None and not transport.disconnecting:
-            limit = decoder.max_length
-            why = f"a malformed netstring, or one longer than {limit} bytes: {decoder.error}"
-            node.run(node.streams.framing_lost(link, why))
+        opened = node.hold()  # the replies to every message in ``data`` leave together
+        try:
+            for payload in decoder.feed(data):
+                node.run(node.streams.received(link, payload, node.reactor.seconds()))
+            if decoder.error is not None and not transport.disconnecting:
+                limit = decoder.max_length
+                why = f"a malformed netstring, or one longer than {limit} bytes: {decoder.error}"
+                node.run(node.streams.framing_lost(link, why))
+        finally:
+            if opened:
+                node.flush()
 
     def send(self, message: Message) -> None:
-        """Write one message."""
-        self.transport.write(netstring(encode(message)))  # type: ignore[union-attr]
+        """Write one message (held with the node's other writes: ``Node.write``)."""
+        self.node.write(self, netstring(encode(message)))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         assert self.link is not None  # connectionMade came first
@@ -96,6 +112,43 @@ class DHTProtocol(Protocol):
         error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
         node.run(node.streams.lost(self.link, error, node.reactor.seconds()))
         self.closed.callback(None)
+
+
+def _unconnected(data: bytes) -> None:
+    raise RuntimeError("the connection is not made yet")
+
+
+def eager_writer(transport: Any) -> Callable[[bytes], None]:
+    """``transport.write``, but trying the socket at once when nothing is queued on it.
+
+    A Twisted TCP transport queues every write and sends it on the next reactor iteration: two
+    ``epoll_ctl`` calls and a pass through the loop per write, a large share of the cost of a
+    DHT's small requests and replies (docs/performance.md). asyncio's transports try the socket
+    first; this does the same, through the transport's own ``writeSomeData``. What the socket
+    does not take, and everything while something is queued, goes to ``transport.write``, in
+    order. Write once per batch of messages (``Node.hold``), not once per message: a send per
+    message would cost more under load than the queue saves. A transport that is not a
+    Twisted TCP connection (TLS, an in-memory one) gets plain ``write``."""
+    write: Callable[[bytes], None] = transport.write
+    send_now = getattr(transport, "writeSomeData", None)
+    if send_now is None or not all(hasattr(transport, name) for name in _QUEUE_STATE):
+        return write
+
+    def eager(data: bytes) -> None:
+        t = transport
+        if t.connected and not (t.dataBuffer or t._tempDataBuffer or t.disconnecting):
+            sent = send_now(data)
+            if type(sent) is int:  # else the connection is lost: write() finds out and closes
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        write(data)
+
+    return eager
+
+
+#: What ``eager_writer`` reads of a Twisted TCP transport to know that nothing is queued.
+_QUEUE_STATE = ("connected", "dataBuffer", "_tempDataBuffer", "disconnecting")
 
 
 class DHTFactory(Factory):
@@ -221,6 +274,8 @@ class Node:
         self.subscriptions: dict[ops.Operation, Subscription] = {}
         self._timer: IDelayedCall | None = None
         self._port: IListeningPort | None = None
+        #: Writes held in the current batch, by connection (None: no batch is open).
+        self._held: dict[DHTProtocol, list[bytes]] | None = None
 
     @property
     def id(self) -> str:
@@ -438,8 +493,44 @@ class Node:
         self.run(commands)
         return link
 
+    def write(self, protocol: DHTProtocol, data: bytes) -> None:
+        """Write ``data`` on ``protocol``'s connection: now, or, while the node handles an
+        event (``run``, ``DHTProtocol.dataReceived``), with the event's other writes to it."""
+        held = self._held
+        if held is None:
+            protocol.write(data)
+        elif protocol in held:
+            held[protocol].append(data)
+        else:
+            held[protocol] = [data]
+
+    def hold(self) -> bool:
+        """Hold writes until ``flush`` (whether this call opened the batch: nested calls join
+        the outer one, and only the caller that opened it flushes)."""
+        if self._held is not None:
+            return False
+        self._held = {}
+        return True
+
+    def flush(self) -> None:
+        """Send each connection's held writes as one write: a request's reply, the replies to
+        a segment's requests, a put's stores to one peer."""
+        held, self._held = self._held or {}, None
+        for protocol, chunks in held.items():
+            protocol.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
     def run(self, commands: list[Command]) -> None:
-        """Carry out the core's commands, then set the timer for its next deadline."""
+        """Carry out the core's commands (their writes held, then flushed together), then set
+        the timer for its next deadline."""
+        opened = self.hold()
+        try:
+            self._carry_out(commands)
+        finally:
+            if opened:
+                self.flush()
+        self._arm()
+
+    def _carry_out(self, commands: list[Command]) -> None:
         for command in commands:
             match command:
                 case Write(link, message):
@@ -453,6 +544,9 @@ class Node:
                         errbackArgs=(address,),
                     )
                 case Close(link):
+                    chunks = self._held.pop(link.handle, None) if self._held else None
+                    if chunks:  # what was written before the close goes first
+                        link.handle.write(b"".join(chunks))
                     link.handle.transport.loseConnection()
                 case Done(op) | Failed(op):
                     self._ended(op)
@@ -463,7 +557,6 @@ class Node:
                 case Ready(joined):
                     for observer in list(self.ready_observers):
                         observer(joined)
-        self._arm()
 
     def _log(self, level: str, text: str, fields: dict[str, Any]) -> None:
         error = fields.get("failure")
