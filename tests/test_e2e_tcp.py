@@ -196,19 +196,20 @@ async def test_eager_writes_reach_the_peer_whole_and_in_order(reactor: Any) -> N
         Factory.forProtocol(lambda: server)
     )
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-    client = await endpoint.connect(Factory.forProtocol(Protocol))
+    client: Any = await endpoint.connect(Factory.forProtocol(Protocol))
+    transport = client.transport
     try:
-        write = eager_writer(client.transport)
+        write = eager_writer(transport)
         write(b"first")
-        assert not client.transport._tempDataBuffer
-        assert not client.transport.dataBuffer
+        assert not transport._tempDataBuffer
+        assert not transport.dataBuffer
         big = random.Random(1).randbytes(16 * 1024 * 1024)
         write(big)
-        assert client.transport._tempDataBuffer or client.transport.dataBuffer  # a part waits
+        assert transport._tempDataBuffer or transport.dataBuffer  # a part waits
         write(b"last")
         server.expected = len(b"first") + len(big) + len(b"last")
         await server.arrived
         assert bytes(server.data) == b"first" + big + b"last"
     finally:
-        client.transport.loseConnection()
+        transport.loseConnection()
         await port.stopListening()
