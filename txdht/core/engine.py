@@ -454,11 +454,13 @@ class Engine:
         request.via = via
         self._requests[request.rid] = request
         op.requests[request.rid] = request
-        now = self.now
-        request.timer = self.call_at(now + self.rpc_timeout, self._timed_out, request)
+        # One timer per request: at its slow deadline, which sets the full one (most requests
+        # are answered before either, and each timer costs a heap entry until it is due).
         slow = self.round_trips.slow_after(request.contact.id if request.contact else None)
         if slow < self.rpc_timeout:
-            request.slow_timer = self.call_at(now + slow, self._slow, request)
+            request.timer = self.call_at(self.now + slow, self._slow, request)
+        else:
+            request.timer = self.call_at(self.now + self.rpc_timeout, self._timed_out, request)
         self.sender(request)
         return request
 
@@ -493,11 +495,11 @@ class Engine:
         del request.op.requests[request.rid]
         assert request.timer is not None
         request.timer.cancel()
-        if request.slow_timer is not None:
-            request.slow_timer.cancel()
 
     def _slow(self, request: Request) -> None:
         request.slow = True
+        deadline = request.sent_at + self.rpc_timeout
+        request.timer = self.call_at(deadline, self._timed_out, request)
         if request.contact is not None:
             self.routing.slow(request.contact.id)
         self._guard(request.op, request.op.request_slow, request)

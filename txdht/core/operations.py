@@ -72,7 +72,6 @@ class Request:
         "retry_of",
         "sent_at",
         "slow",
-        "slow_timer",
         "timer",
         "via",
     )
@@ -94,9 +93,8 @@ class Request:
         self.sent_at = now
         #: The request this one repeats, for a retry (``Streams`` may open a fresh connection).
         self.retry_of = retry_of
-        #: Its full deadline (it fails then) and its slow one (it is overdue then).
+        #: Its next deadline: the slow one (it is overdue then), then the full one (it fails).
         self.timer: Timer | None = None
-        self.slow_timer: Timer | None = None
         #: Whether it has gone slow.
         self.slow = False
         #: The connection it was written on (set by ``Streams``; None in the simulator).
