@@ -53,7 +53,6 @@ cost of a bucket or two instead of a pass over the table per lookup."""
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections.abc import Iterable, Iterator
 from enum import Enum
@@ -295,20 +294,27 @@ class IterativeLookup:
         nearest, state, out = self._nearest, self._state, (_State.FAILED, _State.SLOW)
         assert nearest is not None
         alive = sum(1 for i in self._taken if state[i] not in out)
+        fresh: list[int] = []  # nearest first, as they come
         while alive < self.k:
             contact = next(nearest, None)
             if contact is None:
                 self._nearest = None
-                return
+                break
             ident = contact.id
             if ident == self.own_id:
                 continue
             if ident not in self._contacts:
                 self.depth.setdefault(ident, 1)
                 self._contacts[ident], state[ident] = contact, _State.NEW
-                bisect.insort(self._order, ident, key=lambda i: i ^ self.target)
+                fresh.append(ident)
             self._taken.append(ident)
             alive += state[ident] not in out
+        order, target = self._order, self.target
+        if fresh and order and order[-1] ^ target > fresh[0] ^ target:
+            order += fresh
+            order.sort(key=lambda i: i ^ target)  # two sorted runs: one merge
+        else:
+            order += fresh
 
     def _add(self, contacts: Iterable[Contact], depth: int) -> None:
         per_subnet, subnets = self.per_subnet if depth > 1 else 0, self._subnets
