@@ -174,7 +174,7 @@ class IterativeLookup:
         if self.find_value and self._best is None and self._pending:
             return False
         state, answered = self._state, _State.ANSWERED
-        return all(state[i] is answered for i in self._shortlist_ids())
+        return all(state[i] is answered for i in itertools.islice(self._candidates(), self.k))
 
     def next_queries(self) -> list[Contact]:
         """The contacts to query now; each is in flight until an event about it is fed back.
@@ -336,6 +336,10 @@ class IterativeLookup:
     def _shortlist_ids(self) -> list[int]:
         """The ids of the k closest contacts that have neither failed nor gone slow (nor
         been asked by another path of a disjoint lookup)."""
+        return list(itertools.islice(self._candidates(), self.k))
+
+    def _candidates(self) -> Iterator[int]:
+        """The ids of the shortlist's candidates, nearest first (seeds taken as needed)."""
         if self._short:
             self._top_up()
         out, claimed, mine, state = (
@@ -345,12 +349,8 @@ class IterativeLookup:
             self._state,
         )
         if claimed is None:
-            alive = (i for i in self._order if state[i] not in out)
-        else:
-            alive = (
-                i for i in self._order if state[i] not in out and (i not in claimed or i in mine)
-            )
-        return list(itertools.islice(alive, self.k))
+            return (i for i in self._order if state[i] not in out)
+        return (i for i in self._order if state[i] not in out and (i not in claimed or i in mine))
 
 
 class DisjointLookup:

@@ -185,8 +185,11 @@ class RoutingTable:
     def nearest(self, target: int) -> Iterator[Contact]:
         """Every contact, nearest ``target`` first, sorted a bucket at a time as they are
         taken (see ``closest``): a lookup takes a few buckets' worth, not the whole table."""
+        distance = _distance(target)
         for bucket in self._buckets_nearest(target):
-            yield from sorted((e.contact for e in bucket.entries.values()), key=_distance(target))
+            contacts = [entry.contact for entry in bucket.entries.values()]
+            contacts.sort(key=distance)
+            yield from contacts
 
     def _buckets_nearest(self, target: int) -> list[KBucket]:
         return sorted(self.buckets, key=lambda b: (b.low ^ target) | (b.high - b.low - 1))
@@ -268,7 +271,7 @@ class RoutingTable:
             questionable.add(ident)
             if entry.failures >= 2:
                 dead.append(entry.contact)
-        return (dead if len(dead) < len(self) else []), questionable
+        return (dead if not dead or len(dead) < len(self) else []), questionable
 
     def remove(self, ident: int) -> None:
         """Forget a contact outright (it misbehaved), promoting a replacement if one waits."""
