@@ -257,6 +257,9 @@ def test_the_replies_to_one_segment_leave_in_one_write(node: Node) -> None:
     assert [reply.rid for reply in written(transport)] == [1, 2, 3]
     protocol.dataReceived(netstring(encode(Ping(rid=4, sender=peer, port=0))))
     assert len(transport.writes) == 2
+    protocol.send(Ping(rid=5, sender=peer, port=0))  # outside any event: at once
+    assert len(transport.writes) == 3
+    assert written(transport)[-1].rid == 5
 
 
 def test_a_plain_transport_gets_plain_writes() -> None:

@@ -75,7 +75,7 @@ class DHTProtocol(Protocol):
         #: Fires once the connection is closed.
         self.closed: Deferred[None] = Deferred()
         #: Writes to the transport (``eager_writer``), once connected.
-        self.write: Callable[[bytes], None] = _unconnected
+        self.write: Callable[[bytes], None]
 
     def connectionMade(self) -> None:
         self.write = eager_writer(self.transport)
@@ -90,7 +90,7 @@ class DHTProtocol(Protocol):
         node, link, decoder = self.node, self.link, self.decoder
         assert link is not None
         transport: Any = self.transport
-        opened = node.hold()  # the replies to every message in ``data`` leave together
+        node.hold()  # the replies to every message in ``data`` leave together
         try:
             for payload in decoder.feed(data):
                 node.run(node.streams.received(link, payload, node.reactor.seconds()))
@@ -99,8 +99,7 @@ class DHTProtocol(Protocol):
                 why = f"a malformed netstring, or one longer than {limit} bytes: {decoder.error}"
                 node.run(node.streams.framing_lost(link, why))
         finally:
-            if opened:
-                node.flush()
+            node.flush()
 
     def send(self, message: Message) -> None:
         """Write one message (held with the node's other writes: ``Node.write``)."""
@@ -112,10 +111,6 @@ class DHTProtocol(Protocol):
         error = reason.value if isinstance(reason.value, Exception) else ConnectionDone()
         node.run(node.streams.lost(self.link, error, node.reactor.seconds()))
         self.closed.callback(None)
-
-
-def _unconnected(data: bytes) -> None:
-    raise RuntimeError("the connection is not made yet")
 
 
 def eager_writer(transport: Any) -> Callable[[bytes], None]:
@@ -505,8 +500,8 @@ class Node:
             held[protocol] = [data]
 
     def hold(self) -> bool:
-        """Hold writes until ``flush`` (whether this call opened the batch: nested calls join
-        the outer one, and only the caller that opened it flushes)."""
+        """Hold writes until ``flush``; whether this call opened the batch (a nested call
+        joins the open one, and should leave the flush to the caller that opened it)."""
         if self._held is not None:
             return False
         self._held = {}
