@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -31,12 +32,13 @@ import uvloop
 
 from tests.test_bad_input import FRAMING_CASES, PUBLISHER, message, padded_ping
 from txdht.aio import NetstringProtocol, Node, run
+from txdht.aio.node import READ_SIZE, read_buffer
 from txdht.core import operations as ops
 from txdht.core.commands import Command
 from txdht.core.framing import NetstringDecoder
 from txdht.core.ids import Contact, id_to_hex
-from txdht.core.items import Item, blob
-from txdht.core.messages import Message, Ping, Pong, decode
+from txdht.core.items import MAX_VALUE_BYTES, Item, blob
+from txdht.core.messages import FindValue, Message, Ping, Pong, Value, decode, encode
 from txdht.core.schedule import Intervals
 from txdht.core.streams import Link
 
@@ -275,6 +277,37 @@ def test_put_and_get_over_loopback_tcp() -> None:
             assert await nodes[3].get(blob_key) == b"immutable"
 
     run_async(scenario)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_message_longer_than_one_read_arrives_whole(loop: str) -> None:
+    """Reads go into one buffer of READ_SIZE bytes per thread: a store and a value of the
+    largest item (each spans several reads) arrive whole, on both loops."""
+    item = blob(random.Random(7).randbytes(MAX_VALUE_BYTES))
+    assert len(encode(Value(rid=1, sender=0, port=0, item=item))) > READ_SIZE
+
+    async def scenario() -> bytes:
+        async with network() as net:
+            a, b = await net.create(2)
+            key = await a.put_blob(item.value)  # a store to b
+            held = b.engine.get(item.key, b.now())
+            assert held is not None
+            assert held.value == item.value
+            reply = await b.call(address(a), FindValue, key=item.key)  # a value from a
+            assert isinstance(reply, Value)
+            assert key == id_to_hex(reply.item.key)
+            return reply.item.value
+
+    assert in_thread(lambda: run(bounded(scenario(), 30.0), loop=loop)) == item.value
+
+
+def test_each_thread_reads_into_its_own_buffer() -> None:
+    """The read buffer is shared by the connections of one thread, and by no other thread."""
+    mine = read_buffer()
+    assert read_buffer() is mine
+    assert len(mine) == READ_SIZE
+    theirs = in_thread(read_buffer)
+    assert theirs is not mine
 
 
 def test_single_node_stores_locally() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar, cast
@@ -82,8 +83,29 @@ class Clock(Protocol):
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
 
 
-class NetstringProtocol(asyncio.Protocol):
-    """One connection to a peer, either direction: netstrings in and out."""
+#: Bytes read from a socket at a time, into a buffer of this thread's (``read_buffer``).
+READ_SIZE = 64 * 1024
+_buffers = threading.local()
+
+
+def read_buffer() -> memoryview:
+    """This thread's buffer for socket reads, shared by every connection of every node on the
+    thread's loop: a loop reads one socket at a time, and each read is copied out at once.
+
+    asyncio's own reads take a fresh 256 KiB bytes object per ``recv``; in the benchmark's
+    network that cost about 30 µs of kernel time per message, twice what the rest of the
+    kernel's work on a message costs (docs/performance.md)."""
+    buffer: memoryview | None = getattr(_buffers, "view", None)
+    if buffer is None:
+        buffer = _buffers.view = memoryview(bytearray(READ_SIZE))
+    return buffer
+
+
+class NetstringProtocol(asyncio.BufferedProtocol):
+    """One connection to a peer, either direction: netstrings in and out.
+
+    Bytes are read into a buffer shared by the thread's connections (``read_buffer``), and
+    copied out before anything else runs."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -92,6 +114,13 @@ class NetstringProtocol(asyncio.Protocol):
         self.link: Link | None = None
         self.closed: asyncio.Future[None] = node.loop.create_future()
         self._outbox: list[bytes] | None = None
+        self._buffer = read_buffer()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes].tobytes())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

@@ -136,7 +136,7 @@ class MemoryTransport(asyncio.Transport):
     def __init__(
         self,
         network: MemoryNetwork,
-        protocol: asyncio.Protocol,
+        protocol: asyncio.Protocol | NetstringProtocol,
         owner: Node | None,
         host: Address,
         peer: Address,
@@ -358,7 +358,7 @@ class MemoryNetwork:
 
     def _link(
         self,
-        client: asyncio.Protocol,
+        client: asyncio.Protocol | NetstringProtocol,
         client_node: Node | None,
         server: NetstringProtocol,
         host: str,
