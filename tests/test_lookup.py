@@ -722,10 +722,10 @@ def test_seeds_taken_nearest_first_as_needed() -> None:
     ordered = near(0, *range(1, 31))  # nearest 0 first
     taken: list[Contact] = []
 
-    def source() -> Iterable[Contact]:
-        for contact in ordered:
+    def source() -> Iterable[list[Contact]]:
+        for contact in ordered:  # runs of one
             taken.append(contact)
-            yield contact
+            yield [contact]
 
     lookup = IterativeLookup(0, (), own_id=OWN, k=4, alpha=2, nearest=iter(source()))
     assert len(taken) == 0  # nothing is read before the lookup runs
@@ -747,7 +747,7 @@ def test_seeds_taken_nearest_first_as_needed() -> None:
     assert len(taken) == 30
     assert finished(lookup)
     assert lookup.closest() == []
-    mine = IterativeLookup(0, (), own_id=5, k=2, nearest=iter(cs(5, 6, 7)))
+    mine = IterativeLookup(0, (), own_id=5, k=2, nearest=iter([cs(5, 6), cs(7)]))
     assert mine.next_queries() == cs(6, 7)  # never our own id
 
 
@@ -774,8 +774,14 @@ def test_seeds_taken_as_needed_behave_as_the_whole_table(seed: int) -> None:
             find_value=find_value,
             dead=dead,
             questionable=questionable,
-            nearest=None if nearest is None else iter(nearest),
+            nearest=None if nearest is None else iter(runs(nearest)),
         )
+
+    def runs(ordered: list[Contact]) -> list[list[Contact]]:  # as buckets come: any sizes
+        cuts = (
+            sorted(rng.sample(range(1, len(ordered)), min(len(ordered) - 1, 4))) if ordered else []
+        )
+        return [ordered[a:b] for a, b in zip([0, *cuts], [*cuts, len(ordered)], strict=True)]
 
     whole = start(table, None)
     lazy = start([], closest(target, table, len(table)))

@@ -86,7 +86,7 @@ def test_a_slow_or_failed_contact_is_questionable_until_it_answers() -> None:
     assert table.suspects() == ([], {one.id, two.id})
     table.seen(one, 1.0)
     assert table.suspects() == ([], {two.id})  # one answered: no longer questionable
-    assert [c.id for c in table.nearest(0)] == [one.id, two.id]  # nearest 0 first
+    assert [[c.id for c in run] for run in table.nearest(0)] == [[one.id, two.id]]
     table.failed(two.id)
     assert table.suspects() == ([two], {two.id})  # two failures in a row: dead to lookups
     table.failed(one.id)

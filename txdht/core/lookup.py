@@ -45,8 +45,8 @@ Contacts given as ``dead`` (``Engine.lookup`` passes those whose last two reques
 out failed: they are never asked, even when a peer's reply names them. After a mass crash every
 lookup would otherwise spend a timeout on each dead node near its target.
 
-Seeds may come as ``nearest``, an iterator over the routing table nearest the target first
-(``RoutingTable.nearest``): the lookup takes from it until k of the seeds taken are still
+Seeds may come as ``nearest``, the routing table's contacts nearest the target first, in runs (a
+bucket each, ``RoutingTable.nearest``): the lookup takes runs until k of the seeds taken are still
 candidates, and takes more whenever one of them fails or goes slow. Every seed not taken is
 further than k candidates, so the shortlist is the one the whole table would give, for the
 cost of a bucket or two instead of a pass over the table per lookup."""
@@ -106,7 +106,7 @@ class IterativeLookup:
         retries: int = 2,
         claimed: set[int] | None = None,
         per_subnet: int = 0,
-        nearest: Iterator[Contact] | None = None,
+        nearest: Iterator[list[Contact]] | None = None,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -294,25 +294,24 @@ class IterativeLookup:
         nearest, state, out = self._nearest, self._state, (_State.FAILED, _State.SLOW)
         assert nearest is not None
         alive = sum(1 for i in self._taken if state[i] not in out)
-        fresh: list[int] = []  # nearest first, as they come
+        contacts, own = self._contacts, self.own_id
+        fresh: list[int] = []  # nearest first
         while alive < self.k:
-            contact = next(nearest, None)
-            if contact is None:
+            run = next(nearest, None)
+            if run is None:
                 self._nearest = None
                 break
-            ident = contact.id
-            if ident == self.own_id:
-                continue
-            if ident not in self._contacts:
-                self.depth.setdefault(ident, 1)
-                self._contacts[ident], state[ident] = contact, _State.NEW
-                fresh.append(ident)
-            self._taken.append(ident)
-            alive += state[ident] not in out
+            new = {c.id: c for c in run if c.id not in contacts and c.id != own}
+            contacts.update(new)
+            state.update(dict.fromkeys(new, _State.NEW))
+            fresh += new
+            ids = [c.id for c in run if c.id != own]
+            self._taken += ids
+            alive += sum(1 for i in ids if state[i] not in out)
         order, target = self._order, self.target
         if fresh and order and order[-1] ^ target > fresh[0] ^ target:
             order += fresh
-            order.sort(key=lambda i: i ^ target)  # two sorted runs: one merge
+            order.sort(key=target.__xor__)  # two sorted runs: one merge
         else:
             order += fresh
 
@@ -331,7 +330,7 @@ class IterativeLookup:
                 self._contacts[contact.id] = contact
                 self._state[contact.id] = _State.NEW
                 self._order.append(contact.id)
-        self._order.sort(key=lambda i: i ^ self.target)  # nearly sorted already: one pass
+        self._order.sort(key=self.target.__xor__)  # nearly sorted already: one pass
 
     def _shortlist_ids(self) -> list[int]:
         """The ids of the k closest contacts that have neither failed nor gone slow (nor

@@ -38,7 +38,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from txdht.core.ids import ID_BITS, Contact, closest
@@ -67,10 +67,6 @@ class _Entry:
 
 def _low(bucket: KBucket) -> int:
     return bucket.low
-
-
-def _distance(target: int) -> Callable[[Contact], int]:
-    return lambda contact: contact.id ^ target
 
 
 class KBucket:
@@ -182,14 +178,13 @@ class RoutingTable:
                 break
         return closest(target, found, count)
 
-    def nearest(self, target: int) -> Iterator[Contact]:
-        """Every contact, nearest ``target`` first, sorted a bucket at a time as they are
-        taken (see ``closest``): a lookup takes a few buckets' worth, not the whole table."""
-        distance = _distance(target)
+    def nearest(self, target: int) -> Iterator[list[Contact]]:
+        """Every contact, nearest ``target`` first, a bucket at a time, each sorted as it is
+        taken (see ``closest``): a lookup takes a bucket or two, not the whole table."""
+        distance = target.__xor__  # the XOR distance, computed in C
         for bucket in self._buckets_nearest(target):
-            contacts = [entry.contact for entry in bucket.entries.values()]
-            contacts.sort(key=distance)
-            yield from contacts
+            entries = bucket.entries
+            yield [entries[ident].contact for ident in sorted(entries, key=distance)]
 
     def _buckets_nearest(self, target: int) -> list[KBucket]:
         return sorted(self.buckets, key=lambda b: (b.low ^ target) | (b.high - b.low - 1))
