@@ -203,7 +203,7 @@ async def _phase(
         keys[i] = key
         return True if finished is None else (True, finished)
 
-    await shell.quiesce()
+    await shell.quiesce(nodes)
     kinds = shell.sent_by_kind(nodes)
     sent, cpu = shell.sent_total(nodes), time.process_time()
     if profiler is not None:
@@ -211,7 +211,7 @@ async def _phase(
     put = await drive(put_op, shell.gather, count=ops, concurrency=concurrency, duration=timeout)
     if profiler is not None:
         profiler.disable()
-    await shell.quiesce()
+    await shell.quiesce(nodes)
     put_cpu, put_sent = time.process_time() - cpu, shell.sent_total(nodes)
     put_msgs = _per_op(put_sent, sent, put["count"])
     put_kinds = _kinds_per_op(shell.sent_by_kind(nodes), kinds, put["count"])
@@ -241,7 +241,7 @@ async def _phase(
     get = await drive(get_op, shell.gather, count=gets, concurrency=concurrency, duration=timeout)
     if profiler is not None:
         profiler.disable()
-    await shell.quiesce()
+    await shell.quiesce(nodes)
     get_cpu, get_sent = time.process_time() - cpu, shell.sent_total(nodes)
     get_msgs = _per_op(get_sent, sent, get["count"])
     get_kinds = _kinds_per_op(shell.sent_by_kind(nodes), kinds, get["count"])

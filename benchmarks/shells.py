@@ -8,7 +8,9 @@ A shell gives the measures (``benchmarks.measures``) what they need and nothing 
   it once for the contacts closest to their id, which go in the table uncontacted, so that each
   node holds one connection and 500 nodes fit in the open-file limit; kademlia's bootstrap and
   OpenDHT's are light already),
-  ``settle(nodes)`` (wait until background joins are done; OpenDHT only), ``stop_all(nodes)``;
+  ``settle(nodes)`` (wait until background joins are done; OpenDHT only), ``quiesce(nodes)``
+  (wait until the background work a phase set off is done, before its messages are counted),
+  ``stop_all(nodes)``;
 - ``put(node, value)`` returning ``(key, finished_at | None)`` and ``get(node, key)`` returning
   ``(value | None, finished_at | None)``; ``holds(node, key)``; ``sent_total(nodes)`` and
   ``sent_by_kind(nodes)`` (requests sent so far by all nodes, in all and by kind; by kind
@@ -131,8 +133,15 @@ class _OursMixin:
     async def settle(self, nodes: list[Any]) -> bool:
         return True
 
-    async def quiesce(self) -> None:
-        pass
+    async def quiesce(self, nodes: list[Any], timeout: float = 5.0) -> None:
+        """Wait (``timeout`` seconds at most) until no node has a request in flight: the
+        background work a phase set off (a handoff's stores to a node that just heard of a
+        newcomer) ends, and is counted, in that phase, not the next."""
+        deadline = time.monotonic() + timeout
+        while any(self.engine(node).pending() for node in nodes):
+            if time.monotonic() >= deadline:
+                return
+            await self.sleep(0.01)
 
     def now(self) -> float:
         raise NotImplementedError
@@ -633,7 +642,7 @@ class KademliaShell:
     async def settle(self, nodes: list[Any]) -> bool:
         return True
 
-    async def quiesce(self) -> None:
+    async def quiesce(self, nodes: list[Any]) -> None:
         pass
 
     async def put(self, node: Any, value: bytes) -> tuple[str, None]:
@@ -741,7 +750,7 @@ class OpenDHTShell:
         with self._lock:
             self._pending += 1
 
-    async def quiesce(self, timeout: float = 30.0) -> None:
+    async def quiesce(self, nodes: list[Any], timeout: float = 30.0) -> None:
         """Wait until every callback OpenDHT owes us has run."""
         deadline = time.monotonic() + timeout
         while self._pending and time.monotonic() < deadline:
@@ -803,7 +812,7 @@ class OpenDHTShell:
 
     async def stop_all(self, nodes: list[Any]) -> None:
         with contextlib.suppress(RuntimeError):
-            await self.quiesce()
+            await self.quiesce(nodes)
         # Shut down, then wait on the loop (which gives up the GIL) until every runner has
         # stopped before joining it: OpenDHT's shutdown callback takes the GIL on the runner's
         # thread, and starting a helper thread to join while those callbacks wait for it
