@@ -171,7 +171,7 @@ class IterativeLookup:
         best = self._best
         if best is not None and not best.mutable:
             return True
-        if self.find_value and self._best is None and self._pending:
+        if self.find_value and best is None and self._pending:
             return False
         state, answered = self._state, _State.ANSWERED
         return all(state[i] is answered for i in itertools.islice(self._candidates(), self.k))
