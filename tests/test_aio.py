@@ -301,6 +301,28 @@ def test_a_message_longer_than_one_read_arrives_whole(loop: str) -> None:
     assert in_thread(lambda: run(bounded(scenario(), 30.0), loop=loop)) == item.value
 
 
+def test_a_proactor_loop_gives_each_connection_a_buffer_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proactor loop (Windows') reads on many sockets at once: there, no buffer is shared."""
+
+    class Proactor(asyncio.SelectorEventLoop):
+        """Stands for Windows' ProactorEventLoop, which this platform has not."""
+
+    selector = asyncio.SelectorEventLoop()
+    assert NetstringProtocol(Node(loop=selector))._buffer is read_buffer()
+    monkeypatch.setattr(asyncio, "ProactorEventLoop", Proactor, raising=False)
+    proactor = Proactor()
+    try:
+        one, two = NetstringProtocol(Node(loop=proactor)), NetstringProtocol(Node(loop=proactor))
+        assert one._buffer is not two._buffer
+        assert len(one._buffer) == READ_SIZE
+        assert NetstringProtocol(Node(loop=selector))._buffer is read_buffer()
+    finally:
+        proactor.close()
+        selector.close()
+
+
 def test_each_thread_reads_into_its_own_buffer() -> None:
     """The read buffer is shared by the connections of one thread, and by no other thread."""
     mine = read_buffer()

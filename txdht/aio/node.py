@@ -90,7 +90,8 @@ _buffers = threading.local()
 
 def read_buffer() -> memoryview:
     """This thread's buffer for socket reads, shared by every connection of every node on the
-    thread's loop: a loop reads one socket at a time, and each read is copied out at once.
+    thread's loop: a selector loop (asyncio's on Linux and macOS, uvloop) reads one socket at a
+    time, and each read is copied out at once.
 
     asyncio's own reads take a fresh 256 KiB bytes object per ``recv``: in the benchmark's
     network that kept the kernel busy for 260 µs per get (six messages), against 100 µs with
@@ -99,6 +100,12 @@ def read_buffer() -> memoryview:
     if buffer is None:
         buffer = _buffers.view = memoryview(bytearray(READ_SIZE))
     return buffer
+
+
+def _overlaps(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` keeps reads outstanding on several sockets at once (a proactor)."""
+    proactor = getattr(asyncio, "ProactorEventLoop", None)  # only on Windows
+    return proactor is not None and isinstance(loop, proactor)
 
 
 class NetstringProtocol(asyncio.BufferedProtocol):
@@ -114,7 +121,9 @@ class NetstringProtocol(asyncio.BufferedProtocol):
         self.link: Link | None = None
         self.closed: asyncio.Future[None] = node.loop.create_future()
         self._outbox: list[bytes] | None = None
-        self._buffer = read_buffer()
+        # A proactor loop (Windows) has reads outstanding on many sockets at once: there, each
+        # connection reads into a buffer of its own.
+        self._buffer = memoryview(bytearray(READ_SIZE)) if _overlaps(node.loop) else read_buffer()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
