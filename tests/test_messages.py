@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import pytest
@@ -38,6 +38,8 @@ from txdht.core.messages import (
     Update,
     Value,
     _checked,
+    _parse,
+    _parse_object,
     _refuse_constant,
     check_network,
     decode,
@@ -976,3 +978,59 @@ def test_byte_order_mark_is_malformed() -> None:
     error = refusal(b"\xef\xbb\xbf" + encode(EXAMPLES["ping"]))
     assert error.code is ErrorCode.MALFORMED
     assert "BOM" in error.message
+
+
+@pytest.mark.parametrize("message", ROUND_TRIP)
+def test_a_decoded_message_holds_its_fields_and_nothing_else(message: Message) -> None:
+    """The fast reader fills the instance's fields without the dataclass's __init__: every
+    field is set, to what the constructor would set, and nothing else is."""
+    decoded = decode(encode(message))
+    assert set(vars(decoded)) == {f.name for f in fields(type(message))}
+    assert vars(decoded) == vars(message)
+
+
+def parse_outcome(parse: Any, text: str) -> object:
+    """What ``parse`` makes of ``text``: the value, or the kind and text of its error."""
+    try:
+        return ("value", parse(text))
+    except (ValueError, RecursionError) as e:
+        return ("error", type(e), str(e))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('{"a":1}', id="object"),
+        pytest.param("{}", id="empty-object"),
+        pytest.param('{"a":"}"}', id="brace-in-string"),
+        pytest.param(' {"a":1}', id="leading-space"),
+        pytest.param('{"a":1}\n', id="trailing-newline"),
+        pytest.param('{"a":1}{"b":2}', id="two-objects"),
+        pytest.param('{"a":1} }', id="trailing-brace"),
+        pytest.param('{"a":NaN}', id="nan"),
+        pytest.param('{"a":-Infinity}', id="infinity"),
+        pytest.param('{"a":1', id="unterminated"),
+        pytest.param("{", id="open-brace"),
+        pytest.param("}", id="close-brace"),
+        pytest.param("{}}", id="extra-close"),
+        pytest.param('{"a":1,}', id="trailing-comma"),
+        pytest.param("{'a':1}", id="single-quotes"),
+        pytest.param('{"a":[1,2}', id="mismatched"),
+        pytest.param('{"a":' * 100_000 + "1" + "}" * 100_000, id="deep"),
+        pytest.param("", id="empty"),
+        pytest.param("[1]", id="array"),
+        pytest.param('"}"', id="string"),
+    ],
+)
+def test_the_object_parser_gives_what_the_decoder_gives(text: str) -> None:
+    """The short way to parse a bare object gives the decoder's value, or its error, for
+    anything: whitespace around it, data after it, constants, nesting past the recursion
+    limit."""
+    assert parse_outcome(_parse_object, text) == parse_outcome(_parse, text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet='{}[]":,a1 .-eNInfty\\', max_size=30).map(lambda t: "{" + t))
+def test_the_object_parser_agrees_with_the_decoder_on_any_text(text: str) -> None:
+    """On texts made of JSON's punctuation, the two parsers agree."""
+    assert parse_outcome(_parse_object, text) == parse_outcome(_parse, text)
