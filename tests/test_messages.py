@@ -1034,3 +1034,41 @@ def test_the_object_parser_gives_what_the_decoder_gives(text: str) -> None:
 def test_the_object_parser_agrees_with_the_decoder_on_any_text(text: str) -> None:
     """On texts made of JSON's punctuation, the two parsers agree."""
     assert parse_outcome(_parse_object, text) == parse_outcome(_parse, text)
+
+
+def too_deep(levels: int = MAX_DEPTH) -> list[Any]:
+    """An array nested ``levels`` deep."""
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(wire("find_value", extra=too_deep()), id="unknown-key"),
+        pytest.param(wire("find_value", TYPE=too_deep()), id="class-attribute-name"),
+        pytest.param(wire("find_value", item=too_deep()), id="item-key-of-another-type"),
+        pytest.param(
+            with_item("value", {**SIGNED.to_json(), "extra": too_deep()}), id="unknown-item-key"
+        ),
+        pytest.param(
+            with_item("store", {**BLOB.to_json(), "extra": too_deep()}), id="unknown-blob-key"
+        ),
+        pytest.param(wire("listening", extra=too_deep()), id="listening-no-item"),
+    ],
+)
+def test_depth_is_checked_wherever_a_key_is_unknown(data: bytes) -> None:
+    """The bracket count is skipped only for a message with none but its own keys: one too
+    deep in any other key, at the top or in the item, is still refused."""
+    error = refusal(data)
+    assert error.code is ErrorCode.MALFORMED
+    assert f"nested deeper than {MAX_DEPTH} levels" in error.message
+
+
+@pytest.mark.parametrize("kind", EXAMPLES)
+def test_unknown_keys_nested_to_the_limit_are_read(kind: str) -> None:
+    """An unknown key nested as deep as allowed does not make the message unreadable."""
+    message = decode(wire(kind, extra=too_deep(MAX_DEPTH - 1)))
+    assert message == EXAMPLES[kind]

@@ -24,12 +24,20 @@ import json.scanner
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, NoReturn
 
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import MAX_SEQ, MAX_TTL, PROOF_BYTES, Item, from_base64, to_base64
+from txdht.core.items import (
+    _MUTABLE_FIELDS,
+    MAX_SEQ,
+    MAX_TTL,
+    PROOF_BYTES,
+    Item,
+    from_base64,
+    to_base64,
+)
 
 __all__ = [
     "DEFAULT_NETWORK",
@@ -441,14 +449,22 @@ def decode(data: bytes) -> Message:
         obj = json.loads(text) if text.startswith("\ufeff") else _parse_object(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(ErrorCode.MALFORMED, f"not a UTF-8 JSON text: {e}") from None
-    if type(obj) is dict and not _too_deep(obj, data):
+    if type(obj) is dict:
         try:
             message = _read(obj)
         except (LookupError, ValueError, TypeError, ProtocolError):
             message = None
-        if message is not None:
+        if message is not None and (_known_keys_only(obj) or not _too_deep(obj, data)):
             return message
     return _checked(obj, data)
+
+
+def _known_keys_only(obj: dict[str, Any]) -> bool:
+    """Whether ``obj``, which ``_read`` read, has only the keys its type knows, in it and in
+    its item: then it nests three levels at most (``_read`` checked the type of every value),
+    and ``_too_deep`` need not count its brackets (a pass over every byte of the message)."""
+    item = obj.get("item")
+    return obj.keys() <= _KNOWN_KEYS[obj["type"]] and (item is None or item.keys() <= _ITEM_KEYS)
 
 
 def _read(obj: dict[str, Any]) -> Message | None:
@@ -597,6 +613,14 @@ _BODY_READERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "update": lambda o: {"key": id_from_hex(o["key"]), "item": _item(o)},
     "expired": lambda o: {"key": id_from_hex(o["key"]), "seq": _seq(o)},
 }
+
+
+_ENVELOPE_KEYS = frozenset({"v", "type", "rid", "sender", "port", "network"})
+#: The keys each type's messages may have (``_known_keys_only``).
+_KNOWN_KEYS = {
+    cls.TYPE: _ENVELOPE_KEYS | {f.name for f in fields(cls)} for cls in REQUEST_TYPES + REPLY_TYPES
+}
+_ITEM_KEYS = frozenset({"value", *_MUTABLE_FIELDS})
 
 
 def _checked(obj: object, data: bytes) -> Message:
