@@ -90,8 +90,15 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Do not run the action."""
+        """Do not run the action; and let go of it: a cancelled timer stays in the heap until
+        its time comes, and a request's timer holds the request, which holds the timer (a
+        reference cycle per request, left for the cycle collector, if it kept them)."""
         self.cancelled = True
+        self.action, self.args, self.op = _nothing, (), None
+
+
+def _nothing() -> None:
+    """A cancelled timer's action (never called)."""
 
 
 def outcome(error: BaseException) -> str:
@@ -557,11 +564,15 @@ class Engine:
             self.end(op, None, e)
 
     def _drain(self) -> None:
-        """Tell each parent of its children that ended, unless it has ended itself since."""
+        """Tell each parent of its children that ended, unless it has ended itself since.
+
+        The child lets go of its parent then (nothing asks an ended operation for it): a
+        parent usually keeps its child (``Get``'s lookup), and the pair would otherwise be a
+        reference cycle per operation, left for the cycle collector."""
         queue = self._queue
         while queue:
             child = queue.popleft()
-            parent = child.parent
+            parent, child.parent = child.parent, None
             assert parent is not None
             if not parent.ended:
                 self._guard(parent, parent.child_ended, child)
