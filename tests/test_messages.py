@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from txdht.core import messages as codec
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact, id_to_hex, sha512_id
 from txdht.core.items import MAX_TTL, Identity, blob
@@ -1072,3 +1073,25 @@ def test_unknown_keys_nested_to_the_limit_are_read(kind: str) -> None:
     """An unknown key nested as deep as allowed does not make the message unreadable."""
     message = decode(wire(kind, extra=too_deep(MAX_DEPTH - 1)))
     assert message == EXAMPLES[kind]
+
+
+def test_a_contact_that_moved_is_written_at_its_new_address() -> None:
+    """The written form of a contact is kept by id: a contact of the same id at another host
+    or port is written at that one, not at the address written before."""
+    for host, port in [("192.0.2.1", 4000), ("192.0.2.2", 4000), ("192.0.2.2", 4001)]:
+        message = Nodes(**HEAD, nodes=(Contact(TARGET, host, port),))
+        assert encode(message) == reference_encode(message)
+        decoded = decode(encode(message))
+        assert isinstance(decoded, Nodes)
+        assert decoded.nodes == (Contact(TARGET, host, port),)
+
+
+def test_the_written_contacts_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most MAX_CONTACT_TEXTS written contacts are kept, the oldest dropped first."""
+    monkeypatch.setattr(codec, "MAX_CONTACT_TEXTS", 3)
+    monkeypatch.setattr(codec, "_CONTACT_TEXT", {})
+    contacts = tuple(Contact(sha512_id(b"%d" % i), "192.0.2.1", 4000 + i) for i in range(5))
+    message = Nodes(**HEAD, nodes=contacts)
+    assert encode(message) == reference_encode(message)
+    assert list(codec._CONTACT_TEXT) == [c.id for c in contacts[2:]]
+    assert encode(message) == reference_encode(message)  # written again, as they were

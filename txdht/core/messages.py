@@ -361,11 +361,35 @@ def _item_text(item: Item) -> str:
     return text + "}"
 
 
-@functools.lru_cache(maxsize=1 << 14)
+#: The JSON of each contact a ``nodes`` reply named, by id, with the host and port it was
+#: written for (a node names the same few hundred contacts in every reply). Keyed by the id,
+#: an int hashed in C, not by the ``Contact``, whose dataclass ``__hash__`` and ``__eq__`` are
+#: Python calls: with them, looking a contact up cost more than writing it.
+_CONTACT_TEXT: dict[int, tuple[str, int, str]] = {}
+#: How many contacts ``_CONTACT_TEXT`` holds at most (the oldest go first).
+MAX_CONTACT_TEXTS = 1 << 14
+
+
 def _contact_text(contact: Contact) -> str:
-    """One contact of a ``nodes`` reply as JSON (cached: a node names the same few hundred
-    contacts in every reply)."""
-    return f'["{id_to_hex(contact.id)}",{_value(contact.host)},{_value(contact.port)}]'
+    """One contact of a ``nodes`` reply as JSON."""
+    ident, host, port = contact.id, contact.host, contact.port
+    text = f'["{id_to_hex(ident)}",{_value(host)},{_value(port)}]'
+    texts = _CONTACT_TEXT
+    if len(texts) >= MAX_CONTACT_TEXTS:
+        del texts[next(iter(texts))]
+    texts[ident] = (host, port, text)
+    return text
+
+
+def _nodes_text(message: Any) -> str:
+    texts, parts = _CONTACT_TEXT, []
+    for contact in message.nodes:
+        held = texts.get(contact.id)
+        if held is None or held[0] != contact.host or held[1] != contact.port:
+            parts.append(_contact_text(contact))
+        else:
+            parts.append(held[2])
+    return ',"nodes":[' + ",".join(parts) + "]"
 
 
 def _store_text(message: Any) -> str:
@@ -397,7 +421,7 @@ _BODY_TEXT: dict[type[Message], Callable[[Any], str]] = {
     Ok: lambda m: "",
     FindNode: lambda m: f',"target":"{id_to_hex(m.target)}"',
     FindValue: lambda m: f',"key":"{id_to_hex(m.key)}"',
-    Nodes: lambda m: ',"nodes":[' + ",".join(map(_contact_text, m.nodes)) + "]",
+    Nodes: _nodes_text,
     Value: lambda m: ',"item":' + _item_text(m.item),
     Error: _error_text,
     Listen: _listen_text,
