@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.test_aio import in_thread
 from txdht.aio.testing import MemoryNetwork as AioMemoryNetwork
 from txdht.core.engine import Timer
 from txdht.testing import MemoryNetwork
@@ -69,7 +70,8 @@ def test_asyncio_puts_and_gets_leave_no_cycles(no_collector: None) -> None:
         await net.stop()
         return garbage
 
-    assert asyncio.run(scenario()) == Counter()
+    # In a thread of its own, as in tests/test_aio.py: under asyncioreactor a loop runs here.
+    assert in_thread(lambda: asyncio.run(scenario())) == Counter()
 
 
 def test_a_cancelled_timer_lets_go_of_its_action() -> None:
