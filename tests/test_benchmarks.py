@@ -341,3 +341,39 @@ def test_targets_hold_each_contender_to_its_own_bar() -> None:
     none = {"asyncio": {"network": _network(1.0)}}
     found = {(t["id"], t["contender"]): t for t in targets(none, ratios(none))}
     assert {t["status"] for t in found.values()} == {"n/a"}
+
+
+def test_the_kademlia_target_says_how_each_repetition_went() -> None:
+    """The verdict is the medians'; the detail adds each repetition's worst ratio (ours n-th
+    run against kademlia's n-th) and in how many every ratio was at the bar."""
+    from benchmarks.report import ratios, targets
+
+    def run(contender: str, scale: float, ok: bool = True) -> dict[str, Any]:
+        return {"contender": contender, "measure": "network", "ok": ok, "metrics": _network(scale)}
+
+    results: dict[str, dict[str, Any]] = {
+        "kademlia": {"network": _network(1.0)},
+        "twisted-epoll": {"network": _network(1.05)},
+        "asyncio": {"network": _network(1.05)},
+    }
+    runs = [
+        run("twisted-epoll", 1.05),
+        run("twisted-epoll", 0.95),
+        run("twisted-epoll", 1.2),
+        run("asyncio", 1.05),
+        run("asyncio", 0.5, ok=False),  # a failed run is left out
+        run("kademlia", 1.0),
+        run("kademlia", 1.0),
+        run("kademlia", 1.0),
+    ]
+    found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results), runs)}
+    twisted = found[("ahead-of-kademlia", "twisted-epoll")]
+    assert twisted["status"] == "met"
+    assert twisted["detail"].endswith(
+        "per repetition: worst 1.05x, 0.95x, 1.20x (at the bar in 2 of 3)"
+    )
+    # One repetition is too few to say anything more than the medians do.
+    assert "per repetition" not in found[("ahead-of-kademlia", "asyncio")]["detail"]
+    # Without the runs, the detail is the medians' alone.
+    found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results))}
+    assert "per repetition" not in found[("ahead-of-kademlia", "twisted-epoll")]["detail"]
