@@ -29,15 +29,7 @@ from typing import Any, ClassVar, NoReturn
 
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact, id_from_hex, id_to_hex
-from txdht.core.items import (
-    _MUTABLE_FIELDS,
-    MAX_SEQ,
-    MAX_TTL,
-    PROOF_BYTES,
-    Item,
-    from_base64,
-    to_base64,
-)
+from txdht.core.items import MAX_SEQ, MAX_TTL, PROOF_BYTES, Item, from_base64, to_base64
 
 __all__ = [
     "DEFAULT_NETWORK",
@@ -300,7 +292,7 @@ def encode(message: Message) -> bytes:
 
     The text is exactly what ``json.dumps(obj, separators=(",", ":"))`` writes for the wire
     object (the envelope, then the body in ``body()`` order), assembled from pieces without
-    building the object: strings through ``json``'s own C escaper (ASCII, ``\\uXXXX``), numbers
+    building the object: strings through ``json``'s own C escaper (ASCII, ``\\u`` escapes), numbers
     as ``json`` writes them. A type this module does not know is encoded through ``body()``.
     """
     body = _BODY_TEXT.get(type(message))
@@ -639,12 +631,13 @@ _BODY_READERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-_ENVELOPE_KEYS = frozenset({"v", "type", "rid", "sender", "port", "network"})
-#: The keys each type's messages may have (``_known_keys_only``).
+#: The keys each type's messages may have, and an item (``_known_keys_only``): the wire names
+#: are the dataclasses' field names, with the version and the type.
 _KNOWN_KEYS = {
-    cls.TYPE: _ENVELOPE_KEYS | {f.name for f in fields(cls)} for cls in REQUEST_TYPES + REPLY_TYPES
+    cls.TYPE: frozenset({"v", "type", *(f.name for f in fields(cls))})
+    for cls in REQUEST_TYPES + REPLY_TYPES
 }
-_ITEM_KEYS = frozenset({"value", *_MUTABLE_FIELDS})
+_ITEM_KEYS = frozenset(f.name for f in fields(Item))
 
 
 def _checked(obj: object, data: bytes) -> Message:
