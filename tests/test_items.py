@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +25,7 @@ from txdht.core.items import (
     Item,
     accept,
     blob,
+    from_base64,
     mutable_key,
     proves,
     signed_payload,
@@ -417,3 +420,66 @@ def test_an_item_signature_never_passes_as_a_handshake_proof() -> None:
     item = OWNER.sign("x", CHALLENGE, 0)
     assert item.signature is not None
     assert not proves(OWNER.node_id, CHALLENGE, OWNER.public_bytes + item.signature)
+
+
+def _canonical_by_encoding_again(text: str) -> bytes:
+    """What ``from_base64`` must agree with: decode strictly, then encode the whole value
+    again and compare (how it was written before it re-encoded only the last group)."""
+    data = base64.b64decode(text, validate=True)
+    if base64.b64encode(data) != text.encode("ascii"):
+        raise ValueError("not canonical")
+    return data
+
+
+def _outcome(read: Callable[[str], bytes], text: str) -> bytes | None:
+    try:
+        return read(text)
+    except ValueError:
+        return None
+
+
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+def test_from_base64_agrees_with_encoding_again_on_every_short_text() -> None:
+    """Every text of up to 6 characters of a small alphabet (padding, the characters whose
+    unused bits are zero or not, and the end of the alphabet) is read, or refused, as it
+    would be by encoding the whole value again."""
+    count = 0
+    for length in range(7):
+        for chars in itertools.product("AQgBw=+/", repeat=length):
+            text = "".join(chars)
+            assert _outcome(from_base64, text) == _outcome(_canonical_by_encoding_again, text)
+            count += 1
+    assert count == sum(8**n for n in range(7))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=64),
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.integers(0, 200),
+            st.sampled_from([*_B64_CHARS, " ", "\n", "-", "_", "\u00e9", "\x00"]),
+        ),
+        max_size=3,
+    ),
+)
+def test_from_base64_agrees_with_encoding_again(
+    data: bytes, edits: list[tuple[int, int, str]]
+) -> None:
+    """A value's base64 with up to three characters changed, added or removed is read, or
+    refused, as it would be by encoding the whole value again; unchanged, it reads back."""
+    text = base64.b64encode(data).decode("ascii")
+    assert from_base64(text) == data
+    chars = list(text)
+    for kind, where, char in edits:
+        if kind == 0 and chars:
+            chars[where % len(chars)] = char
+        elif kind == 1:
+            chars.insert(where % (len(chars) + 1), char)
+        elif chars:
+            del chars[where % len(chars)]
+    text = "".join(chars)
+    assert _outcome(from_base64, text) == _outcome(_canonical_by_encoding_again, text)

@@ -71,6 +71,22 @@ def test_rate_limiter_memory_is_bounded() -> None:
     assert limiter._cooling == {}
 
 
+def test_rate_limiter_forgets_the_peer_heard_from_least_lately() -> None:
+    """The bucket forgotten when a new peer comes is that of the peer heard from least
+    lately, not the first one seen: a peer heard from again keeps its (spent) bucket."""
+    limiter = RateLimiter(Limits(peer_burst=1.0, peer_rate=0.001, tracked_peers=2), now=0.0)
+    assert limiter.check("a", 0.0) == Verdict.SERVE  # a's one token spent
+    assert limiter.check("b", 0.0) == Verdict.SERVE
+    limiter._cooling.clear()  # (no cool-off in the way: only the buckets are looked at here)
+    assert limiter.check("a", 0.0) == Verdict.REFUSE  # heard from again: now the latest
+    limiter._cooling.clear()
+    assert limiter.check("c", 0.0) == Verdict.SERVE  # b, heard from least lately, goes
+    assert list(limiter._peers) == ["a", "c"]
+    limiter._cooling.clear()
+    assert limiter.check("a", 0.0) == Verdict.REFUSE  # a's bucket was kept, still spent
+    assert limiter.check("b", 0.0) == Verdict.SERVE  # b's was forgotten: a full one
+
+
 def test_loopback_and_peer_keys() -> None:
     """Loopback peers count per connection, others per address; bad hosts are not loopback."""
     assert is_loopback("127.0.0.1")

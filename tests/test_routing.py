@@ -446,6 +446,8 @@ def check_invariants(table: RoutingTable) -> None:
     seen_ids: set[int] = set()
     for bucket in table.buckets:
         assert bucket.low < bucket.high
+        # Every id of its range, its ends included, is found in it (``bucket_for``'s index).
+        assert table.bucket_for(bucket.low) is table.bucket_for(bucket.high - 1) is bucket
         assert len(bucket.entries) <= table.k
         assert len(bucket.replacements) <= table.k
         assert not set(bucket.entries) & set(bucket.replacements)

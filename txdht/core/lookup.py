@@ -185,11 +185,18 @@ class IterativeLookup:
         room = self.alpha - self._flying
         if room <= 0:
             return []
-        state, contacts = self._state, self._contacts
-        new = [contacts[i] for i in self._shortlist_ids() if state[i] is _State.NEW]
+        state, contacts, fresh = self._state, self._contacts, _State.NEW
         if self.questionable:
+            new = [contacts[i] for i in self._shortlist_ids() if state[i] is fresh]
             new.sort(key=lambda c: c.id in self.questionable)  # stable: nearest first within
-        chosen = new[:room]
+            chosen = new[:room]
+        else:  # the first ``room`` not asked yet, nearest first: no need to look further
+            chosen = []
+            for i in itertools.islice(self._candidates(), self.k):
+                if state[i] is fresh:
+                    chosen.append(contacts[i])
+                    if len(chosen) == room:
+                        break
         if self._claimed is not None:
             ids = [c.id for c in chosen]
             self._claimed.update(ids)
@@ -307,7 +314,10 @@ class IterativeLookup:
             fresh += new
             ids = [c.id for c in run if c.id != own]
             self._taken += ids
-            alive += sum(1 for i in ids if state[i] not in out)
+            if len(new) == len(ids):  # all new to the lookup: all candidates
+                alive += len(ids)
+            else:
+                alive += sum(1 for i in ids if state[i] not in out)
         order, target = self._order, self.target
         if fresh and order and order[-1] ^ target > fresh[0] ^ target:
             order += fresh

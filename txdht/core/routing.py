@@ -65,10 +65,6 @@ class _Entry:
     questionable: bool = False
 
 
-def _low(bucket: KBucket) -> int:
-    return bucket.low
-
-
 class KBucket:
     """The contacts whose ids fall in ``[low, high)``, least recently seen first."""
 
@@ -127,6 +123,9 @@ class RoutingTable:
         #: A full bucket's head heard from within this many seconds is not pinged (rule 4).
         self.ping_after = ping_after
         self.buckets = [KBucket(0, 1 << ID_BITS, now)]
+        #: Each bucket's ``low``, in the same order: ``bucket_for`` bisects it in C (a key
+        #: function would be a Python call per step, on every message).
+        self._lows = [0]
         #: How many times a contact has come to look dead (its second failure in a row) or
         #: been evicted: replication trusts another node's round only while this stays put.
         self.losses = 0
@@ -142,7 +141,7 @@ class RoutingTable:
 
     def bucket_for(self, ident: int) -> KBucket:
         """The bucket whose range holds ``ident``."""
-        return self.buckets[bisect.bisect_right(self.buckets, ident, key=_low) - 1]
+        return self.buckets[bisect.bisect_right(self._lows, ident) - 1]
 
     def __len__(self) -> int:
         return sum(len(b.entries) for b in self.buckets)
@@ -340,4 +339,5 @@ class RoutingTable:
         index = self.buckets.index(bucket)
         halves = bucket.split()
         self.buckets[index : index + 1] = halves
+        self._lows[index : index + 1] = [half.low for half in halves]
         return halves[0] if halves[0].covers(newcomer) else halves[1]
