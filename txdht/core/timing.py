@@ -71,14 +71,15 @@ class RoundTrips:
             self.overall.update(sample)
         if ident is None:
             return
-        estimate = self._by_id.pop(ident, None)
+        by_id = self._by_id
+        estimate = by_id.get(ident)
         if estimate is None:
-            estimate = RoundTrip(sample)
+            by_id[ident] = RoundTrip(sample)
+            if len(by_id) > self.limit:
+                by_id.popitem(last=False)
         else:
             estimate.update(sample)
-        self._by_id[ident] = estimate
-        if len(self._by_id) > self.limit:
-            self._by_id.popitem(last=False)
+            by_id.move_to_end(ident)  # the most recently measured last
 
     def slow_after(self, ident: int | None) -> float:
         """Seconds after which a reply from ``ident`` is overdue: the shorter of its own
