@@ -265,7 +265,7 @@ class Item:
         if not isinstance(obj, dict):
             raise _bad(f"an item is a JSON object, not {obj!r:.40}")
         value = _decode(obj, "value")
-        if not any(field in obj for field in _MUTABLE_FIELDS):
+        if obj.keys().isdisjoint(_MUTABLE_FIELDS):
             return Item(value)
         # Field by field, in the order docs/protocol.md gives (the first problem is reported).
         public_key = _decode(obj, "public_key")
