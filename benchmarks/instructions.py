@@ -1,0 +1,138 @@
+"""Instructions per get: the CPU cost of the core and the Twisted driver, counted, not timed.
+
+``python -m benchmarks.instructions`` runs the same get workload twice under valgrind's
+callgrind (Debian's ``valgrind`` package), once with no gets and once with ``--gets`` of them,
+and prints the difference divided by the number of gets: the machine instructions one get
+costs. The workload is a 50-node ``txdht.testing.MemoryNetwork`` (real nodes, in-memory
+connections, one clock: the core and the Twisted driver, no sockets, no reactor), 100 blobs of
+1,000 bytes put from random nodes, then gets of them in turn, each from a node that does not
+hold it (a get is three ``find_value`` requests and their replies, as in the network measure).
+
+Why count: on a shared machine the timed measures move by a third from one run to the next
+(docs/performance.md), so a change of a few percent cannot be seen in them without many runs.
+An instruction count is the same in every run of the same code (``PYTHONHASHSEED`` is fixed
+and the workload is seeded), whatever else the machine is doing, so two versions of the code
+can be compared in one pair of runs. It is not a time: a cache miss costs more than an add.
+Confirm a gain it shows with the timed measures.
+
+``python -m benchmarks.instructions --run N`` is the workload alone (N gets), what valgrind is
+given; it checks every value it gets back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["count", "instructions_per_get", "main", "workload"]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The network and its data: as the network measure's (50 nodes, 1,000-byte values).
+NODES, ITEMS, VALUE_SIZE = 50, 100, 1000
+#: What callgrind prints of the instructions it counted.
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def workload(gets: int, nodes: int = NODES, items: int = ITEMS, seed: int = 3) -> int:
+    """Build the network, put ``items`` blobs, get each once to warm up, then do ``gets``
+    more gets, checking every value; returns how many requests the measured gets sent."""
+    from txdht.core.ids import id_from_hex
+    from txdht.testing import MemoryNetwork
+
+    net = MemoryNetwork(seed=seed)
+    members = net.create(nodes)
+    rng = random.Random(seed)
+    values = [rng.randbytes(VALUE_SIZE) for _ in range(items)]
+    keys = [net.run(members[rng.randrange(nodes)].put_blob(value)) for value in values]
+    net.flush()
+    readers = []
+    for key in keys:
+        others = [n for n in members if n.engine.storage.get(id_from_hex(key)) is None]
+        readers.append(rng.choice(others or members))
+
+    def get(n: int) -> None:
+        i = n % items
+        if net.run(readers[i].get(keys[i])) != values[i]:
+            raise AssertionError(f"get {n} returned another value")
+
+    def sent() -> int:
+        return sum(
+            count
+            for member in members
+            for (direction, _, _), count in member.metrics.rpcs.items()
+            if direction == "sent"
+        )
+
+    for n in range(items):
+        get(n)
+    before = sent()
+    for n in range(gets):
+        get(n)
+    return sent() - before
+
+
+def count(gets: int, valgrind: str = "valgrind") -> int:
+    """The instructions callgrind counts in a run of the workload with ``gets`` gets."""
+    command = [
+        valgrind,
+        "--tool=callgrind",
+        f"--callgrind-out-file={os.devnull}",
+        sys.executable,
+        "-m",
+        "benchmarks.instructions",
+        "--run",
+        str(gets),
+    ]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"valgrind failed ({done.returncode}): {done.stderr[-1000:]}")
+    return int(found.group(1))
+
+
+def instructions_per_get(gets: int, valgrind: str = "valgrind") -> float:
+    """Instructions per get: a run with ``gets`` gets less one with none, over ``gets``."""
+    return (count(gets, valgrind) - count(0, valgrind)) / gets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.instructions",
+        description=(
+            "Machine instructions per get on a 50-node in-memory network (the core and the "
+            "Twisted driver), counted by valgrind's callgrind: the same in every run of the "
+            "same code, however busy the machine. See docs/performance.md."
+        ),
+    )
+    parser.add_argument(
+        "--gets", type=int, default=300, help="gets measured (default 300; about 2 minutes)"
+    )
+    parser.add_argument(
+        "--run", type=int, metavar="N", help="run the workload alone, with N gets (no valgrind)"
+    )
+    args = parser.parse_args(argv)
+    if args.run is not None:
+        requests = workload(args.run)
+        print(f"{args.run} gets, {requests} requests")
+        return 0
+    if args.gets < 1:
+        parser.error("--gets is at least 1")
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    per_get = instructions_per_get(args.gets, valgrind)
+    print(f"{per_get:,.0f} instructions per get ({args.gets} gets)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Tests for ``benchmarks.instructions``: the get workload, and the arithmetic and error
+handling around valgrind (a stand-in script plays valgrind: CI has none installed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import instructions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake_valgrind(tmp_path: Path, body: str) -> str:
+    """An executable standing in for valgrind: ``body`` is Python, with ``gets`` set to the
+    number after ``--run`` in its arguments."""
+    script = tmp_path / "valgrind"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "gets = int(sys.argv[sys.argv.index('--run') + 1])\n" + body
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_the_workload_gets_every_value_back_with_three_requests_each() -> None:
+    """Each get goes to peers (no reader holds what it gets) and is answered by the first of
+    its alpha = 3 find_value requests; a wrong value would raise."""
+    assert instructions.workload(6, nodes=30, items=4) == 18
+    assert instructions.workload(0, nodes=30, items=4) == 0
+
+
+def test_instructions_per_get_is_the_difference_over_the_gets(tmp_path: Path) -> None:
+    """A run with gets, less a run with none, over the number of gets."""
+    valgrind = fake_valgrind(
+        tmp_path, "print(f'==1== Collected : {1000 + 7 * gets}', file=sys.stderr)\n"
+    )
+    assert instructions.count(5, valgrind) == 1035
+    assert instructions.instructions_per_get(300, valgrind) == 7.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "sys.exit(3)\n",  # valgrind (or the workload under it) failed
+        "print('no count here', file=sys.stderr)\n",  # it printed no count
+    ],
+)
+def test_a_failed_valgrind_run_is_an_error_that_says_so(tmp_path: Path, body: str) -> None:
+    with pytest.raises(RuntimeError, match="valgrind failed"):
+        instructions.count(1, fake_valgrind(tmp_path, body))
+
+
+def test_run_is_the_workload_alone() -> None:
+    """``--run N`` is what valgrind is given: the workload, from a checkout's root."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.instructions", "--run", "2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2 gets, 6 requests"
+
+
+def test_main_prints_instructions_per_get(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    valgrind = fake_valgrind(
+        tmp_path, "print(f'==1== Collected : {5000 + 1234567 * gets}', file=sys.stderr)\n"
+    )
+    monkeypatch.setattr(shutil, "which", lambda name: valgrind)
+    assert instructions.main(["--gets", "10"]) == 0
+    assert capsys.readouterr().out == "1,234,567 instructions per get (10 gets)\n"
+
+
+def test_main_without_valgrind_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert instructions.main([]) == 2
+    assert "apt-get install valgrind" in capsys.readouterr().err
+
+
+def test_main_refuses_no_gets() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        instructions.main(["--gets", "0"])
+    assert exit_info.value.code == 2
