@@ -308,16 +308,19 @@ class IterativeLookup:
             if run is None:
                 self._nearest = None
                 break
-            new = {c.id: c for c in run if c.id not in contacts and c.id != own}
+            ids = [c.id for c in run]
+            if own not in ids and contacts.keys().isdisjoint(ids):
+                # All new to the lookup (the usual case): all candidates, taken in C.
+                new = dict(zip(ids, run))
+                alive += len(ids)
+            else:
+                new = {i: c for i, c in zip(ids, run) if i not in contacts and i != own}
+                ids = [i for i in ids if i != own]
+                alive += len(new) + sum(1 for i in ids if i not in new and state[i] not in out)
             contacts.update(new)
             state.update(dict.fromkeys(new, _State.NEW))
             fresh += new
-            ids = [c.id for c in run if c.id != own]
             self._taken += ids
-            if len(new) == len(ids):  # all new to the lookup: all candidates
-                alive += len(ids)
-            else:
-                alive += sum(1 for i in ids if state[i] not in out)
         order, target = self._order, self.target
         if fresh and order and order[-1] ^ target > fresh[0] ^ target:
             order += fresh
