@@ -483,3 +483,16 @@ def test_from_base64_agrees_with_encoding_again(
             del chars[where % len(chars)]
     text = "".join(chars)
     assert _outcome(from_base64, text) == _outcome(_canonical_by_encoding_again, text)
+
+
+@given(st.binary(max_size=100))
+def test_a_blob_is_the_item_its_dataclass_would_build(value: bytes) -> None:
+    """``blob`` (and so every blob read off the wire) builds the item without the dataclass's
+    ``__init__``: the same fields, equal, with the same hash, still frozen."""
+    made, built = blob(value), Item(value)
+    assert made == built
+    assert hash(made) == hash(built)
+    assert vars(made) == vars(built)
+    assert Item.from_json({"value": base64.b64encode(value).decode()}) == built
+    with pytest.raises(AttributeError):
+        made.seq = 1  # type: ignore[misc]

@@ -87,8 +87,14 @@ def mutable_key(public_key: bytes, name: str) -> int:
 
 
 def blob(value: bytes) -> Item:
-    """An immutable item: ``value`` stored under its own hash."""
-    return Item(value)
+    """An immutable item: ``value`` stored under its own hash.
+
+    Built as ``Item(value)`` would be, without the frozen dataclass's ``__init__``, which sets
+    each of the five fields with an ``object.__setattr__`` call (every value a reader gets
+    back is read into one of these)."""
+    item = _new(Item)
+    item.__dict__.update(value=value, public_key=None, name=None, seq=0, signature=None)
+    return item
 
 
 def signed_payload(name: str, seq: int, value: bytes) -> bytes:
@@ -126,6 +132,9 @@ def _seq_problem(seq: int) -> str | None:
 def _size_problem(what: str, data: bytes, size: int) -> str | None:
     """Why ``data`` cannot be the item's ``what``, or None when it is ``size`` bytes long."""
     return None if len(data) == size else f"the {what} must be {size} bytes, got {len(data)}"
+
+
+_new = object.__new__
 
 
 def to_base64(data: bytes) -> str:
@@ -266,7 +275,7 @@ class Item:
             raise _bad(f"an item is a JSON object, not {obj!r:.40}")
         value = _decode(obj, "value")
         if obj.keys().isdisjoint(_MUTABLE_FIELDS):
-            return Item(value)
+            return blob(value)
         # Field by field, in the order docs/protocol.md gives (the first problem is reported).
         public_key = _decode(obj, "public_key")
         name = _field(obj, "name")

@@ -311,10 +311,12 @@ class IterativeLookup:
             ids = [c.id for c in run]
             if own not in ids and contacts.keys().isdisjoint(ids):
                 # All new to the lookup (the usual case): all candidates, taken in C.
-                new = dict(zip(ids, run))
+                new = dict(zip(ids, run, strict=True))
                 alive += len(ids)
             else:
-                new = {i: c for i, c in zip(ids, run) if i not in contacts and i != own}
+                new = {
+                    i: c for i, c in zip(ids, run, strict=True) if i not in contacts and i != own
+                }
                 ids = [i for i in ids if i != own]
                 alive += len(new) + sum(1 for i in ids if i not in new and state[i] not in out)
             contacts.update(new)
