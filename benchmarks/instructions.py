@@ -10,8 +10,9 @@ hold it (a get is three ``find_value`` requests and their replies, as in the net
 
 Why count: on a shared machine the timed measures move by a third from one run to the next
 (docs/performance.md), so a change of a few percent cannot be seen in them without many runs.
-An instruction count is the same in every run of the same code (``PYTHONHASHSEED`` is fixed
-and the workload is seeded), whatever else the machine is doing, so two versions of the code
+An instruction count is the same in every run of the same code (``PYTHONHASHSEED`` is fixed,
+the workload is seeded, and the cycle collector is off while the gets are counted), whatever
+else the machine is doing, so two versions of the code
 can be compared in one pair of runs. It is not a time: a cache miss costs more than an add.
 Confirm a gain it shows with the timed measures.
 
@@ -22,6 +23,7 @@ given; it checks every value it gets back.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import re
@@ -71,10 +73,19 @@ def workload(gets: int, nodes: int = NODES, items: int = ITEMS, seed: int = 3) -
 
     for n in range(items):
         get(n)
-    before = sent()
-    for n in range(gets):
-        get(n)
-    return sent() - before
+    # No cycle collection while the gets are counted: when a collection comes depends on every
+    # allocation made so far, and a full one (of every object of the 50 nodes) falling inside
+    # one run and not the other would move the count per get by more than most changes do.
+    # A get leaves no reference cycles (tests/test_cycles.py), so nothing piles up meanwhile.
+    gc.collect()
+    gc.disable()
+    try:
+        before = sent()
+        for n in range(gets):
+            get(n)
+        return sent() - before
+    finally:
+        gc.enable()
 
 
 def count(gets: int, valgrind: str = "valgrind") -> int:

@@ -3,16 +3,19 @@ handling around valgrind (a stand-in script plays valgrind: CI has none installe
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks import instructions
+from txdht.testing import MemoryNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +38,26 @@ def test_the_workload_gets_every_value_back_with_three_requests_each() -> None:
     its alpha = 3 find_value requests; a wrong value would raise."""
     assert instructions.workload(6, nodes=30, items=4) == 18
     assert instructions.workload(0, nodes=30, items=4) == 0
+    assert gc.isenabled()  # off only while the gets are counted
+
+
+def test_the_cycle_collector_is_off_while_the_gets_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When a collection comes depends on every allocation so far: none may fall inside the
+    gets counted (the count would jump with it), and the collector is on again after."""
+    states: list[bool] = []
+    real_run = MemoryNetwork.run
+
+    def run(self: MemoryNetwork, d: Any, *args: Any, **kwargs: Any) -> Any:
+        states.append(gc.isenabled())
+        return real_run(self, d, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryNetwork, "run", run)
+    instructions.workload(3, nodes=30, items=4)
+    # 29 joins, 4 puts and 4 warm-up gets with the collector on, then the 3 gets counted off.
+    assert states == [True] * (29 + 4 + 4) + [False] * 3
+    assert gc.isenabled()
 
 
 def test_instructions_per_get_is_the_difference_over_the_gets(tmp_path: Path) -> None:
