@@ -92,17 +92,14 @@ class DHTProtocol(Protocol):
         transport: Any = self.transport
         node.hold()  # the replies to every message in ``data`` leave together
         try:
-            # One time, and one timer set, for the whole segment (``Node.run`` per message).
-            received, carry_out, now = node.streams.received, node.carry_out, node.reactor.seconds()
             for payload in decoder.feed(data):
-                carry_out(received(link, payload, now))
+                node.run(node.streams.received(link, payload, node.reactor.seconds()))
             if decoder.error is not None and not transport.disconnecting:
                 limit = decoder.max_length
                 why = f"a malformed netstring, or one longer than {limit} bytes: {decoder.error}"
-                carry_out(node.streams.framing_lost(link, why))
+                node.run(node.streams.framing_lost(link, why))
         finally:
             node.flush()
-            node.arm()
 
     def send(self, message: Message) -> None:
         """Write one message (held with the node's other writes: ``Node.write``)."""
@@ -270,9 +267,7 @@ class Node:
         self._waiting: dict[ops.Operation, Deferred[Any]] = {}
         #: The running listens of this node's callers.
         self.subscriptions: dict[ops.Operation, Subscription] = {}
-        #: The reactor's call for the core's next deadline, and that deadline (``arm``).
         self._timer: IDelayedCall | None = None
-        self._armed: float | None = None
         self._port: IListeningPort | None = None
         #: Writes held in the current batch, by connection (None: no batch is open).
         self._held: dict[DHTProtocol, list[bytes]] | None = None
@@ -524,15 +519,13 @@ class Node:
         the timer for its next deadline."""
         opened = self.hold()
         try:
-            self.carry_out(commands)
+            self._carry_out(commands)
         finally:
             if opened:
                 self.flush()
-        self.arm()
+        self._arm()
 
-    def carry_out(self, commands: list[Command]) -> None:
-        """Carry out the core's commands (``run`` without setting the timer: the caller
-        calls ``arm`` once it has carried out all it has)."""
+    def _carry_out(self, commands: list[Command]) -> None:
         for command in commands:
             match command:
                 case Write(link, message):
@@ -588,31 +581,20 @@ class Node:
         else:
             d.errback(op.error)
 
-    def arm(self) -> None:
-        """Set the timer for the core's next deadline. Left as it is when that has not moved,
-        or has moved later (the timer then fires early, finds nothing due, and is set again):
-        most events change no deadline, and this runs after every one."""
+    def _arm(self) -> None:
         when = self.engine.next_timer()
-        armed = self._armed
-        if when == armed:
-            return
         timer = self._timer
         if when is None:
-            if timer is not None:
+            if timer is not None and timer.active():
                 timer.cancel()
-                self._timer = self._armed = None
-            return
-        if armed is not None and armed <= when:
             return
         delay = max(0.0, when - self.reactor.seconds())
-        if timer is None:
+        if timer is None or not timer.active():
             self._timer = self.reactor.callLater(delay, self._fire)
-        else:
+        elif timer.getTime() > when:
             timer.reset(delay)
-        self._armed = when
 
     def _fire(self) -> None:
-        self._timer = self._armed = None
         self.run(self.engine.timer_fired(self.reactor.seconds()))
 
     def _connected(self, protocol: DHTProtocol, address: Address) -> None:

@@ -143,16 +143,13 @@ class NetstringProtocol(asyncio.BufferedProtocol):
         assert link is not None
         self._outbox = []
         try:
-            # One time, and one timer set, for the whole segment (``Node.run`` per message).
-            received, carry_out, now = node.streams.received, node.carry_out, node.now()
             for payload in self.decoder.feed(data):
-                carry_out(received(link, payload, now))
+                node.run(node.streams.received(link, payload, node.now()))
             if self.decoder.error is not None and not self._closing():
                 why = f"{self.decoder.error}; the limit is {self.decoder.max_length} bytes"
-                carry_out(node.streams.framing_lost(link, why))
+                node.run(node.streams.framing_lost(link, why))
         finally:
             self._flush()
-            node.arm()
 
     def send(self, message: Message) -> None:
         """Write one message (with the others answering the same incoming data)."""
@@ -500,12 +497,6 @@ class Node:
 
     def run(self, commands: list[Command]) -> None:
         """Carry out the core's commands, then set the timer for its next deadline."""
-        self.carry_out(commands)
-        self.arm()
-
-    def carry_out(self, commands: list[Command]) -> None:
-        """Carry out the core's commands (``run`` without setting the timer: the caller
-        calls ``arm`` once it has carried out all it has)."""
         for command in commands:
             match command:
                 case Write(link, message):
@@ -534,10 +525,9 @@ class Node:
                     )
                 case Ready():
                     pass
+        self._arm()
 
-    def arm(self) -> None:
-        """Set the timer for the core's next deadline (left as it is when that has not moved
-        earlier: a timer that fires early finds nothing due, and is set again)."""
+    def _arm(self) -> None:
         when = self.engine.next_timer()
         timer = self._timer
         if timer is not None and (when is None or when < timer.when()):

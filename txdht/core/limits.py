@@ -207,14 +207,12 @@ class RateLimiter:
                 self.dropped += 1
                 return Verdict.DROP
             del self._cooling[peer]
-        peers = self._peers
-        bucket = peers.get(peer)
-        if bucket is None:
-            bucket = peers[peer] = TokenBucket(self.limits.peer_rate, self.limits.peer_burst, now)
-            while len(peers) > self.limits.tracked_peers:
-                peers.popitem(last=False)
-        else:
-            peers.move_to_end(peer)  # most recently heard from last: the first to go is the oldest
+        bucket = self._peers.pop(peer, None) or TokenBucket(
+            self.limits.peer_rate, self.limits.peer_burst, now
+        )
+        self._peers[peer] = bucket
+        while len(self._peers) > self.limits.tracked_peers:
+            self._peers.popitem(last=False)
         if not bucket.take(now):
             self._cooling[peer] = now + self.limits.cool_off
             if len(self._cooling) > self.limits.tracked_peers:
