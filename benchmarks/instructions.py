@@ -12,9 +12,10 @@ Why count: on a shared machine the timed measures move by a third from one run t
 (docs/performance.md), so a change of a few percent cannot be seen in them without many runs.
 An instruction count is the same in every run of the same code (``PYTHONHASHSEED`` is fixed,
 the workload is seeded, and the cycle collector is off while the gets are counted), whatever
-else the machine is doing, so two versions of the code
-can be compared in one pair of runs. It is not a time: a cache miss costs more than an add.
-Confirm a gain it shows with the timed measures.
+else the machine is doing, so two versions of the code can be compared in one pair of runs.
+A change can move the count by about 1% through where objects land in memory alone, so it
+resolves changes of a few percent, not less. It is not a time: a cache miss costs more than an
+add. Confirm a gain it shows with the timed measures.
 
 ``python -m benchmarks.instructions --run N`` is the workload alone (N gets), what valgrind is
 given; it checks every value it gets back.
