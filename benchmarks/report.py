@@ -223,9 +223,15 @@ def _repetitions(runs: list[dict[str, Any]], contender: str, bar: float) -> str:
             worst.append(min(known))
     if len(worst) < 2:
         return ""
-    held = sum(1 for w in worst if (w > 1 if bar == 1.0 else w >= bar))
+    held = sum(1 for w in worst if _at_bar(w, bar))
     listed = ", ".join(_x(w, ".2f") for w in worst)
     return f"per repetition: worst {listed} (at the bar in {held} of {len(worst)})"
+
+
+def _at_bar(ratio: float, bar: float) -> bool:
+    """Whether a ratio to kademlia is at ``bar`` (``KADEMLIA_BAR``): above 1x for a bar of 1
+    (ahead of it), at least the bar otherwise."""
+    return ratio > 1 if bar == 1.0 else ratio >= bar
 
 
 def _kademlia_margins(net: dict[str, Any], kad: dict[str, Any]) -> dict[str, float | None]:
@@ -257,7 +263,7 @@ def _versus_kademlia(contender: str, net: dict[str, Any], kad: dict[str, Any]) -
     worst_name = min(measured, key=measured.__getitem__)
     worst = measured[worst_name]
     success = net.get("get_success")
-    at_bar = all(v > 1 if bar == 1.0 else v >= bar for v in known)
+    at_bar = all(_at_bar(v, bar) for v in known)
     met = at_bar and len(known) == len(margins) and success == 1.0
     detail = (
         f"worst margin {_x(worst, '.2f')} ({worst_name}); get success "
