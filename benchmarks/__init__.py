@@ -1,8 +1,9 @@
 """txdht benchmarks and fuzz targets (see benchmarks/README.md).
 
 ``python -m benchmarks`` runs the side-by-side benchmarks: txdht's nodes, two other DHTs and
-bare-loop floors, every configuration three times in a fresh subprocess (``benchmarks.worker``),
-with JSON, Markdown and PNG results under ``benchmarks/results/``. ``python -m benchmarks.fuzz``
+bare-loop floors, every configuration three times (the network measure five) in a fresh
+subprocess (``benchmarks.worker``), with JSON, Markdown and PNG results under
+``benchmarks/results/``. ``python -m benchmarks.fuzz``
 runs the atheris fuzz targets.
 """
 

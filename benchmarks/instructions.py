@@ -1,4 +1,5 @@
-"""Instructions per get: the CPU cost of the core and the Twisted driver, counted, not timed.
+"""Instructions per get (or put): the CPU cost of the core and the Twisted driver, counted,
+not timed.
 
 ``python -m benchmarks.instructions`` runs the same get workload twice under valgrind's
 callgrind (Debian's ``valgrind`` package), once with no gets and once with ``--gets`` of them,
@@ -7,6 +8,8 @@ costs. The workload is a 50-node ``txdht.testing.MemoryNetwork`` (real nodes, in
 connections, one clock: the core and the Twisted driver, no sockets, no reactor), 100 blobs of
 1,000 bytes put from random nodes, then gets of them in turn, each from a node that does not
 hold it (a get is three ``find_value`` requests and their replies, as in the network measure).
+``--op put`` counts puts instead, on the same network: each a new blob of 1,000 bytes from a
+random node (a lookup's ``find_node`` requests, then a ``store`` to each of the k closest).
 
 Why count: on a shared machine the timed measures move by a third from one run to the next
 (docs/performance.md), so a change of a few percent cannot be seen in them without many runs.
@@ -18,7 +21,7 @@ resolves changes of a few percent, not less. It is not a time: a cache miss cost
 add. Confirm a gain it shows with the timed measures.
 
 ``python -m benchmarks.instructions --run N`` is the workload alone (N gets), what valgrind is
-given; it checks every value it gets back.
+given; it checks every value it gets back (and every key a put returns).
 """
 
 from __future__ import annotations
@@ -33,20 +36,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["count", "instructions_per_get", "main", "workload"]
+__all__ = ["OPS", "count", "instructions_per_get", "main", "workload"]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The network and its data: as the network measure's (50 nodes, 1,000-byte values).
 NODES, ITEMS, VALUE_SIZE = 50, 100, 1000
 #: What callgrind prints of the instructions it counted.
 _COLLECTED = re.compile(r"Collected : (\d+)")
+#: The operations the workload can count.
+OPS = ("get", "put")
 
 
-def workload(gets: int, nodes: int = NODES, items: int = ITEMS, seed: int = 3) -> int:
+def workload(
+    gets: int, nodes: int = NODES, items: int = ITEMS, seed: int = 3, op: str = "get"
+) -> int:
     """Build the network, put ``items`` blobs, get each once to warm up, then do ``gets``
-    more gets, checking every value; returns how many requests the measured gets sent."""
-    from txdht.core.ids import id_from_hex
+    more gets (with ``op="put"``: that many puts of new blobs instead), checking every value
+    (every key); returns how many requests the measured operations sent."""
+    from txdht.core.ids import id_from_hex, id_to_hex
+    from txdht.core.items import blob
     from txdht.testing import MemoryNetwork
+
+    if op not in OPS:
+        raise ValueError(f"op is one of {OPS}, not {op!r}")
 
     net = MemoryNetwork(seed=seed)
     members = net.create(nodes)
@@ -64,6 +76,14 @@ def workload(gets: int, nodes: int = NODES, items: int = ITEMS, seed: int = 3) -
         if net.run(readers[i].get(keys[i])) != values[i]:
             raise AssertionError(f"get {n} returned another value")
 
+    new_values = [rng.randbytes(VALUE_SIZE) for _ in range(gets if op == "put" else 0)]
+    writers = [rng.randrange(nodes) for _ in new_values]
+
+    def put(n: int) -> None:
+        value = new_values[n]
+        if net.run(members[writers[n]].put_blob(value)) != id_to_hex(blob(value).key):
+            raise AssertionError(f"put {n} returned another key")
+
     def sent() -> int:
         return sum(
             count
@@ -78,19 +98,22 @@ def workload(gets: int, nodes: int = NODES, items: int = ITEMS, seed: int = 3) -
     # allocation made so far, and a full one (of every object of the 50 nodes) falling inside
     # one run and not the other would move the count per get by more than most changes do.
     # A get leaves no reference cycles (tests/test_cycles.py), so nothing piles up meanwhile.
+    measured = put if op == "put" else get
     gc.collect()
     gc.disable()
     try:
         before = sent()
         for n in range(gets):
-            get(n)
+            measured(n)
+        net.flush()  # a put's last stores, sent as it returned, are answered here
         return sent() - before
     finally:
         gc.enable()
 
 
-def count(gets: int, valgrind: str = "valgrind") -> int:
-    """The instructions callgrind counts in a run of the workload with ``gets`` gets."""
+def count(gets: int, valgrind: str = "valgrind", op: str = "get") -> int:
+    """The instructions callgrind counts in a run of the workload with ``gets`` gets (or
+    puts: ``op``)."""
     command = [
         valgrind,
         "--tool=callgrind",
@@ -100,6 +123,8 @@ def count(gets: int, valgrind: str = "valgrind") -> int:
         "benchmarks.instructions",
         "--run",
         str(gets),
+        "--op",
+        op,
     ]
     env = dict(os.environ, PYTHONHASHSEED="0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -110,30 +135,40 @@ def count(gets: int, valgrind: str = "valgrind") -> int:
     return int(found.group(1))
 
 
-def instructions_per_get(gets: int, valgrind: str = "valgrind") -> float:
-    """Instructions per get: a run with ``gets`` gets less one with none, over ``gets``."""
-    return (count(gets, valgrind) - count(0, valgrind)) / gets
+def instructions_per_get(gets: int, valgrind: str = "valgrind", op: str = "get") -> float:
+    """Instructions per get (or put: ``op``): a run with ``gets`` of them less one with none,
+    over ``gets``."""
+    return (count(gets, valgrind, op) - count(0, valgrind, op)) / gets
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.instructions",
         description=(
-            "Machine instructions per get on a 50-node in-memory network (the core and the "
-            "Twisted driver), counted by valgrind's callgrind: the same in every run of the "
-            "same code, however busy the machine. See docs/performance.md."
+            "Machine instructions per get (or put) on a 50-node in-memory network (the core "
+            "and the Twisted driver), counted by valgrind's callgrind: the same in every run "
+            "of the same code, however busy the machine. See docs/performance.md."
         ),
     )
     parser.add_argument(
-        "--gets", type=int, default=300, help="gets measured (default 300; about 2 minutes)"
+        "--gets",
+        type=int,
+        default=300,
+        help="operations measured (default 300; about 2 minutes for gets, 10 for puts)",
     )
     parser.add_argument(
-        "--run", type=int, metavar="N", help="run the workload alone, with N gets (no valgrind)"
+        "--op",
+        choices=OPS,
+        default="get",
+        help="what to count: gets (default), or puts of new 1,000-byte blobs",
+    )
+    parser.add_argument(
+        "--run", type=int, metavar="N", help="run the workload alone, with N of them (no valgrind)"
     )
     args = parser.parse_args(argv)
     if args.run is not None:
-        requests = workload(args.run)
-        print(f"{args.run} gets, {requests} requests")
+        requests = workload(args.run, op=args.op)
+        print(f"{args.run} {args.op}s, {requests} requests")
         return 0
     if args.gets < 1:
         parser.error("--gets is at least 1")
@@ -141,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if valgrind is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    per_get = instructions_per_get(args.gets, valgrind)
-    print(f"{per_get:,.0f} instructions per get ({args.gets} gets)")
+    per_op = instructions_per_get(args.gets, valgrind, args.op)
+    print(f"{per_op:,.0f} instructions per {args.op} ({args.gets} {args.op}s)")
     return 0
 
 

@@ -316,8 +316,10 @@ def build(
     machine: dict[str, Any],
     configs: list[Any],
     unavailable: dict[str, str | None],
+    repeat_of: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The whole result document (what the JSON file holds)."""
+    """The whole result document (what the JSON file holds); ``repeat_of``: the measures run
+    another number of times than ``repeat``."""
     results: dict[str, dict[str, Any]] = {}
     runs = []
     for config in configs:
@@ -335,6 +337,7 @@ def build(
         "mode": mode,
         "wall_s": wall_s,
         "repeat": repeat,
+        "repeat_of": dict(repeat_of or {}),
         "budget_s": budget,
         "machine": machine,
         "settings": settings,
@@ -601,6 +604,15 @@ def _where_the_time_goes(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _times(doc: dict[str, Any]) -> str:
+    """How many times each configuration ran: "3 times", "3 times (the network measure 5)"."""
+    text = f"{doc['repeat']} time{'s' if doc['repeat'] != 1 else ''}"
+    others = doc.get("repeat_of") or {}
+    if others:
+        text += f" ({', '.join(f'the {m} measure {n}' for m, n in sorted(others.items()))})"
+    return text
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The Markdown report: machine, the results table, the targets."""
     m = doc["machine"]
@@ -614,7 +626,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_end') or []) or 'n/a'}. "
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)}.",
         "",
-        f"Each configuration ran {doc['repeat']} times in a fresh process; the table shows "
+        f"Each configuration ran {_times(doc)} in a fresh process; the table shows "
         f"medians. Wall time {doc['wall_s']:.0f} s (budget {doc['budget_s']:.0f} s). "
         'Ratios: "vs floor" is against the bare netstring echo on the same loop (ops: '
         'ours / floor, higher is better; p50: ours / floor, lower is better); "vs OpenDHT" '

@@ -41,6 +41,22 @@ def test_the_workload_gets_every_value_back_with_three_requests_each() -> None:
     assert gc.isenabled()  # off only while the gets are counted
 
 
+def test_the_put_workload_stores_new_blobs_under_their_keys() -> None:
+    """``op="put"``: each measured put is of a new blob (a wrong key would raise), a lookup's
+    find_node requests and a store to each of the k closest: here all 29 other nodes are
+    within k = 20 of most keys, so more than 20 requests a put, and fewer than 2 k + 1."""
+    puts = 4
+    requests = instructions.workload(puts, nodes=30, items=4, op="put")
+    assert 20 * puts < requests <= 41 * puts
+    assert instructions.workload(0, nodes=30, items=4, op="put") == 0
+    assert gc.isenabled()
+
+
+def test_the_workload_counts_only_gets_and_puts() -> None:
+    with pytest.raises(ValueError, match="op is one of"):
+        instructions.workload(1, nodes=30, items=4, op="ping")
+
+
 def test_the_cycle_collector_is_off_while_the_gets_are_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -95,6 +111,18 @@ def test_run_is_the_workload_alone() -> None:
     assert done.stdout.strip() == "2 gets, 6 requests"
 
 
+def test_count_passes_the_operation_to_the_run(tmp_path: Path) -> None:
+    """The run valgrind is given counts what was asked for: ``--op put`` reaches it."""
+    valgrind = fake_valgrind(
+        tmp_path,
+        "op = sys.argv[sys.argv.index('--op') + 1]\n"
+        "per = {'get': 7, 'put': 40}[op]\n"
+        "print(f'==1== Collected : {1000 + per * gets}', file=sys.stderr)\n",
+    )
+    assert instructions.instructions_per_get(10, valgrind) == 7.0
+    assert instructions.instructions_per_get(10, valgrind, "put") == 40.0
+
+
 def test_main_prints_instructions_per_get(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -104,6 +132,8 @@ def test_main_prints_instructions_per_get(
     monkeypatch.setattr(shutil, "which", lambda name: valgrind)
     assert instructions.main(["--gets", "10"]) == 0
     assert capsys.readouterr().out == "1,234,567 instructions per get (10 gets)\n"
+    assert instructions.main(["--gets", "10", "--op", "put"]) == 0
+    assert capsys.readouterr().out == "1,234,567 instructions per put (10 puts)\n"
 
 
 def test_main_without_valgrind_says_how_to_get_it(

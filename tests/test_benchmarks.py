@@ -377,3 +377,38 @@ def test_the_kademlia_target_says_how_each_repetition_went() -> None:
     # Without the runs, the detail is the medians' alone.
     found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results))}
     assert "per repetition" not in found[("ahead-of-kademlia", "twisted-epoll")]["detail"]
+
+
+def test_the_network_measure_runs_five_times_and_the_rest_three(tmp_path: Path) -> None:
+    """By default every configuration runs three times and the network measure's, whose
+    medians decide the targets against the other DHTs, five; --repeat sets them all; the
+    runs are interleaved (every configuration's first, then every second...), and a profile
+    runs once."""
+    from benchmarks.runner import SETTINGS, plan, repeats, schedule
+
+    runs = repeats(SETTINGS["default"]["run"])
+    assert runs == {**dict.fromkeys(MEASURES, 3), "network": 5}
+    assert repeats(SETTINGS["default"]["run"], 2) == dict.fromkeys(MEASURES, 2)
+    assert repeats(SETTINGS["quick"]["run"]) == dict.fromkeys(MEASURES, 1)
+
+    configs = plan("default", ["twisted-epoll,kademlia"], tmp_path, "stamp")
+    jobs = schedule(configs, runs)
+    counts = {c.name: sum(1 for _, job in jobs if job is c) for c in configs}
+    assert counts == {
+        c.name: 5 if c.measure == "network" else 1 if c.measure == "profile" else 3 for c in configs
+    }
+    reps = [rep for rep, _ in jobs]
+    assert reps == sorted(reps)  # interleaved: all the first runs, then the second...
+    assert [job.name for rep, job in jobs if rep == 4] == [
+        "twisted-epoll network",
+        "kademlia network",
+    ]
+    assert schedule([], runs) == []
+
+
+def test_the_report_says_how_many_times_each_measure_ran() -> None:
+    from benchmarks.report import _times
+
+    assert _times({"repeat": 3, "repeat_of": {"network": 5}}) == "3 times (the network measure 5)"
+    assert _times({"repeat": 3, "repeat_of": {}}) == "3 times"
+    assert _times({"repeat": 1}) == "1 time"

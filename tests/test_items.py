@@ -52,6 +52,33 @@ def test_blob_key_is_sha512_of_value() -> None:
     assert (item.public_key, item.name, item.seq, item.signature) == (None, None, 0, None)
 
 
+def test_the_key_is_hashed_once_and_stays_out_of_equality(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node reads a stored item's key several times per store: it is hashed once per item.
+    Equality and hashing still see the fields alone (an item whose key was read equals one
+    whose key was not), and an item made from another by ``replace`` has its own key."""
+    import txdht.core.items as items_module
+
+    hashed: list[bytes] = []
+
+    def sha512_id(data: bytes) -> int:
+        hashed.append(data)
+        return 7
+
+    monkeypatch.setattr(items_module, "sha512_id", sha512_id)
+    item, twin = blob(b"some data"), blob(b"some data")
+    assert (item.key, item.key, item.key) == (7, 7, 7)
+    assert hashed == [b"some data"]
+    assert item == twin  # twin's key never read
+    assert hash(item) == hash(twin)
+    other = replace(item, value=b"other data")
+    assert other.key == 7
+    assert hashed == [b"some data", b"other data"]
+    with pytest.raises(AttributeError):
+        item.value = b"changed"  # type: ignore[misc]
+
+
 def test_mutable_key_hashes_public_key_then_name() -> None:
     """A mutable item lives at sha512(public key + UTF-8 name), independent of its value."""
     expected = sha512_id(OWNER.public_bytes + b"profile")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -810,3 +811,69 @@ def test_seeds_taken_as_needed_behave_as_the_whole_table(seed: int) -> None:
     assert lazy.closest() == whole.closest()
     assert lazy.answered == whole.answered
     assert lazy.queries == whole.queries
+
+
+def done_by_definition(lookup: IterativeLookup) -> bool:
+    """``done`` as the lookup defines it, read the long way: a blob found; or, unless a
+    find_value with nothing yet still waits on a query, the first k candidates (not failed,
+    not gone slow) have all answered."""
+    best = found(lookup)
+    if best is not None and not best.mutable:
+        return True
+    if lookup.find_value and best is None and lookup._pending:
+        return False
+    first = list(lookup._candidates())[: lookup.k]
+    return all(lookup._state[i].name == "ANSWERED" for i in first)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_done_is_what_its_definition_says_after_any_events(seed: int) -> None:
+    """``done`` reads the shortlist in one loop (it runs after every reply): at every step of
+    random lookups, with every kind of event, seeds given whole or taken as needed, and
+    disjoint paths, it says what the definition says."""
+    rng = random.Random(seed)
+    target = rng.getrandbits(160)
+    table = [c(rng.getrandbits(160)) for _ in range(rng.randrange(0, 40))]
+    others = [c(rng.getrandbits(160)) for _ in range(40)]
+    dead = rng.sample(table, min(len(table), rng.randrange(3)))
+    k, alpha = rng.choice((1, 2, 5, 8)), rng.choice((1, 3))
+    options: dict[str, Any] = {
+        "k": k,
+        "alpha": alpha,
+        "find_value": rng.random() < 0.3,
+        "dead": dead,
+    }
+    shape = rng.choice(("whole", "nearest", "disjoint"))
+    lookup: IterativeLookup | DisjointLookup
+    if shape == "whole":
+        lookup = IterativeLookup(target, table, OWN, **options)
+    elif shape == "nearest":
+        ordered = closest(target, table, len(table))
+        runs = [ordered[i : i + 3] for i in range(0, len(ordered), 3)]
+        lookup = IterativeLookup(target, (), OWN, nearest=iter(runs), **options)
+    else:
+        lookup = DisjointLookup(target, table, OWN, 2, **options)
+    paths = lookup.paths if isinstance(lookup, DisjointLookup) else [lookup]
+    waiting: list[Contact] = []
+    checked = 0
+    for _ in range(200):
+        for path in paths:
+            assert finished(path) == done_by_definition(path)
+            checked += 1
+        waiting += lookup.next_queries()
+        if not waiting:
+            break
+        peer = waiting.pop(rng.randrange(len(waiting)))
+        event = rng.random()
+        if event < 0.4:
+            named = rng.sample(table + others, min(len(table) + len(others), rng.randrange(8)))
+            lookup.nodes_received(peer, named)
+        elif event < 0.5 and lookup.find_value:
+            lookup.value_received(peer, blob(b"x"))  # not under the target's key: a forgery
+        elif event < 0.65:
+            lookup.query_failed(peer)
+        elif lookup.query_slow(peer) or rng.random() < 0.5:
+            waiting.append(peer)
+    for path in paths:
+        assert finished(path) == done_by_definition(path)
+    assert checked >= 1

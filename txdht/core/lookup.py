@@ -174,7 +174,20 @@ class IterativeLookup:
         if self.find_value and best is None and self._pending:
             return False
         state, answered = self._state, _State.ANSWERED
-        return all(state[i] is answered for i in itertools.islice(self._candidates(), self.k))
+        if self._short or self._claimed is not None:
+            return all(state[i] is answered for i in itertools.islice(self._candidates(), self.k))
+        # The same test as above, over the candidates in one loop (no generators: this runs
+        # after every reply, over up to k contacts).
+        left, failed, slow = self.k, _State.FAILED, _State.SLOW
+        for i in self._order:
+            now = state[i]
+            if now is answered:
+                left -= 1
+                if not left:
+                    return True
+            elif now is not failed and now is not slow:
+                return False
+        return True
 
     def next_queries(self) -> list[Contact]:
         """The contacts to query now; each is in flight until an event about it is fed back.

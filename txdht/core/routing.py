@@ -41,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from txdht.core.ids import ID_BITS, Contact, closest
+from txdht.core.ids import ID_BITS, Contact
 from txdht.core.limits import subnet_of
 
 __all__ = ["MAX_FAILURES", "PING_AFTER", "K", "KBucket", "RoutingTable"]
@@ -50,6 +50,10 @@ __all__ = ["MAX_FAILURES", "PING_AFTER", "K", "KBucket", "RoutingTable"]
 K = 20
 #: Failed requests in a row after which a contact counts as stale and may be replaced.
 MAX_FAILURES = 3
+#: Failed requests in a row after which a contact looks dead: replies do not name it
+#: (``live``), lookups do not ask it (one lost message should not hide a node; two in a row
+#: rarely are).
+DEAD_AFTER = 2
 #: Seconds: a full bucket's oldest contact heard from more recently than this is not pinged
 #: when a newcomer wants its place (BEP 5's fifteen minutes): it is live, and the newcomer
 #: waits in the replacement cache.
@@ -71,6 +75,9 @@ class KBucket:
     def __init__(self, low: int, high: int, last_lookup: float) -> None:
         self.low = low
         self.high = high
+        #: The bits in which the bucket's ids differ: (low ^ t) | mask is its furthest
+        #: distance from t.
+        self.mask = high - low - 1
         #: When a lookup last targeted this range (for refresh).
         self.last_lookup = last_lookup
         self.entries: OrderedDict[int, _Entry] = OrderedDict()
@@ -85,7 +92,7 @@ class KBucket:
 
     def contacts(self, live: bool = False) -> list[Contact]:
         """The bucket's contacts; ``live``: not those whose last two requests failed."""
-        return [e.contact for e in self.entries.values() if not (live and e.failures >= 2)]
+        return [e.contact for e in self.entries.values() if not (live and e.failures >= DEAD_AFTER)]
 
     def random_id(self, rng: random.Random) -> int:
         """A random id in this bucket's range: the target of a refresh lookup."""
@@ -170,12 +177,26 @@ class RoutingTable:
         block of distances, so every contact of a bucket nearer the target is closer than every
         contact of one further away: whole buckets are taken, nearest first, until there are
         enough, and only those are sorted (not the whole table, on every request served)."""
-        count, found = self.k if count is None else count, []
+        count = self.k if count is None else count
+        # (distance, contact) pairs, each distance computed once in a comprehension (not by
+        # a key function called per contact), sorted as tuples: the ids are distinct, so the
+        # distances are, and two contacts are never compared. Not a dict by distance: a
+        # 512-bit int's hash is a pass over its 18 digits, computed again at every lookup.
+        found: list[tuple[int, Contact]] = []
         for bucket in self._buckets_nearest(target):
-            found += [c for c in bucket.contacts(live) if c.id != exclude]
+            entries = bucket.entries.items()
+            if live:
+                found += [
+                    (i ^ target, e.contact)
+                    for i, e in entries
+                    if e.failures < DEAD_AFTER and i != exclude
+                ]
+            else:
+                found += [(i ^ target, e.contact) for i, e in entries if i != exclude]
             if len(found) >= count:
                 break
-        return closest(target, found, count)
+        found.sort()
+        return [pair[1] for pair in found[:count]]
 
     def nearest(self, target: int) -> Iterator[list[Contact]]:
         """Every contact, nearest ``target`` first, a bucket at a time, each sorted as it is
@@ -186,7 +207,13 @@ class RoutingTable:
             yield [entries[ident].contact for ident in sorted(entries, key=distance)]
 
     def _buckets_nearest(self, target: int) -> list[KBucket]:
-        return sorted(self.buckets, key=lambda b: (b.low ^ target) | (b.high - b.low - 1))
+        # A bucket's furthest distance from the target: distinct for disjoint aligned blocks,
+        # so the (distance, position) pairs sort with no key function called per bucket.
+        buckets = self.buckets
+        if len(buckets) == 1:
+            return buckets
+        far = sorted([((b.low ^ target) | b.mask, n) for n, b in enumerate(buckets)])
+        return [buckets[pair[1]] for pair in far]
 
     def seen(self, contact: Contact, now: float) -> Contact | None:
         """We heard from ``contact``; return a contact the shell must ping, if any (rule 4)."""
@@ -233,7 +260,7 @@ class RoutingTable:
         entry.failures += 1
         self._mark(entry)
         evict = bucket.pinging == ident or entry.failures >= self.max_failures
-        if entry.failures == 2 or (evict and bucket.replacements):
+        if entry.failures == DEAD_AFTER or (evict and bucket.replacements):
             self.losses += 1
         if evict and bucket.replacements:
             del bucket.entries[ident]
@@ -263,7 +290,7 @@ class RoutingTable:
                 del marked[ident]  # heard from again, or dropped: no longer questionable
                 continue
             questionable.add(ident)
-            if entry.failures >= 2:
+            if entry.failures >= DEAD_AFTER:
                 dead.append(entry.contact)
         return (dead if not dead or len(dead) < len(self) else []), questionable
 
