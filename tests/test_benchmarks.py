@@ -412,3 +412,56 @@ def test_the_report_says_how_many_times_each_measure_ran() -> None:
     assert _times({"repeat": 3, "repeat_of": {"network": 5}}) == "3 times (the network measure 5)"
     assert _times({"repeat": 3, "repeat_of": {}}) == "3 times"
     assert _times({"repeat": 1}) == "1 time"
+
+
+def test_the_rss_per_node_is_measured_after_a_first_node_came_and_went(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a contender's first node imports and caches once (the adapter's first node
+    imported Twisted) is not a per-node cost: a throwaway node is made and stopped before
+    the RSS is read, and only the measured nodes fall between the two readings."""
+    import asyncio
+
+    from benchmarks import measures
+    from tests.test_aio import in_thread
+
+    events: list[str] = []
+
+    class Shell:
+        async def new_node(self, k: int) -> int:
+            events.append("node")
+            return len(events)
+
+        def port(self, node: int) -> int:
+            return 4000 + node
+
+        async def light_join(self, node: int, seed: Any) -> None:
+            events.append("join")
+
+        async def settle(self, nodes: list[int]) -> bool:
+            return True
+
+        async def stop_all(self, nodes: list[int]) -> None:
+            events.append(f"stop {len(nodes)}")
+
+    def rss_kib() -> int:
+        events.append("rss")
+        return 1000 * events.count("rss")
+
+    monkeypatch.setattr(measures, "rss_kib", rss_kib)
+    monkeypatch.setattr(measures, "open_fds", lambda: 0)
+    # In a thread of its own: under asyncioreactor, this thread's loop is the reactor's.
+    result = in_thread(lambda: asyncio.run(measures.memory(Shell(), {"nodes": 3, "k": 2})))
+    assert events == [
+        "node",
+        "stop 1",
+        "rss",
+        "node",
+        "node",
+        "join",
+        "node",
+        "join",
+        "rss",
+        "stop 3",
+    ]
+    assert result["rss_per_node_kib"] == 1000 / 3
