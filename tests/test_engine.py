@@ -436,6 +436,47 @@ def test_no_handoff_of_expired_records_or_to_far_newcomers() -> None:
     assert engine.seen(near, 61.0) == []
 
 
+def test_a_get_asks_its_nearest_contact_alone_where_the_table_says_it_holds_the_key() -> None:
+    """``holders_within``: half of k / n of the id space, n the table's measured size (none
+    below k live contacts), worked out at most once a second. A FIND_VALUE whose nearest
+    contact is that near the key asks it alone first; one whose nearest is further, a
+    FIND_NODE, and every lookup while the size cannot be measured, ask alpha at once."""
+    engine = make_engine(k=4)
+    own, spacing = engine.id, (1 << 512) // 1000  # contacts spaced as in a 1000-node network
+
+    def first_queries(target: int, find_value: bool = True) -> int:
+        return len(engine.lookup_machine(target, find_value).next_queries())
+
+    for i in range(1, 4):
+        engine.routing.seen(Contact(own ^ (i * spacing), "127.0.0.1", 5000 + i), 0.0)
+    assert engine.holders_within() is None  # 3 live contacts: k = 4 needed to measure
+    beside = own ^ spacing ^ 1  # one away from a contact
+    assert first_queries(beside) == 3
+    engine.routing.seen(Contact(own ^ (4 * spacing), "127.0.0.1", 5004), 0.0)
+    assert engine.holders_within() is None  # worked out at time 0 already: until 1 s
+    engine.now = 1.0
+    size = engine.routing.measured_size()
+    assert size == 1 + round(3 * (1 << 512) / (4 * spacing))  # about 750
+    within = engine.holders_within()
+    assert within == (4 << 511) // size
+    assert first_queries(beside) == 1
+    assert first_queries(beside, find_value=False) == 3  # a FIND_NODE asks the k closest
+    far = own ^ (1 << 511)
+    assert first_queries(far) == 3  # every contact is about half the space away
+    engine.routing.seen(Contact(far ^ 1, "127.0.0.1", 5005), 1.0)  # a contact beside it
+    assert first_queries(far) == 1
+    for _ in range(2):
+        engine.routing.failed(far ^ 1)  # it looks dead now: never asked
+    engine.now = 1.5
+    assert engine.holders_within() == within  # the same second's figure
+    assert first_queries(far) == 3
+    disjoint = Engine(ALICE, MemoryStorage(), now=5.0, k=4, paths=2)
+    for i in range(1, 9):
+        disjoint.routing.seen(Contact(own ^ (i * spacing), "127.0.0.1", 5000 + i), 0.0)
+    machine = disjoint.lookup_machine(beside, find_value=True)
+    assert len(machine.next_queries()) == 2 * 3  # each path its alpha: no path goes alone
+
+
 def test_lookups_take_the_engines_number_of_paths() -> None:
     """paths=1 is a plain lookup, more is a DisjointLookup of that many paths; fewer than one
     is refused."""

@@ -257,6 +257,54 @@ def test_a_mutable_value_does_not_end_the_lookup_and_the_newest_wins() -> None:
     assert lookup.queries == 3
 
 
+def test_a_find_value_asks_a_nearest_candidate_within_reach_alone_first() -> None:
+    """``alone_within``: when the nearest candidate is nearer the target than that, the first
+    query goes alone; a blob from it ends the lookup with one query. A candidate further out
+    than that gets the usual alpha queries at once."""
+    target = BLOB.key
+    seeds = near(target, 1, 2, 3, 4)
+    lookup = IterativeLookup(target, seeds, own_id=OWN, find_value=True, alone_within=2)
+    assert lookup.next_queries() == seeds[:1]
+    assert lookup.next_queries() == []  # still alone while it is out
+    assert lookup.value_received(seeds[0], BLOB)
+    assert finished(lookup)
+    assert lookup.queries == 1
+    far = IterativeLookup(target, seeds, own_id=OWN, find_value=True, alone_within=1)
+    assert far.next_queries() == seeds[:3]  # distance 1 is not nearer than 1
+    default = IterativeLookup(target, seeds, own_id=OWN, find_value=True)
+    assert default.next_queries() == seeds[:3]
+
+
+@pytest.mark.parametrize("event", ["nodes", "mutable", "forged", "failed", "slow"])
+def test_any_event_about_the_lone_query_opens_the_lookup_to_alpha(event: str) -> None:
+    """Whatever becomes of the first query (an answer without the value, a mutable item
+    (a newer version may be nearer), a forgery, a failure, a slow deadline), the lookup then
+    sends alpha queries at once, as it would have from the start."""
+    target = ITEM.key if event == "mutable" else BLOB.key
+    seeds = near(target, 1, 2, 3, 4, 5)
+    lookup = IterativeLookup(target, seeds, own_id=OWN, find_value=True, alone_within=1 << 500)
+    (first,) = lookup.next_queries()
+    if event == "nodes":
+        lookup.nodes_received(first, [])
+    elif event == "mutable":
+        assert lookup.value_received(first, ITEM)
+    elif event == "forged":
+        assert not lookup.value_received(first, blob(b"not the data"))
+    elif event == "failed":
+        lookup.query_failed(first)
+    else:
+        assert lookup.query_slow(first)  # one of the k closest: retried, and waited for
+    assert lookup.next_queries() == seeds[1:4]
+    assert not finished(lookup)
+
+
+def test_an_empty_lookup_with_alone_within_asks_nobody() -> None:
+    """No candidate at all: nothing to ask, alone or not."""
+    lookup = IterativeLookup(5, (), own_id=OWN, find_value=True, alone_within=1 << 500)
+    assert lookup.next_queries() == []
+    assert finished(lookup)
+
+
 def test_equal_versions_keep_the_first_received() -> None:
     """Two copies of the same version: the first one received is the value."""
     target = ITEM.key

@@ -86,6 +86,9 @@ def test_a_small_table_estimates_the_nodes_it_knows() -> None:
     for _ in range(2):
         table.failed(1 << 503)  # looks dead: not counted as near us
     assert table.estimated_size() == 5
+    assert table.measured_size() is None  # a count, not a measure: too few to measure by
+    table.seen(contact(1 << 504), 0.0)
+    assert table.measured_size() == table.estimated_size() == 1 + round(3 * SPACE / (1 << 504))
 
 
 def test_the_estimate_is_m_minus_1_over_the_m_th_distance() -> None:

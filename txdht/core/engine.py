@@ -38,7 +38,7 @@ from txdht.core import listen
 from txdht.core import messages as m
 from txdht.core.commands import Command, Done, Failed, Log, Send
 from txdht.core.errors import ErrorCode, OperationTimeout, ProtocolError, RemoteError
-from txdht.core.ids import Contact
+from txdht.core.ids import ID_BITS, Contact
 from txdht.core.interfaces import IStorage
 from txdht.core.items import (
     CHALLENGE_BYTES,
@@ -212,6 +212,8 @@ class Engine:
         #: The listens this node holds for its peers, and its own running listens by key.
         self.listeners = listen.Listeners(limits)
         self.listening: dict[int, set[listen.Listen]] = {}
+        #: When ``holders_within`` was last worked out, and what it was.
+        self._holders: tuple[float, int | None] = (-math.inf, None)
         #: Set once ``stop`` is under way.
         self.stopping = False
         self._count_publishers()
@@ -663,7 +665,27 @@ class Engine:
         }
         if self.paths > 1:
             return DisjointLookup(target, self.routing.contacts(), self.id, self.paths, **options)
+        if find_value:
+            options["alone_within"] = self.holders_within()
         return IterativeLookup(target, (), self.id, nearest=self.routing.nearest(target), **options)
+
+    def holders_within(self) -> int | None:
+        """Half the distance from a key within which its k closest nodes (its holders) are
+        expected to lie: k / n of the id space, for the routing table's estimate n of the
+        network's size (``RoutingTable.measured_size``), worked out at most once a second;
+        None while the table holds too few live contacts to estimate it (fewer than k).
+
+        A FIND_VALUE whose nearest candidate is that near the key asks it alone first
+        (``IterativeLookup``): with about k / 2 nodes expected that near, the chance that k
+        or more are nearer still (so that the candidate holds no copy) is a fraction of a
+        percent, and where the table knows the whole neighbourhood of the key (a small
+        network, or a key near this node) the candidate is the nearest holder itself."""
+        at, within = self._holders
+        if self.now - at >= 1.0:
+            size = self.routing.measured_size()
+            within = None if size is None else (self.k << (ID_BITS - 1)) // size
+            self._holders = (self.now, within)
+        return within
 
     def jitter(self, span: float) -> float:
         """A random time from 0 up to ``span`` seconds (to spread out timers)."""

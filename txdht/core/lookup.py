@@ -107,6 +107,7 @@ class IterativeLookup:
         claimed: set[int] | None = None,
         per_subnet: int = 0,
         nearest: Iterator[list[Contact]] | None = None,
+        alone_within: int | None = None,
     ) -> None:
         self.target = target
         self.own_id = own_id
@@ -159,6 +160,11 @@ class IterativeLookup:
         self._nearest = nearest
         self._taken: list[int] = []
         self._short = nearest is not None
+        #: A FIND_VALUE whose nearest candidate is nearer the target than this distance asks
+        #: it alone first (``_start_alone``); None: decided (or not asked for).
+        self._alone_within = alone_within
+        #: Whether one query at a time is sent: until the first event about the first query.
+        self._alone = False
 
     @property
     def value(self) -> Item | None:
@@ -195,7 +201,9 @@ class IterativeLookup:
         Of the shortlist's contacts not asked yet, those not questionable go first."""
         if self.done:
             return []
-        room = self.alpha - self._flying
+        if self._alone_within is not None:
+            self._start_alone(self._alone_within)
+        room = (1 if self._alone else self.alpha) - self._flying
         if room <= 0:
             return []
         state, contacts, fresh = self._state, self._contacts, _State.NEW
@@ -219,6 +227,17 @@ class IterativeLookup:
             self.trace.append(("sent", contact))
         self.queries += len(chosen)
         return chosen
+
+    def _start_alone(self, within: int) -> None:
+        """Decide, before the first query, whether it goes alone: the nearest candidate is
+        nearer the target than ``within`` (the engine's estimate of where the k closest nodes
+        of the network lie, halved), so it is very likely a holder of the value, and asking
+        two more nodes at once would only bring two more copies of it. Any event about that
+        query (an answer with or without the value, a failure, a slow deadline) opens the
+        lookup to alpha queries at once, as usual."""
+        self._alone_within = None
+        first = next(self._candidates(), None)
+        self._alone = first is not None and first ^ self.target < within
 
     def nodes_received(self, peer: Contact, contacts: Iterable[Contact]) -> None:
         """``peer`` answered with the contacts it knows closest to the target."""
@@ -249,6 +268,7 @@ class IterativeLookup:
         """The query to ``peer`` failed: timeout, lost connection, error reply or garbage
         (and its retry, if it had one)."""
         if self._state.get(peer.id) in _WAITING:
+            self._alone = False
             self._move(peer.id, _State.FAILED)
             self.trace.append(("failed", peer))
 
@@ -259,6 +279,8 @@ class IterativeLookup:
         its reply is still taken if it comes."""
         state = self._state.get(peer.id)
         waiting = state is _State.IN_FLIGHT or state is _State.RETRY
+        if waiting:
+            self._alone = False
         again = waiting and self._retried.get(peer.id, 0) < self.retries
         if again and peer.id in self._shortlist_ids():
             self._retried[peer.id] = self._retried.get(peer.id, 0) + 1
@@ -292,6 +314,7 @@ class IterativeLookup:
     def _answer(self, peer: Contact) -> bool:
         if self._state.get(peer.id) not in _WAITING:
             return False
+        self._alone = False
         self._move(peer.id, _State.ANSWERED)
         self.trace.append(("answered", peer))
         return True

@@ -317,8 +317,16 @@ class RoutingTable:
         return sum(1 for b in self.buckets for e in b.entries.values() if not e.failures)
 
     def estimated_size(self) -> int:
+        """How many nodes the network has, this one included: ``measured_size``, or with
+        fewer live contacts than that needs (a network that small: a join finds our k
+        closest), the contacts we know and ourselves."""
+        measured = self.measured_size()
+        return len(self) + 1 if measured is None else measured
+
+    def measured_size(self) -> int | None:
         """How many nodes the network has, this one included, estimated from the distance
-        of the m-th closest live contact to our own id (m = max(k, 2)).
+        of the m-th closest live contact to our own id (m = max(k, 2)); None when the table
+        holds fewer than m live contacts.
 
         Ids are uniform, so the XOR distances from our id to the other n - 1 nodes are n - 1
         uniform draws from [0, 2**512); the m-th smallest, d, is then about m / (n - 1) of the
@@ -327,13 +335,12 @@ class RoutingTable:
         m-th distance is all there is to know of the density (the nearer ones add nothing),
         which is why the nearer distances are not averaged in: the nearest can be arbitrarily
         small and would throw the estimate out. Relative error about 1 / sqrt(m - 2): 24% for
-        k = 20. With fewer contacts than that (a network that small: a join finds our k
-        closest), the estimate is the contacts we know and ourselves.
+        k = 20.
         """
         count = max(self.k, 2)
         near = self.closest(self.own_id, count, live=True)
         if len(near) < count:
-            return len(self) + 1
+            return None
         distance = near[-1].id ^ self.own_id
         return 1 + round((count - 1) * (1 << ID_BITS) / distance)
 
