@@ -41,6 +41,15 @@ ids next to a key and runs them on one network can put two of them in each looku
 whole shortlist (libtorrent's ``restrict_search_ips`` is the same idea, per address). The seeds,
 from our own routing table, are under its own per-bucket rule instead.
 
+A FIND_VALUE may be told ``alone_within``, a distance: if its nearest candidate is nearer the
+target than that, its first query goes alone, and the lookup opens to alpha queries at once at
+the first event about it (an answer with or without the value, a failure, a slow deadline).
+``Engine.holders_within`` gives half the distance within which the network's k closest nodes
+to a key are expected (from the routing table's estimate of the network's size): a candidate
+that near is almost surely a holder, and the two queries sent beside it would bring back two
+more copies of a blob and nothing else. Where the table does not reach that near, or for a
+FIND_NODE, all alpha go at once.
+
 Contacts given as ``dead`` (``Engine.lookup`` passes those whose last two requests failed) start
 out failed: they are never asked, even when a peer's reply names them. After a mass crash every
 lookup would otherwise spend a timeout on each dead node near its target.
