@@ -55,7 +55,9 @@ class Wire:
                 self.kept.append(command)
                 continue
             request = command.request
-            target = self.engines[request.address]
+            target = self.engines.get(request.address)
+            if target is None:  # nobody there (a dead node): the request times out
+                continue
             reply, more = target.request_received(
                 request.message, "127.0.0.1", source.port, self.now
             )
@@ -69,6 +71,12 @@ class Wire:
     def start(self, at: Engine, op: ops.Operation) -> ops.Operation:
         self.deliver(at.start(op, self.now), at)
         return op
+
+    def settle(self, at: Engine) -> None:
+        """Move time on to each of ``at``'s timers in turn until it has none left."""
+        while (when := at.next_timer()) is not None:
+            self.now = when
+            self.deliver(at.timer_fired(when), at)
 
 
 def contact(made: Engine) -> Contact:
@@ -451,6 +459,64 @@ def test_a_key_replicated_by_a_peer_is_replicated_again_once_a_contact_is_lost()
     assert a.replication_jobs(20.0, fresh=3600.0) == []  # one failure: not yet dead-looking
     a.routing.failed(gone.id)
     assert [i for i, _ in a.replication_jobs(20.0, fresh=3600.0)] == [item]
+
+
+def test_a_round_whose_lookups_find_a_contact_dead_replicates_the_keys_it_skipped() -> None:
+    """A holder skips a key whose new version came while it knew a nearer holder (that one
+    replicates it first). Its round looks at every key when it begins; if its own lookups
+    then find a contact dead (a crash: the nearest holder may be among the dead), the round
+    takes the keys it skipped for an arrival up again at its end, instead of leaving them
+    for the next round, an interval later (after a 50% crash of 200 nodes right after the
+    puts, 44 of 1,000 keys whose nearest holder died stayed on fewer than 16 of their 20
+    closest live nodes for the interval). A key the round already took up is not taken up
+    twice."""
+    a, nearest, peer = engine(1, rpc_timeout=2.0), engine(2), engine(3)
+    wire = Wire(a, peer)  # nearest is dead: nothing answers at its address
+    a.routing.seen(contact(nearest), 0.0)
+    a.routing.seen(contact(peer), 0.0)
+    items = [blob(b"round %d" % i) for i in range(200)]
+    behind = [i for i in items if nearest.id ^ i.key < a.id ^ i.key]
+    old, fresh = behind[:2]  # a knows a nearer holder of these two
+    own = next(i for i in items if a.id ^ i.key < min(nearest.id ^ i.key, peer.id ^ i.key))
+    a.store(old, 86400.0, 0.0)  # arrivals: left to the nearest holder...
+    a.store(fresh, 86400.0, 1000.0)
+    a.store(own, 86400.0, 1000.0)  # ...and one that a is the nearest holder of
+    assert [a.nearest(i.key) for i in (old, fresh, own)] == [False, False, True]
+    a.now = 3990.0
+    a.routing.failed(nearest.id)  # once: not yet dead-looking
+    jobs = a.replication_jobs(4000.0, fresh=3600.0)
+    assert [i for i, _ in jobs] == [old, own]  # the old arrival's wait is over; fresh waits
+    wire.now = 4000.0
+    round_ = ops.Replicate(jobs, fresh=3600.0)
+    wire.start(a, round_)
+    assert peer.get(fresh.key, 4000.0) is None
+    wire.settle(a)  # the round's lookups ask the nearest holder again: it looks dead now
+    assert (round_.ended, round_.result, round_.skipped) == (True, 3, 0)
+    assert round_.taken == {old.key, own.key, fresh.key}
+    assert peer.get(fresh.key, wire.now) == fresh  # replicated in this round, not the next
+    arrivals = a.replication_jobs(wire.now, fresh=3600.0, arrivals=True)
+    assert [i for i, _ in arrivals] == [old, fresh]  # (a's own round is no peer's store)
+
+
+def test_a_round_that_finds_no_contact_dead_leaves_the_arrivals_for_the_nearest() -> None:
+    """In a calm network a round takes up nothing more at its end: the arrivals it skipped
+    are the nearest holder's to replicate (the idle network's one replication per key)."""
+    a, nearest = engine(1), engine(2)
+    wire = Wire(a, nearest)
+    a.routing.seen(contact(nearest), 0.0)
+    items = [blob(b"calm %d" % i) for i in range(200)]
+    behind = next(i for i in items if nearest.id ^ i.key < a.id ^ i.key)
+    own = next(i for i in items if a.id ^ i.key < nearest.id ^ i.key)
+    a.store(behind, 86400.0, 0.0)
+    a.store(own, 86400.0, 0.0)
+    jobs = a.replication_jobs(10.0, fresh=3600.0)
+    assert [i for i, _ in jobs] == [own]
+    wire.now = 10.0
+    round_ = ops.Replicate(jobs, fresh=3600.0)
+    wire.start(a, round_)
+    wire.settle(a)
+    assert (round_.ended, round_.result, round_.taken) == (True, 1, {own.key})
+    assert nearest.get(own.key, wire.now) == own
 
 
 def test_a_replication_round_skips_a_key_a_peer_replicated_while_it_waited_its_turn() -> None:

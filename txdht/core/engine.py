@@ -203,9 +203,10 @@ class Engine:
         self._proofs: OrderedDict[int, Address] = OrderedDict()
         #: When a peer last stored each key here again (a STORE of the version held, or one
         #: marked ``replica``; or when a new version came, unless this node is the nearest
-        #: holder: ``nearest``), and the routing table's count of losses then, for
-        #: replication's rule; a time in the future marks a key handed off (``handed_off``).
-        self._stored_at: dict[int, tuple[float, int]] = {}
+        #: holder: ``nearest``), the routing table's count of losses then, and whether it was
+        #: such an arrival, for replication's rule; a time in the future marks a key handed
+        #: off (``handed_off``).
+        self._stored_at: dict[int, tuple[float, int, bool]] = {}
         #: The routing table's count of losses when replication last looked, and since when
         #: it has stood at that count (the network is calm while it stands still).
         self._losses_since: tuple[int, float] = (0, -math.inf)
@@ -713,7 +714,7 @@ class Engine:
             held = self.get(key, self.now)
             self.store(request.item, request.ttl, self.now, request.cas)
             if held == request.item or request.replica:  # a peer's replication: this round
-                self._stored_at[key] = (self.now, self.routing.losses)  # is done
+                self._stored_at[key] = (self.now, self.routing.losses, False)  # is done
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -757,7 +758,7 @@ class Engine:
             if self.nearest(item.key):
                 self._stored_at.pop(item.key, None)  # this node, at its next round
             else:  # the nearest holder, whose round stores it here again (see ``nearest``)
-                self._stored_at[item.key] = (now, self.routing.losses)
+                self._stored_at[item.key] = (now, self.routing.losses, True)
         if stored is None or item.seq > stored.item.seq:
             listen.changed(self, item)  # a version newer than what was held: tell listeners
 
@@ -788,7 +789,7 @@ class Engine:
         listeners of what expired are told (commands for ``settle``)."""
         self.now = now
         self.rate_limiter.forget(now)
-        for key in [k for k, (when, _) in self._stored_at.items() if now - when > MAX_TTL]:
+        for key in [k for k, (when, *_) in self._stored_at.items() if now - when > MAX_TTL]:
             del self._stored_at[key]  # whatever it stored has expired by now
         listen.expiring(self, now)  # before the items go: their listeners are told
         dropped = self.storage.expire(now)
@@ -836,7 +837,9 @@ class Engine:
             return True, answered[: self.k - 1]
         return False, answered[: self.k]
 
-    def replication_jobs(self, now: float, fresh: float = 0.0) -> list[tuple[Item, float]]:
+    def replication_jobs(
+        self, now: float, fresh: float = 0.0, arrivals: bool = False
+    ) -> list[tuple[Item, float]]:
         """Every held item with the time it has left: what replication stores again; but not
         those a peer stored here again in the last ``fresh`` seconds (the Kademlia paper's
         rule: a node that got a STORE for a key assumes the other k - 1 closest got it too, so
@@ -851,11 +854,16 @@ class Engine:
         just before it were otherwise left unrepaired for up to an interval: 687 of 10,000
         keys under 16 of their 20 closest live nodes after a 50% crash of 1,000 nodes). While
         no contact has looked dead for an interval, a holder outside the key's k closest
-        leaves it to them (``outside``)."""
+        leaves it to them (``outside``). With ``arrivals``, only the keys skipped for a new
+        version's arrival (``nearest``) are looked at: those a replication round takes up
+        again when one of its own lookups found a contact dead (``operations.Replicate``)."""
+        stored_at = self._stored_at
         return [
             (r.item, r.expires_at - now)
             for r in self.storage.records()
-            if r.expires_at > now and self.replication_due(r.key, now, fresh)
+            if r.expires_at > now
+            and (not arrivals or stored_at.get(r.key, (0.0, 0, False))[2])
+            and self.replication_due(r.key, now, fresh)
         ]
 
     def handed_off(self, key: int) -> None:
@@ -867,7 +875,7 @@ class Engine:
         until a new version is stored here: the k closest replicate it. Without this, every
         such copy cost a second lookup for its key every interval (1.03 lookups per item per
         interval in the idle 1,000-node network instead of 1)."""
-        self._stored_at[key] = (self.now + MAX_TTL, self.routing.losses)
+        self._stored_at[key] = (self.now + MAX_TTL, self.routing.losses, False)
 
     def replication_due(self, key: int, now: float, fresh: float) -> bool:
         """Whether this node should replicate ``key`` now (``replication_jobs``' rule): no
@@ -875,7 +883,7 @@ class Engine:
         come to look dead since it did; and, while the network is calm, this node is not
         outside the key's k closest (``outside``)."""
         losses = self.routing.losses
-        when, seen = self._stored_at.get(key, (-math.inf, losses))
+        when, seen, _ = self._stored_at.get(key, (-math.inf, losses, False))
         if now - when < fresh and seen == losses:
             return False
         if self._losses_since[0] != losses:

@@ -552,14 +552,23 @@ class _Children(Operation):
         """Whether ``child``, its turn come, is still to run (it is dropped if not)."""
         return True
 
+    def more(self) -> list[Operation]:
+        """Children to run after all the others have ended (none: it ends then)."""
+        return []
+
     def _fill(self) -> None:
-        while self.queue and (not self.limit or self.running < self.limit):
-            child = self.queue.pop()
-            if self.wanted(child):
-                self.running += 1
-                self.spawn(child)
-        if not self.running:
-            self.finish(self.succeeded)
+        while True:
+            while self.queue and (not self.limit or self.running < self.limit):
+                child = self.queue.pop()
+                if self.wanted(child):
+                    self.running += 1
+                    self.spawn(child)
+            if self.queue or self.running:
+                return
+            self.queue = self.more()[::-1]
+            if not self.queue:
+                self.finish(self.succeeded)
+                return
 
     def child_ended(self, child: Operation) -> None:
         self.running -= 1
@@ -600,8 +609,9 @@ class Replicate(PublishAll):
     the moment it can still save a lookup). Its stores carry ``replica``, so that a node
     among the k closest that did not hold the key yet (a lookup's view differs a little from
     node to node) takes them as this interval's replication too, instead of replicating the
-    key again itself. Ends with how many were stored somewhere; a key skipped counts as
-    neither."""
+    key again itself. At its end it takes up the keys it skipped for a new version's
+    arrival, once a contact has come to look dead meanwhile (``more``). Ends with how many
+    were stored somewhere; a key skipped counts as neither."""
 
     def __init__(self, jobs: list[tuple[Item, float]], fresh: float) -> None:
         super().__init__(jobs)
@@ -610,7 +620,14 @@ class Replicate(PublishAll):
         self.skipped = 0
 
     def begin(self) -> None:
-        self.run_all([Publish(item, ttl, replica=True) for item, ttl in self.jobs])
+        #: The routing table's count of losses when the round last looked at every key.
+        self.losses = self.engine.routing.losses
+        #: The keys this round has taken up.
+        self.taken = {item.key for item, _ in self.jobs}
+        self.run_all(self._publishes(self.jobs))
+
+    def _publishes(self, jobs: list[tuple[Item, float]]) -> list[Operation]:
+        return [Publish(item, ttl, replica=True) for item, ttl in jobs]
 
     def wanted(self, child: Operation) -> bool:
         assert isinstance(child, Publish)
@@ -618,6 +635,28 @@ class Replicate(PublishAll):
         due = engine.replication_due(child.item.key, engine.now, self.fresh)
         self.skipped += not due
         return due
+
+    def more(self) -> list[Operation]:
+        """Once every key taken up has had its turn: if a contact has come to look dead since
+        the round looked at every key (its own lookups find the dead of a crash: this is how
+        a node learns of it), the keys it skipped for a new version's arrival that are now
+        due, and again until no more are. A node skips those only while the nearest holder
+        may yet replicate them, and a contact lost is the sign that it may be gone. Without
+        this, after a 50% crash of 200 nodes right after the puts, 44 of 1,000 keys (those
+        whose nearest holder had died) were on fewer than 16 of their 20 closest live nodes
+        an interval later, as few as 7: each surviving holder's round began before it had
+        seen a loss, and its own lookups found the dead only once it was under way. Keys a
+        peer's replication stored here are left to the next round, as before (the peer did
+        replicate them); in an idle network no contact is lost, and nothing changes."""
+        engine = self.engine
+        losses = engine.routing.losses
+        if losses == self.losses:
+            return []
+        self.losses = losses
+        jobs = engine.replication_jobs(engine.now, self.fresh, arrivals=True)
+        jobs = [(item, ttl) for item, ttl in jobs if item.key not in self.taken]
+        self.taken.update(item.key for item, _ in jobs)
+        return self._publishes(jobs)
 
 
 class Join(Operation):
