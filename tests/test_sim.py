@@ -741,6 +741,19 @@ def test_crash_scenario_reads_after_killing_and_counts_replicas() -> None:
     assert "4 closest live nodes" in report.targets[3].name
 
 
+def test_after_a_50_percent_crash_of_200_nodes_every_key_is_replicated_within_an_interval() -> None:
+    """The crash scenario's replica target at a size where it was missed from 9f5c284 until
+    the replication round's fix (``Replicate.more``): 266 of 300 keys on 16 or more of their 20
+    closest live nodes (min 7) before it, with the keys whose nearest holder died left to it by
+    every surviving holder. About 7 s."""
+    report = run("crash", Settings(nodes=200, keys=300, kill=(0.5,)))
+    readable, replicated = report.targets
+    assert readable.met, readable.measured
+    assert "16 of their 20 closest live nodes" in replicated.name
+    assert replicated.met, replicated.measured
+    assert replicated.measured.startswith("300 of 300"), replicated.measured
+
+
 def test_a_replication_that_does_not_finish_is_counted_as_it_stands(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
