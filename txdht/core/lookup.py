@@ -277,7 +277,6 @@ class IterativeLookup:
         """The query to ``peer`` failed: timeout, lost connection, error reply or garbage
         (and its retry, if it had one)."""
         if self._state.get(peer.id) in _WAITING:
-            self._alone = False
             self._move(peer.id, _State.FAILED)
             self.trace.append(("failed", peer))
 
@@ -288,8 +287,6 @@ class IterativeLookup:
         its reply is still taken if it comes."""
         state = self._state.get(peer.id)
         waiting = state is _State.IN_FLIGHT or state is _State.RETRY
-        if waiting:
-            self._alone = False
         again = waiting and self._retried.get(peer.id, 0) < self.retries
         if again and peer.id in self._shortlist_ids():
             self._retried[peer.id] = self._retried.get(peer.id, 0) + 1
@@ -323,7 +320,6 @@ class IterativeLookup:
     def _answer(self, peer: Contact) -> bool:
         if self._state.get(peer.id) not in _WAITING:
             return False
-        self._alone = False
         self._move(peer.id, _State.ANSWERED)
         self.trace.append(("answered", peer))
         return True
@@ -332,6 +328,8 @@ class IterativeLookup:
         """Put a known contact in state ``new``, keeping the counts of those in flight."""
         old = self._state[ident]
         self._state[ident] = new
+        if new is not _State.IN_FLIGHT:  # any event about a query ends a lone start
+            self._alone = False
         flying = (new is _State.IN_FLIGHT) - (old is _State.IN_FLIGHT)
         self._flying += flying
         self._pending += flying + (new is _State.RETRY) - (old is _State.RETRY)
