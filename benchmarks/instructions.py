@@ -7,9 +7,11 @@ and prints the difference divided by the number of gets: the machine instruction
 costs. The workload is a 50-node ``txdht.testing.MemoryNetwork`` (real nodes, in-memory
 connections, one clock: the core and the Twisted driver, no sockets, no reactor), 100 blobs of
 1,000 bytes put from random nodes, then gets of them in turn, each from a node that does not
-hold it (a get is three ``find_value`` requests and their replies, as in the network measure).
+hold it (a get is a ``find_value`` request to its nearest contact, alone, and its reply, as in
+the network measure).
 ``--op put`` counts puts instead, on the same network: each a new blob of 1,000 bytes from a
-random node (a lookup's ``find_node`` requests, then a ``store`` to each of the k closest).
+random node (a lookup whose queries to the likely holders are the stores themselves, then a
+``store`` to each of the k closest not stored on yet).
 
 Why count: on a shared machine the timed measures move by a third from one run to the next
 (docs/performance.md), so a change of a few percent cannot be seen in them without many runs.

@@ -486,3 +486,27 @@ def test_lookups_take_the_engines_number_of_paths() -> None:
     assert len(machine.paths) == 3
     with pytest.raises(ValueError, match="at least 1 path"):
         Engine(ALICE, MemoryStorage(), now=0.0, paths=0)
+
+
+def test_a_store_marked_closest_is_answered_with_the_closest_contacts() -> None:
+    """A store that is also a put's lookup query (``closest``) gets an ``ok`` naming the k
+    closest live contacts to the item's key but the asker, as a find_node's ``nodes``
+    would; a plain store's ``ok`` names nobody."""
+    engine = make_engine(k=3)
+    for i in range(10):
+        engine.seen(Contact(1000 + i, "127.0.0.1", 5000 + i), 0.0)
+    item = blob(b"asked")
+    asker = 1003
+    reply = handle(
+        engine, request(Store, sender=asker, item=item, ttl=60.0, closest=True), "127.0.0.1", 0.0
+    )
+    nodes = handle(engine, request(FindNode, sender=asker, target=item.key), "127.0.0.1", 0.0)
+    assert isinstance(reply, Ok)
+    assert isinstance(nodes, Nodes)
+    assert reply.nodes == nodes.nodes
+    assert len(reply.nodes) == 3
+    assert asker not in {c.id for c in reply.nodes}
+    assert engine.get(item.key, 0.0) == item
+    plain = handle(engine, request(Store, sender=asker, item=item, ttl=60.0), "127.0.0.1", 0.0)
+    assert isinstance(plain, Ok)
+    assert plain.nodes == ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import pytest
@@ -80,6 +80,8 @@ EXAMPLES: dict[str, Message] = {
 ROUND_TRIP = [
     *(pytest.param(message, id=kind) for kind, message in EXAMPLES.items()),
     pytest.param(Store(**HEAD, item=BLOB, ttl=MAX_TTL), id="store-blob-max-ttl"),
+    pytest.param(Store(**HEAD, item=BLOB, ttl=60.0, closest=True), id="store-closest"),
+    pytest.param(Ok(**HEAD, nodes=CONTACTS), id="ok-nodes"),
     pytest.param(Value(**HEAD, item=SIGNED), id="value-signed"),
     pytest.param(Nodes(**HEAD), id="nodes-empty"),
     pytest.param(Pong(rid=0, sender=0, port=0), id="pong-zeros"),
@@ -416,6 +418,23 @@ BAD_INPUTS = [
         id="ttl-1e999",
     ),
     pytest.param(wire("store", ttl=10**400), ErrorCode.BAD_FIELD, RID, id="ttl-huge-integer"),
+    # A store's optional flags are JSON booleans; an ok's optional nodes, a nodes list.
+    pytest.param(wire("store", replica=1), ErrorCode.BAD_FIELD, RID, id="replica-int"),
+    pytest.param(wire("store", closest=1), ErrorCode.BAD_FIELD, RID, id="closest-int"),
+    pytest.param(wire("store", closest="true"), ErrorCode.BAD_FIELD, RID, id="closest-string"),
+    pytest.param(wire("store", closest=None), ErrorCode.BAD_FIELD, RID, id="closest-null"),
+    pytest.param(wire("ok", nodes={}), ErrorCode.BAD_FIELD, RID, id="ok-nodes-object"),
+    pytest.param(wire("ok", nodes=None), ErrorCode.BAD_FIELD, RID, id="ok-nodes-null"),
+    pytest.param(wire("ok", nodes=[[1, 2]]), ErrorCode.BAD_FIELD, RID, id="ok-contact-short"),
+    pytest.param(
+        wire("ok", nodes=[contact(port=0)]), ErrorCode.BAD_FIELD, RID, id="ok-contact-port-0"
+    ),
+    pytest.param(
+        wire("ok", nodes=[contact()] * (MAX_CONTACTS + 1)),
+        ErrorCode.BAD_FIELD,
+        RID,
+        id="ok-too-many-contacts",
+    ),
     pytest.param(
         wire("store", ttl=60, item="x"), ErrorCode.BAD_FIELD, RID, id="store-good-ttl-bad-item"
     ),
@@ -773,6 +792,10 @@ def reference_encode(message: Message) -> bytes:
 ODD_VALUES = [
     pytest.param(Store(**HEAD, item=SIGNED, ttl=86400, cas=2), id="store-int-ttl-cas"),
     pytest.param(Store(**HEAD, item=SIGNED, ttl=60, cas=0, replica=True), id="store-replica"),
+    pytest.param(
+        Store(**HEAD, item=SIGNED, ttl=60, replica=True, closest=True), id="store-both-flags"
+    ),
+    pytest.param(Ok(**HEAD, nodes=(Contact(0, "::1", 1),)), id="ok-nodes-zero-id"),
     pytest.param(Store(**HEAD, item=BLOB, ttl=1e-05), id="store-tiny-ttl"),
     pytest.param(Store(**HEAD, item=BLOB, ttl=float("inf")), id="store-infinite-ttl"),
     pytest.param(Error(**HEAD, code=ErrorCode.BAD_FIELD, message='\ud800 \x00 "\\'), id="error"),
@@ -833,8 +856,10 @@ messages = st.one_of(
         item=items,
         ttl=st.floats(min_value=1e-9, max_value=MAX_TTL) | st.integers(1, int(MAX_TTL)),
         cas=st.none() | st.integers(min_value=0, max_value=2**63 - 1),
+        replica=st.booleans(),
+        closest=st.booleans(),
     ),
-    st.builds(Ok, **head),
+    st.builds(Ok, **head, nodes=st.lists(contacts, max_size=5).map(tuple)),
     st.builds(FindNode, **head, target=ids),
     st.builds(FindValue, **head, key=ids),
     st.builds(Nodes, **head, nodes=st.lists(contacts, max_size=5).map(tuple)),
@@ -899,6 +924,8 @@ def same_outcome(a: Message | ProtocolError, b: Message | ProtocolError) -> bool
         [
             *ENCODED,
             encode(Store(**HEAD, item=BLOB, ttl=60.0, cas=0)),
+            encode(Store(**HEAD, item=BLOB, ttl=60.0, closest=True)),
+            encode(Ok(**HEAD, nodes=CONTACTS)),
             encode(Nodes(**HEAD, nodes=CONTACTS * 3)),
             encode(Value(**HEAD, item=SIGNED)),
             encode(Listen(**HEAD, key=TARGET, lease=60.0, network="private")),
@@ -933,6 +960,14 @@ def test_fast_reader_agrees_with_the_field_by_field_reader(
         pytest.param(
             {"type": "store", "ttl": 5, "item": {"value": ""}, "replica": None}, id="replica-null"
         ),
+        pytest.param(
+            {"type": "store", "ttl": 5, "item": {"value": ""}, "closest": 1}, id="closest-int"
+        ),
+        pytest.param(
+            {"type": "store", "ttl": 5, "item": {"value": ""}, "closest": None}, id="closest-null"
+        ),
+        pytest.param({"type": "ok", "nodes": {}}, id="ok-nodes-object"),
+        pytest.param({"type": "ok", "nodes": [["a", "b", "c"]]}, id="ok-contact-types"),
         pytest.param({"type": "store", "ttl": "5", "item": {"value": ""}}, id="ttl"),
         pytest.param({"type": "store", "ttl": 5, "item": []}, id="item"),
         pytest.param({"type": "nodes", "nodes": {}}, id="nodes-object"),
@@ -1095,3 +1130,14 @@ def test_the_written_contacts_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) 
     assert encode(message) == reference_encode(message)
     assert list(codec._CONTACT_TEXT) == [c.id for c in contacts[2:]]
     assert encode(message) == reference_encode(message)  # written again, as they were
+
+
+def test_a_message_type_of_ones_own_without_a_body_is_its_envelope() -> None:
+    """A type of someone else's that adds no field is written as the envelope alone."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Hello(Message):
+        TYPE = "hello"
+
+    obj = json.loads(encode(Hello(**HEAD)))
+    assert obj == {"v": 1, "type": "hello", "rid": RID, "sender": id_to_hex(SENDER), "port": 4000}

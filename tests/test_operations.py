@@ -20,7 +20,7 @@ from txdht.core.errors import ErrorCode, JoinError, OperationTimeout, ProtocolEr
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.limits import HOUSEKEEPING_CONCURRENCY, Limits
-from txdht.core.messages import Message, Ping, Pong, Store
+from txdht.core.messages import Error, Message, Ping, Pong, Store
 from txdht.core.storage import MemoryStorage
 
 UNLIMITED = Limits(peer_rate=1e12, peer_burst=1e12, global_rate=1e12, global_burst=1e12)
@@ -739,3 +739,196 @@ def test_only_the_most_recent_proofs_are_remembered(monkeypatch: pytest.MonkeyPa
     wire.start(a, ops.PingCheck(contact(c)))
     assert a.has_proved(contact(c))
     assert not a.has_proved(contact(b))
+
+
+# -- a put's stores as its lookup's queries ------------------------------------------------
+
+
+def _network(count: int, k: int = 5, **options: Any) -> tuple[list[Engine], Wire]:
+    """``count`` engines, each with every other offered to its routing table."""
+    engines = [engine(i, k=k, **options) for i in range(1, count + 1)]
+    for made in engines:
+        for other in engines:
+            if other is not made:
+                made.routing.seen(contact(other), 0.0)
+    return engines, Wire(*engines)
+
+
+def _tap(engines: list[Engine]) -> list[tuple[Engine, Message]]:
+    """Every request the engines receive from now on, with its receiver, in order."""
+    received: list[tuple[Engine, Message]] = []
+    for made in engines:
+
+        def request_received(
+            message: Message, host: str, port: int, now: float, _made: Engine = made
+        ) -> Any:
+            received.append((_made, message))
+            return Engine.request_received(_made, message, host, port, now)
+
+        made.request_received = request_received  # type: ignore[method-assign,assignment]
+    return received
+
+
+def _kinds(received: list[tuple[Engine, Message]], order: list[Engine]) -> list[tuple[int, str]]:
+    """Each request as (its receiver's rank by distance to the key, its kind), a store that
+    is also a query written ``store+``."""
+    return [
+        (order.index(made), "store+" if getattr(m, "closest", False) else m.TYPE)
+        for made, m in received
+    ]
+
+
+def test_a_puts_lookup_stores_on_the_nodes_within_reach_of_the_k_closest_as_it_goes() -> None:
+    """A put's lookup sends its query to a node within the distance where the k closest are
+    expected as the store itself (``closest``), whose ``ok`` names that node's closest
+    contacts; farther nodes get a ``find_node``, and the k closest not stored on by the
+    lookup a plain store once it ends. The item lands on exactly the k closest, this node
+    counted when it is one of them (its lookup then asks the k-th other node a find_node:
+    that one is not among the k closest, and takes no copy)."""
+    engines, wire = _network(30)
+    a = engines[0]
+    received = _tap(engines)
+    reach = 2 * a.holders_within()  # type: ignore[operator]
+    merged = nearer_self = 0
+    for n in range(8):
+        item = blob(b"item %d" % n)
+        received.clear()
+        put = ops.Publish(item, 600.0)
+        wire.start(a, put)
+        order = sorted(engines, key=lambda e: e.id ^ item.key)
+        holders = {made.id for made in engines if made.storage.get(item.key) is not None}
+        assert holders == {made.id for made in order[:5]}
+        assert put.extra == 0
+        kinds = _kinds(received, order)
+        stored = [rank for rank, kind in kinds if kind == "store+"]
+        later = [rank for rank, kind in kinds if kind == "store"]
+        asked = [rank for rank, kind in kinds if kind == "find_node"]
+        assert all(order[rank].id ^ item.key <= reach for rank in stored)
+        assert not set(stored) & set(later)
+        mine = order.index(a)
+        assert sorted(stored + later + ([mine] if mine < 5 else [])) == [0, 1, 2, 3, 4]
+        assert set(later) <= set(asked)  # asked a find_node first: outside the reach
+        assert len(received) == len(stored) + len(asked) + len(later)
+        merged += len(stored)
+        if mine < 5:
+            nearer_self += 1
+            assert 5 in asked  # the k-th other node: asked, not stored on
+    assert merged >= 20  # most of the 40 stores went as queries
+    assert nearer_self  # and one item had this node among its k closest
+
+
+@pytest.mark.parametrize(
+    ("options", "publish"),
+    [
+        pytest.param({}, {"cas": 0}, id="compare-and-swap"),
+        pytest.param({}, {"replica": True}, id="replication"),
+        pytest.param({"paths": 2}, {}, id="disjoint-paths"),
+    ],
+)
+def test_these_puts_store_only_once_their_lookup_has_ended(
+    options: dict[str, Any], publish: dict[str, Any]
+) -> None:
+    """A compare-and-swap (which every node not holding the current version would refuse),
+    a replication round's store (whose ``replica`` mark tells the receiver its round is
+    done) and a lookup over disjoint paths (no one path sees all the candidates) ask with
+    ``find_node`` and store after: k requests more."""
+    engines, wire = _network(30, **options)
+    received = _tap(engines)
+    put = ops.Publish(blob(b"after"), 600.0, **publish)
+    wire.start(engines[0], put)
+    assert put.ended
+    assert put.error is None
+    kinds = {m.TYPE for _, m in received}
+    assert kinds == {"find_node", "store"}
+    assert not any(getattr(m, "closest", False) for _, m in received)
+    assert sum(1 for _, m in received if m.TYPE == "store") == 5
+
+
+def test_a_put_stores_after_its_lookup_while_the_table_is_too_small_to_measure() -> None:
+    """With fewer than k live contacts there is no estimate of where the k closest lie: the
+    put asks with find_node and stores after, as before."""
+    engines, wire = _network(4)
+    received = _tap(engines)
+    assert engines[0].holders_within() is None
+    wire.start(engines[0], ops.Publish(blob(b"small"), 600.0))
+    assert sorted(m.TYPE for _, m in received) == ["find_node"] * 3 + ["store"] * 3
+    assert all(made.storage.get(blob(b"small").key) is not None for made in engines)
+
+
+def test_a_node_that_refuses_the_store_mid_lookup_is_asked_a_find_node_and_not_again() -> None:
+    """A node holding a newer version refuses the put's store (an ``error``, not a failure):
+    the lookup asks it a find_node next, so it learns the node's contacts all the same, and
+    the put does not store there again; the refusal is among the put's reasons, and the
+    others take the item."""
+    engines, wire = _network(30)
+    a, owner = engines[0], Identity.from_private_bytes(b"w" * 32)
+    old, new = owner.sign("name", b"old", 1), owner.sign("name", b"new", 2)
+    received = _tap(engines)
+    order = sorted(engines, key=lambda e: e.id ^ old.key)
+    reach = 2 * a.holders_within()  # type: ignore[operator]
+    holder = next(e for e in order[:5] if e is not a and e.id ^ old.key <= reach)
+    holder.store(new, 600.0, 0.0)
+    put = ops.Publish(old, 600.0)
+    wire.start(a, put)
+    assert put.error is None
+    assert [m.TYPE for made, m in received if made is holder] == ["store", "find_node"]
+    assert next(getattr(m, "closest", None) for made, m in received if made is holder) is True
+    assert holder.get(old.key, 1.0) == new  # kept its newer version
+    assert any(reason.startswith(str(contact(holder))) for reason in put.reasons)
+    assert int(ErrorCode.STALE_SEQUENCE) in put.codes
+    assert holder.id not in put.result
+    assert set(put.result) == {e.id for e in order[:5]} - {holder.id}
+
+
+def test_a_node_that_answers_the_store_query_with_a_plain_ok_names_nobody() -> None:
+    """A node that predates ``closest`` ignores it and answers a plain ``ok``: it took the
+    item (it is not stored on again), and the lookup goes on from the others' contacts."""
+    engines, wire = _network(30)
+    a = engines[0]
+    item = blob(b"old node")
+    order = sorted(engines, key=lambda e: e.id ^ item.key)
+    reach = 2 * a.holders_within()  # type: ignore[operator]
+    old = next(e for e in order[:5] if e is not a and e.id ^ item.key <= reach)
+
+    def plain(message: Message, host: str, port: int, now: float) -> Any:
+        message = replace(message, closest=False) if isinstance(message, Store) else message
+        return Engine.request_received(old, message, host, port, now)
+
+    old.request_received = plain  # type: ignore[method-assign,assignment]
+    put = ops.Publish(item, 600.0)
+    wire.start(a, put)
+    assert set(put.result) == {e.id for e in order[:5]}
+    assert old.metrics.rpcs[("received", "store", "ok")] == 1  # once: not stored on again
+    assert old.metrics.rpcs[("received", "find_node", "ok")] == 0
+
+
+def test_a_slow_store_query_is_retried_as_a_find_node() -> None:
+    """A store query that went slow is sent again as a find_node (the node may be gone, and
+    a value is bigger than a query). When the node then refuses the store, nothing more is
+    sent to it: the retry asks what the lookup needs."""
+    for n in range(20):  # an item whose lookup starts with a store query
+        engines, _ = _network(30)
+        a = engines[0]
+        put = ops.Publish(blob(b"slow %d" % n), 600.0)
+        first = [c.request for c in a.start(put, 0.0) if isinstance(c, Send)]
+        stores = [r for r in first if isinstance(r.message, Store)]
+        if stores:
+            break
+    store = stores[0]
+    assert isinstance(store.message, Store)
+    assert store.message.closest
+    assert store.contact is not None
+    slow = a.next_timer()
+    assert slow is not None
+    retries = [c.request for c in a.timer_fired(slow) if isinstance(c, Send)]
+    retry = next(r for r in retries if r.retry_of is store)
+    assert retry.message.TYPE == "find_node"
+    refusal = Error(
+        rid=store.rid,
+        sender=store.contact.id,
+        port=store.contact.port,
+        code=201,
+        message="a newer version is held",
+    )
+    sent = a.reply_received(refusal, "127.0.0.1", slow)
+    assert not [c for c in sent if isinstance(c, Send) and c.request.contact == store.contact]

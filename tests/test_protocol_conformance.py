@@ -613,6 +613,37 @@ async def test_cas_is_an_integer_from_0_to_2_to_the_63_minus_1(kit: Kit) -> None
 
 
 @conformance
+async def test_a_store_marked_closest_is_answered_with_what_a_find_node_would_name(
+    kit: Kit,
+) -> None:
+    """A store with ``closest`` is also a lookup's query: the ok names the node's closest
+    contacts to the item's key, the same list its nodes reply to a find_node for that key
+    holds; a plain store's ok names nobody; ``closest`` is a JSON boolean (BAD_FIELD
+    otherwise), and a refused store is an error with no contacts."""
+    node = await kit.node()
+    wire = await kit.connect(node.port)
+    # The node hears of a peer, a contact to name (the asker, on port 0, is none).
+    assert (await wire.ask(message("ping", rid=1, sender=peer_id(1), port=4567)))["rid"] == 1
+    item, key = blob(b"closest"), hashlib.sha512(b"closest").hexdigest()
+    asker = {"sender": peer_id(2), "port": 0}
+    found = await wire.ask(message("find_node", rid=2, target=key, **asker))
+    stored = await wire.ask(message("store", rid=3, item=item, ttl=60, closest=True, **asker))
+    plain = await wire.ask(message("store", rid=4, item=item, ttl=60, **asker))
+    assert (found["type"], stored["type"], plain["type"]) == ("nodes", "ok", "ok")
+    assert stored["nodes"] == found["nodes"] == [[peer_id(1), "127.0.0.1", 4567]]
+    assert "nodes" not in plain
+    bad = await wire.ask(message("store", rid=5, item=item, ttl=60, closest="yes", **asker))
+    assert (bad["type"], bad["code"]) == ("error", BAD_FIELD)
+    held = signed(OWNER, "closest", 3, b"v3")
+    older = signed(OWNER, "closest", 2, b"v2")
+    assert (await wire.ask(message("store", rid=6, item=held, ttl=60, **asker)))["type"] == "ok"
+    refused = await wire.ask(message("store", rid=7, item=older, ttl=60, closest=True, **asker))
+    assert (refused["type"], refused["code"]) == ("error", STALE_SEQUENCE)
+    assert "nodes" not in refused
+    assert not wire.closed()
+
+
+@conformance
 async def test_a_store_reports_the_first_problem_in_the_documented_order(kit: Kit) -> None:
     """Of several problems with a store, the one reported is the first in the page's order:
     decoding (ttl, cas, the item's fields), then the value's size, the sizes, name and seq,
@@ -624,10 +655,11 @@ async def test_a_store_reports_the_first_problem_in_the_documented_order(kit: Ki
     older = signed(OWNER, "held", 2, b"v2")
     huge = signed(OWNER, "held", 9, b"x" * 1001)
     cases = [
-        # ttl, cas and replica before the item, the item's fields in order.
+        # ttl, cas, replica and closest before the item, the item's fields in order.
         (message("store", item={"value": "!"}, ttl=0), BAD_FIELD, "ttl"),
         (message("store", item={}, ttl=60, cas=-1), BAD_FIELD, "cas"),
         (message("store", item={}, ttl=60, replica="yes"), BAD_FIELD, "replica"),
+        (message("store", item={}, ttl=60, closest=1), BAD_FIELD, "closest"),
         (
             message("store", item={**held, "public_key": "x", "seq": "3"}, ttl=60),
             BAD_FIELD,

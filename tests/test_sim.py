@@ -682,9 +682,9 @@ def test_loss_makes_lookups_slower_but_they_still_succeed() -> None:
 
 
 def test_find_value_latency_is_held_to_its_goal() -> None:
-    """With 35% of messages lost some FIND_VALUE takes over 8 RTT (its queries and their
+    """With 45% of messages lost some FIND_VALUE takes over 8 RTT (its queries and their
     retries go slow): its p99 goal is missed, and the report says so."""
-    report = run("lookup", Settings(nodes=40, keys=3, lookups=30, loss=0.35))
+    report = run("lookup", Settings(nodes=40, keys=3, lookups=30, loss=0.45))
     (latency,) = [t for t in report.targets if t.name == "FIND_VALUE latency"]
     assert float(report.tables[0].rows[2][17]) > 8
     assert not latency.met
@@ -1138,8 +1138,11 @@ def test_adversary_scenario_measures_each_kind_with_each_number_of_paths(
         (count, cap, paths) for count in (2, 5) for cap in ("none", 2) for paths in (1, 2, 3, 4)
     }
     assert ground[2, "none", 1] == 100.0  # 2 of k = 5 ground: honest holders remain
-    # k ground on one /24: hidden from lookups that take them all, not from those taking 2
-    assert all(ground[5, "none", paths] == 0.0 for paths in (1, 2, 3, 4))
+    # k ground on one /24: hidden from lookups that take them all, not from those taking 2;
+    # but for the put over one path, whose lookup stored on the honest nodes it asked on the
+    # way in (``closest`` stores), and readers find those copies
+    assert all(ground[5, "none", paths] == 0.0 for paths in (2, 3, 4))
+    assert ground[5, "none", 1] == 100.0
     assert all(ground[5, 2, paths] == 100.0 for paths in (1, 2, 3, 4))
     (target,) = report.targets
     assert target.name.startswith("20% colluding")

@@ -715,6 +715,8 @@ class Engine:
             self.store(request.item, request.ttl, self.now, request.cas)
             if held == request.item or request.replica:  # a peer's replication: this round
                 self._stored_at[key] = (self.now, self.routing.losses, False)  # is done
+            if request.closest:  # a put's lookup asks this node too: as for a find_node
+                return self._nodes(rid, key, request.sender, m.Ok)
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -725,9 +727,13 @@ class Engine:
             return self._nodes(rid, request.target, request.sender)
         raise ProtocolError(ErrorCode.UNEXPECTED, f"a {request.TYPE!r} message is not a request")
 
-    def _nodes(self, rid: int, target: int, asker: int) -> m.Message:
+    def _nodes(
+        self, rid: int, target: int, asker: int, cls: type[m.Message] = m.Nodes
+    ) -> m.Message:
+        """A ``nodes`` reply (or ``cls``): our closest live contacts to ``target``, but the
+        asker."""
         nodes = self.routing.closest(target, exclude=asker, live=True)
-        return self.message(m.Nodes, rid, nodes=tuple(nodes))
+        return self.message(cls, rid, nodes=tuple(nodes))
 
     # -- items -----------------------------------------------------------------------------
 

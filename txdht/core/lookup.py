@@ -299,6 +299,10 @@ class IterativeLookup:
             self.trace.append(("slow", peer))
         return False
 
+    def among(self, ident: int, count: int) -> bool:
+        """Whether ``ident`` is among the ``count`` nearest candidates of the shortlist."""
+        return ident in itertools.islice(self._candidates(), count)
+
     @property
     def answered(self) -> int:
         """How many contacts have answered so far."""

@@ -137,13 +137,16 @@ class Store(Message):
     """Keep ``item`` for ``ttl`` seconds; with ``cas``, only if the stored sequence number is
     ``cas`` (0: nothing stored). ``replica``: the sender is replicating a version it holds
     (its replication round), so the receiver need not replicate the key itself this interval.
-    Answered by ``ok`` or an ``error``."""
+    ``closest``: the store is also a lookup's query (a put's), so the ``ok`` names the
+    receiver's closest contacts to the item's key, as a ``nodes`` reply to a ``find_node``
+    would. Answered by ``ok`` or an ``error``."""
 
     TYPE = "store"
     item: Item
     ttl: float
     cas: int | None = None
     replica: bool = False
+    closest: bool = False
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"item": self.item.to_json(), "ttl": self.ttl}
@@ -151,14 +154,23 @@ class Store(Message):
             body["cas"] = self.cas
         if self.replica:
             body["replica"] = True
+        if self.closest:
+            body["closest"] = True
         return body
 
 
 @dataclass(frozen=True, kw_only=True)
 class Ok(Message):
-    """The item is stored."""
+    """The item is stored; to a ``store`` with ``closest``, with the ``nodes`` the receiver
+    knows closest to the item's key (absent, and empty here, otherwise)."""
 
     TYPE = "ok"
+    nodes: tuple[Contact, ...] = ()
+
+    def body(self) -> dict[str, Any]:
+        if not self.nodes:
+            return {}
+        return {"nodes": [[id_to_hex(c.id), c.host, c.port] for c in self.nodes]}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -388,7 +400,9 @@ def _store_text(message: Any) -> str:
     text = f',"item":{_item_text(message.item)},"ttl":{_value(message.ttl)}'
     if message.cas is not None:
         text += f',"cas":{_value(message.cas)}'
-    return text + ',"replica":true' if message.replica else text
+    if message.replica:
+        text += ',"replica":true'
+    return text + ',"closest":true' if message.closest else text
 
 
 def _listen_text(message: Any) -> str:
@@ -410,7 +424,7 @@ _BODY_TEXT: dict[type[Message], Callable[[Any], str]] = {
     Ping: lambda m: _b64_text("challenge", m.challenge),
     Pong: lambda m: _b64_text("proof", m.proof),
     Store: _store_text,
-    Ok: lambda m: "",
+    Ok: lambda m: _nodes_text(m) if m.nodes else "",
     FindNode: lambda m: f',"target":"{id_to_hex(m.target)}"',
     FindValue: lambda m: f',"key":"{id_to_hex(m.key)}"',
     Nodes: _nodes_text,
@@ -570,11 +584,12 @@ def _cas(obj: dict[str, Any]) -> int | None:
     return cas
 
 
-def _replica(obj: dict[str, Any]) -> bool:
-    replica = obj.get("replica", False)
-    if type(replica) is not bool:
-        raise ValueError("replica")
-    return replica
+def _flag(obj: dict[str, Any], name: str) -> bool:
+    """The optional boolean field ``name`` (absent: false)."""
+    flag = obj.get(name, False)
+    if type(flag) is not bool:
+        raise ValueError(name)
+    return flag
 
 
 def _nodes(obj: dict[str, Any]) -> tuple[Contact, ...]:
@@ -613,8 +628,14 @@ def _error(obj: dict[str, Any]) -> dict[str, Any]:
 _BODY_READERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "ping": lambda o: {"challenge": _b64(o, "challenge", 16, 64)},
     "pong": lambda o: {"proof": _b64(o, "proof", PROOF_BYTES, PROOF_BYTES)},
-    "ok": lambda o: {},
-    "store": lambda o: {"ttl": _ttl(o), "cas": _cas(o), "replica": _replica(o), "item": _item(o)},
+    "ok": lambda o: {"nodes": _nodes(o) if "nodes" in o else ()},
+    "store": lambda o: {
+        "ttl": _ttl(o),
+        "cas": _cas(o),
+        "replica": _flag(o, "replica"),
+        "closest": _flag(o, "closest"),
+        "item": _item(o),
+    },
     "find_node": lambda o: {"target": id_from_hex(o["target"])},
     "find_value": lambda o: {"key": id_from_hex(o["key"])},
     "nodes": lambda o: {"nodes": _nodes(o)},
@@ -798,7 +819,8 @@ def _store_body(f: _Fields) -> dict[str, Any]:
         f.fail(ErrorCode.BAD_FIELD, f"field 'ttl' must be above 0 and at most {MAX_TTL:g}")
     cas = f.int_in("cas", 0, MAX_SEQ) if "cas" in f.obj else None
     replica = f.get("replica", bool) if "replica" in f.obj else False
-    return {"item": f.item(), "ttl": float(ttl), "cas": cas, "replica": replica}
+    closest = f.get("closest", bool) if "closest" in f.obj else False
+    return {"item": f.item(), "ttl": float(ttl), "cas": cas, "replica": replica, "closest": closest}
 
 
 def _listen_body(f: _Fields) -> dict[str, Any]:
@@ -818,11 +840,11 @@ def _error_body(f: _Fields) -> dict[str, Any]:
     return {"code": f.get("code", int), "message": f.get("message", str)[:MAX_ERROR_TEXT]}
 
 
-#: How to read each type's body (ok has none; a ping or pong may have none).
+#: How to read each type's body (a ping, pong or ok may have none).
 _BODY_PARSERS: dict[str, Callable[[_Fields], dict[str, Any]]] = {
     "ping": lambda f: {"challenge": f.b64("challenge", 16, 64)},
     "pong": lambda f: {"proof": f.b64("proof", PROOF_BYTES, PROOF_BYTES)},
-    "ok": lambda f: {},
+    "ok": lambda f: {"nodes": f.contacts() if "nodes" in f.obj else ()},
     "store": _store_body,
     "find_node": lambda f: {"target": f.id("target")},
     "find_value": lambda f: {"key": f.id("key")},

@@ -29,7 +29,8 @@ from txdht.core.errors import JoinError, NotFoundError, ProtocolError, PutError,
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import DEFAULT_TTL, Item
 from txdht.core.limits import HOUSEKEEPING_CONCURRENCY
-from txdht.core.messages import FindNode, FindValue, Message, Nodes, Ping, Store, Value
+from txdht.core.lookup import IterativeLookup
+from txdht.core.messages import FindNode, FindValue, Message, Nodes, Ok, Ping, Store, Value
 
 if TYPE_CHECKING:
     from txdht.core.engine import Engine, Timer
@@ -211,18 +212,43 @@ class Call(Operation):
 class Lookup(Operation):
     """An iterative lookup: drives ``IterativeLookup`` with alpha requests in flight, sending a
     new one whenever one answers, fails or goes slow (and a retry of a slow one to the k
-    closest); ends with the finished machine."""
+    closest); ends with the finished machine.
 
-    def __init__(self, target: int, find_value: bool = False) -> None:
+    With ``store`` (a put's item and ttl), the query to a contact within the distance where
+    the key's k closest nodes are expected (``Engine.holders_within``, doubled) is the store
+    itself, marked ``closest``: its ``ok`` names the receiver's closest contacts, as a
+    ``nodes`` reply would, and the put need not store there again (``took``). A put is then
+    about k requests instead of 2k. Farther contacts, and every contact while the routing
+    table is too small to estimate that distance, get a ``find_node``: they are unlikely to be
+    among the k closest, and a store there would be a wasted copy; so does a contact that
+    comes k-th or further among the candidates known, this node counted. The retry of a store
+    that went slow is a ``find_node`` (the node may be gone, and a value is bigger than a
+    query; the put stores there after the lookup if it has to). A contact that refuses the
+    store (``refusals``: a newer version held, a full node) is asked a ``find_node`` next, so
+    the lookup learns what it knows all the same; a node that predates ``closest`` answers
+    with a plain ``ok``, which names nobody."""
+
+    def __init__(
+        self, target: int, find_value: bool = False, store: tuple[Item, float] | None = None
+    ) -> None:
         super().__init__()
         self.target = target
         self.find_value = find_value
+        self.store = store
         self.started = self.ended_at = 0.0
         #: The requests still out to each contact (a query, and perhaps its retry).
         self._out: dict[int, int] = {}
+        #: With ``store``: how near the key a contact gets the store as its query (None: none
+        #: does); the contacts that took the item, and those that refused it, with the error.
+        self._store_within: int | None = None
+        self.took: set[int] = set()
+        self.refusals: dict[int, Exception] = {}
 
     def begin(self) -> None:
         self.started = self.engine.now
+        if self.store is not None and self.engine.paths == 1:
+            within = self.engine.holders_within()
+            self._store_within = None if within is None else 2 * within
         self.machine = self.engine.lookup_machine(self.target, self.find_value)
         self._step()
 
@@ -250,16 +276,37 @@ class Lookup(Operation):
 
     def _query(self, contact: Contact, retry_of: Request | None = None) -> None:
         self._out[contact.id] = self._out.get(contact.id, 0) + 1
+        store = self.store
         if self.find_value:
             self.send(contact, FindValue, retry_of=retry_of, key=self.target)
+        elif store is not None and retry_of is None and self._stores_at(contact):
+            item, ttl = store
+            self.send(contact, Store, retry_of=retry_of, item=item, ttl=ttl, closest=True)
         else:
             self.send(contact, FindNode, retry_of=retry_of, target=self.target)
+
+    def _stores_at(self, contact: Contact) -> bool:
+        """Whether the query to ``contact`` is the put's store: it lies within the distance
+        where the key's k closest are expected, has not refused the item, and is not k-th
+        or further, this node counted, among the candidates the lookup knows."""
+        within, target = self._store_within, self.target
+        if within is None or contact.id in self.refusals:
+            return False
+        distance = contact.id ^ target
+        if distance > within:
+            return False
+        machine = self.machine
+        assert isinstance(machine, IterativeLookup)  # (a disjoint lookup does not store)
+        return distance < self.engine.id ^ target or machine.among(contact.id, self.engine.k - 1)
 
     def replied(self, request: Request, reply: Message) -> None:
         contact = request.contact
         assert contact is not None
         self._out[contact.id] -= 1
         if isinstance(reply, Nodes):
+            self.machine.nodes_received(contact, reply.nodes)
+        elif isinstance(reply, Ok) and isinstance(request.message, Store):
+            self.took.add(contact.id)
             self.machine.nodes_received(contact, reply.nodes)
         elif isinstance(reply, Value) and self.find_value:
             if not self.machine.value_received(contact, reply.item):
@@ -273,6 +320,14 @@ class Lookup(Operation):
         contact = request.contact
         assert contact is not None
         self._out[contact.id] -= 1
+        if isinstance(error, RemoteError) and isinstance(request.message, Store):
+            # It answered, and did not take the item: ask it what a find_node would (unless
+            # the store's retry, a find_node, is still out).
+            self.refusals[contact.id] = error
+            if not self._out[contact.id]:
+                self._query(contact)
+            self._step()
+            return
         self.engine.peer_failed(contact)
         if not self._out[contact.id]:  # a retry still out may yet answer
             self.machine.query_failed(contact)
@@ -325,10 +380,12 @@ class _Gather(Operation):
 
 
 class Publish(_Gather):
-    """Store ``item`` on the k closest nodes: a FIND_NODE lookup for its key, then a store on
-    each of the closest (and here, when this node is among them); ends with the ids of the
-    nodes that took it, this node's first, or fails with ``PutError`` when none did. With
-    ``remember``, an item of ours, kept to be republished once stored."""
+    """Store ``item`` on the k closest nodes: a FIND_NODE lookup for its key (whose queries
+    to the nodes likely to be among the closest are the stores themselves: ``Lookup``), then
+    a store on each of the closest not stored on yet (and here, when this node is among
+    them); ends with the ids of the nodes that took it, this node's first, or fails with
+    ``PutError`` when none did. With ``remember``, an item of ours, kept to be republished
+    once stored."""
 
     def __init__(
         self,
@@ -352,6 +409,9 @@ class Publish(_Gather):
         self.took: set[int] = set()
         #: Whether this node is among the k closest its lookup found (and keeps a copy).
         self.kept = False
+        #: The nodes its lookup stored on that turned out not to be among the k closest (a
+        #: copy more than the put needed; they hold it until it expires).
+        self.extra = 0
 
     def begin(self) -> None:
         try:
@@ -359,7 +419,11 @@ class Publish(_Gather):
         except ProtocolError as e:
             self.fail(e)
             return
-        self.spawn(Lookup(self.item.key))
+        # A put's lookup stores as it goes (``Lookup``); a compare-and-swap, which any node
+        # not holding the key's current version refuses, and a replication round, whose
+        # ``replica`` stores tell their receivers the round is done, store once it has ended.
+        merged = self.cas is None and not self.replica
+        self.spawn(Lookup(self.item.key, store=(self.item, self.ttl) if merged else None))
 
     def progress(self) -> tuple[int, int | None]:
         answered = self.looked_up if self.looked_up is not None else super().progress()[0]
@@ -378,20 +442,34 @@ class Publish(_Gather):
                 self.reasons.append(f"this node: {error}")
                 self.codes.add(int(error.code))
         self.targets = targets
-        self.send_all(targets, Store, item=item, ttl=self.ttl, cas=self.cas, replica=self.replica)
+        # Those the lookup stored on already, or that refused it then, are not asked again.
+        assert isinstance(child, Lookup)
+        took, refused, rest = child.took, child.refusals, []
+        for contact in targets:
+            if contact.id in took:
+                self.took.add(contact.id)
+            elif contact.id in refused:
+                self._refusal(str(contact), refused[contact.id])
+            else:
+                rest.append(contact)
+        self.extra = len(took) - len(self.took)
+        self.send_all(rest, Store, item=item, ttl=self.ttl, cas=self.cas, replica=self.replica)
 
     def answered(self, request: Request, reply: Message) -> None:
         assert request.contact is not None
         self.took.add(request.contact.id)
 
     def refused(self, request: Request, error: Exception) -> None:
-        self.reasons.append(f"{request.peer}: {error}")
+        self._refusal(request.peer, error)
+
+    def _refusal(self, peer: str, error: Exception) -> None:
+        self.reasons.append(f"{peer}: {error}")
         if isinstance(error, RemoteError):
             self.codes.add(error.code)
         self.engine.log(
             "info",
             "{peer} did not store {key}: {reason}",
-            peer=request.peer,
+            peer=peer,
             key=id_to_hex(self.item.key)[:12],
             reason=str(error),
         )
