@@ -932,3 +932,25 @@ def test_a_slow_store_query_is_retried_as_a_find_node() -> None:
     )
     sent = a.reply_received(refusal, "127.0.0.1", slow)
     assert not [c for c in sent if isinstance(c, Send) and c.request.contact == store.contact]
+
+
+def test_a_put_past_its_deadline_during_its_lookup_counts_the_nodes_it_stored_on() -> None:
+    """A put stopped while its lookup is out counts the nodes that took the item from the
+    lookup's store queries."""
+    engines, wire = _network(30)
+    a = engines[0]
+    for n in range(20):  # an item whose lookup starts with store queries
+        put = ops.Publish(blob(b"deadline %d" % n), 60.0)
+        commands = a.start(put, 0.0, timeout=5.0)
+        stores = [c for c in commands if isinstance(c, Send) and c.request.message.TYPE == "store"]
+        if stores:
+            break
+        a.timer_fired(5.0)
+    for command in stores:  # the stores are answered, the find_nodes (and what follows) not
+        target = wire.engines[command.request.address]
+        reply, _ = target.request_received(command.request.message, "127.0.0.1", a.port, 0.0)
+        assert reply is not None
+        a.reply_received(reply, "127.0.0.1", 0.0)
+    a.timer_fired(5.0)
+    assert isinstance(put.error, OperationTimeout)
+    assert (put.error.answered, put.error.stored) == (len(stores), len(stores))

@@ -625,7 +625,7 @@ async def test_a_store_marked_closest_is_answered_with_what_a_find_node_would_na
     # The node hears of a peer, a contact to name (the asker, on port 0, is none).
     assert (await wire.ask(message("ping", rid=1, sender=peer_id(1), port=4567)))["rid"] == 1
     item, key = blob(b"closest"), hashlib.sha512(b"closest").hexdigest()
-    asker = {"sender": peer_id(2), "port": 0}
+    asker: dict[str, Any] = {"sender": peer_id(2), "port": 0}
     found = await wire.ask(message("find_node", rid=2, target=key, **asker))
     stored = await wire.ask(message("store", rid=3, item=item, ttl=60, closest=True, **asker))
     plain = await wire.ask(message("store", rid=4, item=item, ttl=60, **asker))

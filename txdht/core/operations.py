@@ -426,8 +426,11 @@ class Publish(_Gather):
         self.spawn(Lookup(self.item.key, store=(self.item, self.ttl) if merged else None))
 
     def progress(self) -> tuple[int, int | None]:
-        answered = self.looked_up if self.looked_up is not None else super().progress()[0]
-        return answered, len(self.holders) + len(self.took)
+        if self.looked_up is not None:
+            return self.looked_up, len(self.holders) + len(self.took)
+        # The lookup is still out: the nodes it has stored on so far.
+        lookups = [child for child in self.children if isinstance(child, Lookup)]
+        return super().progress()[0], sum(len(lookup.took) for lookup in lookups)
 
     def child_ended(self, child: Operation) -> None:
         engine, item = self.engine, self.item
