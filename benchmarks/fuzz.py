@@ -107,6 +107,8 @@ def seeds(target: str) -> list[bytes]:
         Ok(**head),
         Store(**head, item=item, ttl=60.0),
         Store(**head, item=blob(b"x"), ttl=1.0, cas=2),
+        Store(**head, item=blob(b"y"), ttl=5.0, replica=True, closest=True),
+        Ok(**head, nodes=(Contact(5, "127.0.0.1", 4001),)),
         FindNode(**head, target=99),
         FindValue(**head, key=item.key),
         Nodes(**head, nodes=(Contact(5, "127.0.0.1", 4001), Contact(6, "::1", 4002))),

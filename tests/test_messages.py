@@ -748,6 +748,8 @@ ENCODED = [
     *(encode(message) for message in EXAMPLES.values()),
     encode(Ping(**HEAD, challenge=b"c" * 32)),
     encode(Pong(**HEAD, proof=OWNER.prove(b"c" * 32))),
+    encode(Store(**HEAD, item=BLOB, ttl=60.0, closest=True)),
+    encode(Ok(**HEAD, nodes=CONTACTS)),
 ]
 
 
