@@ -655,6 +655,8 @@ def test_lookup_scenario_meets_its_targets_on_a_small_network() -> None:
     assert report.cpu_seconds > 0
     assert report.peak_rss_mib > 0
     assert report.counters["handled"] > 0
+    # Every put's copies are on its key's k closest live nodes (its lookup stored as it went).
+    assert report.notes[-1].startswith("puts: 5 items stored, 0 copies on nodes outside")
 
 
 def test_lookup_scenario_without_latency_has_no_latency_target() -> None:

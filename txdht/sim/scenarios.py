@@ -325,6 +325,8 @@ def lookup(s: Settings) -> Report:
     items = items_for(net, s.keys)
     store(net, items)
     s.say(net, f"lookup: {s.keys} items stored; measuring {s.lookups} lookups of each kind")
+    held = live_holders(net)
+    outside = sum(held.get(i.key, 0) - replicas(net, i.key) for i in items)
     rng = net.rng
     pairs = [(net.ready.choice(rng), rng.getrandbits(512)) for _ in range(s.lookups)]
     found = run_jobs(net, [partial(_find_node, net, n, t) for n, t in pairs], "FIND_NODE lookups")
@@ -395,6 +397,11 @@ def lookup(s: Settings) -> Report:
     report.notes.append(
         "hops: depth of the closest contact found (FIND_NODE) or of the peer that returned the "
         "value (FIND_VALUE); the seeds from the node's own table are depth 1"
+    )
+    report.notes.append(
+        f"puts: {len(items)} items stored, {outside} copies on nodes outside their key's "
+        f"{s.k} closest live nodes ({outside / len(items):.2f} a put: a put's lookup stores on "
+        "the likely holders as it asks them)"
     )
     report.counters = _counters([net])
     report.simulated_seconds = net.clock.now
