@@ -107,6 +107,9 @@ def test_half_the_processes_killed_every_item_read_then_the_killed_rejoin(
         answer = put(rng.choice(network), name, value)
         assert answer["stored_on"] == K, f"{name} was stored on {answer['stored_on']} nodes"
         keys[name] = str(answer["key"])
+    # Exactly K copies of each: a put's lookup stores on the likely holders as it asks them,
+    # and none lands outside the K closest.
+    assert sum(int(node.status()["items"]) for node in network) == ITEMS * K  # type: ignore[call-overload]
 
     killed = rng.sample(network, PROCESSES // 2)
     survivors = [node for node in network if node not in killed]
