@@ -216,7 +216,7 @@ async def _phase(
 
     await shell.quiesce(nodes)
     kinds = shell.sent_by_kind(nodes)
-    sent, cpu = shell.sent_total(nodes), time.process_time()
+    sent, cpu, wall = shell.sent_total(nodes), time.process_time(), time.monotonic()
     if profiler is not None:
         profiler.enable()
     put = await drive(put_op, shell.gather, count=ops, concurrency=concurrency, duration=timeout)
@@ -224,6 +224,7 @@ async def _phase(
         profiler.disable()
     await shell.quiesce(nodes)
     put_cpu, put_sent = time.process_time() - cpu, shell.sent_total(nodes)
+    put_wall = time.monotonic() - wall
     put_msgs = _per_op(put_sent, sent, put["count"])
     put_kinds = _kinds_per_op(shell.sent_by_kind(nodes), kinds, put["count"])
     kinds = shell.sent_by_kind(nodes)
@@ -245,7 +246,7 @@ async def _phase(
         success = value == values[i]
         return success if finished is None else (success, finished)
 
-    sent, cpu = shell.sent_total(nodes), time.process_time()
+    sent, cpu, wall = shell.sent_total(nodes), time.process_time(), time.monotonic()
     if profiler is not None:
         profiler.enable()
     gets = ops if stored else 0
@@ -254,6 +255,7 @@ async def _phase(
         profiler.disable()
     await shell.quiesce(nodes)
     get_cpu, get_sent = time.process_time() - cpu, shell.sent_total(nodes)
+    get_wall = time.monotonic() - wall
     get_msgs = _per_op(get_sent, sent, get["count"])
     get_kinds = _kinds_per_op(shell.sent_by_kind(nodes), kinds, get["count"])
     tally["gets_ok"] += get["ok"]
@@ -278,6 +280,10 @@ async def _phase(
     # CPU per message: the process's CPU time (every node, and OpenDHT's threads) over the
     # requests sent, each with its reply: both ends of every message run in this process.
     result[f"cpu_put_{phase}_s"], result[f"cpu_get_{phase}_s"] = put_cpu, get_cpu
+    # Cores busy: CPU seconds per second of the phase (1 at most for a single-threaded
+    # process; OpenDHT's threads can keep every core of the machine busy).
+    result[f"cores_put_{phase}"] = put_cpu / put_wall if put_wall > 0 else None
+    result[f"cores_get_{phase}"] = get_cpu / get_wall if get_wall > 0 else None
     result[f"msgs_put_{phase}"] = None if put_msgs is None else put_msgs * put["count"]
     result[f"msgs_get_{phase}"] = None if get_msgs is None else get_msgs * get["count"]
     return result

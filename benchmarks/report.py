@@ -530,7 +530,9 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 contender,
                 f"{_fmt(m.get('cpu_us_per_msg_put'), '.0f')} us in puts, "
                 f"{_fmt(m.get('cpu_us_per_msg_get'), '.0f')} us in gets (a request and its "
-                "reply, both ends in this process)",
+                "reply, both ends in this process); cores busy in puts "
+                f"{_fmt(m.get('cores_put_seq'), '.2f')} sequential, "
+                f"{_fmt(m.get('cores_put_conc'), '.2f')} at c={conc}",
                 "",
                 f"{_x(r.get('cpu_us_per_msg_put_vs_opendht'), '.2f')} puts, "
                 f"{_x(r.get('cpu_us_per_msg_get_vs_opendht'), '.2f')} gets"

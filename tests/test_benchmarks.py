@@ -52,6 +52,7 @@ SERVING = {
     "contacts_per_reply",
     "server_replies",
 }
+PHASES = ("seq", "conc")
 NETWORK = {
     "nodes",
     "k",
@@ -71,6 +72,7 @@ NETWORK = {
         for metric in ("ops_per_s", "p50_ms", "p99_ms", "count", "failed", "not_started")
     ),
     *(f"msgs_per_{op}_{phase}" for op in ("put", "get") for phase in ("seq", "conc")),
+    *(f"cores_{op}_{phase}" for op in ("put", "get") for phase in ("seq", "conc")),
 }
 MEMORY = {
     "nodes",
@@ -166,6 +168,10 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
             assert not empty, (name, measure, empty)
             assert set(document["results"][name][measure]) >= FIELDS[measure]
             if measure in ("network", "profile") and name not in THIRD_PARTY:
+                # One process, one thread: a phase keeps at most one core busy (and some
+                # slack for the clocks' resolution over a tiny phase).
+                cores = [metrics[f"cores_{op}_{ph}"] for op in ("put", "get") for ph in PHASES]
+                assert all(0 < c <= 1.2 for c in cores), (name, measure, cores)
                 # Pings each operation set off (ping-before-evict): counted for ours only.
                 for op in ("put", "get"):
                     assert metrics[f"pings_per_{op}"] >= 0, (name, measure)
