@@ -168,9 +168,7 @@ class Ok(Message):
     nodes: tuple[Contact, ...] = ()
 
     def body(self) -> dict[str, Any]:
-        if not self.nodes:
-            return {}
-        return {"nodes": [[id_to_hex(c.id), c.host, c.port] for c in self.nodes]}
+        return _contacts_body(self.nodes) if self.nodes else {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,7 +201,12 @@ class Nodes(Message):
     nodes: tuple[Contact, ...] = field(default=())
 
     def body(self) -> dict[str, Any]:
-        return {"nodes": [[id_to_hex(c.id), c.host, c.port] for c in self.nodes]}
+        return _contacts_body(self.nodes)
+
+
+def _contacts_body(nodes: tuple[Contact, ...]) -> dict[str, Any]:
+    """The wire form of a ``nodes`` reply's contacts (and an ``ok``'s)."""
+    return {"nodes": [[id_to_hex(c.id), c.host, c.port] for c in nodes]}
 
 
 @dataclass(frozen=True, kw_only=True)

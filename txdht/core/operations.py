@@ -281,7 +281,7 @@ class Lookup(Operation):
             self.send(contact, FindValue, retry_of=retry_of, key=self.target)
         elif store is not None and retry_of is None and self._stores_at(contact):
             item, ttl = store
-            self.send(contact, Store, retry_of=retry_of, item=item, ttl=ttl, closest=True)
+            self.send(contact, Store, item=item, ttl=ttl, closest=True)
         else:
             self.send(contact, FindNode, retry_of=retry_of, target=self.target)
 
@@ -326,11 +326,10 @@ class Lookup(Operation):
             self.refusals[contact.id] = error
             if not self._out[contact.id]:
                 self._query(contact)
-            self._step()
-            return
-        self.engine.peer_failed(contact)
-        if not self._out[contact.id]:  # a retry still out may yet answer
-            self.machine.query_failed(contact)
+        else:
+            self.engine.peer_failed(contact)
+            if not self._out[contact.id]:  # a retry still out may yet answer
+                self.machine.query_failed(contact)
         self._step()
 
     def request_slow(self, request: Request) -> None:
