@@ -107,9 +107,11 @@ def test_half_the_processes_killed_every_item_read_then_the_killed_rejoin(
         answer = put(rng.choice(network), name, value)
         assert answer["stored_on"] == K, f"{name} was stored on {answer['stored_on']} nodes"
         keys[name] = str(answer["key"])
-    # Exactly K copies of each: a put's lookup stores on the likely holders as it asks them,
-    # and none lands outside the K closest.
-    assert sum(int(node.status()["items"]) for node in network) == ITEMS * K  # type: ignore[call-overload]
+    # K copies of each, and hardly more: a put's lookup stores on the likely holders as it
+    # asks them, and only now and then one lands outside the K closest (in a CI run, one copy
+    # of 300; without the rule that a put's own node counts among the K closest, 20).
+    copies = sum(int(node.status()["items"]) for node in network)  # type: ignore[call-overload]
+    assert ITEMS * K <= copies <= ITEMS * K + ITEMS // 10, copies
 
     killed = rng.sample(network, PROCESSES // 2)
     survivors = [node for node in network if node not in killed]
