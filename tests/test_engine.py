@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -423,6 +424,31 @@ def test_no_handoff_when_another_known_node_is_closer_than_us() -> None:
     assert engine.seen(Contact(item.key ^ 2, "127.0.0.1", 4101), 0.0) == []
 
 
+def test_handoff_to_a_newcomer_alone_in_a_bucket_away_from_us() -> None:
+    """A newcomer alone in a bucket that does not cover our id (its contacts were dropped) is
+    handed the records there that we hold best: the bucket's contacts are nearer its keys than
+    we are, but the newcomer is the only one, and it is not another holder."""
+    engine = make_engine(k=2)
+    own = engine.id
+    # Two contacts in each of the buckets at distances 2**511, 2**510 and 2**509 from us,
+    # and two in ours (at 2**508), which splits the table down to the 2**509 bucket.
+    for n, bit in enumerate((511, 511, 510, 510, 509, 509, 508, 508)):
+        engine.seen(Contact(own ^ (1 << bit) ^ n, "127.0.0.1", 5000 + n), 0.0)
+    n, item = 0, blob(b"0")
+    # A key in the 2**509 bucket, on our side of the 2**508 contacts (they are further).
+    while (item.key ^ own) >> 508 != 2 and n < 10_000:
+        n += 1
+        item = blob(b"%d" % n)
+    engine.store(item, 600.0, 0.0)
+    bucket = engine.routing.bucket_for(item.key)
+    assert not bucket.covers(own)
+    for ident in list(bucket.entries):
+        engine.routing.remove(ident)
+    newcomer = Contact(item.key ^ 1, "127.0.0.1", 6000)
+    assert sent(engine.seen(newcomer, 1.0)) == [("store", newcomer.id)]
+    assert list(bucket.entries) == [newcomer.id]
+
+
 def test_no_handoff_of_expired_records_or_to_far_newcomers() -> None:
     """Expired records are never handed off, nor records the newcomer is not near."""
     engine = make_engine(k=1)
@@ -510,3 +536,93 @@ def test_a_store_marked_closest_is_answered_with_the_closest_contacts() -> None:
     plain = handle(engine, request(Store, sender=asker, item=item, ttl=60.0), "127.0.0.1", 0.0)
     assert isinstance(plain, Ok)
     assert plain.nodes == ()
+
+
+@pytest.mark.parametrize("asker_rank", [0, 2, None])
+def test_a_store_query_counts_the_asker_for_the_nearest_holder_and_leaves_it_out_of_the_reply(
+    asker_rank: int | None,
+) -> None:
+    """The store query's one pass over the table serves both of its uses: the reply names the
+    k closest live contacts but the asker (wherever the asker ranks, or when it is not in the
+    table), and this node is the nearest holder (replicating at its first round) only if no
+    live contact, the asker included, is nearer the key."""
+    item = blob(b"ranked")
+    key = item.key
+    for own_nearest in (False, True):
+        engine = make_engine(k=3)
+        # Contacts at distances 1..6 from the key, or, for this node to be the nearest
+        # holder, beyond this node's own distance.
+        base = 0 if not own_nearest else (engine.id ^ key) | (1 << 510)
+        ids = [key ^ (base + d) for d in range(1, 7)]
+        for n, ident in enumerate(ids):
+            if n != asker_rank:
+                engine.seen(Contact(ident, "127.0.0.1", 5000 + n), 0.0)
+        asker = ids[asker_rank] if asker_rank is not None else key ^ (base + 100)
+        if asker_rank is not None:
+            engine.seen(Contact(asker, "127.0.0.1", 4999), 0.0)
+        reply = handle(
+            engine,
+            request(Store, sender=asker, port=4999, item=item, ttl=60.0, closest=True),
+            "127.0.0.1",
+            0.0,
+        )
+        assert isinstance(reply, Ok)
+        assert [c.id for c in reply.nodes] == [i for i in ids if i != asker][:3]
+        assert engine.nearest(key) is own_nearest
+        due = [i for i, _ in engine.replication_jobs(10.0, fresh=3600.0)]
+        assert due == ([item] if own_nearest else [])
+
+
+def test_handoff_picks_the_records_the_rule_names_in_a_split_table() -> None:
+    """In a table of many buckets, a newcomer is handed exactly the records the rule names:
+    this node is nearer the key than every contact but the newcomer, and the newcomer is among
+    the k closest (this node counted). Worked out here by sorting every contact, for records
+    near and far from this node's id and newcomers near and far from the keys."""
+    rng, handed_in_all = random.Random(5), 0
+    for trial in range(6):
+        engine = make_engine(k=4)
+        own = engine.id
+        for n in range(60):
+            # Ids near this node's (sharing 1 to 6 leading bits) and anywhere, so that the
+            # table splits into several buckets.
+            shared = rng.randrange(1, 7)
+            near = own ^ (1 << (511 - shared)) ^ rng.getrandbits(511 - shared)
+            ident = near if n % 2 else rng.getrandbits(512)
+            engine.seen(Contact(ident, "127.0.0.1", 6000 + n), 0.0)
+        items: list[Item] = []
+        n = 0
+        while len(items) < 40 and n < 100_000:
+            # Half of the records with keys sharing 8 leading bits with this node's id (it is
+            # the nearest holder of some of those), half anywhere.
+            item, n = blob(b"record %d %d" % (trial, n)), n + 1
+            if len(items) % 2 or (item.key ^ own) >> 504 == 0:
+                items.append(item)
+                engine.store(item, 600.0, 0.0)
+        # A newcomer near one record's key (or near this node, or anywhere).
+        newcomers = [items[trial].key ^ rng.getrandbits(500), own ^ rng.getrandbits(505)]
+        newcomers.append(rng.getrandbits(512))
+        for m, ident in enumerate(newcomers):
+            contacts = [c.id for c in engine.routing.contacts()]
+            expected = set()
+            for item in items:
+                key = item.key
+                mine, theirs = own ^ key, ident ^ key
+                others = sorted(c ^ key for c in contacts if c != ident)
+                if others and others[0] < mine:
+                    continue
+                if (mine < theirs) + sum(1 for d in others if d < theirs) < 4:
+                    expected.add(key)
+            newcomer = Contact(ident, "127.0.0.1", 7000 + 10 * trial + m)
+            if ident in engine.routing:
+                continue
+            commands = engine.seen(newcomer, 1.0)
+            handed = set()
+            for command in commands:
+                assert isinstance(command, Send)
+                message = command.request.message
+                assert isinstance(message, Store)
+                handed.add(message.item.key)
+            assert handed == expected
+            handed_in_all += len(handed)
+        assert len(engine.routing.buckets) > 4
+    assert handed_in_all > 6

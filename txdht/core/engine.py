@@ -595,12 +595,19 @@ class Engine:
     def _handoff(self, newcomer: Contact) -> list[StoredItem]:
         """The records ``newcomer`` is now among the k closest to, when this node is the
         closest holder it knows (so that one node, not k, sends each)."""
-        records, now = [], self.now
+        records, now, own, bucket_for = [], self.now, self.id, self.routing.bucket_for
         for record in self.storage.records():
             if record.expires_at <= now:
                 continue
             key = record.key
-            mine, theirs = self.id ^ key, newcomer.id ^ key
+            # Every contact of a bucket that covers the key but not this node's id shares more
+            # of the key's leading bits than this node does, so is nearer the key: with one
+            # there other than the newcomer, this node is not the closest holder it knows
+            # (the test below, without sorting the key's closest, for most records held).
+            bucket = bucket_for(key)
+            if len(bucket.entries) > (newcomer.id in bucket.entries) and not bucket.covers(own):
+                continue
+            mine, theirs = own ^ key, newcomer.id ^ key
             others = [c.id ^ key for c in self.routing.closest(key, exclude=newcomer.id)]
             if others and others[0] < mine:
                 continue
@@ -712,11 +719,17 @@ class Engine:
         if isinstance(request, m.Store):
             key = request.item.key
             held = self.get(key, self.now)
-            self.store(request.item, request.ttl, self.now, request.cas)
+            # A put's lookup asks this node too, as for a find_node: the k + 1 closest live
+            # contacts answer it (all but the asker) and say whether this node is the nearest
+            # holder (``nearest``), one pass over the table where there were two.
+            near = self.routing.closest(key, self.k + 1, live=True) if request.closest else None
+            self.store(request.item, request.ttl, self.now, request.cas, near)
             if held == request.item or request.replica:  # a peer's replication: this round
                 self._stored_at[key] = (self.now, self.routing.losses, False)  # is done
-            if request.closest:  # a put's lookup asks this node too: as for a find_node
-                return self._nodes(rid, key, request.sender, m.Ok)
+            if near is not None:
+                asker = request.sender
+                nodes = tuple([c for c in near if c.id != asker][: self.k])
+                return self.message(m.Ok, rid, nodes=nodes)
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)
@@ -737,12 +750,20 @@ class Engine:
 
     # -- items -----------------------------------------------------------------------------
 
-    def store(self, item: Item, ttl: float, now: float, cas: int | None = None) -> None:
+    def store(
+        self,
+        item: Item,
+        ttl: float,
+        now: float,
+        cas: int | None = None,
+        near: list[Contact] | None = None,
+    ) -> None:
         """Keep ``item`` for ``ttl`` seconds if it verifies and may replace what is stored;
         with ``cas``, only if the stored sequence number (0 for none) is ``cas``. A copy
         equal to the item held (replication and read repair resend the same signed item) is
         not verified again: the held one was, when it came, and its signature is the same
-        bytes."""
+        bytes. ``near``: the key's closest live contacts, nearest first, if the caller has
+        them (see ``nearest``)."""
         stored = self.storage.get(item.key)
         if stored is not None and stored.expires_at <= now:
             stored = None
@@ -761,7 +782,7 @@ class Engine:
             expires = max(expires, stored.expires_at)
         self.storage.put(StoredItem(item, expires))
         if new:  # who replicates it
-            if self.nearest(item.key):
+            if self.nearest(item.key, near):
                 self._stored_at.pop(item.key, None)  # this node, at its next round
             else:  # the nearest holder, whose round stores it here again (see ``nearest``)
                 self._stored_at[item.key] = (now, self.routing.losses, True)
@@ -897,7 +918,7 @@ class Engine:
         calm = now - self._losses_since[1] >= fresh
         return not (calm and self.outside(key))
 
-    def nearest(self, key: int) -> bool:
+    def nearest(self, key: int, near: list[Contact] | None = None) -> bool:
         """Whether the routing table knows no live contact nearer ``key`` than this node: of
         the k holders a put (or a hand-off, or a read repair) reaches at the same moment,
         this one replicates the version first, at its next round, and the others take the
@@ -908,7 +929,7 @@ class Engine:
         nearest holder that is gone: a contact that comes to look dead makes every key due
         again (``replication_due``), and otherwise they replicate an interval after the
         arrival, like any key no peer stored again."""
-        nearest = self.routing.closest(key, 1, live=True)
+        nearest = self.routing.closest(key, 1, live=True) if near is None else near
         return not nearest or self.id ^ key < nearest[0].id ^ key
 
     def outside(self, key: int) -> bool:
