@@ -627,6 +627,32 @@ def test_smallest_positive_ttl_is_accepted() -> None:
     assert store.ttl == 5e-324
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param(contact(port=True), id="port-true-after-1"),
+        pytest.param(contact(port=1.0), id="port-float-after-1"),
+        pytest.param([*contact(port=1), []], id="four-after-three"),
+        pytest.param([contact(port=1)], id="nested-list"),
+        pytest.param({"a": 1, "b": 2, "c": 3}, id="object-of-three"),
+        pytest.param("abc", id="string-of-three"),
+    ],
+)
+def test_a_contact_read_before_does_not_let_in_the_same_values_of_another_kind(
+    odd: object,
+) -> None:
+    """Contacts are read through a cache (peers name the same ones in every reply): the
+    contact ``[id, host, 1]`` read first, the same values as another JSON type or shape
+    (``true`` or ``1.0`` for the port, one value more, the contact inside a list) are still
+    refused, each with the field-by-field reader's message."""
+    first = decode(nodes_with(contact(port=1)))
+    assert isinstance(first, Nodes)
+    assert first.nodes[0].port == 1
+    error = refusal(nodes_with(odd))
+    assert error.code is ErrorCode.BAD_FIELD
+    assert error.message.startswith(("a contact is [id, ip, port]", "field 'nodes'"))
+
+
 def test_contacts_up_to_the_limit_are_accepted() -> None:
     """A nodes reply with exactly MAX_CONTACTS contacts decodes."""
     reply = decode(nodes_with(*[contact()] * MAX_CONTACTS))

@@ -379,6 +379,7 @@ class IterativeLookup:
 
     def _add(self, contacts: Iterable[Contact], depth: int) -> None:
         per_subnet, subnets = self.per_subnet if depth > 1 else 0, self._subnets
+        known = len(self._order)
         for contact in contacts:
             self.depth.setdefault(contact.id, depth)
             if contact.id != self.own_id and contact.id not in self._contacts:
@@ -392,7 +393,8 @@ class IterativeLookup:
                 self._contacts[contact.id] = contact
                 self._state[contact.id] = _State.NEW
                 self._order.append(contact.id)
-        self._order.sort(key=self.target.__xor__)  # nearly sorted already: one pass
+        if len(self._order) > known:  # most replies late in a lookup name no one new
+            self._order.sort(key=self.target.__xor__)  # nearly sorted already: one pass
 
     def _shortlist_ids(self) -> list[int]:
         """The ids of the k closest contacts that have neither failed nor gone slow (nor

@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from itertools import starmap
 from typing import Any, ClassVar, NoReturn
 
 from txdht.core.errors import ErrorCode, ProtocolError
@@ -599,22 +600,20 @@ def _nodes(obj: dict[str, Any]) -> tuple[Contact, ...]:
     raw = obj["nodes"]
     if type(raw) is not list or len(raw) > MAX_CONTACTS:
         raise ValueError("nodes")
-    contacts = []
-    for entry in raw:
-        if type(entry) is not list or len(entry) != 3:
-            raise ValueError("contact")
-        ident, host, port = entry
-        if type(ident) is not str or type(host) is not str or type(port) is not int:
-            raise ValueError("contact")
-        contacts.append(_wire_contact(ident, host, port))
-    return tuple(contacts)
+    # Each entry spread into the cached reader, in C: an entry that is not three values fails
+    # in the call (TypeError), one holding a list or an object in the cache's hashing
+    # (TypeError), and the rest in the reader's own checks.
+    return tuple(starmap(_wire_contact, raw))
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=1 << 14, typed=True)
 def _wire_contact(ident: str, host: str, port: int) -> Contact:
-    """The contact ``[ident, host, port]`` of a ``nodes`` reply (all three of their JSON
-    types already); ValueError if it is not one. Cached: peers name the same contacts in
-    every reply."""
+    """The contact ``[ident, host, port]`` of a ``nodes`` reply; ValueError if it is not one.
+    Cached, by value and type (a port ``true`` is not the port 1): peers name the same
+    contacts in every reply, and a contact found in the cache was checked when it was put
+    there."""
+    if type(ident) is not str or type(host) is not str or type(port) is not int:
+        raise ValueError("contact")
     if not 1 <= port <= 65535:
         raise ValueError("port")
     return Contact(id_from_hex(ident), _ip(host), port)
