@@ -596,21 +596,26 @@ class Engine:
         """The records ``newcomer`` is now among the k closest to, when this node is the
         closest holder it knows (so that one node, not k, sends each)."""
         records, now, own, bucket_for = [], self.now, self.id, self.routing.bucket_for
+        newcomer_id = newcomer.id
         for record in self.storage.records():
             if record.expires_at <= now:
                 continue
             key = record.key
+            mine = own ^ key
+            # Whether a contact other than the newcomer is nearer the key than this node, from
+            # the key's bucket alone (no sort of the key's closest, for most records held).
             # Every contact of a bucket that covers the key but not this node's id shares more
-            # of the key's leading bits than this node does, so is nearer the key: with one
-            # there other than the newcomer, this node is not the closest holder it knows
-            # (the test below, without sorting the key's closest, for most records held).
-            bucket = bucket_for(key)
-            if len(bucket.entries) > (newcomer.id in bucket.entries) and not bucket.covers(own):
+            # of the key's leading bits than this node does, so is nearer the key. When the
+            # bucket covers this node's id too, every contact outside it differs from the key
+            # in a leading bit this node shares with the key, so is further than this node.
+            entries = (bucket := bucket_for(key)).entries
+            if bucket.covers(own):
+                if any(i ^ key < mine for i in entries if i != newcomer_id):
+                    continue
+            elif len(entries) > (newcomer_id in entries):
                 continue
-            mine, theirs = own ^ key, newcomer.id ^ key
-            others = [c.id ^ key for c in self.routing.closest(key, exclude=newcomer.id)]
-            if others and others[0] < mine:
-                continue
+            theirs = newcomer_id ^ key
+            others = [c.id ^ key for c in self.routing.closest(key, exclude=newcomer_id)]
             closer = (mine < theirs) + sum(1 for d in others if d < theirs)
             if closer < self.k:
                 records.append(record)
