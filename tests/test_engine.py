@@ -598,9 +598,20 @@ def test_handoff_picks_the_records_the_rule_names_in_a_split_table() -> None:
             if len(items) % 2 or (item.key ^ own) >> 504 == 0:
                 items.append(item)
                 engine.store(item, 600.0, 0.0)
+        # The half of the id space away from this node's id emptied (its contacts and their
+        # replacements dropped), and a record there: a newcomer next to its key is alone in
+        # its bucket, and contacts on this node's side may still be nearer the key than it.
+        far = engine.routing.bucket_for(own ^ (1 << 511))
+        while far.entries:
+            engine.routing.remove(next(iter(far.entries)))
+        while n < 200_000 and not far.covers(items[-1].key):
+            item, n = blob(b"record %d %d" % (trial, n)), n + 1
+            if far.covers(item.key):
+                items.append(item)
+                engine.store(item, 600.0, 0.0)
         # A newcomer near one record's key (or near this node, or anywhere).
-        newcomers = [items[trial].key ^ rng.getrandbits(500), own ^ rng.getrandbits(505)]
-        newcomers.append(rng.getrandbits(512))
+        newcomers = [items[-1].key ^ 1, items[trial].key ^ rng.getrandbits(500)]
+        newcomers += [own ^ rng.getrandbits(505), rng.getrandbits(512)]
         for m, ident in enumerate(newcomers):
             contacts = [c.id for c in engine.routing.contacts()]
             expected = set()

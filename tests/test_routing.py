@@ -182,6 +182,34 @@ def test_relaxed_rule_does_not_split_for_a_contact_outside_the_k_closest() -> No
     assert TOP + 5 not in table
 
 
+def test_relaxed_rule_matches_a_count_of_every_closer_contact() -> None:
+    """Whether a full bucket away from our id may split for a newcomer is whether fewer than k
+    contacts of the whole table are closer to us than the newcomer: checked against that
+    count in random tables of many buckets, for newcomers near and far (the rule answers
+    from the nearer buckets' sizes when they hold k, and sorts only otherwise)."""
+    rng = random.Random(11)
+    checked = {True: 0, False: 0}
+    for _ in range(20):
+        own = rng.getrandbits(512)
+        table = RoutingTable(own, k=4, ping_after=0.0)
+        for n in range(80):
+            shared = rng.randrange(0, 12)
+            ident = own ^ (1 << (511 - shared)) ^ rng.getrandbits(511 - shared)
+            table.seen(c(ident if n % 3 else rng.getrandbits(512)), 0.0)
+        every = [contact.id for contact in table.contacts()]
+        for _ in range(40):
+            shared = rng.randrange(0, 12)
+            newcomer = own ^ (1 << (511 - shared)) ^ rng.getrandbits(511 - shared)
+            bucket = table.bucket_for(newcomer)
+            if newcomer in table or bucket.covers(own) or len(bucket.entries) < table.k:
+                continue
+            closer = sum(1 for i in every if i ^ own < newcomer ^ own)
+            assert table._may_split(bucket, newcomer) is (closer < table.k)
+            checked[closer < table.k] += 1
+    assert checked[True] >= 5
+    assert checked[False] >= 50
+
+
 def test_relaxed_rule_at_default_k() -> None:
     """At k=20 the far half fills, refuses a farther newcomer and splits for a closer one."""
     table = RoutingTable(0, ping_after=0.0)

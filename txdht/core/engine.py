@@ -603,7 +603,7 @@ class Engine:
             key = record.key
             mine = own ^ key
             # Whether a contact other than the newcomer is nearer the key than this node, from
-            # the key's bucket alone (no sort of the key's closest, for most records held).
+            # the key's bucket first (no sort of the key's closest, for most records held).
             # Every contact of a bucket that covers the key but not this node's id shares more
             # of the key's leading bits than this node does, so is nearer the key. When the
             # bucket covers this node's id too, every contact outside it differs from the key
@@ -616,6 +616,8 @@ class Engine:
                 continue
             theirs = newcomer_id ^ key
             others = [c.id ^ key for c in self.routing.closest(key, exclude=newcomer_id)]
+            if others and others[0] < mine:  # in a bucket beside the newcomer's, away from us
+                continue
             closer = (mine < theirs) + sum(1 for d in others if d < theirs)
             if closer < self.k:
                 records.append(record)

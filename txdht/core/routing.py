@@ -363,11 +363,20 @@ class RoutingTable:
         return True
 
     def _may_split(self, bucket: KBucket, newcomer: int) -> bool:
-        if bucket.covers(self.own_id):
+        own = self.own_id
+        if bucket.covers(own):
             return True
         # Fewer than k contacts are closer to us than the newcomer (ids, so distances, differ).
-        near = self.closest(self.own_id)
-        return len(near) < self.k or newcomer ^ self.own_id < near[-1].id ^ self.own_id
+        # The buckets nearer us than this one (their furthest distances from us are smaller:
+        # see ``_buckets_nearest``) hold contacts all closer than any of this one's: if they
+        # hold k, the newcomer is not among the k closest, and nothing needs sorting (a full
+        # far bucket hears from its replacements all the time).
+        far = (bucket.low ^ own) | bucket.mask
+        nearer = sum(len(b.entries) for b in self.buckets if (b.low ^ own) | b.mask < far)
+        if nearer >= self.k:
+            return False
+        near = self.closest(own)
+        return len(near) < self.k or newcomer ^ own < near[-1].id ^ own
 
     def _split(self, bucket: KBucket, newcomer: int) -> KBucket:
         index = self.buckets.index(bucket)
