@@ -545,19 +545,22 @@ def test_a_store_query_counts_the_asker_for_the_nearest_holder_and_leaves_it_out
     """The store query's one pass over the table serves both of its uses: the reply names the
     k closest live contacts but the asker (wherever the asker ranks, or when it is not in the
     table), and this node is the nearest holder (replicating at its first round) only if no
-    live contact, the asker included, is nearer the key."""
+    live contact, the asker included, is nearer the key: with six nearer, with one (the asker
+    or another) and with none."""
     item = blob(b"ranked")
     key = item.key
-    for own_nearest in (False, True):
+    for nearer in (6, 1, 0):
         engine = make_engine(k=3)
-        # Contacts at distances 1..6 from the key, or, for this node to be the nearest
-        # holder, beyond this node's own distance.
-        base = 0 if not own_nearest else (engine.id ^ key) | (1 << 510)
-        ids = [key ^ (base + d) for d in range(1, 7)]
+        own_nearest = not nearer
+        # Six contacts: the first ``nearer`` of them at distances 1, 2... from the key, the
+        # rest beyond this node's own distance (with none nearer, this node is the nearest
+        # holder; with one, the asker or another, it is not).
+        beyond = (engine.id ^ key) | (1 << 510)
+        ids = [key ^ (d if d <= nearer else beyond + d) for d in range(1, 7)]
         for n, ident in enumerate(ids):
             if n != asker_rank:
                 engine.seen(Contact(ident, "127.0.0.1", 5000 + n), 0.0)
-        asker = ids[asker_rank] if asker_rank is not None else key ^ (base + 100)
+        asker = ids[asker_rank] if asker_rank is not None else key ^ (beyond + 100)
         if asker_rank is not None:
             engine.seen(Contact(asker, "127.0.0.1", 4999), 0.0)
         reply = handle(
