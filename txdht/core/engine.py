@@ -747,13 +747,10 @@ class Engine:
             return self._nodes(rid, request.target, request.sender)
         raise ProtocolError(ErrorCode.UNEXPECTED, f"a {request.TYPE!r} message is not a request")
 
-    def _nodes(
-        self, rid: int, target: int, asker: int, cls: type[m.Message] = m.Nodes
-    ) -> m.Message:
-        """A ``nodes`` reply (or ``cls``): our closest live contacts to ``target``, but the
-        asker."""
+    def _nodes(self, rid: int, target: int, asker: int) -> m.Message:
+        """A ``nodes`` reply: our closest live contacts to ``target``, but the asker."""
         nodes = self.routing.closest(target, exclude=asker, live=True)
-        return self.message(cls, rid, nodes=tuple(nodes))
+        return self.message(m.Nodes, rid, nodes=tuple(nodes))
 
     # -- items -----------------------------------------------------------------------------
 
