@@ -11,7 +11,9 @@ hold it (a get is a ``find_value`` request to its nearest contact, alone, and it
 the network measure).
 ``--op put`` counts puts instead, on the same network: each a new blob of 1,000 bytes from a
 random node (a lookup whose queries to the likely holders are the stores themselves, then a
-``store`` to each of the k closest not stored on yet).
+``store`` to each of the k closest not stored on yet). ``--op ping`` counts pings, each from
+one node to another over the connection they already have (``node.call(address, Ping)``, as
+the benchmarks' RPC measure): one request and its reply, both ends, and nothing else.
 
 Why count: on a shared machine the timed measures move by a third from one run to the next
 (docs/performance.md), so a change of a few percent cannot be seen in them without many runs.
@@ -46,17 +48,19 @@ NODES, ITEMS, VALUE_SIZE = 50, 100, 1000
 #: What callgrind prints of the instructions it counted.
 _COLLECTED = re.compile(r"Collected : (\d+)")
 #: The operations the workload can count.
-OPS = ("get", "put")
+OPS = ("get", "put", "ping")
 
 
 def workload(
     gets: int, nodes: int = NODES, items: int = ITEMS, seed: int = 3, op: str = "get"
 ) -> int:
     """Build the network, put ``items`` blobs, get each once to warm up, then do ``gets``
-    more gets (with ``op="put"``: that many puts of new blobs instead), checking every value
-    (every key); returns how many requests the measured operations sent."""
+    more gets (with ``op="put"``: that many puts of new blobs instead; ``op="ping"``: pings
+    from one node to another), checking every value (every key, every pong's sender); returns
+    how many requests the measured operations sent."""
     from txdht.core.ids import id_from_hex, id_to_hex
     from txdht.core.items import blob
+    from txdht.core.messages import Ping
     from txdht.testing import MemoryNetwork
 
     if op not in OPS:
@@ -86,6 +90,13 @@ def workload(
         if net.run(members[writers[n]].put_blob(value)) != id_to_hex(blob(value).key):
             raise AssertionError(f"put {n} returned another key")
 
+    pinger, pinged = members[0], members[1]
+    pinged_at = ("127.0.0.1", pinged.port)
+
+    def ping(n: int) -> None:
+        if net.run(pinger.call(pinged_at, Ping)).sender != pinged.engine.id:
+            raise AssertionError(f"ping {n} answered by another node")
+
     def sent() -> int:
         return sum(
             count
@@ -100,7 +111,9 @@ def workload(
     # allocation made so far, and a full one (of every object of the 50 nodes) falling inside
     # one run and not the other would move the count per get by more than most changes do.
     # A get leaves no reference cycles (tests/test_cycles.py), so nothing piles up meanwhile.
-    measured = put if op == "put" else get
+    if op == "ping":
+        ping(0)  # the connection, and the round trip's first measure, before the count
+    measured = {"get": get, "put": put, "ping": ping}[op]
     gc.collect()
     gc.disable()
     try:
@@ -162,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         "--op",
         choices=OPS,
         default="get",
-        help="what to count: gets (default), or puts of new 1,000-byte blobs",
+        help=(
+            "what to count: gets (default), puts of new 1,000-byte blobs, or pings from one "
+            "node to another"
+        ),
     )
     parser.add_argument(
         "--run", type=int, metavar="N", help="run the workload alone, with N of them (no valgrind)"

@@ -3,6 +3,7 @@ handling around valgrind (a stand-in script plays valgrind: CI has none installe
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import shutil
@@ -55,9 +56,32 @@ def test_the_put_workload_stores_new_blobs_under_their_keys() -> None:
     assert gc.isenabled()
 
 
-def test_the_workload_counts_only_gets_and_puts() -> None:
-    with pytest.raises(ValueError, match="op is one of"):
+def test_the_ping_workload_sends_one_request_a_ping() -> None:
+    """``op="ping"``: one node pings another over their connection, each ping one request
+    (its pong's sender checked), and nothing else goes out meanwhile."""
+    assert instructions.workload(5, nodes=30, items=4, op="ping") == 5
+    assert instructions.workload(0, nodes=30, items=4, op="ping") == 0
+    assert gc.isenabled()
+
+
+def test_a_pong_from_another_node_fails_the_ping_workload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workload checks who answered: a pong carrying another id is an error, not a ping."""
+    from txdht.node import Node
+
+    real_call = Node.call
+
+    def call(self: Node, to: Any, cls: Any, **fields: Any) -> Any:
+        d = real_call(self, to, cls, **fields)
+        return d.addCallback(lambda pong: dataclasses.replace(pong, sender=pong.sender ^ 1))
+
+    monkeypatch.setattr(Node, "call", call)
+    with pytest.raises(AssertionError, match="answered by another node"):
         instructions.workload(1, nodes=30, items=4, op="ping")
+
+
+def test_the_workload_counts_only_gets_puts_and_pings() -> None:
+    with pytest.raises(ValueError, match="op is one of"):
+        instructions.workload(1, nodes=30, items=4, op="find_node")
 
 
 def test_the_cycle_collector_is_off_while_the_gets_are_counted(
@@ -137,6 +161,8 @@ def test_main_prints_instructions_per_get(
     assert capsys.readouterr().out == "1,234,567 instructions per get (10 gets)\n"
     assert instructions.main(["--gets", "10", "--op", "put"]) == 0
     assert capsys.readouterr().out == "1,234,567 instructions per put (10 puts)\n"
+    assert instructions.main(["--gets", "10", "--op", "ping"]) == 0
+    assert capsys.readouterr().out == "1,234,567 instructions per ping (10 pings)\n"
 
 
 def test_main_without_valgrind_says_how_to_get_it(
