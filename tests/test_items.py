@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import pytest
@@ -77,6 +77,17 @@ def test_the_key_is_hashed_once_and_stays_out_of_equality(
     assert hashed == [b"some data", b"other data"]
     with pytest.raises(AttributeError):
         item.value = b"changed"  # type: ignore[misc]
+
+
+def test_the_key_read_off_the_class_is_its_documented_descriptor() -> None:
+    """``Item.key`` on the class (what ``help`` and documentation tools read) is the
+    descriptor, with its docstring, and not a dataclass field: it is never compared, hashed,
+    passed to the constructor or written by ``asdict``."""
+    descriptor = Item.key
+    assert "sha512(value)" in (descriptor.__doc__ or "")
+    assert descriptor.__get__(blob(b"x")) == sha512_id(b"x")
+    assert "key" not in {f.name for f in fields(Item)}
+    assert "key" not in asdict(blob(b"x"))
 
 
 def test_mutable_key_hashes_public_key_then_name() -> None:
