@@ -576,6 +576,36 @@ def test_a_store_query_counts_the_asker_for_the_nearest_holder_and_leaves_it_out
         assert due == ([item] if own_nearest else [])
 
 
+@pytest.mark.parametrize("failures", [0, 2])
+def test_a_store_query_counts_the_asker_for_the_nearest_holder_only_while_it_looks_alive(
+    failures: int,
+) -> None:
+    """The asker counts for the nearest holder as any contact of the table would: when it is
+    the only one (and nearer the key than this node), this node is not the nearest holder;
+    when it looks dead (its last two requests failed, and this store, sent from port 0, does
+    not count as hearing from it), it does not count, as no dead contact does. Either way it
+    is not in the reply, which here names nobody."""
+    item = blob(b"lonely")
+    engine = make_engine(k=3)
+    asker = item.key ^ 1  # nearer the key than this node
+    engine.seen(Contact(asker, "127.0.0.1", 4999), 0.0)
+    for _ in range(failures):
+        engine.routing.failed(asker)
+    assert asker in engine.routing
+    assert (engine.routing.live(asker) is None) is bool(failures)
+    reply = handle(
+        engine,
+        request(Store, sender=asker, port=0, item=item, ttl=60.0, closest=True),
+        "127.0.0.1",
+        0.0,
+    )
+    assert isinstance(reply, Ok)
+    assert reply.nodes == ()
+    own_nearest = bool(failures)
+    due = [i for i, _ in engine.replication_jobs(10.0, fresh=3600.0)]
+    assert due == ([item] if own_nearest else [])
+
+
 def test_handoff_picks_the_records_the_rule_names_in_a_split_table() -> None:
     """In a table of many buckets, a newcomer is handed exactly the records the rule names:
     this node is nearer the key than every contact but the newcomer, and the newcomer is among

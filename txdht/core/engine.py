@@ -726,17 +726,21 @@ class Engine:
         if isinstance(request, m.Store):
             key = request.item.key
             held = self.get(key, self.now)
-            # A put's lookup asks this node too, as for a find_node: the k + 1 closest live
-            # contacts answer it (all but the asker) and say whether this node is the nearest
-            # holder (``nearest``), one pass over the table where there were two.
-            near = self.routing.closest(key, self.k + 1, live=True) if request.closest else None
+            # A put's lookup asks this node too, as for a find_node: the k closest live
+            # contacts but the asker answer it, and with the asker (if it is a live contact)
+            # say whether this node is the nearest holder (``nearest``), one pass over the
+            # table where there were two.
+            nodes = near = None
+            if request.closest:
+                nodes = near = self.routing.closest(key, exclude=request.sender, live=True)
+                asker = self.routing.live(request.sender)
+                if asker is not None and (not near or asker.id ^ key < near[0].id ^ key):
+                    near = [asker]
             self.store(request.item, request.ttl, self.now, request.cas, near)
             if held == request.item or request.replica:  # a peer's replication: this round
                 self._stored_at[key] = (self.now, self.routing.losses, False)  # is done
-            if near is not None:
-                asker = request.sender
-                nodes = tuple([c for c in near if c.id != asker][: self.k])
-                return self.message(m.Ok, rid, nodes=nodes)
+            if nodes is not None:
+                return self.message(m.Ok, rid, nodes=tuple(nodes))
             return self.message(m.Ok, rid)
         if isinstance(request, m.FindValue):
             item = self.get(request.key, self.now)

@@ -110,6 +110,19 @@ class KBucket:
         return halves
 
 
+def _pairs(
+    bucket: KBucket, target: int, exclude: int | None, live: bool
+) -> list[tuple[int, Contact]]:
+    """``(distance to target, contact)`` for the contacts of ``bucket`` but ``exclude`` (and,
+    with ``live``, but those that look dead)."""
+    entries = bucket.entries.items()
+    if live:
+        return [
+            (i ^ target, e.contact) for i, e in entries if e.failures < DEAD_AFTER and i != exclude
+        ]
+    return [(i ^ target, e.contact) for i, e in entries if i != exclude]
+
+
 class RoutingTable:
     """The k-buckets of one node; see the module docstring for the rules."""
 
@@ -161,6 +174,12 @@ class RoutingTable:
         requests failed (one lost message should not hide a node; two in a row rarely are)."""
         return [c for b in self.buckets for c in b.contacts(live)]
 
+    def live(self, ident: int) -> Contact | None:
+        """The contact ``ident``, if it is in the table and does not look dead (see
+        ``contacts``)."""
+        entry = self.bucket_for(ident).entries.get(ident)
+        return None if entry is None or entry.failures >= DEAD_AFTER else entry.contact
+
     def entry(self, ident: int) -> _Entry | None:
         """What the table knows of a contact: address, last seen, failures."""
         return self.bucket_for(ident).entries.get(ident)
@@ -182,19 +201,14 @@ class RoutingTable:
         # a key function called per contact), sorted as tuples: the ids are distinct, so the
         # distances are, and two contacts are never compared. Not a dict by distance: a
         # 512-bit int's hash is a pass over its 18 digits, computed again at every lookup.
-        found: list[tuple[int, Contact]] = []
-        for bucket in self._buckets_nearest(target):
-            entries = bucket.entries.items()
-            if live:
-                found += [
-                    (i ^ target, e.contact)
-                    for i, e in entries
-                    if e.failures < DEAD_AFTER and i != exclude
-                ]
-            else:
-                found += [(i ^ target, e.contact) for i, e in entries if i != exclude]
-            if len(found) >= count:
-                break
+        # The target's own bucket is the nearest (its block holds distance 0): taken first,
+        # and the others sorted only when it does not hold enough.
+        found = _pairs(self.bucket_for(target), target, exclude, live)
+        if len(found) < count and len(self.buckets) > 1:
+            for bucket in self._buckets_nearest(target)[1:]:
+                found += _pairs(bucket, target, exclude, live)
+                if len(found) >= count:
+                    break
         found.sort()
         return [pair[1] for pair in found[:count]]
 
