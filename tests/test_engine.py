@@ -563,17 +563,28 @@ def test_a_store_query_counts_the_asker_for_the_nearest_holder_and_leaves_it_out
         asker = ids[asker_rank] if asker_rank is not None else key ^ (beyond + 100)
         if asker_rank is not None:
             engine.seen(Contact(asker, "127.0.0.1", 4999), 0.0)
-        reply = handle(
-            engine,
-            request(Store, sender=asker, port=4999, item=item, ttl=60.0, closest=True),
-            "127.0.0.1",
-            0.0,
-        )
-        assert isinstance(reply, Ok)
+        reply = store_query(engine, item, asker, port=4999)
         assert [c.id for c in reply.nodes] == [i for i in ids if i != asker][:3]
         assert engine.nearest(key) is own_nearest
-        due = [i for i, _ in engine.replication_jobs(10.0, fresh=3600.0)]
-        assert due == ([item] if own_nearest else [])
+        assert replicated_first(engine) == ([item] if own_nearest else [])
+
+
+def store_query(engine: Engine, item: Item, asker: int, port: int) -> Ok:
+    """The ``ok`` of a put's store query (``closest``) of ``item`` from ``asker``."""
+    reply = handle(
+        engine,
+        request(Store, sender=asker, port=port, item=item, ttl=60.0, closest=True),
+        "127.0.0.1",
+        0.0,
+    )
+    assert isinstance(reply, Ok)
+    return reply
+
+
+def replicated_first(engine: Engine) -> list[Item]:
+    """The items this node replicates at its next round though a peer stored them just now:
+    those it took as their nearest holder."""
+    return [i for i, _ in engine.replication_jobs(10.0, fresh=3600.0)]
 
 
 @pytest.mark.parametrize("failures", [0, 2])
@@ -593,17 +604,10 @@ def test_a_store_query_counts_the_asker_for_the_nearest_holder_only_while_it_loo
         engine.routing.failed(asker)
     assert asker in engine.routing
     assert (engine.routing.live(asker) is None) is bool(failures)
-    reply = handle(
-        engine,
-        request(Store, sender=asker, port=0, item=item, ttl=60.0, closest=True),
-        "127.0.0.1",
-        0.0,
-    )
-    assert isinstance(reply, Ok)
+    reply = store_query(engine, item, asker, port=0)
     assert reply.nodes == ()
     own_nearest = bool(failures)
-    due = [i for i, _ in engine.replication_jobs(10.0, fresh=3600.0)]
-    assert due == ([item] if own_nearest else [])
+    assert replicated_first(engine) == ([item] if own_nearest else [])
 
 
 def test_handoff_picks_the_records_the_rule_names_in_a_split_table() -> None:
