@@ -177,7 +177,7 @@ class RoutingTable:
     def live(self, ident: int) -> Contact | None:
         """The contact ``ident``, if it is in the table and does not look dead (see
         ``contacts``)."""
-        entry = self.bucket_for(ident).entries.get(ident)
+        entry = self.entry(ident)
         return None if entry is None or entry.failures >= DEAD_AFTER else entry.contact
 
     def entry(self, ident: int) -> _Entry | None:
