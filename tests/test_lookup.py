@@ -103,6 +103,25 @@ def test_terminates_when_the_k_closest_live_contacts_answered() -> None:
     assert lookup.queries == 5
 
 
+def test_an_answer_says_how_many_of_its_contacts_are_new() -> None:
+    """``nodes_received`` returns how many contacts the answer added to the lookup: not those
+    it knew (a seed, one named before, itself), and none for an answer it does not take (a
+    second one from the same peer, or one from a peer it never asked). A put's lookup stops
+    asking its store queries for contacts at the first answer that adds none."""
+    lookup = IterativeLookup(0, cs(9, 3, 7, 1, 5), own_id=OWN, k=5, alpha=3)
+    lookup.next_queries()  # 1, 3 and 5
+    assert lookup.nodes_received(c(3), cs(8, 2, 9, 8)) == 2  # 9 was a seed; 8 twice
+    assert lookup.nodes_received(c(1), cs(2, 3, OWN)) == 0
+    assert lookup.nodes_received(c(1), cs(4)) == 0  # it answered already
+    assert lookup.nodes_received(c(6), cs(4)) == 0  # never asked
+    assert lookup.nodes_received(c(5), cs(4, 6)) == 2
+    paths = DisjointLookup(0, cs(1, 2), OWN, 2, k=2, alpha=1)
+    assert paths.next_queries() == cs(1, 2)
+    assert paths.nodes_received(c(2), cs(3, 1)) == 2  # new to its path (1: the other's seed)
+    assert paths.nodes_received(c(1), cs(3, 2)) == 2
+    assert paths.nodes_received(c(3), cs(4)) == 0  # no path asked it yet
+
+
 def test_not_done_while_a_shortlist_contact_was_not_asked() -> None:
     """With nothing in flight the lookup still goes on while a shortlist contact was not asked."""
     lookup = IterativeLookup(0, cs(2, 1), own_id=OWN, k=3, alpha=1)

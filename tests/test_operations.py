@@ -769,37 +769,59 @@ def _tap(engines: list[Engine]) -> list[tuple[Engine, Message]]:
     return received
 
 
-def _kinds(received: list[tuple[Engine, Message]], order: list[Engine]) -> list[tuple[int, str]]:
+def _kinds(
+    received: list[tuple[Engine, Message]], order: list[Engine], ended: int
+) -> list[tuple[int, str]]:
     """Each request as (its receiver's rank by distance to the key, its kind), a store that
-    is also a query written ``store+``."""
+    is also a query (received before the lookup ``ended``, the count received by then)
+    written ``store+``."""
     return [
-        (order.index(made), "store+" if getattr(m, "closest", False) else m.TYPE)
-        for made, m in received
+        (order.index(made), "store+" if m.TYPE == "store" and n < ended else m.TYPE)
+        for n, (made, m) in enumerate(received)
     ]
+
+
+def _lookup_end(put: ops.Publish, received: list[tuple[Engine, Message]]) -> list[int]:
+    """Note, as the put's lookup ends, how many requests were received by then."""
+    ended: list[int] = []
+    child_ended = put.child_ended
+
+    def noted(child: ops.Operation) -> None:
+        ended.append(len(received))
+        child_ended(child)
+
+    put.child_ended = noted  # type: ignore[method-assign]
+    return ended
 
 
 def test_a_puts_lookup_stores_on_the_nodes_within_reach_of_the_k_closest_as_it_goes() -> None:
     """A put's lookup sends its query to a node within the distance where the k closest are
-    expected as the store itself (``closest``), whose ``ok`` names that node's closest
-    contacts; farther nodes get a ``find_node``, and the k closest not stored on by the
-    lookup a plain store once it ends. The item lands on exactly the k closest, this node
-    counted when it is one of them (its lookup then asks the k-th other node a find_node:
-    that one is not among the k closest, and takes no copy)."""
+    expected as the store itself, asking with ``closest`` for that node's closest contacts
+    until an ``ok`` names none new to the lookup (the later store queries do not ask); farther
+    nodes get a ``find_node``, and the k closest not stored on by the lookup a plain store
+    once it ends. The item lands on exactly the k closest, this node counted when it is one
+    of them (its lookup then asks the k-th other node a find_node: that one is not among the
+    k closest, and takes no copy)."""
     engines, wire = _network(30)
     a = engines[0]
     received = _tap(engines)
     reach = 2 * a.holders_within()  # type: ignore[operator]
-    merged = nearer_self = 0
+    merged = nearer_self = unasked = 0
     for n in range(8):
         item = blob(b"item %d" % n)
         received.clear()
         put = ops.Publish(item, 600.0)
+        ended = _lookup_end(put, received)
         wire.start(a, put)
         order = sorted(engines, key=lambda e: e.id ^ item.key)
         holders = {made.id for made in engines if made.storage.get(item.key) is not None}
         assert holders == {made.id for made in order[:5]}
         assert put.extra == 0
-        kinds = _kinds(received, order)
+        kinds = _kinds(received, order, ended[0])
+        flags = [m.closest for _, m in received[: ended[0]] if isinstance(m, Store)]
+        assert flags[0]  # the first store query asks for contacts
+        assert flags == sorted(flags, reverse=True)  # and once one does not, none does
+        unasked += flags.count(False)
         stored = [rank for rank, kind in kinds if kind == "store+"]
         later = [rank for rank, kind in kinds if kind == "store"]
         asked = [rank for rank, kind in kinds if kind == "find_node"]
@@ -815,6 +837,7 @@ def test_a_puts_lookup_stores_on_the_nodes_within_reach_of_the_k_closest_as_it_g
             assert 5 in asked  # the k-th other node: asked, not stored on
     assert merged >= 20  # most of the 40 stores went as queries
     assert nearer_self  # and one item had this node among its k closest
+    assert unasked  # and some of those queries no longer asked for contacts
 
 
 @pytest.mark.parametrize(

@@ -248,10 +248,12 @@ class IterativeLookup:
         first = next(self._candidates(), None)
         self._alone = first is not None and first ^ self.target < within
 
-    def nodes_received(self, peer: Contact, contacts: Iterable[Contact]) -> None:
-        """``peer`` answered with the contacts it knows closest to the target."""
-        if self._answer(peer):
-            self._add(contacts, self.depth.get(peer.id, 1) + 1)
+    def nodes_received(self, peer: Contact, contacts: Iterable[Contact]) -> int:
+        """``peer`` answered with the contacts it knows closest to the target; returns how
+        many of them are new to the lookup (0 for an answer it does not take)."""
+        if not self._answer(peer):
+            return 0
+        return self._add(contacts, self.depth.get(peer.id, 1) + 1)
 
     def value_received(self, peer: Contact, item: Item) -> bool:
         """``peer`` answered with an item; returns whether it verifies against the key.
@@ -377,7 +379,8 @@ class IterativeLookup:
         else:
             order += fresh
 
-    def _add(self, contacts: Iterable[Contact], depth: int) -> None:
+    def _add(self, contacts: Iterable[Contact], depth: int) -> int:
+        """Take the contacts not known yet as candidates; returns how many were taken."""
         per_subnet, subnets = self.per_subnet if depth > 1 else 0, self._subnets
         known = len(self._order)
         for contact in contacts:
@@ -393,8 +396,10 @@ class IterativeLookup:
                 self._contacts[contact.id] = contact
                 self._state[contact.id] = _State.NEW
                 self._order.append(contact.id)
-        if len(self._order) > known:  # most replies late in a lookup name no one new
+        added = len(self._order) - known
+        if added:  # most replies late in a lookup name no one new
             self._order.sort(key=self.target.__xor__)  # nearly sorted already: one pass
+        return added
 
     def _shortlist_ids(self) -> list[int]:
         """The ids of the k closest contacts that have neither failed nor gone slow (nor
@@ -495,11 +500,11 @@ class DisjointLookup:
                 chosen.append(contact)
         return chosen
 
-    def nodes_received(self, peer: Contact, contacts: Iterable[Contact]) -> None:
-        """``peer`` answered with contacts: they go to the path that asked it."""
+    def nodes_received(self, peer: Contact, contacts: Iterable[Contact]) -> int:
+        """``peer`` answered with contacts: they go to the path that asked it; returns how
+        many are new to that path."""
         path = self._path.get(peer.id)
-        if path is not None:
-            path.nodes_received(peer, contacts)
+        return 0 if path is None else path.nodes_received(peer, contacts)
 
     def value_received(self, peer: Contact, item: Item) -> bool:
         """``peer`` answered with an item, on the path that asked it."""
