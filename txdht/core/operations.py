@@ -232,7 +232,7 @@ class Lookup(Operation):
     lookup; those sent after it do not. By then the lookup is among the key's likely holders,
     which know the key's neighbourhood best, and the first of them have named it: in the
     50-node benchmark network the twenty answers of a put named 400 contacts, 2.4 of them new,
-    and reading, writing and choosing them was an eighth of a put's work. Its ``find_node``
+    and writing, reading and sorting them was a fifth of a put's instructions. Its ``find_node``
     queries, and store queries already out, still bring contacts, and the lookup goes on from
     them as ever (docs/performance.md has the measures, and the simulator's)."""
 
