@@ -84,7 +84,7 @@ class KBucket:
         #: the order of insertion too (seen moves a contact to the end by taking it out and
         #: putting it back), and iterates in C over its own array where an ``OrderedDict``
         #: looks every key up again, hashing a 512-bit id each time: a store's answer
-        #: iterates the key's buckets, and that was a third of its cost.
+        #: iterates the key's buckets, and that hashing was a fifth of its cost.
         self.entries: dict[int, _Entry] = {}
         #: Newcomers that found the bucket full, most recently seen last.
         self.replacements: OrderedDict[int, _Entry] = OrderedDict()
