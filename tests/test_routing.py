@@ -410,6 +410,29 @@ def test_closest_orders_by_xor_distance() -> None:
     assert small.closest(MAX_ID) == [c(TOP), c(9)]
 
 
+def test_nearest_live_takes_the_nearest_of_the_targets_bucket_or_the_long_way() -> None:
+    """nearest_live() is the nearest live contact: found in the target's own bucket when that
+    bucket's nearest is live, and by closest() when it looks dead or the bucket is empty."""
+    assert RoutingTable(0, ping_after=0.0).nearest_live(5) is None
+    table = RoutingTable(0, k=3, ping_after=0.0)
+    for ident in (TOP + 4, TOP + 6, TOP + 8, TOP + 10):  # the lower half splits off, empty
+        table.seen(c(ident), 1.0)
+    assert ranges(table) == [(0, TOP), (TOP, SPACE)]
+    assert table.bucket_for(4).entries == {}
+    assert table.nearest_live(4) == c(TOP + 4)  # an empty bucket: the next one's nearest
+    assert table.nearest_live(TOP + 7) == c(TOP + 6)  # its own bucket's nearest
+    table.failed(TOP + 6)
+    assert table.nearest_live(TOP + 7) == c(TOP + 6)  # one failure: not dead yet
+    table.failed(TOP + 6)
+    assert table.nearest_live(TOP + 7) == c(TOP + 4)  # dead: the nearest live one
+    lone = RoutingTable(0, ping_after=0.0)
+    lone.seen(c(9), 1.0)
+    lone.failed(9)
+    lone.failed(9)
+    assert len(lone) == 1
+    assert lone.nearest_live(8) is None  # the only contact looks dead
+
+
 def test_touch_and_stale_buckets() -> None:
     """touch() marks a target's bucket looked up; stale_buckets names those idle long enough."""
     table = RoutingTable(0, k=1, now=0.0, ping_after=0.0)
@@ -578,3 +601,25 @@ def test_a_head_heard_from_lately_is_not_pinged() -> None:
     assert upper.pinging is None
     assert table.seen(c(TOP + 10), 2.0 + PING_AFTER) == c(TOP + 4)
     assert upper.pinging == TOP + 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    own=ANY_ID,
+    k=st.integers(1, 5),
+    pool=st.lists(ANY_ID, min_size=1, max_size=40, unique=True),
+    failures=st.lists(st.integers(0, 39), max_size=60),
+    target=ANY_ID,
+)
+def test_nearest_live_is_the_brute_force_answer(
+    own: int, k: int, pool: list[int], failures: list[int], target: int
+) -> None:
+    """nearest_live() gives what sorting the table's live contacts by distance gives first."""
+    table = RoutingTable(own, k=k, ping_after=0.0)
+    for now, ident in enumerate(pool):
+        table.seen(c(ident), float(now))
+    for index in failures:
+        table.failed(pool[index % len(pool)])
+    live = [e.contact for b in table.buckets for e in b.entries.values() if e.failures < 2]
+    expected = min(live, key=lambda contact: contact.id ^ target, default=None)
+    assert table.nearest_live(target) == expected

@@ -937,8 +937,8 @@ class Engine:
         nearest holder that is gone: a contact that comes to look dead makes every key due
         again (``replication_due``), and otherwise they replicate an interval after the
         arrival, like any key no peer stored again."""
-        nearest = self.routing.closest(key, 1, live=True) if near is None else near
-        return not nearest or self.id ^ key < nearest[0].id ^ key
+        first = self.routing.nearest_live(key) if near is None else near[0] if near else None
+        return first is None or self.id ^ key < first.id ^ key
 
     def outside(self, key: int) -> bool:
         """Whether the routing table knows k live contacts nearer ``key`` than this node: it

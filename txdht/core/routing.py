@@ -217,6 +217,21 @@ class RoutingTable:
         found.sort()
         return [pair[1] for pair in found[:count]]
 
+    def nearest_live(self, target: int) -> Contact | None:
+        """The live contact nearest ``target`` (``closest(target, 1, live=True)``), if any.
+
+        Asked by every new item a node takes (``Engine.nearest``): the target's own bucket
+        holds the nearest contacts when it holds any (see ``closest``), so its nearest id is
+        found by ``min`` in C, with no pairs built and sorted; only when that one looks dead,
+        or the bucket is empty, does it take the long way."""
+        entries = self.bucket_for(target).entries
+        if entries:
+            entry = entries[min(entries, key=target.__xor__)]
+            if entry.failures < DEAD_AFTER:
+                return entry.contact
+        found = self.closest(target, 1, live=True)
+        return found[0] if found else None
+
     def nearest(self, target: int) -> Iterator[list[Contact]]:
         """Every contact, nearest ``target`` first, a bucket at a time, each sorted as it is
         taken (see ``closest``): a lookup takes a bucket or two, not the whole table."""
