@@ -113,6 +113,25 @@ def test_seen_moves_a_known_contact_to_the_tail() -> None:
     assert len(table) == 3
 
 
+def test_heard_marks_a_known_contact_as_seen_does_and_leaves_newcomers_to_seen() -> None:
+    """heard() is seen()'s rule for a known id: to the tail, last_seen now, failures and the
+    questionable mark cleared, its ping ended; an id not in the table (a replacement too)
+    is not added, and False says that seen() must decide."""
+    table, upper = pinging_head()
+    table.slow(TOP + 4)
+    entry = table.entry(TOP + 4)
+    assert entry is not None
+    assert entry.questionable
+    assert table.heard(TOP + 4, 9.0) is True
+    assert ids(upper.entries) == [TOP + 6, TOP + 4]
+    assert (entry.last_seen, entry.failures, entry.questionable) == (9.0, 0, False)
+    assert upper.pinging is None
+    assert table.heard(TOP + 8, 9.0) is False  # a replacement: not in the table yet
+    assert table.heard(TOP + 14, 9.0) is False
+    assert ids(upper.entries) == [TOP + 6, TOP + 4]
+    assert ids(upper.replacements) == [TOP + 8, TOP + 10]
+
+
 def test_full_bucket_covering_own_id_splits() -> None:
     """A full bucket covering our id splits in two, and the newcomer joins its half."""
     table = RoutingTable(0, k=2, now=3.0, ping_after=0.0)

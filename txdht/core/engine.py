@@ -240,8 +240,9 @@ class Engine:
             if request.network != self.network:  # never in the table, never served
                 text = f"this node is of network {self.network!r}, not {request.network!r}"
                 raise ProtocolError(ErrorCode.WRONG_NETWORK, text)
-            if request.port and request.sender != self.id:
-                self._seen(Contact(request.sender, host, request.port))
+            sender = request.sender
+            if request.port and sender != self.id and not self.routing.heard(sender, now):
+                self._seen(Contact(sender, host, request.port))
             reply = listen.answer(self, request, host, port, link) or self._answer(request)
         except ProtocolError as e:
             reply = self.error(request.rid, e.code, e.message)
@@ -583,11 +584,13 @@ class Engine:
     # -- the routing table -----------------------------------------------------------------
 
     def _seen(self, contact: Contact) -> None:
-        known = contact.id in self.routing
-        ping = self.routing.seen(contact, self.now)
+        routing = self.routing
+        if routing.heard(contact.id, self.now):  # known: nothing more to decide
+            return
+        ping = routing.seen(contact, self.now)
         if ping is not None:
             self.begin(PingCheck(ping), None)
-        if not known and contact.id in self.routing:
+        if contact.id in routing:  # a newcomer it took
             records = self._handoff(contact)
             if records:
                 self.begin(Handoff(contact, records), None)

@@ -251,17 +251,9 @@ class RoutingTable:
 
     def seen(self, contact: Contact, now: float) -> Contact | None:
         """We heard from ``contact``; return a contact the shell must ping, if any (rule 4)."""
-        if contact.id == self.own_id:
+        if contact.id == self.own_id or self.heard(contact.id, now):
             return None
         bucket = self.bucket_for(contact.id)
-        entries = bucket.entries
-        entry = entries.pop(contact.id, None)
-        if entry is not None:
-            entry.last_seen, entry.failures, entry.questionable = now, 0, False
-            entries[contact.id] = entry  # the most recently seen, last
-            if bucket.pinging == contact.id:
-                bucket.pinging = None
-            return None
         if not self._admissible(bucket, contact):
             return None
         while len(bucket.entries) >= self.k and self._may_split(bucket, contact.id):
@@ -284,6 +276,22 @@ class RoutingTable:
             return None
         bucket.pinging = head.contact.id
         return head.contact
+
+    def heard(self, ident: int, now: float) -> bool:
+        """We heard from ``ident``: if the table holds it, it is the most recently seen of its
+        bucket, with no failures, and no longer questionable or pinged (and True is returned);
+        if not (False), ``seen`` decides whether it comes in. Asked first for the sender of
+        every message, so that a known one (nearly all) costs no ``Contact`` built for it."""
+        bucket = self.bucket_for(ident)
+        entries = bucket.entries
+        entry = entries.pop(ident, None)
+        if entry is None:
+            return False
+        entry.last_seen, entry.failures, entry.questionable = now, 0, False
+        entries[ident] = entry  # the most recently seen, last
+        if bucket.pinging == ident:
+            bucket.pinging = None
+        return True
 
     def failed(self, ident: int) -> None:
         """A request to ``ident`` failed or timed out: count it, and evict if the rules say so."""
