@@ -591,7 +591,8 @@ def test_closest_is_the_brute_force_answer(
     live: bool,
 ) -> None:
     """closest(), which sorts only the buckets nearest the target, gives exactly what sorting
-    the whole table by distance gives, for any table, target, count, exclusion and liveness."""
+    the whole table by distance gives, for any table, target, count, exclusion and liveness;
+    nearest_live(), which looks in the target's bucket first, the nearest live contact."""
     table = RoutingTable(own, k=k, ping_after=0.0)
     for now, ident in enumerate(pool):
         table.seen(c(ident), float(now))
@@ -604,6 +605,9 @@ def test_closest_is_the_brute_force_answer(
     ]
     expected = sorted(allowed, key=lambda contact: contact.id ^ target)[: count or k]
     assert table.closest(target, count, excluded, live) == expected
+    alive = [e.contact for e in everyone if e.failures < 2]
+    nearest = min(alive, key=lambda contact: contact.id ^ target, default=None)
+    assert table.nearest_live(target) == nearest
 
 
 def test_a_head_heard_from_lately_is_not_pinged() -> None:
@@ -620,25 +624,3 @@ def test_a_head_heard_from_lately_is_not_pinged() -> None:
     assert upper.pinging is None
     assert table.seen(c(TOP + 10), 2.0 + PING_AFTER) == c(TOP + 4)
     assert upper.pinging == TOP + 4
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    own=ANY_ID,
-    k=st.integers(1, 5),
-    pool=st.lists(ANY_ID, min_size=1, max_size=40, unique=True),
-    failures=st.lists(st.integers(0, 39), max_size=60),
-    target=ANY_ID,
-)
-def test_nearest_live_is_the_brute_force_answer(
-    own: int, k: int, pool: list[int], failures: list[int], target: int
-) -> None:
-    """nearest_live() gives what sorting the table's live contacts by distance gives first."""
-    table = RoutingTable(own, k=k, ping_after=0.0)
-    for now, ident in enumerate(pool):
-        table.seen(c(ident), float(now))
-    for index in failures:
-        table.failed(pool[index % len(pool)])
-    live = [e.contact for b in table.buckets for e in b.entries.values() if e.failures < 2]
-    expected = min(live, key=lambda contact: contact.id ^ target, default=None)
-    assert table.nearest_live(target) == expected
