@@ -107,7 +107,7 @@ def test_an_answer_says_how_many_of_its_contacts_are_new() -> None:
     """``nodes_received`` returns how many contacts the answer added to the lookup: not those
     it knew (a seed, one named before, itself), and none for an answer it does not take (a
     second one from the same peer, or one from a peer it never asked). A put's lookup stops
-    asking its store queries for contacts at the first answer that adds none."""
+    asking its store queries for contacts at the first answer of k contacts that adds none."""
     lookup = IterativeLookup(0, cs(9, 3, 7, 1, 5), own_id=OWN, k=5, alpha=3)
     lookup.next_queries()  # 1, 3 and 5
     assert lookup.nodes_received(c(3), cs(8, 2, 9, 8)) == 2  # 9 was a seed; 8 twice

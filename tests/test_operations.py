@@ -797,11 +797,11 @@ def _lookup_end(put: ops.Publish, received: list[tuple[Engine, Message]]) -> lis
 def test_a_puts_lookup_stores_on_the_nodes_within_reach_of_the_k_closest_as_it_goes() -> None:
     """A put's lookup sends its query to a node within the distance where the k closest are
     expected as the store itself, asking with ``closest`` for that node's closest contacts
-    until an ``ok`` names none new to the lookup (the later store queries do not ask); farther
-    nodes get a ``find_node``, and the k closest not stored on by the lookup a plain store
-    once it ends. The item lands on exactly the k closest, this node counted when it is one
-    of them (its lookup then asks the k-th other node a find_node: that one is not among the
-    k closest, and takes no copy)."""
+    until an ``ok`` names k contacts, none new to the lookup (the later store queries do not
+    ask); farther nodes get a ``find_node``, and the k closest not stored on by the lookup a
+    plain store once it ends. The item lands on exactly the k closest, this node counted
+    when it is one of them (its lookup then asks the k-th other node a find_node: that one is
+    not among the k closest, and takes no copy)."""
     engines, wire = _network(30)
     a = engines[0]
     received = _tap(engines)
@@ -838,6 +838,38 @@ def test_a_puts_lookup_stores_on_the_nodes_within_reach_of_the_k_closest_as_it_g
     assert merged >= 20  # most of the 40 stores went as queries
     assert nearer_self  # and one item had this node among its k closest
     assert unasked  # and some of those queries no longer asked for contacts
+
+
+def test_an_ok_of_fewer_than_k_contacts_does_not_stop_the_store_queries_asking() -> None:
+    """Only an ``ok`` of k contacts, none new, stops a put's store queries asking for
+    contacts: holders that name only the asker (which the lookup never takes), as a hostile
+    node could to switch the asking off, leave every store query of the lookup asking."""
+    engines, wire = _network(30)
+    a = engines[0]
+    received = _tap(engines)
+    for made in engines[1:]:
+
+        def short(
+            message: Message, host: str, port: int, now: float, _answer: Any = made.request_received
+        ) -> Any:
+            reply, commands = _answer(message, host, port, now)
+            if isinstance(message, Store) and message.closest:
+                reply = replace(reply, nodes=(Contact(message.sender, host, message.port),))
+            return reply, commands
+
+        made.request_received = short  # type: ignore[method-assign,assignment]
+    asked = 0
+    for n in range(4):
+        item = blob(b"short %d" % n)
+        received.clear()
+        put = ops.Publish(item, 600.0)
+        ended = _lookup_end(put, received)
+        wire.start(a, put)
+        assert put.error is None
+        flags = [m.closest for _, m in received[: ended[0]] if isinstance(m, Store)]
+        assert all(flags)  # no short answer stopped the asking
+        asked += len(flags)
+    assert asked >= 8  # (the same puts among honest holders stop asking: the test above)
 
 
 @pytest.mark.parametrize(
