@@ -794,6 +794,18 @@ def _lookup_end(put: ops.Publish, received: list[tuple[Engine, Message]]) -> lis
     return ended
 
 
+def _put(
+    a: Engine, wire: Wire, received: list[tuple[Engine, Message]], item: Item
+) -> tuple[ops.Publish, int]:
+    """``a`` puts ``item``; the put, and how many of the requests it set off (from an empty
+    ``received``) were received by the end of its lookup."""
+    received.clear()
+    put = ops.Publish(item, 600.0)
+    ended = _lookup_end(put, received)
+    wire.start(a, put)
+    return put, ended[0]
+
+
 def test_a_puts_lookup_stores_on_the_nodes_within_reach_of_the_k_closest_as_it_goes() -> None:
     """A put's lookup sends its query to a node within the distance where the k closest are
     expected as the store itself, asking with ``closest`` for that node's closest contacts
@@ -809,16 +821,13 @@ def test_a_puts_lookup_stores_on_the_nodes_within_reach_of_the_k_closest_as_it_g
     merged = nearer_self = unasked = 0
     for n in range(8):
         item = blob(b"item %d" % n)
-        received.clear()
-        put = ops.Publish(item, 600.0)
-        ended = _lookup_end(put, received)
-        wire.start(a, put)
+        put, lookup_end = _put(a, wire, received, item)
         order = sorted(engines, key=lambda e: e.id ^ item.key)
         holders = {made.id for made in engines if made.storage.get(item.key) is not None}
         assert holders == {made.id for made in order[:5]}
         assert put.extra == 0
-        kinds = _kinds(received, order, ended[0])
-        flags = [m.closest for _, m in received[: ended[0]] if isinstance(m, Store)]
+        kinds = _kinds(received, order, lookup_end)
+        flags = [m.closest for _, m in received[:lookup_end] if isinstance(m, Store)]
         assert flags[0]  # the first store query asks for contacts
         assert flags == sorted(flags, reverse=True)  # and once one does not, none does
         unasked += flags.count(False)
@@ -860,13 +869,9 @@ def test_an_ok_of_fewer_than_k_contacts_does_not_stop_the_store_queries_asking()
         made.request_received = short  # type: ignore[method-assign,assignment]
     asked = 0
     for n in range(4):
-        item = blob(b"short %d" % n)
-        received.clear()
-        put = ops.Publish(item, 600.0)
-        ended = _lookup_end(put, received)
-        wire.start(a, put)
+        put, lookup_end = _put(a, wire, received, blob(b"short %d" % n))
         assert put.error is None
-        flags = [m.closest for _, m in received[: ended[0]] if isinstance(m, Store)]
+        flags = [m.closest for _, m in received[:lookup_end] if isinstance(m, Store)]
         assert all(flags)  # no short answer stopped the asking
         asked += len(flags)
     assert asked >= 8  # (the same puts among honest holders stop asking: the test above)
