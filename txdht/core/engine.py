@@ -242,7 +242,7 @@ class Engine:
                 raise ProtocolError(ErrorCode.WRONG_NETWORK, text)
             sender = request.sender
             if request.port and sender != self.id and not self.routing.heard(sender, now):
-                self._seen(Contact(sender, host, request.port))
+                self._newcomer(Contact(sender, host, request.port))
             reply = listen.answer(self, request, host, port, link) or self._answer(request)
         except ProtocolError as e:
             reply = self.error(request.rid, e.code, e.message)
@@ -584,13 +584,17 @@ class Engine:
     # -- the routing table -----------------------------------------------------------------
 
     def _seen(self, contact: Contact) -> None:
-        routing = self.routing
-        if routing.heard(contact.id, self.now):  # known: nothing more to decide
-            return
-        ping = routing.seen(contact, self.now)
+        if not self.routing.heard(contact.id, self.now):  # known: nothing more to decide
+            self._newcomer(contact)
+
+    def _newcomer(self, contact: Contact) -> None:
+        """We heard from ``contact``, which the table does not hold (``heard`` said so): the
+        table decides whether it comes in (perhaps pinging a bucket's head first), and one
+        it took gets the records it is now among the k closest to."""
+        ping = self.routing.seen(contact, self.now)
         if ping is not None:
             self.begin(PingCheck(ping), None)
-        if contact.id in routing:  # a newcomer it took
+        if contact.id in self.routing:  # it took it
             records = self._handoff(contact)
             if records:
                 self.begin(Handoff(contact, records), None)

@@ -220,14 +220,7 @@ class IterativeLookup:
             new = [contacts[i] for i in self._shortlist_ids() if state[i] is fresh]
             new.sort(key=lambda c: c.id in self.questionable)  # stable: nearest first within
             chosen = new[:room]
-        elif self._claimed is not None:  # the first ``room`` not asked yet, nearest first
-            chosen = []
-            for i in itertools.islice(self._candidates(), self.k):
-                if state[i] is fresh:
-                    chosen.append(contacts[i])
-                    if len(chosen) == room:
-                        break
-        else:  # the same, over the candidates in one loop (no generator, as in ``done``)
+        else:  # the first ``room`` not asked yet, nearest first: no need to look further
             chosen = self._first_new(room)
         if self._claimed is not None:
             ids = [c.id for c in chosen]
@@ -240,17 +233,18 @@ class IterativeLookup:
         return chosen
 
     def _first_new(self, room: int) -> list[Contact]:
-        """Up to ``room`` contacts not asked yet among the k nearest candidates, nearest
-        first: ``next_queries``' choice when no other path claims contacts, in one loop over
-        the candidates (this runs after every reply)."""
+        """Up to ``room`` contacts not asked yet among the k nearest candidates (those of
+        ``_candidates``), nearest first: ``next_queries``' choice, in one loop over the
+        candidates rather than a generator (this runs after every reply)."""
         if self._short:
             self._top_up()
         state, contacts, chosen, left = self._state, self._contacts, [], self.k
         fresh, failed, slow = _State.NEW, _State.FAILED, _State.SLOW
+        claimed, mine = self._claimed, self._mine
         for i in self._order:
             now = state[i]
-            if now is failed or now is slow:
-                continue
+            if now is failed or now is slow or (claimed and i in claimed and i not in mine):
+                continue  # not a candidate (another path's, with ``claimed``)
             if now is fresh:
                 chosen.append(contacts[i])
                 if len(chosen) == room:

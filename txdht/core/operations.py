@@ -229,15 +229,15 @@ class Lookup(Operation):
     with a plain ``ok``, which names nobody.
 
     The store queries ask for contacts (``closest``) until one ``ok`` names k contacts and
-    none new to the lookup; those sent after it do not. Only a full answer counts: one of
-    fewer comes from a node that knows fewer (a small network, where asking costs little) or
-    holds back, and a hostile node naming only the asker, or itself, would otherwise switch
-    the asking off for the rest of the put. By then the lookup is among the key's likely holders,
-    which know the key's neighbourhood best, and the first of them have named it: in the
-    50-node benchmark network the twenty answers of a put named 400 contacts, 2.4 of them new,
-    and writing, reading and sorting them was a fifth of a put's instructions. Its ``find_node``
-    queries, and store queries already out, still bring contacts, and the lookup goes on from
-    them as ever (docs/performance.md has the measures, and the simulator's)."""
+    none new to the lookup; those sent after it do not. By then the lookup is among the key's
+    likely holders, which know the key's neighbourhood best, and the first of them have named
+    it: in the 50-node benchmark network the twenty answers of a put named 400 contacts, 2.4
+    of them new, and writing, reading and sorting them was a fifth of a put's instructions.
+    Its ``find_node`` queries, and store queries already out, still bring contacts, and the
+    lookup goes on from them as ever (docs/performance.md has the measures, and the
+    simulator's). Only a full answer counts: one of fewer comes from a node that knows fewer
+    (a small network, where asking costs little) or holds back, and a hostile node naming
+    only the asker, or itself, would otherwise switch the asking off for the rest of the put."""
 
     def __init__(
         self, target: int, find_value: bool = False, store: tuple[Item, float] | None = None
