@@ -8,6 +8,7 @@ command to the addressed engine's ``request_received`` and the reply back to the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -849,21 +850,40 @@ def test_a_puts_lookup_stores_on_the_nodes_within_reach_of_the_k_closest_as_it_g
     assert unasked  # and some of those queries no longer asked for contacts
 
 
-def test_an_ok_of_fewer_than_k_contacts_does_not_stop_the_store_queries_asking() -> None:
-    """Only an ``ok`` of k contacts, none new, stops a put's store queries asking for
-    contacts: holders that name only the asker (which the lookup never takes), as a hostile
-    node could to switch the asking off, leave every store query of the lookup asking."""
+#: Answers a hostile holder could give a store query with ``closest``, to switch a put's
+#: asking off: from the asker's contact, its own and k.
+HUSHES: dict[str, Callable[[Contact, Contact, int], tuple[Contact, ...]]] = {
+    "only the asker": lambda asker, own, k: (asker,),
+    "the asker k times": lambda asker, own, k: (asker,) * k,
+    "itself k times": lambda asker, own, k: (own,) * k,
+    "itself and the asker, k times": lambda asker, own, k: (own, asker) * k,
+}
+
+
+@pytest.mark.parametrize("hush", list(HUSHES))
+def test_only_k_distinct_contacts_none_new_stop_the_store_queries_asking(hush: str) -> None:
+    """Only an ``ok`` naming k distinct contacts, none new, and neither the answering node
+    nor the asker, stops a put's store queries asking for contacts: holders that name only
+    the asker (which the lookup never takes) or themselves, once or k times over, as a
+    hostile node could to switch the asking off, leave every store query of the lookup
+    asking."""
     engines, wire = _network(30)
     a = engines[0]
     received = _tap(engines)
     for made in engines[1:]:
 
         def short(
-            message: Message, host: str, port: int, now: float, _answer: Any = made.request_received
+            message: Message,
+            host: str,
+            port: int,
+            now: float,
+            _answer: Any = made.request_received,
+            _made: Engine = made,
         ) -> Any:
             reply, commands = _answer(message, host, port, now)
             if isinstance(message, Store) and message.closest:
-                reply = replace(reply, nodes=(Contact(message.sender, host, message.port),))
+                asker = Contact(message.sender, host, message.port)
+                reply = replace(reply, nodes=HUSHES[hush](asker, contact(_made), a.k))
             return reply, commands
 
         made.request_received = short  # type: ignore[method-assign,assignment]
@@ -872,7 +892,7 @@ def test_an_ok_of_fewer_than_k_contacts_does_not_stop_the_store_queries_asking()
         put, lookup_end = _put(a, wire, received, blob(b"short %d" % n))
         assert put.error is None
         flags = [m.closest for _, m in received[:lookup_end] if isinstance(m, Store)]
-        assert all(flags)  # no short answer stopped the asking
+        assert all(flags)  # no such answer stopped the asking
         asked += len(flags)
     assert asked >= 8  # (the same puts among honest holders stop asking: the test above)
 

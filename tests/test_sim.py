@@ -25,7 +25,7 @@ from txdht.core.errors import ProtocolError, RemoteError
 from txdht.core.ids import Contact, sha512_id
 from txdht.core.items import Identity, Item, blob
 from txdht.core.limits import Limits
-from txdht.core.messages import FindNode, Message, Nodes, Ping, Pong, Store
+from txdht.core.messages import FindNode, Message, Nodes, Ok, Ping, Pong, Store
 from txdht.core.schedule import Intervals
 from txdht.core.storage import StoredItem
 from txdht.sim import Network, Report, Settings, SimLookup, SimNode, SimulationError, run
@@ -1127,7 +1127,7 @@ def test_adversary_scenario_measures_each_kind_with_each_number_of_paths(
     monkeypatch.setattr("txdht.sim.scenarios.ECLIPSE", (2, 5))
     report = run("adversary", Settings(nodes=30, keys=2, lookups=4, k=5, hostile=(0.2,)))
     table, eclipse = report.tables
-    kinds = ["drop", "collude", "far", "drop-stores", "stale", "mixed"]
+    kinds = ["drop", "collude", "far", "drop-stores", "stale", "hush", "mixed"]
     assert [(row[0], row[1], row[2]) for row in table.rows] == [
         ("20%", kind, paths) for kind in kinds for paths in (1, 2, 3, 4)
     ]
@@ -1135,6 +1135,11 @@ def test_adversary_scenario_measures_each_kind_with_each_number_of_paths(
     assert all(0 <= float(row[3]) <= 100 and 0 <= float(row[4]) <= 100 for row in table.rows)
     for kind in kinds:  # more paths, more messages
         assert float(rows[kind, 4][5]) > float(rows[kind, 1][5])
+    held = {kind: [float(rows[kind, paths][6]) for paths in (1, 2, 3, 4)] for kind in kinds}
+    assert all(0.0 <= copies <= 5.0 for row in held.values() for copies in row)
+    assert held["stale"] == [5.0] * 4  # it keeps a new key: each blob on all k = 5 closest
+    assert max(held["drop-stores"]) < 5.0  # it keeps nothing: copies missing among them
+    assert all(float(row[7]) >= 0.0 for row in table.rows)  # stray copies a put
     ground = {(row[0], row[2], row[3]): float(row[4]) for row in eclipse.rows}
     assert set(ground) == {
         (count, cap, paths) for count in (2, 5) for cap in ("none", 2) for paths in (1, 2, 3, 4)
@@ -1173,6 +1178,22 @@ def test_adversaries_answer_as_their_kind_and_can_be_calmed() -> None:
     assert isinstance(replies["far"], Nodes)
     assert all(c.host not in net.by_host for c in replies["far"].nodes)
     assert replies["drop"] is None
+    turn(bad, "hush", net, rng)
+    hush = bad[0].hostile
+    assert hush is not None
+    item = blob(b"hushed")
+    asked, _ = hush(
+        bad[0], asker.engine.message(Store, item=item, ttl=60.0, closest=True), asker.host
+    )
+    assert isinstance(asked, Ok)  # k copies of itself: k contacts, none new to the asker
+    assert asked.nodes == (bad[0].contact,) * 4
+    assert bad[0].engine.storage.get(item.key) is not None  # and it keeps the item
+    plain, _ = hush(bad[0], asker.engine.message(Store, item=item, ttl=60.0), asker.host)
+    routed, _ = hush(bad[0], request, asker.host)
+    assert isinstance(plain, Ok)
+    assert plain.nodes == ()
+    assert isinstance(routed, Nodes)
+    assert bad[0].contact not in routed.nodes  # honest routing
     turn(bad, "collude", net, rng)
     answer = bad[0].hostile
     assert answer is not None

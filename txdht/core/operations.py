@@ -235,9 +235,11 @@ class Lookup(Operation):
     of them new, and writing, reading and sorting them was a fifth of a put's instructions.
     Its ``find_node`` queries, and store queries already out, still bring contacts, and the
     lookup goes on from them as ever (docs/performance.md has the measures, and the
-    simulator's). Only a full answer counts: one of fewer comes from a node that knows fewer
-    (a small network, where asking costs little) or holds back, and a hostile node naming
-    only the asker, or itself, would otherwise switch the asking off for the rest of the put."""
+    simulator's). Only a full answer counts, k distinct contacts other than the answering
+    node and this one: one of fewer comes from a node that knows fewer (a small network,
+    where asking costs little) or holds back, and a hostile node naming only the asker, or
+    itself, even k times over, would otherwise switch the asking off for the rest of the put
+    (the simulator's ``hush`` adversaries do that; docs/reliability.md, "hostile nodes")."""
 
     def __init__(
         self, target: int, find_value: bool = False, store: tuple[Item, float] | None = None
@@ -321,7 +323,7 @@ class Lookup(Operation):
         elif isinstance(reply, Ok) and isinstance(request.message, Store):
             self.took.add(contact.id)
             added = self.machine.nodes_received(contact, reply.nodes)
-            if not added and len(reply.nodes) >= self.engine.k:
+            if not added and self._full(contact, reply.nodes):
                 self.asking = False  # k contacts, none new: the others would name none either
         elif isinstance(reply, Value) and self.find_value:
             if not self.machine.value_received(contact, reply.item):
@@ -330,6 +332,17 @@ class Lookup(Operation):
             self.machine.query_failed(contact)
             self.engine.peer_failed(contact, f"it answered with a {reply.TYPE} reply")
         self._step()
+
+    def _full(self, peer: Contact, contacts: tuple[Contact, ...]) -> bool:
+        """Whether ``contacts``, ``peer``'s answer, name k distinct contacts other than
+        ``peer`` and this node (an honest answer names neither, and no contact twice)."""
+        k = self.engine.k
+        if len(contacts) < k:
+            return False
+        ids = {c.id for c in contacts}
+        ids.discard(peer.id)
+        ids.discard(self.engine.id)
+        return len(ids) >= k
 
     def request_failed(self, request: Request, error: Exception) -> None:
         contact = request.contact

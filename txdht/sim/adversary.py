@@ -14,6 +14,10 @@ core's, so it keeps its place in honest tables like any node.
   returns a value.
 - ``stale``: routes honestly, keeps the first version of each key it is sent and acknowledges
   the later ones without keeping them, and returns the old one to every ``find_value``.
+- ``hush``: routes and stores honestly, but answers a ``store`` that asks for contacts
+  (``closest``) with k copies of its own contact: k contacts, none new to the asker's lookup,
+  which is what tells a put's lookup that asking has stopped bringing anyone new (see
+  ``txdht.core.operations.Publish``). It aims to end the lookup short of the key's holders.
 
 ``eclipse`` is not a kind of answer but of placement: adversaries whose ids were ground next to
 one key (``grind``), answering as ``collude``.
@@ -33,7 +37,7 @@ from txdht.sim.network import PORT, Hostile, Network, SimNode, closest_ids
 __all__ = ["KINDS", "behaviour", "calm", "grind", "turn"]
 
 #: The kinds of adversary, in the order the scenario reports them.
-KINDS = ("drop", "collude", "far", "drop-stores", "stale")
+KINDS = ("drop", "collude", "far", "drop-stores", "stale", "hush")
 
 
 def _honest(node: SimNode, request: Message, host: str) -> tuple[Message | None, list[Command]]:
@@ -132,6 +136,13 @@ def _stale(node: SimNode, request: Message, host: str) -> tuple[Message | None, 
     return _honest(node, request, host)
 
 
+def _hush(node: SimNode, request: Message, host: str) -> tuple[Message | None, list[Command]]:
+    reply, commands = _honest(node, request, host)
+    if isinstance(request, Store) and request.closest and isinstance(reply, Ok):
+        reply = node.engine.message(Ok, reply.rid, nodes=(node.contact,) * node.engine.k)
+    return reply, commands
+
+
 def behaviour(kind: str, network: Network, rng: random.Random) -> Hostile:
     """How an adversary of ``kind`` answers (the adversaries must be marked first: colluders
     name each other)."""
@@ -145,6 +156,8 @@ def behaviour(kind: str, network: Network, rng: random.Random) -> Hostile:
         return _drop_stores
     if kind == "stale":
         return _stale
+    if kind == "hush":
+        return _hush
     raise ValueError(f"no adversary of kind {kind!r}; the kinds: {', '.join(KINDS)}")
 
 

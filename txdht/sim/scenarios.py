@@ -735,6 +735,10 @@ class _Attempt:
     readable: int = 0
     puts: int = 0
     queries: list[int] = field(default_factory=list)
+    #: Copies of the blobs on the key's k closest live nodes, and on other nodes, just after
+    #: their puts.
+    replicas: int = 0
+    stray: int = 0
 
 
 def _honest_round(
@@ -750,6 +754,11 @@ def _honest_round(
     store(net, newer, writers)
     blobs = [blob(f"{label} blob {i}".encode()) for i in range(s.keys)]
     store(net, blobs, writers)
+    held = live_holders(net)
+    for b in blobs:
+        near = replicas(net, b.key)
+        attempt.replicas += near
+        attempt.stray += held.get(b.key, 0) - near
 
     def get(key: int, done: Callable[[tuple[Item | None, int]], None]) -> None:
         def got(item: Item | None, found: SimLookup | None) -> None:
@@ -793,6 +802,8 @@ def _adversary_once(s: Settings, fraction: float, report: Report, table: Table) 
                     _percent(attempt.newest, attempt.gets),
                     _percent(attempt.readable, attempt.puts),
                     mean([float(q) for q in attempt.queries]),
+                    attempt.replicas / attempt.puts,
+                    attempt.stray / attempt.puts,
                 ]
             )
         s.say(net, f"adversary {fraction:.0%}: {kind} measured")
@@ -850,7 +861,16 @@ def read_through(net: Network, readers: list[SimNode], key: int) -> list[Item | 
 def adversary(s: Settings) -> Report:
     """Hostile nodes that speak the protocol but serve their own ends (txdht.sim.adversary),
     and lookups over 1 to 4 disjoint paths: what honest nodes still read."""
-    columns = ["hostile", "kind", "paths", "newest %", "readable %", "RPCs per get"]
+    columns = [
+        "hostile",
+        "kind",
+        "paths",
+        "newest %",
+        "readable %",
+        "RPCs per get",
+        "replicas a put",
+        "stray copies a put",
+    ]
     table = Table(
         f"{s.nodes} nodes at k={s.k}: gets by honest nodes of the newest version of names "
         "honest nodes wrote twice, and of blobs they put, with a fraction hostile",
@@ -887,7 +907,9 @@ def adversary(s: Settings) -> Report:
         "each fraction runs in a network of its own, grown honestly; then the chosen nodes turn "
         "hostile, kind after kind (mixed: each picks a kind), and for each number of paths "
         f"honest nodes write {s.keys} names twice and put {s.keys} blobs, and {s.lookups} gets "
-        "of the names and one of each blob follow, through other honest nodes"
+        "of the names and one of each blob follow, through other honest nodes; 'replicas a "
+        f"put' counts the copies of a blob on its key's {s.k} closest live nodes just after "
+        "the put, 'stray copies a put' those on other nodes"
     )
     report.counters = _counters(nets)
     report.simulated_seconds = sum(net.clock.now for net in nets)
