@@ -166,6 +166,11 @@ def targets(
     tw = results.get("twisted-epoll", {}).get("rpc-c1", {}).get("ops_per_s")
     r = _ratio(uv, tw)
     if "uvloop" in results or "twisted-epoll" in results:
+        # The bare loops' own ratio, for scale: ours cannot be further apart than the loops
+        # they run on unless the Twisted node does more work per ping than the uvloop twin.
+        floor_uv = results.get("floor-uvloop", {}).get("rpc-c1", {}).get("ops_per_s")
+        floor_tw = results.get("floor-epoll", {}).get("rpc-c1", {}).get("ops_per_s")
+        floors = _ratio(floor_uv, floor_tw)
         found.append(
             _target(
                 "uvloop-2x-twisted",
@@ -173,7 +178,13 @@ def targets(
                 r,
                 ">= 2x",
                 None if r is None else r >= 2.0,
-                f"{_fmt(uv, ',.0f')} vs {_fmt(tw, ',.0f')} pings/s",
+                f"{_fmt(uv, ',.0f')} vs {_fmt(tw, ',.0f')} pings/s"
+                + (
+                    ""
+                    if floors is None
+                    else f"; their loops' floors {_fmt(floor_uv, ',.0f')} vs "
+                    f"{_fmt(floor_tw, ',.0f')} ({floors:.2f}x)"
+                ),
             )
         )
     for contender in OURS:

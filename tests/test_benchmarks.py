@@ -353,6 +353,33 @@ def test_targets_hold_each_contender_to_its_own_bar() -> None:
     assert {t["status"] for t in found.values()} == {"n/a"}
 
 
+def test_the_uvloop_ping_target_gives_the_floors_ratio_beside_ours() -> None:
+    """The uvloop twin's 2x target says how far apart the two bare loops are themselves (ours
+    cannot be further apart unless the Twisted node does more per ping), and leaves that out
+    when a floor was not measured."""
+    from benchmarks.report import ratios, targets
+
+    def ping(rate: float) -> dict[str, Any]:
+        return {"rpc-c1": {"ops_per_s": rate, "p50_ms": 1000.0 / rate}}
+
+    results = {
+        "uvloop": ping(18_000.0),
+        "twisted-epoll": ping(12_000.0),
+        "floor-uvloop": ping(51_000.0),
+        "floor-epoll": ping(34_000.0),
+    }
+    found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results))}
+    target = found[("uvloop-2x-twisted", "uvloop")]
+    assert target["status"] == "missed"
+    assert target["value"] == pytest.approx(1.5)
+    assert target["detail"] == (
+        "18,000 vs 12,000 pings/s; their loops' floors 51,000 vs 34,000 (1.50x)"
+    )
+    del results["floor-epoll"]
+    found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results))}
+    assert found[("uvloop-2x-twisted", "uvloop")]["detail"] == "18,000 vs 12,000 pings/s"
+
+
 def test_the_kademlia_target_says_how_each_repetition_went() -> None:
     """The verdict is the medians'; the detail adds each repetition's worst ratio (ours n-th
     run against kademlia's n-th) and in how many every ratio was at the bar."""
