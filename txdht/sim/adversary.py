@@ -17,7 +17,7 @@ core's, so it keeps its place in honest tables like any node.
 - ``hush``: routes and stores honestly, but answers a ``store`` that asks for contacts
   (``closest``) with k copies of its own contact: k contacts, none new to the asker's lookup,
   which is what tells a put's lookup that asking has stopped bringing anyone new (see
-  ``txdht.core.operations.Publish``). It aims to end the lookup short of the key's holders.
+  ``txdht.core.operations.Lookup``). It aims to end the lookup short of the key's holders.
 
 ``eclipse`` is not a kind of answer but of placement: adversaries whose ids were ground next to
 one key (``grind``), answering as ``collude``.
