@@ -424,7 +424,9 @@ class IterativeLookup:
         return list(itertools.islice(self._candidates(), self.k))
 
     def _candidates(self) -> Iterator[int]:
-        """The ids of the shortlist's candidates, nearest first (seeds taken as needed)."""
+        """The ids of the shortlist's candidates, nearest first (seeds taken as needed).
+        ``_first_new`` applies the same rule in a loop of its own (going through this
+        generator cost 2.3% more instructions a put): a change to one belongs in both."""
         if self._short:
             self._top_up()
         out, claimed, mine, state = (
