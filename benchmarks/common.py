@@ -24,6 +24,7 @@ __all__ = [
     "raise_fd_limit",
     "rss_kib",
     "summarize",
+    "unlimited",
 ]
 
 #: Runs coroutines concurrently and returns an awaitable for all of them: ``asyncio.gather``
@@ -141,3 +142,13 @@ def quiet_logging() -> None:
     logging.basicConfig(level=logging.ERROR)
     for name in ("kademlia", "rpcudp", "txdht", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def unlimited() -> Any:
+    """Limits with the request rates off: the benchmark's peers all live on one host and send
+    far more than the defaults allow one peer (or the node in all); kademlia has no limits and
+    OpenDHT's are turned off too, so every contender runs unthrottled."""
+    from txdht.core.limits import Limits
+
+    huge = 1e12
+    return Limits(peer_rate=huge, peer_burst=huge, global_rate=huge, global_burst=huge)

@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmarks import KINDS
 from benchmarks.common import drive, open_fds, rss_kib
+from benchmarks.pingcost import core_ping
 
 __all__ = ["memory", "network", "profile", "rpc", "serving", "warm"]
 
@@ -64,7 +65,11 @@ async def rpc(shell: Any, params: dict[str, Any]) -> dict[str, Any]:
         await close()
     # Both ends run in this process: the CPU of a round trip is that of both its messages.
     per_ping = cpu / result["count"] * 1e6 if result["count"] else None
-    return {"concurrency": concurrency, **result, "cpu_us_per_ping": per_ping}
+    metrics = {"concurrency": concurrency, **result, "cpu_us_per_ping": per_ping}
+    alone = params.get("core_ping")
+    if alone:  # the core's share of that, timed alone in this process (benchmarks.pingcost)
+        metrics.update(core_ping(int(alone["pings"]), int(alone["batches"])))
+    return metrics
 
 
 async def serving(shell: Any, params: dict[str, Any]) -> dict[str, Any]:

@@ -113,6 +113,39 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def ping_costs(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Where each of ours spends a ping (microseconds of CPU a round trip, both ends): the
+    floor's loop, and beyond it the DHT's work, split into the core alone (measured without
+    I/O in the same worker: ``benchmarks.pingcost``), of which the codec, and the rest (the
+    driver: Deferreds or futures, batched writes, the loop's timer); beside them what the ping
+    target leaves for the DHT's work: half the floor's p50."""
+    costs = {}
+    for contender in OURS:
+        ours = results.get(contender, {}).get("rpc-c1", {})
+        floor = results.get(FLOOR_OF[contender], {}).get("rpc-c1", {})
+        numbers = (
+            ours.get("cpu_us_per_ping"),
+            ours.get("core_us_per_ping"),
+            ours.get("codec_us_per_ping"),
+            floor.get("cpu_us_per_ping"),
+            floor.get("p50_ms"),
+        )
+        if not all(isinstance(n, int | float) for n in numbers):
+            continue
+        cpu, core, codec, floor_cpu, floor_p50 = (float(n) for n in numbers)
+        dht = cpu - floor_cpu
+        costs[contender] = {
+            "floor_us": floor_cpu,
+            "ours_us": cpu,
+            "dht_us": dht,
+            "core_us": core,
+            "codec_us": codec,
+            "driver_us": dht - core,
+            "allowed_us": floor_p50 * 1000 * 0.5,
+        }
+    return costs
+
+
 def _kinds(m: dict[str, Any]) -> str:
     """The requests of each kind per put and per get, where the contender counts them."""
     parts = []
@@ -148,10 +181,19 @@ def targets(
     kademlia target each repetition's worst ratio, so that a reader sees whether the medians'
     verdict held in every repetition or only in some."""
     found = []
+    costs = ping_costs(results)
     for contender in OURS:
         if contender not in results:
             continue
         r = rat.get(contender, {}).get("rpc-c1", {}).get("p50_vs_floor")
+        detail = f"p50 {_x(r, '.2f')} {FLOOR_OF[contender]}'s"
+        cost = costs.get(contender)
+        if cost is not None:
+            detail += (
+                f"; {cost['dht_us']:.0f} µs of CPU a ping beyond the floor's, "
+                f"{cost['core_us']:.0f} of them the core alone ({cost['codec_us']:.0f} its "
+                f"codec), where the target leaves {cost['allowed_us']:.0f}"
+            )
         found.append(
             _target(
                 "ping-p50-vs-floor",
@@ -159,7 +201,7 @@ def targets(
                 r,
                 "<= 1.5x",
                 None if r is None else r <= 1.5,
-                f"p50 {_x(r, '.2f')} {FLOOR_OF[contender]}'s",
+                detail,
             )
         )
     uv = results.get("uvloop", {}).get("rpc-c1", {}).get("ops_per_s")
@@ -374,6 +416,7 @@ def build(
         "runs": runs,
         "results": results,
         "ratios": rat,
+        "ping_costs": ping_costs(results),
         "targets": targets(results, rat, runs),
     }
 
@@ -617,6 +660,45 @@ def _where_the_time_goes(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _where_a_ping_goes(doc: dict[str, Any]) -> list[str]:
+    """The ping's CPU split (``ping_costs``), one row per contender of ours measured."""
+    costs = doc.get("ping_costs") or {}
+    if not costs:
+        return []
+    lines = [
+        "",
+        "## Where a ping's time goes",
+        "",
+        "Microseconds of CPU per ping round trip at concurrency 1 (both ends, in one process). "
+        '"Beyond the floor" is ours minus the bare echo on the same loop: the DHT\'s own work. '
+        '"Core alone" is the same round trip through the core with no I/O (two engines and '
+        "their Streams, the request encoded, framed, decoded and served, the reply back: "
+        '`benchmarks.pingcost`, timed in the same worker); "codec" is its encoding and '
+        'decoding of the two messages; "driver" is the rest (Deferred or future, batched '
+        "writes, the loop's timer). The ping target allows half the floor's p50 beyond it.",
+        "",
+        "| contender | floor | ours | beyond the floor | core alone | of which codec | driver "
+        "| the target allows |",
+        "| --- | --: | --: | --: | --: | --: | --: | --: |",
+    ]
+    for contender in [c for c in OURS if c in costs]:
+        c = costs[contender]
+        cells = " | ".join(
+            f"{c[name]:.1f}"
+            for name in (
+                "floor_us",
+                "ours_us",
+                "dht_us",
+                "core_us",
+                "codec_us",
+                "driver_us",
+                "allowed_us",
+            )
+        )
+        lines.append(f"| {contender} | {cells} |")
+    return lines
+
+
 def _times(doc: dict[str, Any]) -> str:
     """How many times each configuration ran: "3 times", "3 times (the network measure 5)"."""
     text = f"{doc['repeat']} time{'s' if doc['repeat'] != 1 else ''}"
@@ -669,6 +751,7 @@ def markdown(doc: dict[str, Any]) -> str:
     met = sum(1 for t in doc["targets"] if t["status"] == "met")
     missed = sum(1 for t in doc["targets"] if t["status"] == "missed")
     lines += ["", f"{met} met, {missed} missed, {len(doc['targets']) - met - missed} n/a."]
+    lines += _where_a_ping_goes(doc)
     lines += _where_the_time_goes(doc)
     profiles = [
         f"{r['contender']} `{Path(r['metrics']['profile_path']).name}`"

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from benchmarks.common import unlimited
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.ids import Contact, id_from_hex
 from txdht.core.messages import FindNode, Nodes, Ping, encode
@@ -58,16 +59,6 @@ REPLY_CONTACTS = 20
 #: Seconds an OpenDHT operation may wait for its callback.
 OP_TIMEOUT = 10.0
 Address = tuple[str, int]
-
-
-def unlimited() -> Any:
-    """Limits with the request rates off: the benchmark's peers all live on one host and send
-    far more than the defaults allow one peer (or the node in all); kademlia has no limits and
-    OpenDHT's are turned off too, so every contender runs unthrottled."""
-    from txdht.core.limits import Limits
-
-    huge = 1e12
-    return Limits(peer_rate=huge, peer_burst=huge, global_rate=huge, global_burst=huge)
 
 
 def _sent(metrics: Any) -> int:

@@ -190,6 +190,9 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
                 assert metrics["get_local"] >= 0, (name, measure)
             if measure == "serving":
                 assert metrics["contacts_per_reply"] == 20, (name, measure)
+            if measure == "rpc-c1" and name in CONTENDERS[:4]:
+                # The core's share of a ping, timed alone in the same worker.
+                assert 0 < metrics["codec_us_per_ping"] < metrics["core_us_per_ping"], name
     assert {(r["contender"], r["measure"]) for r in document["runs"]} <= {
         (name, measure) for name in CONTENDERS for measure in APPLIES[name]
     }
@@ -205,10 +208,14 @@ def test_tiny_run_writes_every_field(tmp_path: Path) -> None:
         "gets-ahead-of-opendht",
     }
     assert document["ratios"]["twisted-epoll"]["rpc-c1"]["floor"] == "floor-epoll"
+    cost = document["ping_costs"]["twisted-epoll"]
+    assert cost["dht_us"] == pytest.approx(cost["ours_us"] - cost["floor_us"])
+    assert cost["driver_us"] == pytest.approx(cost["dht_us"] - cost["core_us"])
 
     stamp = document["stamp"]
     markdown = (tmp_path / f"{stamp}.md").read_text(encoding="utf-8")
     assert "| measure | contender |" in markdown
+    assert "## Where a ping's time goes" in markdown
     assert machine["cpu_model"] in markdown
     assert "| measure | contender |" in stdout
     for plot in ("rpc", "serving", "network", "memory"):
@@ -378,6 +385,58 @@ def test_the_uvloop_ping_target_gives_the_floors_ratio_beside_ours() -> None:
     del results["floor-epoll"]
     found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results))}
     assert found[("uvloop-2x-twisted", "uvloop")]["detail"] == "18,000 vs 12,000 pings/s"
+
+
+def test_the_ping_target_says_where_a_ping_goes() -> None:
+    """The ping's CPU beyond the floor's is split into the core alone (of which its codec) and
+    the driver, beside what the 1.5x target leaves (half the floor's p50); the report's table
+    shows the same figures, and a contender whose core was not timed has no row."""
+    from benchmarks.report import _where_a_ping_goes, ping_costs, ratios, targets
+
+    results: dict[str, dict[str, Any]] = {
+        "twisted-epoll": {
+            "rpc-c1": {
+                "ops_per_s": 15_000.0,
+                "p50_ms": 0.062,
+                "cpu_us_per_ping": 67.0,
+                "core_us_per_ping": 24.5,
+                "codec_us_per_ping": 10.0,
+            }
+        },
+        "floor-epoll": {
+            "rpc-c1": {"ops_per_s": 34_000.0, "p50_ms": 0.028, "cpu_us_per_ping": 29.0}
+        },
+        "asyncio": {"rpc-c1": {"ops_per_s": 15_000.0, "p50_ms": 0.06, "cpu_us_per_ping": 60.0}},
+        "floor-asyncio": {"rpc-c1": {"ops_per_s": 3e4, "p50_ms": 0.024, "cpu_us_per_ping": 26.0}},
+    }
+    costs = ping_costs(results)
+    assert list(costs) == ["twisted-epoll"]  # the asyncio twin's core was not timed
+    cost = costs["twisted-epoll"]
+    assert cost["dht_us"] == pytest.approx(38.0)
+    assert cost["driver_us"] == pytest.approx(13.5)
+    assert cost["allowed_us"] == pytest.approx(14.0)
+    found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results))}
+    assert found[("ping-p50-vs-floor", "twisted-epoll")]["detail"] == (
+        "p50 2.21x floor-epoll's; 38 µs of CPU a ping beyond the floor's, 24 of them the "
+        "core alone (10 its codec), where the target leaves 14"
+    )
+    assert found[("ping-p50-vs-floor", "asyncio")]["detail"] == "p50 2.50x floor-asyncio's"
+    table = "\n".join(_where_a_ping_goes({"ping_costs": costs}))
+    assert "## Where a ping's time goes" in table
+    assert "| twisted-epoll | 29.0 | 67.0 | 38.0 | 24.5 | 10.0 | 13.5 | 14.0 |" in table
+    assert _where_a_ping_goes({"ping_costs": {}}) == []
+
+
+def test_the_core_alone_times_a_checked_ping_round_trip() -> None:
+    """``benchmarks.pingcost`` times real round trips through two engines (each checked to end
+    with the other's pong) and the codec of the same two messages, which is part of them."""
+    from benchmarks.pingcost import core_ping
+
+    figures = core_ping(pings=50, batches=2)
+    assert set(figures) == {"core_us_per_ping", "codec_us_per_ping"}
+    assert 0 < figures["codec_us_per_ping"] < figures["core_us_per_ping"]
+    with pytest.raises(ValueError, match="at least one batch"):
+        core_ping(pings=0)
 
 
 def test_the_kademlia_target_says_how_each_repetition_went() -> None:
