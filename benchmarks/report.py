@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -253,14 +254,30 @@ def targets(
         if pairs and versus["status"] != "n/a":
             versus["detail"] += "; " + pairs
         found.append(versus)
-        found += _versus_opendht(contender, net, od)
+        puts, gets = _versus_opendht(contender, net, od)
+        pairs = _repetitions(
+            runs or [], contender, 0.25, "opendht", _opendht_margins, lambda r, bar: r >= bar
+        )
+        if pairs and puts["status"] != "n/a":
+            puts["detail"] += "; " + pairs
+        found += [puts, gets]
     return found
 
 
-def _repetitions(runs: list[dict[str, Any]], contender: str, bar: float) -> str:
-    """Each repetition's worst ratio to kademlia (the n-th network run of ``contender`` with
-    kademlia's n-th: the repetitions are interleaved, so the two ran minutes apart at most),
-    and in how many of them every ratio was at the bar; "" with fewer than two."""
+def _repetitions(
+    runs: list[dict[str, Any]],
+    contender: str,
+    bar: float,
+    other: str = "kademlia",
+    margins: Callable[[dict[str, Any], dict[str, Any]], dict[str, float | None]] | None = None,
+    at_bar: Callable[[float, float], bool] | None = None,
+) -> str:
+    """Each repetition's worst ratio to ``other`` (the n-th network run of ``contender`` with
+    the other's n-th: the repetitions are interleaved, so the two ran minutes apart at most),
+    and in how many of them every ratio was at the bar; "" with fewer than two. The ratios are
+    ``margins`` (every put and get ratio to kademlia by default), at the bar by ``at_bar``."""
+    margins = margins or _kademlia_margins
+    at_bar = at_bar or _at_bar
 
     def network(name: str) -> list[dict[str, Any]]:
         return [
@@ -270,15 +287,28 @@ def _repetitions(runs: list[dict[str, Any]], contender: str, bar: float) -> str:
         ]
 
     worst = []
-    for ours, theirs in zip(network(contender), network("kademlia"), strict=False):
-        known = [v for v in _kademlia_margins(ours, theirs).values() if v is not None]
-        if len(known) == 8:
+    for ours, theirs in zip(network(contender), network(other), strict=False):
+        ratios = margins(ours, theirs)
+        known = [v for v in ratios.values() if v is not None]
+        if known and len(known) == len(ratios):
             worst.append(min(known))
     if len(worst) < 2:
         return ""
-    held = sum(1 for w in worst if _at_bar(w, bar))
-    listed = ", ".join(_x(w, ".2f") for w in worst)
+    held = sum(1 for w in worst if at_bar(w, bar))
+    listed = ", ".join(_x(w, ".2f" if other == "kademlia" else ".3f") for w in worst)
     return f"per repetition: worst {listed} (at the bar in {held} of {len(worst)})"
+
+
+def _opendht_margins(
+    net: dict[str, Any], od: dict[str, Any], op: str = "put"
+) -> dict[str, float | None]:
+    """Ours / OpenDHT's ``op``s a second, sequential and at 16 in flight."""
+    return {
+        f"{op} {phase}": _ratio(
+            net.get(f"{op}_{phase}_ops_per_s"), od.get(f"{op}_{phase}_ops_per_s")
+        )
+        for phase in ("seq", "conc")
+    }
 
 
 def _at_bar(ratio: float, bar: float) -> bool:
@@ -335,12 +365,7 @@ def _versus_opendht(
         ("puts-quarter-opendht", "put", ">= 0.25x", 0.25),
         ("gets-ahead-of-opendht", "get", "> 1x", 1.0),
     ):
-        margins = {
-            f"{op} {phase}": _ratio(
-                net.get(f"{op}_{phase}_ops_per_s"), od.get(f"{op}_{phase}_ops_per_s")
-            )
-            for phase in ("seq", "conc")
-        }
+        margins = _opendht_margins(net, od, op)
         known = {k: v for k, v in margins.items() if v is not None}
         if not net or not od or not known:
             found.append(_target(ident, contender, None, threshold, None, "no data"))
