@@ -256,7 +256,13 @@ def targets(
         found.append(versus)
         puts, gets = _versus_opendht(contender, net, od)
         pairs = _repetitions(
-            runs or [], contender, 0.25, "opendht", _opendht_margins, lambda r, bar: r >= bar
+            runs or [],
+            contender,
+            0.25,
+            "opendht",
+            _opendht_margins,
+            lambda ratio, bar: ratio >= bar,
+            ".3f",
         )
         if pairs and puts["status"] != "n/a":
             puts["detail"] += "; " + pairs
@@ -271,11 +277,13 @@ def _repetitions(
     other: str = "kademlia",
     margins: Callable[[dict[str, Any], dict[str, Any]], dict[str, float | None]] | None = None,
     at_bar: Callable[[float, float], bool] | None = None,
+    spec: str = ".2f",
 ) -> str:
     """Each repetition's worst ratio to ``other`` (the n-th network run of ``contender`` with
     the other's n-th: the repetitions are interleaved, so the two ran minutes apart at most),
     and in how many of them every ratio was at the bar; "" with fewer than two. The ratios are
-    ``margins`` (every put and get ratio to kademlia by default), at the bar by ``at_bar``."""
+    ``margins`` (every put and get ratio to kademlia by default), at the bar by ``at_bar``,
+    written with the format ``spec``."""
     margins = margins or _kademlia_margins
     at_bar = at_bar or _at_bar
 
@@ -295,7 +303,7 @@ def _repetitions(
     if len(worst) < 2:
         return ""
     held = sum(1 for w in worst if at_bar(w, bar))
-    listed = ", ".join(_x(w, ".2f" if other == "kademlia" else ".3f") for w in worst)
+    listed = ", ".join(_x(w, spec) for w in worst)
     return f"per repetition: worst {listed} (at the bar in {held} of {len(worst)})"
 
 
