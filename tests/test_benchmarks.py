@@ -321,6 +321,11 @@ def _network(scale: float, get_scale: float | None = None) -> dict[str, float]:
     return result
 
 
+def _network_run(contender: str, scale: float, ok: bool = True) -> dict[str, Any]:
+    """One repetition of the network measure, as the document lists it (``_network(scale)``)."""
+    return {"contender": contender, "measure": "network", "ok": ok, "metrics": _network(scale)}
+
+
 def test_targets_hold_each_contender_to_its_own_bar() -> None:
     """Issue 17's bars: the Twisted node and the uvloop twin strictly ahead of kademlia on all
     eight ratios, the adapter and the default-loop twin at 0.9x; puts at 0.25x OpenDHT's and
@@ -484,23 +489,20 @@ def test_the_kademlia_target_says_how_each_repetition_went() -> None:
     run against kademlia's n-th) and in how many every ratio was at the bar."""
     from benchmarks.report import ratios, targets
 
-    def run(contender: str, scale: float, ok: bool = True) -> dict[str, Any]:
-        return {"contender": contender, "measure": "network", "ok": ok, "metrics": _network(scale)}
-
     results: dict[str, dict[str, Any]] = {
         "kademlia": {"network": _network(1.0)},
         "twisted-epoll": {"network": _network(1.05)},
         "asyncio": {"network": _network(1.05)},
     }
     runs = [
-        run("twisted-epoll", 1.05),
-        run("twisted-epoll", 0.95),
-        run("twisted-epoll", 1.2),
-        run("asyncio", 1.05),
-        run("asyncio", 0.5, ok=False),  # a failed run is left out
-        run("kademlia", 1.0),
-        run("kademlia", 1.0),
-        run("kademlia", 1.0),
+        _network_run("twisted-epoll", 1.05),
+        _network_run("twisted-epoll", 0.95),
+        _network_run("twisted-epoll", 1.2),
+        _network_run("asyncio", 1.05),
+        _network_run("asyncio", 0.5, ok=False),  # a failed run is left out
+        _network_run("kademlia", 1.0),
+        _network_run("kademlia", 1.0),
+        _network_run("kademlia", 1.0),
     ]
     found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results), runs)}
     twisted = found[("ahead-of-kademlia", "twisted-epoll")]
@@ -521,25 +523,17 @@ def test_the_put_target_says_how_each_repetition_went_against_opendht() -> None:
     many it was at 0.25x; the verdict stays the medians'."""
     from benchmarks.report import ratios, targets
 
-    def run(contender: str, scale: float) -> dict[str, Any]:
-        return {
-            "contender": contender,
-            "measure": "network",
-            "ok": True,
-            "metrics": _network(scale),
-        }
-
     results: dict[str, dict[str, Any]] = {
         "opendht": {"network": _network(4.0)},
         "twisted-epoll": {"network": _network(1.0)},
     }
     runs = [
-        run("twisted-epoll", 1.0),
-        run("twisted-epoll", 1.0),
-        run("twisted-epoll", 1.0),
-        run("opendht", 3.0),
-        run("opendht", 4.0),
-        run("opendht", 5.0),
+        _network_run("twisted-epoll", 1.0),
+        _network_run("twisted-epoll", 1.0),
+        _network_run("twisted-epoll", 1.0),
+        _network_run("opendht", 3.0),
+        _network_run("opendht", 4.0),
+        _network_run("opendht", 5.0),
     ]
     found = {(t["id"], t["contender"]): t for t in targets(results, ratios(results), runs)}
     puts = found[("puts-quarter-opendht", "twisted-epoll")]
