@@ -476,8 +476,10 @@ def test_daemon_mode_reports_a_failed_start_from_the_command_itself(
         assert f"Couldn't listen on 127.0.0.1:{port}" in said
     else:  # found while the service is made, before twistd detaches or opens the log
         assert "node.sqlite3 is not a txdht database or is damaged" in said
-    assert not (data / "twistd.pid").exists()
+    # The daemon tells the launcher first and removes its pid file after, as it exits: look
+    # for the file once the daemon has gone (a look before could still find it).
     wait_until_gone(str(data))
+    assert not (data / "twistd.pid").exists()
     if fault == "busy port":
         # Read once the daemon has gone: it tells the launcher first and finishes writing
         # its traceback to the log as it exits (a read before could find half of it).
