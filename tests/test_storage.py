@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,6 +70,42 @@ def test_put_then_get(store: IStorage) -> None:
     assert store.get(first.key) == first
     assert store.get(second.key) == second
     assert store.count() == 2
+
+
+def test_a_record_reads_back_whole(store: IStorage) -> None:
+    """A signed record reads back with every field of its item, the same key and expiry, and
+    its signature still verifying, once the objects it was put as are gone."""
+    item = OWNER.sign("name", b"value", 7)
+    key, fields = item.key, (item.value, item.public_key, item.name, item.seq, item.signature)
+    store.put(StoredItem(item, 12.5))
+    del item
+    got = store.get(key)
+    assert got is not None
+    assert (got.item.value, got.item.public_key, got.item.name) == fields[:3]
+    assert (got.item.seq, got.item.signature) == fields[3:]
+    assert (got.key, got.item.key, got.expires_at) == (key, key, 12.5)
+    got.item.verify()
+    assert got.item.mutable
+    assert [each.item for each in store.records()] == [got.item]
+
+
+def test_memory_records_are_not_walked_by_the_cycle_collector() -> None:
+    """MemoryStorage holds records as tuples of bytes, str, numbers and None, which the cycle
+    collector stops tracking: holding many records adds nothing for every full collection to
+    walk (as objects, each was two: the item and the record; docs/performance.md)."""
+    store = MemoryStorage()
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(1000):
+        item = OWNER.sign(f"n{i}", b"v", 1) if i % 2 else blob(i.to_bytes(2, "big"))
+        store.put(StoredItem(item, 100.0 + i))
+    del item
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100  # 2,000 when the records were objects
+    assert store.count() == 1000
+    assert store.get(blob((998).to_bytes(2, "big")).key) == StoredItem(
+        blob((998).to_bytes(2, "big")), 1098.0
+    )
 
 
 def test_put_replaces_same_key(store: IStorage) -> None:

@@ -20,6 +20,8 @@ from txdht.core.ids import Contact
 from txdht.core.interfaces import IStorage
 from txdht.core.items import Item
 
+_new = object.__new__
+
 __all__ = ["MemoryStorage", "PublishedItem", "StoredItem"]
 
 
@@ -44,23 +46,56 @@ class PublishedItem:
     ttl: float
 
 
+#: A stored record's fields: the item's value, public key, name, seq and signature, and the
+#: time the record expires.
+_Fields = tuple[bytes, "bytes | None", "str | None", int, "bytes | None", float]
+
+
+def _fields(record: StoredItem) -> _Fields:
+    """``record`` as a tuple of bytes, str, numbers and None, which the cycle collector stops
+    tracking at its first pass (it holds nothing that could be part of a cycle).
+
+    Kept as objects, each record was two tracked objects (the item and the record) for as long
+    as it is held: a node holding many records made every full collection walk them all, and
+    their growth is what set off full collections while puts came in (docs/performance.md)."""
+    item = record.item
+    return (item.value, item.public_key, item.name, item.seq, item.signature, record.expires_at)
+
+
+def _record(key: int, fields: _Fields) -> StoredItem:
+    """The record ``_fields`` took apart (its item's key, already known, is not hashed again)."""
+    value, public_key, name, seq, signature, expires_at = fields
+    # As ``items.blob`` builds one: without the frozen dataclass's ``__init__`` (a Python
+    # call per field), on every read of a record.
+    item = _new(Item)
+    item.__dict__.update(
+        value=value, public_key=public_key, name=name, seq=seq, signature=signature, key=key
+    )  # ``key``: what ``Item.key`` keeps on first reading
+    record = _new(StoredItem)
+    record.__dict__.update(item=item, expires_at=expires_at)
+    return record
+
+
 @implementer(IStorage)
 class MemoryStorage:
-    """An ``IStorage`` in two dicts; everything is lost when the process ends."""
+    """An ``IStorage`` in two dicts; everything is lost when the process ends. Records are
+    kept as tuples of their fields (``_fields``), not as the objects ``get`` returns."""
 
     def __init__(self) -> None:
-        self._records: dict[int, StoredItem] = {}
+        #: Each record as ``_Fields``: see ``_fields``.
+        self._records: dict[int, _Fields] = {}
         self._published: dict[int, PublishedItem] = {}
         self._identity: bytes | None = None
         self._contacts: list[Contact] = []
 
     def get(self, key: int) -> StoredItem | None:
         """The record stored under ``key``, or None."""
-        return self._records.get(key)
+        fields = self._records.get(key)
+        return None if fields is None else _record(key, fields)
 
     def put(self, record: StoredItem) -> None:
         """Store ``record`` under its item's key, replacing whatever was there."""
-        self._records[record.key] = record
+        self._records[record.key] = _fields(record)
 
     def delete(self, key: int) -> None:
         """Forget the record under ``key``; no error when there is none."""
@@ -68,11 +103,11 @@ class MemoryStorage:
 
     def records(self) -> Iterator[StoredItem]:
         """Every stored record, from a snapshot, so the store may change during iteration."""
-        return iter(list(self._records.values()))
+        return iter([_record(key, fields) for key, fields in self._records.items()])
 
     def expire(self, now: float) -> int:
         """Drop every record whose ``expires_at`` is at or before ``now``; return how many."""
-        dead = [key for key, record in self._records.items() if record.expires_at <= now]
+        dead = [key for key, fields in self._records.items() if fields[5] <= now]
         for key in dead:
             del self._records[key]
         return len(dead)
