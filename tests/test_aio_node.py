@@ -863,11 +863,11 @@ class FailingOnce(MemoryStorage):
     def __init__(self) -> None:
         super().__init__()
         #: When ``expire`` was called.
-        self.expiries: list[float] = []
+        self.expire_calls: list[float] = []
 
     def expire(self, now: float) -> int:
-        self.expiries.append(now)
-        if len(self.expiries) == 1:
+        self.expire_calls.append(now)
+        if len(self.expire_calls) == 1:
             raise RuntimeError("the disk is on fire")
         return super().expire(now)
 
@@ -901,7 +901,7 @@ def test_housekeeping_runs_every_job(caplog: pytest.LogCaptureFixture) -> None:
             lambda: all(s.joined for s in services),
             lambda: all(n.engine.storage.contacts() for n in nodes),
             lambda: not any(n.engine.storage.get(short.key) for n in nodes),
-            lambda: len(flaky.expiries) >= 3,
+            lambda: len(flaky.expire_calls) >= 3,
             every_job_ran,
         ):
             await until(net, condition, step=0.01)

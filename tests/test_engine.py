@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from txdht.core.messages import (
     Store,
     Value,
 )
-from txdht.core.storage import MemoryStorage
+from txdht.core.storage import MemoryStorage, StoredItem
 
 ALICE = Identity.from_private_bytes(b"a" * 32)
 PUBLISHER = Identity.from_private_bytes(b"p" * 32)
@@ -411,6 +412,47 @@ def test_handoff_goes_to_a_newcomer_among_the_k_closest_when_we_are_closest() ->
     assert (command.request.message.item, command.request.message.ttl) == (item, 59.0)
     # Seen again, it is not new: nothing to hand off.
     assert engine.seen(newcomer, 2.0) == []
+
+
+class _CountingStorage(MemoryStorage):
+    """A ``MemoryStorage`` that counts the records it builds for the engine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = self.scans = 0
+
+    def get(self, key: int) -> StoredItem | None:
+        self.gets += 1
+        return super().get(key)
+
+    def records(self) -> Iterator[StoredItem]:
+        self.scans += 1
+        return super().records()
+
+
+def test_a_newcomer_costs_a_record_read_only_for_each_record_handed_off() -> None:
+    """Deciding what a newcomer gets scans keys and expiry times (``expiries``): of the 200
+    records held, only those handed off are read as records."""
+    storage = _CountingStorage()
+    engine = Engine(ALICE, storage, now=0.0)
+    engine.port = 4000
+    rng = random.Random(5)
+    for n in range(20):
+        engine.seen(Contact(rng.getrandbits(512), "127.0.0.1", 5000 + n), 0.0)
+    known = [c.id for c in engine.routing.contacts()]
+    items = [blob(b"%d" % n) for n in range(200)]
+    for item in items:
+        engine.store(item, 60.0, 0.0)
+    # A record no known contact is nearer than us, whose key the newcomer is next to.
+    ours = next(i for i in items if all(c ^ i.key > ALICE.node_id ^ i.key for c in known))
+    storage.gets = storage.scans = 0
+    newcomer = Contact(ours.key ^ 1, "127.0.0.1", 4100)
+    commands = engine.seen(newcomer, 1.0)
+    assert {to for _, to in sent(commands)} == {newcomer.id}
+    handed = [getattr(c.request.message, "item", None) for c in commands if isinstance(c, Send)]
+    assert ours in handed
+    assert len(handed) < 50  # the records we hold best: about 200 / 21 of them
+    assert (storage.gets, storage.scans) == (len(handed), 0)
 
 
 def test_no_handoff_when_another_known_node_is_closer_than_us() -> None:

@@ -220,6 +220,19 @@ def test_item_survives_sigkill(tmp_path: Path) -> None:
         assert store.get(blob(b"acknowledged").key) == StoredItem(blob(b"acknowledged"), 123.0)
 
 
+def test_a_record_key_that_is_not_a_key_raises_naming_the_file(tmp_path: Path) -> None:
+    """expiries() (which reads no item) refuses a record whose key column is not a key."""
+    path = tmp_path / "txdht.sqlite3"
+    with closing(SQLiteStorage(path)) as store:
+        store.put(StoredItem(blob(b"x"), 1.0))
+        assert list(store.expiries()) == [(blob(b"x").key, 1.0)]
+    raw(path, "UPDATE records SET key = 'not a key'")
+    with closing(SQLiteStorage(path)) as store:
+        with pytest.raises(StorageError, match="a record's key 'not a key' is not a key") as caught:
+            list(store.expiries())
+        assert str(path) in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

@@ -55,6 +55,7 @@ def test_empty_store(store: IStorage) -> None:
     assert store.count() == 0
     assert store.get(blob(b"a").key) is None
     assert list(store.records()) == []
+    assert list(store.expiries()) == []
     assert store.expire(1e12) == 0
     assert store.published(blob(b"a").key) is None
     assert list(store.published_items()) == []
@@ -137,6 +138,22 @@ def test_records_lists_every_record(store: IStorage) -> None:
     for each in records:
         store.put(each)
     assert sorted(store.records(), key=lambda r: r.key) == sorted(records, key=lambda r: r.key)
+
+
+def test_expiries_lists_each_record_key_and_expiry(store: IStorage) -> None:
+    """expiries() yields each stored record's key and expiry time once, from a snapshot."""
+    records = [record(bytes([i]), 10.0 + i) for i in range(5)]
+    for each in records:
+        store.put(each)
+    store.put(record(bytes([4]), 99.0))  # replaced: its latest expiry only
+    expected = sorted([(r.key, r.expires_at) for r in records[:4]] + [(records[4].key, 99.0)])
+    assert sorted(store.expiries()) == expected
+    seen = []
+    for key, _ in store.expiries():
+        store.delete(key)
+        seen.append(key)
+    assert sorted(seen) == [key for key, _ in expected]
+    assert store.count() == 0
 
 
 def test_records_may_change_during_iteration(store: IStorage) -> None:

@@ -168,6 +168,18 @@ class SQLiteStorage:
         rows = self._db.execute("SELECT key, item, expires_at FROM records").fetchall()
         return iter([StoredItem(self._item(key, item), expires) for key, item, expires in rows])
 
+    def expiries(self) -> Iterator[tuple[int, float]]:
+        """The key and expiry time of every record, from a snapshot; no item is read."""
+        rows = self._db.execute("SELECT key, expires_at FROM records").fetchall()
+        return iter([(self._key(key), expires) for key, expires in rows])
+
+    def _key(self, text: str) -> int:
+        """The key written as ``text``; ``StorageError`` if it is not one."""
+        try:
+            return id_from_hex(text)
+        except (ValueError, TypeError):
+            raise self._damaged(f"a record's key {text!r:.40} is not a key") from None
+
     def expire(self, now: float) -> int:
         """Drop every record whose ``expires_at`` is at or before ``now``; return how many."""
         return self._db.execute("DELETE FROM records WHERE expires_at <= ?", (now,)).rowcount

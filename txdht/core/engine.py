@@ -602,12 +602,13 @@ class Engine:
     def _handoff(self, newcomer: Contact) -> list[StoredItem]:
         """The records ``newcomer`` is now among the k closest to, when this node is the
         closest holder it knows (so that one node, not k, sends each)."""
-        records, now, own, bucket_for = [], self.now, self.id, self.routing.bucket_for
+        keys, now, own, bucket_for = [], self.now, self.id, self.routing.bucket_for
         newcomer_id = newcomer.id
-        for record in self.storage.records():
-            if record.expires_at <= now:
+        # Keys and expiry times only: this runs for every newcomer, and an item is read for
+        # the few records handed off, not for every record held.
+        for key, expires_at in self.storage.expiries():
+            if expires_at <= now:
                 continue
-            key = record.key
             mine = own ^ key
             # Whether a contact other than the newcomer is nearer the key than this node, from
             # the key's bucket first (no sort of the key's closest, for most records held).
@@ -627,8 +628,9 @@ class Engine:
                 continue
             closer = (mine < theirs) + sum(1 for d in others if d < theirs)
             if closer < self.k:
-                records.append(record)
-        return records
+                keys.append(key)
+        get = self.storage.get  # each was listed a moment ago, with nothing run in between
+        return [record for record in map(get, keys) if record is not None]
 
     def peer_failed(self, contact: Contact, why: str | None = None) -> None:
         """A request to ``contact`` failed, or it answered in a way that counts as a failure

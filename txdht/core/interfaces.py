@@ -38,6 +38,12 @@ class IStorage(Interface):
     def records() -> Iterator[StoredItem]:
         """Every stored record, in no particular order."""
 
+    def expiries() -> Iterator[tuple[int, float]]:
+        """The key and expiry time of every stored record, in no particular order: for a scan
+        of every record that needs no item (the engine makes one for each newcomer to its
+        routing table, and hands it the few records it should hold), without reading or
+        building an item per record."""
+
     def expire(now: float) -> int:
         """Drop every record whose ``expires_at`` is at or before ``now``; return how many."""
 

@@ -105,6 +105,10 @@ class MemoryStorage:
         """Every stored record, from a snapshot, so the store may change during iteration."""
         return iter([_record(key, fields) for key, fields in self._records.items()])
 
+    def expiries(self) -> Iterator[tuple[int, float]]:
+        """The key and expiry time of every record, from a snapshot (no record is built)."""
+        return iter([(key, fields[5]) for key, fields in self._records.items()])
+
     def expire(self, now: float) -> int:
         """Drop every record whose ``expires_at`` is at or before ``now``; return how many."""
         dead = [key for key, fields in self._records.items() if fields[5] <= now]
