@@ -455,6 +455,18 @@ def test_a_newcomer_costs_a_record_read_only_for_each_record_handed_off() -> Non
     assert (storage.gets, storage.scans) == (len(handed), 0)
 
 
+def test_an_expire_pass_reads_only_the_records_it_drops() -> None:
+    """An expire pass finds what goes by keys and expiry times (``expiries``) and reads only
+    those records, for their publishers' counts: not every record held."""
+    storage = _CountingStorage()
+    engine = Engine(ALICE, storage, now=0.0)
+    for n in range(200):
+        engine.store(blob(b"%d" % n), 60.0 if n % 70 else 30.0, 0.0)
+    storage.gets = storage.scans = 0
+    assert engine.expire(30.0) == 3
+    assert (storage.gets, storage.scans, storage.count()) == (3, 0, 197)
+
+
 def test_no_handoff_when_another_known_node_is_closer_than_us() -> None:
     """When a known contact is closer to the key than we are, it does the handing off."""
     engine = make_engine(k=3)

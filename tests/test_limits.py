@@ -130,6 +130,30 @@ def test_max_items_per_publisher_and_recount_on_expiry() -> None:
     engine.store(PUBLISHER.sign("c", b"v", 1), 60.0, 11.0)
 
 
+def test_per_publisher_counts_follow_expiry_and_replacement() -> None:
+    """A record put in place of an expired one of the same key (before the expire pass drops
+    it) takes no more of the quota; each expire pass takes what it drops off its publishers'
+    counts, down to none."""
+    engine = make_engine(max_items_per_publisher=2)
+    engine.store(PUBLISHER.sign("a", b"v", 1), 10.0, 0.0)
+    engine.store(PUBLISHER.sign("b", b"v", 1), 60.0, 0.0)
+    engine.store(OTHER.sign("c", b"v", 1), 60.0, 0.0)
+    engine.store(blob(b"anonymous"), 60.0, 0.0)
+    # "a" has expired, and no expire pass has run: a new version takes its place.
+    engine.store(PUBLISHER.sign("a", b"again", 1), 100.0, 20.0)
+    with pytest.raises(ProtocolError, match="holds 2 items of this publisher"):
+        engine.store(PUBLISHER.sign("d", b"v", 1), 60.0, 20.0)
+    assert engine.expire(60.0) == 3  # "b", "c" and the blob; "a" stays, until 120
+    assert engine.storage.count() == 1
+    engine.store(PUBLISHER.sign("d", b"v", 1), 60.0, 61.0)
+    with pytest.raises(ProtocolError, match="holds 2 items of this publisher"):
+        engine.store(PUBLISHER.sign("e", b"v", 1), 60.0, 61.0)
+    assert engine.expire(200.0) == 2
+    for name in ("e", "f"):  # both counts are back to none
+        engine.store(PUBLISHER.sign(name, b"v", 1), 60.0, 201.0)
+    engine.store(OTHER.sign("g", b"v", 1), 60.0, 201.0)
+
+
 def test_quota_counts_survive_a_restart() -> None:
     """A new engine on a store that already holds items counts them against the quotas."""
     storage = MemoryStorage()

@@ -781,9 +781,8 @@ class Engine:
         not verified again: the held one was, when it came, and its signature is the same
         bytes. ``near``: the key's closest live contacts, nearest first, if the caller has
         them (see ``nearest``)."""
-        stored = self.storage.get(item.key)
-        if stored is not None and stored.expires_at <= now:
-            stored = None
+        held = self.storage.get(item.key)
+        stored = held if held is not None and held.expires_at > now else None
         new = stored is None or stored.item != item  # a version new here
         if new:
             item.verify(self.max_value)
@@ -791,7 +790,7 @@ class Engine:
             current = stored.item.seq if stored else 0
             raise ProtocolError(ErrorCode.CAS_MISMATCH, f"expected sequence {cas}, have {current}")
         accept(stored.item if stored else None, item)
-        if stored is None:
+        if held is None:  # a new record (one in place of an expired one takes no more room)
             self._check_quota(item)
             self._by_publisher[item.public_key or b""] += 1
         expires = now + min(ttl, MAX_TTL)
@@ -836,10 +835,18 @@ class Engine:
         for key in [k for k, (when, *_) in self._stored_at.items() if now - when > MAX_TTL]:
             del self._stored_at[key]  # whatever it stored has expired by now
         listen.expiring(self, now)  # before the items go: their listeners are told
-        dropped = self.storage.expire(now)
-        if dropped:
-            self._count_publishers()
-        return dropped
+        # The records about to go, by key and expiry time, then read one by one: their
+        # publishers' counts go down by one each (a recount read every record held, each
+        # expire interval that dropped one).
+        storage, counts = self.storage, self._by_publisher
+        dying = [key for key, expires_at in storage.expiries() if expires_at <= now]
+        for record in [record for record in map(storage.get, dying) if record is not None]:
+            publisher = record.item.public_key or b""
+            if counts[publisher] > 1:
+                counts[publisher] -= 1
+            else:
+                del counts[publisher]
+        return storage.expire(now)
 
     def _count_publishers(self) -> None:
         self._by_publisher = Counter(r.item.public_key or b"" for r in self.storage.records())
