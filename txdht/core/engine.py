@@ -629,8 +629,12 @@ class Engine:
             closer = (mine < theirs) + sum(1 for d in others if d < theirs)
             if closer < self.k:
                 keys.append(key)
-        get = self.storage.get  # each was listed a moment ago, with nothing run in between
-        return [record for record in map(get, keys) if record is not None]
+        return self._held(keys)
+
+    def _held(self, keys: list[int]) -> list[StoredItem]:
+        """The records under ``keys``, which ``IStorage.expiries`` listed a moment ago (with
+        nothing run in between, so each is there: the filter is for the type)."""
+        return [record for record in map(self.storage.get, keys) if record is not None]
 
     def peer_failed(self, contact: Contact, why: str | None = None) -> None:
         """A request to ``contact`` failed, or it answered in a way that counts as a failure
@@ -840,7 +844,7 @@ class Engine:
         # expire interval that dropped one).
         storage, counts = self.storage, self._by_publisher
         dying = [key for key, expires_at in storage.expiries() if expires_at <= now]
-        for record in [record for record in map(storage.get, dying) if record is not None]:
+        for record in self._held(dying):
             publisher = record.item.public_key or b""
             if counts[publisher] > 1:
                 counts[publisher] -= 1

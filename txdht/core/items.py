@@ -88,13 +88,36 @@ def mutable_key(public_key: bytes, name: str) -> int:
 
 
 def blob(value: bytes) -> Item:
-    """An immutable item: ``value`` stored under its own hash.
+    """An immutable item: ``value`` stored under its own hash (built by ``_built``: every
+    value a reader gets back is read into one of these)."""
+    return _built(value, None, None, 0, None)
 
-    Built as ``Item(value)`` would be, without the frozen dataclass's ``__init__``, which sets
-    each of the five fields with an ``object.__setattr__`` call (every value a reader gets
-    back is read into one of these)."""
+
+def held_item(
+    key: int,
+    value: bytes,
+    public_key: bytes | None,
+    name: str | None,
+    seq: int,
+    signature: bytes | None,
+) -> Item:
+    """The item a store kept under ``key``, from its fields (built by ``_built``). The key is
+    kept as ``Item.key`` keeps it on first reading, so it is not hashed again."""
+    item = _built(value, public_key, name, seq, signature)
+    item.__dict__["key"] = key
+    return item
+
+
+def _built(
+    value: bytes, public_key: bytes | None, name: str | None, seq: int, signature: bytes | None
+) -> Item:
+    """An ``Item`` of these fields, built as ``Item(...)`` would be but without the frozen
+    dataclass's ``__init__``, which sets each of the five fields with an
+    ``object.__setattr__`` call."""
     item = _new(Item)
-    item.__dict__.update(value=value, public_key=None, name=None, seq=0, signature=None)
+    item.__dict__.update(
+        value=value, public_key=public_key, name=name, seq=seq, signature=signature
+    )
     return item
 
 

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from txdht.core.ids import Contact
 from txdht.core.interfaces import IStorage
-from txdht.core.items import Item
+from txdht.core.items import Item, held_item
 
 _new = object.__new__
 
@@ -63,16 +63,12 @@ def _fields(record: StoredItem) -> _Fields:
 
 
 def _record(key: int, fields: _Fields) -> StoredItem:
-    """The record ``_fields`` took apart (its item's key, already known, is not hashed again)."""
+    """The record ``_fields`` took apart, under ``key``."""
     value, public_key, name, seq, signature, expires_at = fields
-    # As ``items.blob`` builds one: without the frozen dataclass's ``__init__`` (a Python
-    # call per field), on every read of a record.
-    item = _new(Item)
-    item.__dict__.update(
-        value=value, public_key=public_key, name=name, seq=seq, signature=signature, key=key
-    )  # ``key``: what ``Item.key`` keeps on first reading
-    record = _new(StoredItem)
-    record.__dict__.update(item=item, expires_at=expires_at)
+    record = _new(StoredItem)  # as ``held_item`` builds the item: no dataclass ``__init__``
+    record.__dict__.update(
+        item=held_item(key, value, public_key, name, seq, signature), expires_at=expires_at
+    )
     return record
 
 
