@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from tests.test_processes import NodeProcess, kill_all
+from tests.test_processes import NodeProcess, kill_all, start_joined
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -100,12 +100,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProce
     base = tmp_path_factory.mktemp("dashboard")
     nodes = [NodeProcess(base / f"node{i}") for i in range(NETWORK_SIZE)]
     try:
-        nodes[0].start(k=K)
-        nodes[0].wait_ready()
-        for node in nodes[1:]:
-            node.start(peers=[nodes[0]], k=K)
-        for node in nodes:
-            node.wait_ready(peers=1)
+        start_joined(nodes, k=K)
         yield nodes
     finally:
         kill_all(nodes)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_processes import START_TIMEOUT, NodeProcess, kill_all
+from tests.test_processes import START_TIMEOUT, NodeProcess, kill_all, start_joined
 
 pytestmark = pytest.mark.e2e
 
@@ -75,12 +75,7 @@ def network(tmp_path: Path) -> Iterator[list[NodeProcess]]:
     """``PROCESSES`` joined nodes; every one is thawed and killed at the end, pass or fail."""
     started = [NodeProcess(tmp_path / f"node{i}") for i in range(PROCESSES)]
     try:
-        started[0].start(k=K)
-        started[0].wait_ready()
-        for node in started[1:]:
-            node.start(peers=[started[0]], k=K)
-        for node in started[1:]:
-            node.wait_ready(peers=1, timeout=READY_TIMEOUT)
+        start_joined(started, k=K, timeout=READY_TIMEOUT)
         # The first node joins through those that contacted it (and saves them) within seconds.
         deadline = time.monotonic() + START_TIMEOUT
         while "joined the network" not in started[0].log.read_text():

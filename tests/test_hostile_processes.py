@@ -41,6 +41,8 @@ from tests.test_processes import (
     NodeProcess,
     environment,
     free_port,
+    kill_all,
+    start_joined,
 )
 
 pytestmark = pytest.mark.e2e
@@ -119,12 +121,7 @@ def network(tmp_path: Path) -> Iterator[tuple[list[NodeProcess], list[HostilePro
         HostileProcess(kind, tmp_path / f"{kind}{i}") for kind in KINDS for i in range(PER_KIND)
     ]
     try:
-        honest[0].start(k=K)
-        honest[0].wait_ready()
-        for node in honest[1:]:
-            node.start(peers=[honest[0]], k=K)
-        for node in honest[1:]:
-            node.wait_ready(peers=1)
+        start_joined(honest, k=K)
         allies = [h.port for h in hostile]
         for i, adversary in enumerate(hostile):
             adversary.start(peers=[honest[i], honest[-1 - i]], allies=allies, seed=SEED + i)
@@ -138,8 +135,7 @@ def network(tmp_path: Path) -> Iterator[tuple[list[NodeProcess], list[HostilePro
             time.sleep(0.2)
         yield honest, hostile
     finally:
-        for node in honest:
-            node.kill()
+        kill_all(honest)
         for adversary in hostile:
             adversary.kill()
 

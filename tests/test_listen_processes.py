@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_processes import BIN, NodeProcess, _once, environment, kill_all, txdht
+from tests.test_processes import (
+    BIN,
+    NodeProcess,
+    _once,
+    environment,
+    kill_all,
+    start_joined,
+    txdht,
+)
 
 __all__ = ["_once"]  # the fixture that keeps these to the default reactor's pass
 
@@ -33,12 +41,7 @@ def three(tmp_path: Path) -> Iterator[list[NodeProcess]]:
     """Three joined node processes; killed at the end."""
     started = [NodeProcess(tmp_path / f"node{i}") for i in range(3)]
     try:
-        started[0].start(k=3)
-        started[0].wait_ready()
-        for node in started[1:]:
-            node.start(peers=[started[0]], k=3)
-        for node in started[1:]:
-            node.wait_ready(peers=1)
+        start_joined(started, k=3)
         yield started
     finally:
         kill_all(started)

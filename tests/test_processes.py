@@ -225,15 +225,22 @@ def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
         for i in range(10)
     ]
     try:
-        started[0].start()
-        started[0].wait_ready()
-        for node in started[1:]:
-            node.start(peers=[started[0]])
-        for node in started[1:]:
-            node.wait_ready(peers=1)
+        start_joined(started)
         yield started
     finally:
         kill_all(started)
+
+
+def start_joined(nodes: Sequence[NodeProcess], k: int = 5, timeout: float = START_TIMEOUT) -> None:
+    """Start ``nodes``, the first alone and the others joining through it, and wait (at most
+    ``timeout`` seconds for each) until every one of them knows a peer."""
+    first = nodes[0]
+    first.start(k=k)
+    first.wait_ready()
+    for node in nodes[1:]:
+        node.start(peers=[first], k=k)
+    for node in nodes:
+        node.wait_ready(peers=1, timeout=timeout)
 
 
 def kill_all(nodes: Sequence[NodeProcess]) -> None:
