@@ -467,6 +467,31 @@ def test_an_expire_pass_reads_only_the_records_it_drops() -> None:
     assert (storage.gets, storage.scans, storage.count()) == (3, 0, 197)
 
 
+PEER = PUBLISHER.node_id
+
+
+def test_replication_reads_only_the_records_it_replicates() -> None:
+    """A replication round picks its keys by keys and expiry times (``expiries``) and reads
+    only the records it stores again: not those a peer re-stored lately, nor expired ones."""
+    storage = _CountingStorage()
+    engine = Engine(ALICE, storage, now=0.0)
+    engine.port = 4000
+    items = [blob(b"%d" % n) for n in range(200)]
+    for n, item in enumerate(items):
+        engine.store(item, 5.0 if n % 50 == 1 else 60.0, 0.0)
+    for rid, item in enumerate(items[::2], 1):  # a peer's replication store, just now
+        again = Store(rid=rid, sender=PEER, port=4001, item=item, ttl=60.0, replica=True)
+        reply, _ = engine.request_received(again, "127.0.0.1", 4001, 9.0)
+        assert isinstance(reply, Ok)
+    storage.gets = storage.scans = 0
+    jobs = engine.replication_jobs(10.0, fresh=30.0)
+    assert PEER in engine.routing
+    expected = {i for n, i in enumerate(items) if n % 2 and n % 50 != 1}
+    assert {item for item, _ in jobs} == expected
+    assert all(left == 50.0 for _, left in jobs)
+    assert (storage.gets, storage.scans) == (len(expected), 0)
+
+
 def test_no_handoff_when_another_known_node_is_closer_than_us() -> None:
     """When a known contact is closer to the key than we are, it does the handing off."""
     engine = make_engine(k=3)

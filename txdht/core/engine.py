@@ -911,15 +911,19 @@ class Engine:
         no contact has looked dead for an interval, a holder outside the key's k closest
         leaves it to them (``outside``). With ``arrivals``, only the keys skipped for a new
         version's arrival (``nearest``) are looked at: those a replication round takes up
-        again when one of its own lookups found a contact dead (``operations.Replicate``)."""
+        again when one of its own lookups found a contact dead (``operations.Replicate``).
+
+        The rule needs keys and expiry times only (``IStorage.expiries``): the records are read
+        for the keys it keeps, about one in k of those held in a calm network, not all."""
         stored_at = self._stored_at
-        return [
-            (r.item, r.expires_at - now)
-            for r in self.storage.records()
-            if r.expires_at > now
-            and (not arrivals or stored_at.get(r.key, (0.0, 0, False))[2])
-            and self.replication_due(r.key, now, fresh)
+        due = [
+            key
+            for key, expires_at in self.storage.expiries()
+            if expires_at > now
+            and (not arrivals or stored_at.get(key, (0.0, 0, False))[2])
+            and self.replication_due(key, now, fresh)
         ]
+        return [(r.item, r.expires_at - now) for r in self._held(due)]
 
     def handed_off(self, key: int) -> None:
         """This node's replication of ``key`` found k nodes nearer the key than itself, and
