@@ -11,14 +11,14 @@ processes on loopback: twelve honest `twistd -n dht` nodes and six hostile ones
 - ``stale``: the first version of each name kept and served, the later ones acknowledged and
   dropped.
 
-Honest nodes write names twice and put blobs through the HTTP API, with the default lookup (one
-path). Every name read through another honest node must give its second version, every blob its
-value; the hostile nodes must have been asked (they log each hostile answer) and must have
-acknowledged stores they did not keep; and no honest node may log an error. k is 8: an item's
-8 closest then hold honest nodes whatever the draw (six hostile at most), as the sim's
-1,000-node runs have at 20% hostile with k = 20. Every wait is bounded and every process is
-killed at the end, pass or fail; like the other real-process tests it runs on the default
-reactor's pass only.
+Honest nodes write names twice and put blobs through the HTTP API, their lookups over one path
+(the default) or over two disjoint ones (``--lookup-paths 2``). Every name read through another
+honest node must give its second version, every blob its value; the hostile nodes must have
+been asked (they log each hostile answer) and must have acknowledged stores they did not keep;
+and no honest node may log an error. k is 8: an item's 8 closest then hold honest nodes
+whatever the draw (six hostile at most), as the sim's 1,000-node runs have at 20% hostile with
+k = 20. Every wait is bounded and every process is killed at the end, pass or fail; like the
+other real-process tests it runs on the default reactor's pass only.
 """
 
 from __future__ import annotations
@@ -112,16 +112,19 @@ class HostileProcess:
             self.process.wait(timeout=KILL_TIMEOUT)
 
 
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[tuple[list[NodeProcess], list[HostileProcess]]]:
-    """The honest nodes, joined, then the hostile ones, joined through them; all killed at the
+@pytest.fixture(params=[1, 2], ids=["one path", "two disjoint paths"])
+def network(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[list[NodeProcess], list[HostileProcess]]]:
+    """The honest nodes, joined, with lookups over one path (the default) or two disjoint
+    ones (``--lookup-paths 2``), then the hostile ones, joined through them; all killed at the
     end, pass or fail."""
     honest = [NodeProcess(tmp_path / f"honest{i}") for i in range(HONEST)]
     hostile = [
         HostileProcess(kind, tmp_path / f"{kind}{i}") for kind in KINDS for i in range(PER_KIND)
     ]
     try:
-        start_joined(honest, k=K)
+        start_joined(honest, k=K, options=["--lookup-paths", str(request.param)])
         allies = [h.port for h in hostile]
         for i, adversary in enumerate(hostile):
             adversary.start(peers=[honest[i], honest[-1 - i]], allies=allies, seed=SEED + i)

@@ -231,14 +231,20 @@ def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
         kill_all(started)
 
 
-def start_joined(nodes: Sequence[NodeProcess], k: int = 5, timeout: float = START_TIMEOUT) -> None:
-    """Start ``nodes``, the first alone and the others joining through it, and wait (at most
-    ``timeout`` seconds for each) until every one of them knows a peer."""
+def start_joined(
+    nodes: Sequence[NodeProcess],
+    k: int = 5,
+    timeout: float = START_TIMEOUT,
+    options: Sequence[str] = (),
+) -> None:
+    """Start ``nodes`` (with more ``twistd dht`` options), the first alone and the others
+    joining through it, and wait (at most ``timeout`` seconds for each) until every one of
+    them knows a peer."""
     first = nodes[0]
-    first.start(k=k)
+    first.start(k=k, options=options)
     first.wait_ready()
     for node in nodes[1:]:
-        node.start(peers=[first], k=k)
+        node.start(peers=[first], k=k, options=options)
     for node in nodes:
         node.wait_ready(peers=1, timeout=timeout)
 
