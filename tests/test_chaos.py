@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_processes import START_TIMEOUT, NodeProcess, start_joined
+from tests.test_processes import START_TIMEOUT, NodeProcess, _once, start_joined
+
+__all__ = ["_once"]  # the fixture that keeps these to the default reactor's pass
 
 pytestmark = pytest.mark.e2e
 
@@ -36,13 +38,6 @@ SEED = 20240601
 #: Seconds any one HTTP request, or the network settling, may take.
 REQUEST_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 60.0
-
-
-@pytest.fixture(autouse=True)
-def _once(request: pytest.FixtureRequest) -> None:
-    """Skip on the asyncio pass: the processes do not depend on this process's reactor."""
-    if request.config.getoption("reactor") != "default":
-        pytest.skip("real-process tests run on the default reactor pass only")
 
 
 @pytest.fixture

@@ -39,7 +39,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_processes import START_TIMEOUT, NodeProcess, kill_all, start_joined
+from tests.test_processes import START_TIMEOUT, NodeProcess, _once, kill_all, start_joined
+
+__all__ = ["_once"]  # the fixture that keeps these to the default reactor's pass
 
 pytestmark = pytest.mark.e2e
 
@@ -61,13 +63,6 @@ REQUEST_TIMEOUT = 30.0
 READY_TIMEOUT = 240.0 if LARGE else START_TIMEOUT
 #: Seconds a process may take to show as stopped after SIGSTOP, or running after SIGCONT.
 SIGNAL_TIMEOUT = 10.0
-
-
-@pytest.fixture(autouse=True)
-def _once(request: pytest.FixtureRequest) -> None:
-    """Skip on the asyncio pass: the processes do not depend on this process's reactor."""
-    if request.config.getoption("reactor") != "default":
-        pytest.skip("real-process tests run on the default reactor pass only")
 
 
 @pytest.fixture

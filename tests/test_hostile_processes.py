@@ -39,11 +39,14 @@ from tests.test_processes import (
     KILL_TIMEOUT,
     START_TIMEOUT,
     NodeProcess,
+    _once,
     environment,
     free_port,
     kill_all,
     start_joined,
 )
+
+__all__ = ["_once"]  # the fixture that keeps these to the default reactor's pass
 
 pytestmark = pytest.mark.e2e
 
@@ -51,13 +54,6 @@ HONEST, KINDS, PER_KIND = 12, ("far", "collude", "stale"), 2
 K = 8
 NAMES, BLOBS = 12, 6
 SEED = 20261207
-
-
-@pytest.fixture(autouse=True)
-def _once(request: pytest.FixtureRequest) -> None:
-    """Skip on the asyncio pass: the processes do not depend on this process's reactor."""
-    if request.config.getoption("reactor") != "default":
-        pytest.skip("real-process tests run on the default reactor pass only")
 
 
 class HostileProcess:
