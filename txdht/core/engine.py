@@ -633,7 +633,8 @@ class Engine:
 
     def _held(self, keys: list[int]) -> list[StoredItem]:
         """The records under ``keys``, which ``IStorage.expiries`` listed a moment ago (with
-        nothing run in between, so each is there: the filter is for the type)."""
+        nothing that changes the store run in between, so each is there: the filter is for
+        the type)."""
         return [record for record in map(self.storage.get, keys) if record is not None]
 
     def peer_failed(self, contact: Contact, why: str | None = None) -> None:

@@ -40,9 +40,9 @@ class IStorage(Interface):
 
     def expiries() -> Iterator[tuple[int, float]]:
         """The key and expiry time of every stored record, in no particular order: for a scan
-        of every record that needs no item (the engine makes one for each newcomer to its
-        routing table, and hands it the few records it should hold), without reading or
-        building an item per record."""
+        of every record that needs no item, without reading or building an item per record.
+        The engine makes one for each newcomer to its routing table, each expire pass and
+        each replication round, and reads only the few records each of them then needs."""
 
     def expire(now: float) -> int:
         """Drop every record whose ``expires_at`` is at or before ``now``; return how many."""
