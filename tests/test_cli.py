@@ -81,6 +81,8 @@ class FakeNode(ThreadingHTTPServer):
         self.release = threading.Event()
         #: The deadlines the client gave its gets and puts (``?timeout=``).
         self.timeouts: list[float] = []
+        #: The path of every request, in order.
+        self.paths: list[str] = []
 
     @property
     def url(self) -> str:
@@ -118,6 +120,7 @@ class FakeNodeHandler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length", "0")))
 
     def _overridden(self) -> bool:
+        self.server.paths.append(self.route)
         query = self.path.partition("?")[2]
         self.server.timeouts += [float(v) for v in urllib.parse.parse_qs(query).get("timeout", [])]
         override = self.server.overrides.get(self.route)
@@ -348,10 +351,40 @@ def test_get_of_an_unknown_key_exits_1(
     assert not out.exists()
 
 
-def test_get_of_a_malformed_key_exits_1(node: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
-    """A 400 prints the node's message; the key is percent-encoded, never a path."""
-    assert run(node, "get", "../status") == 1
-    assert capsys.readouterr() == ("", "txdht: a key is 128 lowercase hex digits\n")
+@pytest.mark.parametrize("command", ["get", "watch"])
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ("nothex", "'nothex' (6 characters)"),
+        ("../status", "'../status' (9 characters)"),
+        ("ab" * 63, f"'{'ab' * 8}a...' (126 characters)"),
+        ("ab" * 64 + "0", f"'{'ab' * 8}a...' (129 characters)"),
+        ("g" * 128, f"'{'g' * 17}...' (128 characters)"),
+        ("", "'' (0 characters)"),
+    ],
+)
+def test_a_malformed_key_is_a_usage_error(
+    node: FakeNode, capsys: pytest.CaptureFixture[str], command: str, key: str, shown: str
+) -> None:
+    """A key that is not 128 hex digits exits 2 with what was expected, without asking the
+    node (a path such as ../status never reaches it)."""
+    with pytest.raises(SystemExit) as caught:
+        run(node, command, key)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument KEY: invalid key {shown}: expected the 128 hex digits" in err
+    assert node.paths == []
+
+
+def test_a_key_in_capitals_or_with_spaces_is_read(
+    node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hex digits in either case, with spaces around (pasted), name the same key."""
+    key = hashlib.sha512(b"shouting").hexdigest()
+    node.values[key] = b"shouting"
+    assert run(node, "get", f"  {key.upper()}\n") == 0
+    assert capsys.readouterr().out == "shouting"
+    assert node.paths == [f"/v1/keys/{key}"]
 
 
 def test_a_value_too_large_exits_1(
@@ -858,6 +891,24 @@ def test_watch_prints_each_value_and_tells_expiry_on_stderr(
     assert "version 2 expired" in err
 
 
+def test_watch_adds_no_second_line_end(node: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
+    """A value that ends with a newline (``echo v1 | txdht put``) is one line, not two."""
+    watch_stream(node, EVENTS.replace(b'"b25l"', b'"djEK"'))  # "v1\n"
+    assert run(node, "watch", WATCHED, "--count", "2") == 0
+    assert capsys.readouterr().out == "v1\ntwo\n"
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "many"])
+def test_watch_count_is_at_least_1(
+    node: FakeNode, capsys: pytest.CaptureFixture[str], count: str
+) -> None:
+    """--count takes a whole number of events, 1 or more."""
+    with pytest.raises(SystemExit) as caught:
+        run(node, "watch", WATCHED, "--count", count)
+    assert caught.value.code == 2
+    assert f"invalid count {count!r}: expected a number >= 1" in capsys.readouterr().err
+
+
 def test_watch_json_prints_each_event_as_a_json_line(
     node: FakeNode, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -882,9 +933,14 @@ def test_watch_of_a_stream_that_ends_exits_3(
 
 
 def test_watch_errors(node: FakeNode, capsys: pytest.CaptureFixture[str]) -> None:
-    """A refused key exits 1 with the node's message; garbage, silence and no node exit 3."""
-    assert run(node, "watch", "nothex") == 1
-    assert "128 lowercase hex" in capsys.readouterr().err
+    """A refused watch exits 1 with the node's message; garbage, silence and no node exit 3."""
+    node.overrides[f"/v1/keys/{WATCHED}/events"] = (
+        400,
+        "application/json",
+        b'{"error": "bad_request", "message": "too many listens"}',
+    )
+    assert run(node, "watch", WATCHED) == 1
+    assert capsys.readouterr().err == "txdht: too many listens\n"
     node.overrides[f"/v1/keys/{WATCHED}/events"] = GARBAGE
     assert run(node, "watch", WATCHED) == 3
     assert "connection to the node" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import socket
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
@@ -20,7 +22,14 @@ from txdht.core.lookup import PATHS
 from txdht.core.schedule import JOBS, REFRESH_INTERVAL, Intervals
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage
-from txdht.tap import DATABASE, Options, default_data_dir, makeService, parse_peer
+from txdht.tap import (
+    DATABASE,
+    Options,
+    can_listen,
+    default_data_dir,
+    makeService,
+    parse_peer,
+)
 
 
 def parse(*args: str) -> Options:
@@ -412,3 +421,106 @@ def test_lookup_paths_sets_how_many_disjoint_paths_each_lookup_takes(tmp_path: P
     assert parse("--data-dir", str(tmp_path))["lookup-paths"] == PATHS
     with pytest.raises(usage.UsageError):
         parse("--data-dir", str(tmp_path), "--lookup-paths", "0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "notaport"], r"--port 'notaport' is not a server endpoint"),
+        (["--port", "tcp:abc"], r"--port 'tcp:abc' is not a server endpoint"),
+        (["--port", "tcp:4000:bogus=1"], r"is not a server endpoint .*bogus"),
+        (["--port", "tcp:70000"], r"--port 'tcp:70000': the port must be from 0 to 65535"),
+        (["--port", "unix:/tmp/dht.sock"], r"--port 'unix:/tmp/dht.sock': peers reach a node"),
+        (["--port", ""], r"--port '' is not a server endpoint"),
+        (["--http", "8470:interface"], r"--http '8470:interface' is not a server endpoint"),
+        (["--http", "tcp:99999"], r"--http 'tcp:99999': the port must be from 0 to 65535"),
+    ],
+)
+def test_a_bad_endpoint_is_a_usage_error(args: list[str], message: str) -> None:
+    """--port and --http are read as twistd will read them at start, and refused at once with
+    what was expected (the data dir, named after the port, is never made for a bad one)."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_endpoints_a_bare_port_and_other_kinds() -> None:
+    """A bare port number is tcp:PORT; the HTTP API may listen on any kind of endpoint, the
+    node on TCP only; 'none' (any case) disables the API."""
+    options = parse("--port", " 4001 ", "--http", "unix:/tmp/txdht-api.sock")
+    assert (options["port"], options["http"]) == ("tcp:4001", "unix:/tmp/txdht-api.sock")
+    assert parse("--port", "tcp6:4002:interface=\\:\\:1")["port"] == "tcp6:4002:interface=\\:\\:1"
+    assert parse("--http", "None")["http"] == "None"
+
+
+def taken_port(family: socket.AddressFamily = socket.AF_INET) -> socket.socket:
+    """A listening socket on a free loopback port (the caller closes it)."""
+    taken = socket.socket(family)
+    taken.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+def test_can_listen_refuses_a_taken_port_with_one_line() -> None:
+    """A port another socket listens on ends the start with one line naming the option, the
+    endpoint and why; a free one passes, and the probe leaves it free."""
+    with taken_port() as taken:
+        port = taken.getsockname()[1]
+        endpoint = f"tcp:{port}:interface=127.0.0.1"
+        with pytest.raises(SystemExit) as caught:
+            can_listen("http", endpoint)
+    assert str(caught.value) == (
+        f"txdht: cannot listen on {endpoint} (--http): Address already in use (another node, "
+        "or another program, listens there); choose another with --http"
+    )
+    can_listen("port", endpoint)  # free again: passes, and binds nothing that stays
+    can_listen("port", endpoint)
+
+
+def test_can_listen_says_why_an_address_cannot_be_had() -> None:
+    """An interface this machine does not have, or cannot resolve, is named with the reason."""
+    with pytest.raises(SystemExit, match=r"\(--port\): Cannot assign requested address"):
+        can_listen("port", "tcp:4000:interface=192.0.2.1")  # TEST-NET-1: never local
+    with pytest.raises(SystemExit, match=r"cannot listen on tcp:4000:interface=nohost.invalid"):
+        can_listen("port", "tcp:4000:interface=nohost.invalid")
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 here")
+def test_can_listen_on_ipv6() -> None:
+    """A tcp6 endpoint is tried on IPv6."""
+    try:
+        taken = taken_port(socket.AF_INET6)
+    except OSError:  # pragma: no cover - IPv6 is compiled in but has no ::1 here
+        pytest.skip("no ::1 here")
+    with taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match="Address already in use"):
+            can_listen("port", f"tcp6:{port}:interface=\\:\\:1")
+
+
+def test_can_listen_leaves_other_endpoints_alone(tmp_path: Path) -> None:
+    """Port 0 (any free port) and endpoints that are not TCP are not tried."""
+    can_listen("port", "tcp:0:interface=127.0.0.1")
+    can_listen("http", f"unix:{tmp_path / 'api.sock'}")
+    assert not (tmp_path / "api.sock").exists()
+
+
+def test_make_service_tries_the_ports_before_the_data_dir(tmp_path: Path) -> None:
+    """As twistd calls it (no reactor given), makeService tries both ports first: a taken one
+    stops it before the data dir or its database is made. Given a reactor, it does not."""
+    with taken_port() as taken:
+        port = taken.getsockname()[1]
+        for args in (
+            ["--port", f"tcp:{port}:interface=127.0.0.1", "--http", "none"],
+            ["--port", "tcp:0:interface=127.0.0.1", "--http", f"tcp:{port}:interface=127.0.0.1"],
+        ):
+            data_dir = tmp_path / "node"
+            options = parse(*args, "--data-dir", str(data_dir))
+            with pytest.raises(SystemExit, match=f"cannot listen on tcp:{port}"):
+                makeService(options)
+            with pytest.raises(SystemExit, match=f"cannot listen on tcp:{port}"):
+                makeService(options, MemoryReactorClock(), check_ports=True)
+            assert not data_dir.exists()
+            root = makeService(options, MemoryReactorClock())  # a reactor given: not tried
+            assert (data_dir / DATABASE).exists()
+            next(s for s in root if isinstance(s, DHTService)).node.engine.storage.close()
+            shutil.rmtree(data_dir)

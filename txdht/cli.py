@@ -21,6 +21,7 @@ import http.client
 import json
 import math
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -101,6 +102,33 @@ def _timeout(text: str) -> float:
     if not (math.isfinite(seconds) and seconds > 0):
         raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected seconds > 0")
     return seconds
+
+
+def _key(text: str) -> str:
+    """Check a key: the 128 hex digits ``put`` printed (any case, spaces around ignored),
+    before asking the node, so that a mistyped key is a usage error, not the node's refusal."""
+    key = text.strip().lower()
+    if not _KEY.fullmatch(key):
+        shown = text if len(text) <= 20 else text[:17] + "..."
+        raise argparse.ArgumentTypeError(
+            f"invalid key {shown!r} ({len(key)} characters): expected the 128 hex digits "
+            "that put printed"
+        )
+    return key
+
+
+_KEY = re.compile(r"[0-9a-f]{128}")
+
+
+def _count(text: str) -> int:
+    """Parse ``--count``: a whole number of events, at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a number >= 1")
+    return count
 
 
 # -- talking to the node ----------------------------------------------------------------------
@@ -390,7 +418,9 @@ def _watched(opts: argparse.Namespace, event: str, data: str) -> None:
     elif event == "expired":
         sys.stderr.write(f"txdht: version {notice.get('seq')} expired, and no newer is stored\n")
     else:
-        sys.stdout.buffer.write(base64.b64decode(str(notice.get("value", ""))) + b"\n")
+        value = base64.b64decode(str(notice.get("value", "")))
+        # One line per version: the value's own line end, or one added (--json is exact).
+        sys.stdout.buffer.write(value if value.endswith(b"\n") else value + b"\n")
     sys.stdout.flush()
 
 
@@ -472,8 +502,10 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         type=_timeout,
         default=timeout_default,
         help="seconds a get or put may take on the node, which then answers with how far it "
-        f"got (the command waits {GRACE:g} s more for that); for other commands, how long to "
-        f"wait for the node (default: {DEFAULT_TIMEOUT:g})",
+        f"got (the command waits {GRACE:g} s more for that); for status and peers, how long to "
+        f"wait for the node; not watch, which waits for new versions until interrupted or "
+        f"--count, and gives up on a node silent for {WATCH_SILENCE:g} s "
+        f"(default: {DEFAULT_TIMEOUT:g})",
     )
 
 
@@ -534,7 +566,9 @@ def _build_parser() -> argparse.ArgumentParser:
         'txdht get "$(txdht put-blob photo.jpg)" -o copy.jpg',
         _cmd_get,
     )
-    get.add_argument("key", metavar="KEY", help="the key (128 hex digits) printed by put")
+    get.add_argument(
+        "key", metavar="KEY", type=_key, help="the key (128 hex digits) printed by put"
+    )
     get.add_argument(
         "-o", "--output", metavar="FILE", help="write the value to FILE instead of stdout"
     )
@@ -543,11 +577,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "watch",
         "print each new version of a value as it is stored",
         "Listen to KEY through the node and print the value of each new version as a line\n"
-        "(the current one first), until interrupted. An expiry is told on stderr.",
+        "(the current one first; a newline is added unless the value ends with one), until\n"
+        "interrupted or --count. An expiry is told on stderr. Use --json for exact values.",
         "txdht watch KEY --json",
         _cmd_watch,
     )
-    watch.add_argument("key", metavar="KEY", help="the key (128 hex digits) printed by put")
+    watch.add_argument(
+        "key", metavar="KEY", type=_key, help="the key (128 hex digits) printed by put"
+    )
     watch.add_argument(
         "--json",
         action="store_true",
@@ -555,7 +592,7 @@ def _build_parser() -> argparse.ArgumentParser:
         '{"key", "seq", "expired": true}',
     )
     watch.add_argument(
-        "--count", metavar="N", type=int, help="stop after N events (default: never)"
+        "--count", metavar="N", type=_count, help="stop after N events (default: never)"
     )
 
     status = command(

@@ -7,15 +7,17 @@ touches the global reactor unless ``makeService`` is called without one (as twis
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -71,7 +73,13 @@ class Options(usage.Options):
         "anyone who can reach it can store through this node."
     )
     optParameters = [
-        ["port", "p", DEFAULT_PORT, "Endpoint to listen on for peers (tcp:PORT, tcp6:PORT:...)."],
+        [
+            "port",
+            "p",
+            DEFAULT_PORT,
+            "Endpoint to listen on for peers: tcp:PORT (or just PORT) on every interface, "
+            "tcp:PORT:interface=ADDRESS on one, tcp6:PORT:interface=ADDRESS for IPv6.",
+        ],
         [
             "data-dir",
             "d",
@@ -79,7 +87,13 @@ class Options(usage.Options):
             "Where the node keeps its database [default: "
             "$XDG_DATA_HOME/txdht/PORT, else ~/.local/share/txdht/PORT].",
         ],
-        ["http", None, DEFAULT_HTTP, "Endpoint of the HTTP JSON API, or 'none' to disable it."],
+        [
+            "http",
+            None,
+            DEFAULT_HTTP,
+            "Endpoint of the HTTP JSON API (any Twisted server endpoint: tcp:PORT:interface="
+            "ADDRESS, unix:PATH), or 'none' to disable it.",
+        ],
         [
             "http-timeout",
             None,
@@ -150,7 +164,11 @@ class Options(usage.Options):
         self["http-hosts"].append(name)
 
     def postOptions(self) -> None:
-        """Check what one option alone cannot."""
+        """Check what one option alone cannot, and the endpoints (before anything is made on
+        disk for them: the data directory is named after the port)."""
+        self["port"] = check_endpoint("port", self["port"], tcp_only=True)
+        if self["http"].strip().lower() != "none":
+            self["http"] = check_endpoint("http", self["http"], tcp_only=False)
         if not 1 <= self["k"] <= MAX_CONTACTS:
             raise usage.UsageError(f"--k must be from 1 to {MAX_CONTACTS}")
         try:
@@ -159,6 +177,32 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def check_endpoint(option: str, text: str, *, tcp_only: bool) -> str:
+    """``text`` as a server endpoint string (a bare port number is ``tcp:PORT``), checked the
+    way ``serverFromString`` will read it at start; a ``UsageError`` naming ``--option``
+    otherwise. With ``tcp_only`` it must be TCP: peers reach a node at a host and a port."""
+    text = text.strip()
+    if text.isdigit():
+        text = f"tcp:{text}"
+    try:
+        # Parsing builds the endpoint object only; the reactor is used when it listens.
+        endpoint = serverFromString(cast(Any, None), text)
+    except (ValueError, TypeError, ImportError) as e:
+        raise usage.UsageError(
+            f"--{option} {text!r} is not a server endpoint ({e}); expected tcp:PORT, "
+            "tcp:PORT:interface=ADDRESS or tcp6:PORT:interface=ADDRESS"
+        ) from None
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        if not 0 <= endpoint._port <= 65535:
+            raise usage.UsageError(f"--{option} {text!r}: the port must be from 0 to 65535")
+    elif tcp_only:
+        raise usage.UsageError(
+            f"--{option} {text!r}: peers reach a node over TCP; expected tcp:PORT, "
+            "tcp:PORT:interface=ADDRESS or tcp6:PORT:interface=ADDRESS"
+        )
+    return text
 
 
 def parse_peer(text: str) -> Address:
@@ -188,12 +232,48 @@ class _ClosingService(Service):
         self.storage.close()
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:
-    """The service tree of one node: the DHT node and, unless disabled, its HTTP API."""
+def can_listen(option: str, text: str) -> None:
+    """Try to bind the address of the TCP endpoint ``text`` (from ``--option``), then let it
+    go: ``SystemExit`` with one line saying which option and why when the port is taken, not
+    allowed, or on an address this machine does not have. ``twistd`` makes the service before
+    it detaches, and listens after (where a failure is a traceback in the log, and a daemon's
+    launcher gets its first 100 bytes), so this is where a clear refusal can be given."""
+    endpoint = serverFromString(cast(Any, None), text)
+    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) or not endpoint._port:
+        return  # another kind of endpoint, or any free port
+    v6 = isinstance(endpoint, TCP6ServerEndpoint)
+    interface = endpoint._interface or ("::" if v6 else "")
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's ports do
+        try:
+            probe.bind((interface, endpoint._port))
+        except OSError as e:
+            why = e.strerror or str(e)
+            if e.errno == errno.EADDRINUSE:
+                why += " (another node, or another program, listens there)"
+            raise SystemExit(
+                f"txdht: cannot listen on {text} (--{option}): {why}; choose another with "
+                f"--{option}"
+            ) from None
+
+
+def makeService(
+    options: Options, reactor: Any = None, check_ports: bool | None = None
+) -> MultiService:
+    """The service tree of one node: the DHT node and, unless disabled, its HTTP API.
+
+    With ``check_ports`` (by default, when no reactor is given: as ``twistd`` calls it), the
+    TCP ports are tried first (``can_listen``), before the data directory is made."""
+    if check_ports is None:
+        check_ports = reactor is None
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    if check_ports:
+        can_listen("port", options["port"])
+        if options["http"].lower() != "none":
+            can_listen("http", options["http"])
     data_dir = Path(options["data-dir"] or default_data_dir(options["port"]))
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
