@@ -522,5 +522,6 @@ def test_make_service_tries_the_ports_before_the_data_dir(tmp_path: Path) -> Non
             assert not data_dir.exists()
             root = makeService(options, MemoryReactorClock())  # a reactor given: not tried
             assert (data_dir / DATABASE).exists()
-            next(s for s in root if isinstance(s, DHTService)).node.engine.storage.close()
+            root.startService()  # on the memory reactor: nothing is bound
+            root.stopService()  # and the database is closed
             shutil.rmtree(data_dir)
