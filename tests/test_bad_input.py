@@ -15,6 +15,7 @@ from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import id_to_hex
 from txdht.core.items import Identity, blob
 from txdht.core.messages import Error, Ping, Pong, encode
+from txdht.core.storage import MemoryStorage
 from txdht.testing import MemoryNetwork, RawConnection
 
 PUBLISHER = Identity.from_private_bytes(b"q" * 32)
@@ -136,6 +137,23 @@ ERROR_CASES = [
         ErrorCode.BAD_SIGNATURE,
         7,
         id="bad-signature",
+    ),
+    pytest.param(
+        store(dict(PUBLISHER.sign("kept", b"x", 3).to_json(), name="\ud800")),
+        ErrorCode.BAD_FIELD,
+        7,
+        id="name-a-lone-surrogate",
+    ),
+    pytest.param(
+        message(
+            type="store",
+            item=dict(PUBLISHER.sign("kept", b"x", 3).to_json(), name="a\udfff"),
+            ttl=60.0,
+            closest=True,
+        ),
+        ErrorCode.BAD_FIELD,
+        7,
+        id="name-a-lone-surrogate-asking-for-contacts",
     ),
     pytest.param(
         store(PUBLISHER.sign("kept", b"rollback", 1).to_json()),
@@ -322,3 +340,50 @@ def test_both_ends_closing_at_once() -> None:
     assert raw.lost
     assert link not in setup.node.streams.links
     setup.still_serving()
+
+
+class FailingStorage(MemoryStorage):
+    """A ``MemoryStorage`` whose reads fail while ``failing`` is set (a disk gone bad)."""
+
+    failing = False
+
+    def get(self, key: int) -> Any:
+        if self.failing:
+            raise OSError(5, "Input/output error")
+        return super().get(key)
+
+
+def test_a_request_the_node_fails_on_gets_an_internal_error_and_the_rest_are_served(
+    fail_on_logged_errors: list[dict[str, Any]],
+) -> None:
+    """A request whose handling raises (here the storage; a bug would do the same) is answered
+    with INTERNAL and logged with its traceback; the requests after it on the same connection,
+    in the same segment, are served, and the node goes on."""
+    setup = Setup()
+    storage = FailingStorage()
+    node = setup.net.add_node(storage=storage)
+    setup.net.run(node.join([("127.0.0.1", setup.net.nodes[0].port)]))
+    storage.failing = True
+    with capturedLogs() as events:
+        raw = setup.net.open_raw(node)
+        raw.send(message(rid=1) + store(blob(b"v").to_json()) + message(rid=3))
+        setup.net.flush()
+    replies = raw.messages()
+    assert [type(r).__name__ for r in replies] == ["Pong", "Error", "Pong"]
+    assert [r.rid for r in replies] == [1, 7, 3]
+    error = replies[1]
+    assert isinstance(error, Error)
+    assert (error.code, error.message) == (
+        ErrorCode.INTERNAL,
+        "the node failed while handling this request",
+    )
+    assert not raw.lost
+    (failed,) = [e for e in events if "failed while handling a store request" in formatEvent(e)]
+    assert "Input/output error" in formatEvent(failed)
+    assert isinstance(failed.get("log_failure"), Failure)
+    assert fail_on_logged_errors == [failed]  # the one error expected, and no other
+    fail_on_logged_errors.clear()
+    assert node.metrics.rpcs[("received", "store", "error")] == 1
+    storage.failing = False
+    key = setup.net.run(node.put_blob(b"after"))
+    assert setup.net.run(setup.other.get(key)) == b"after"

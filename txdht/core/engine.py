@@ -253,6 +253,19 @@ class Engine:
                 host=host,
                 message=e.message,
             )
+        except Exception as e:  # a bug, or the storage failing: this node's fault, not the peer's
+            # The peer hears so (it may try another node), and the connection and the other
+            # requests on it go on: an exception left to the driver would drop them all.
+            text = "the node failed while handling this request"
+            reply = self.error(request.rid, ErrorCode.INTERNAL, text)
+            self.log(
+                "error",
+                "failed while handling a {type} request from {host}: {error!r}",
+                type=request.TYPE,
+                host=host,
+                error=e,
+                failure=e,
+            )
         self.metrics.rpc("received", request.TYPE, "error" if isinstance(reply, m.Error) else "ok")
         return reply, self.settle()
 

@@ -83,8 +83,12 @@ _MUTABLE_FIELDS = ("public_key", "name", "seq", "signature")
 
 
 def mutable_key(public_key: bytes, name: str) -> int:
-    """The key of the mutable item ``name`` owned by ``public_key``."""
-    return sha512_id(public_key + name.encode("utf-8"))
+    """The key of the mutable item ``name`` owned by ``public_key``.
+
+    Defined for any ``str``: a name holding a lone surrogate (JSON's ``"\\ud800"`` decodes to
+    one) is hashed as its surrogates' bytes, so that ``Item.key`` can be read before ``verify``
+    refuses such an item (a valid name hashes as its UTF-8, as ever)."""
+    return sha512_id(public_key + name.encode("utf-8", "surrogatepass"))
 
 
 def blob(value: bytes) -> Item:
