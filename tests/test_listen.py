@@ -4,6 +4,7 @@ network name that keeps networks apart."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from txdht.core import listen as listening
 from txdht.core.commands import Notify
 from txdht.core.errors import ErrorCode, RemoteError
 from txdht.core.ids import Contact, id_to_hex
-from txdht.core.items import Identity, Item, blob, mutable_key
+from txdht.core.items import MAX_SEQ, Identity, Item, blob, mutable_key
 from txdht.core.limits import Limits
 from txdht.core.listen import Listen, Listeners, Notice
 from txdht.core.messages import Expired, FindValue, Listening, Message, Ok, Update
@@ -649,15 +650,18 @@ def test_a_failed_lookup_leaves_the_listen_running(
     unless no copy is found at all."""
     net, nodes = network()
     key = key_of("news")
+    publish(net, nodes[5], version(1))
+    listener = next(n for n in nodes if n not in holders_of(nodes, key))
     got: list[Notice] = []
-    sub = nodes[1].listen(id_to_hex(key), got.append)
+    sub = listener.listen(id_to_hex(key), got.append)
     net.advance(1)
+    assert [(n.seq, n.expired) for n in got] == [(1, False)]
     fail_lookups(monkeypatch)
     net.advance(listening.REFRESH + 1)
     assert len(sub.holders) == 3
-    net.run(nodes[6].call(contact(nodes[1]), Expired, key=key, seq=1))
+    net.run(nodes[6].call(contact(listener), Expired, key=key, seq=1))
     net.advance(5)
-    assert [(n.seq, n.expired) for n in got] == [(1, True)]
+    assert [(n.seq, n.expired) for n in got] == [(1, False), (1, True)]
     fail_on_logged_errors.clear()
 
 
@@ -669,11 +673,71 @@ def test_an_expiry_check_overtaken_by_a_newer_version_tells_nothing() -> None:
     sub = nodes[1].listen(id_to_hex(key), got.append)
     net.advance(1)
     engine = nodes[1].engine
+    engine.feed(sub.op, sub.op.pushed, version(1))
     engine.feed(sub.op, sub.op.expiry_told, 1)
+    assert sub.op.checking is not None
     engine.feed(sub.op, sub.op.pushed, version(3))
     nodes[1].run(engine.settle())
     net.advance(5)
-    assert [(n.seq, n.expired) for n in got] == [(3, False)]
+    assert [(n.seq, n.expired) for n in got] == [(1, False), (3, False)]
+    assert sub.op.checking is None
+
+
+def forge_expired(net: MemoryNetwork, liar: Node, listener: Node, key: int, seq: int) -> None:
+    """``liar`` tells ``listener`` that version ``seq`` of ``key`` expired."""
+    reply = net.run(liar.call(contact(listener), Expired, key=key, seq=seq))
+    assert isinstance(reply, Ok)
+    net.advance(5)  # the check's lookup
+
+
+def test_a_made_up_expiry_of_a_version_still_held_is_dropped_and_holds_nothing_back() -> None:
+    """A peer claims the newest possible version expired while the holders keep version 1:
+    the check finds version 1, the application hears nothing, and version 2 is delivered
+    later (the claim once set the listen's last version to 2**63 - 1, silencing it)."""
+    net, nodes = network()
+    key = key_of("news")
+    publish(net, nodes[5], version(1))
+    listener = next(n for n in nodes if n not in holders_of(nodes, key))
+    got: list[Notice] = []
+    listener.listen(id_to_hex(key), got.append)
+    net.advance(1)
+    liar = next(n for n in nodes if n is not listener)
+    forge_expired(net, liar, listener, key, MAX_SEQ)
+    assert [(n.seq, n.expired) for n in got] == [(1, False)]
+    publish(net, nodes[5], version(2))
+    net.advance(1)
+    assert [(n.seq, n.expired) for n in got] == [(1, False), (2, False)]
+
+
+def test_a_claimed_expiry_of_a_newer_version_is_told_as_the_last_delivered() -> None:
+    """When the check finds nothing at all, the expiry told is of the last version delivered,
+    not of the number claimed; a later version is delivered all the same."""
+    net, nodes = network()
+    key = key_of("news")
+    publish(net, nodes[5], version(1), ttl=60.0)
+    listener = next(n for n in nodes if n not in holders_of(nodes, key))
+    got: list[Notice] = []
+    listener.listen(id_to_hex(key), got.append)
+    net.advance(1)
+    for node in holders_of(nodes, key):  # gone everywhere, and no holder told of it
+        node.engine.storage.expire(math.inf)
+    forge_expired(net, nodes[6] if listener is not nodes[6] else nodes[7], listener, key, MAX_SEQ)
+    assert [(n.seq, n.expired) for n in got] == [(1, False), (1, True)]
+    publish(net, nodes[5], version(2))
+    net.advance(1)
+    assert [(n.seq, n.expired) for n in got] == [(1, False), (1, True), (2, False)]
+
+
+def test_an_expiry_before_any_version_tells_nothing() -> None:
+    """Nothing delivered yet: an expired notice has no version to be about, and no check runs."""
+    net, nodes = network()
+    key = key_of("news")
+    got: list[Notice] = []
+    sub = nodes[1].listen(id_to_hex(key), got.append)
+    net.advance(1)
+    forge_expired(net, nodes[6], nodes[1], key, 1)
+    assert got == []
+    assert sub.op.checking is None
 
 
 def test_polled_holders_are_replaced_by_newcomers_and_come_back() -> None:

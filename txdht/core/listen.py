@@ -31,8 +31,9 @@ hears of a version stored on itself. Every version from any source (an answer, a
 its own store) is verified against the key, and goes to the application (a ``Notify`` command)
 only when it is newer than the last one delivered: each sequence number once, in increasing
 order, whichever holder told of it first. An ``expired`` notice is believed only after a
-``find_value`` lookup of the key finds no version as new (one holder's copy can expire before
-the others': it missed a republish), and is delivered once per version.
+``find_value`` lookup of the key finds no version as new as the last delivered (one holder's
+copy can expire before the others': it missed a republish), and is delivered once per version,
+as that version's expiry (``Listen.expiry_told``: a notice's ``seq`` is an unsigned claim).
 """
 
 from __future__ import annotations
@@ -643,26 +644,36 @@ class Listen(Operation):
             self._deliver(Notice(self.key, item.seq, item))
 
     def expiry_told(self, seq: int) -> None:
-        """A holder says version ``seq`` expired: check that no node holds it (or a newer one)
-        before telling the application."""
-        if seq < self.seq or (seq == self.seq and self.expired):
+        """A holder says version ``seq`` expired: check that no node holds the last version
+        delivered (or a newer one) before telling the application that it expired.
+
+        Nothing signs an expiry, so ``seq`` is only a claim: one about a version older than the
+        last delivered is dropped, and one about a newer version (an honest holder's whose
+        push was lost, or any number a hostile one makes up) is taken as one about the last
+        delivered, the only version this listen knows to exist. So a made-up notice can at
+        worst tell of an expiry the check confirms, and never holds back a later version
+        (it once could: ``seq`` 2**63 - 1 silenced the listen for good). With nothing
+        delivered yet there is nothing to tell."""
+        if self.seq < 0 or seq < self.seq or self.expired:
             return
-        self.checked = max(self.checked, seq)
         if self.checking is None:
+            self.checked = self.seq
             self.checking = self.spawn(Lookup(self.key, find_value=True))
 
     def _checked(self, check: Operation) -> None:
         self.checking = None
+        if self.seq != self.checked:
+            return  # a newer version was delivered meanwhile: the claim is moot
         engine = self.engine
         found = [engine.get(self.key, engine.now)]
         if check.error is None:
             found.append(check.result.value)
         best = max((item for item in found if item is not None), key=lambda i: i.seq, default=None)
-        if best is not None and best.seq >= self.checked:
+        if best is not None and best.seq >= self.seq:
             self.pushed(best)  # it is still out there (perhaps newer)
-        elif self.checked > self.seq or (self.checked == self.seq and not self.expired):
-            self.seq, self.expired = self.checked, True
-            self._deliver(Notice(self.key, self.checked))
+        else:
+            self.expired = True
+            self._deliver(Notice(self.key, self.seq))
 
     def _deliver(self, notice: Notice) -> None:
         self.delivered += 1
