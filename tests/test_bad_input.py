@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from twisted.internet.error import ConnectionDone
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
@@ -387,3 +388,34 @@ def test_a_request_the_node_fails_on_gets_an_internal_error_and_the_rest_are_ser
     storage.failing = False
     key = setup.net.run(node.put_blob(b"after"))
     assert setup.net.run(setup.other.get(key)) == b"after"
+
+
+def test_a_request_in_the_nodes_own_name_closes_its_connection() -> None:
+    """A request whose sender is the node's own id gets no reply: its connection is closed and
+    logged, and the node serves other peers."""
+    setup = Setup()
+    raw, events = setup.send_raw(message(sender=id_to_hex(setup.node.engine.id)))
+    assert raw.lost
+    assert raw.received == b""
+    assert logged(events, "its requests come from this node itself")
+    setup.still_serving()
+
+
+def test_a_node_sent_to_its_own_address_keeps_no_connection_to_itself() -> None:
+    """A node told to ask an address that is its own (a peer named it under another id)
+    connects to itself once: the request fails at once, and both ends of that connection are
+    closed, not kept for good."""
+    setup = Setup()
+    node = setup.node
+    before = len(node.streams.links)
+    with capturedLogs() as events:
+        d = node.call(("127.0.0.1", node.port), Ping)
+        setup.net.flush()
+    failure = []
+    d.addErrback(failure.append)
+    assert len(failure) == 1
+    assert failure[0].check(ConnectionDone)  # closed by its other end: itself
+    assert logged(events, "its requests come from this node itself")
+    assert len(node.streams.links) == before
+    assert node.streams.link_to(("127.0.0.1", node.port)) is None
+    setup.still_serving()

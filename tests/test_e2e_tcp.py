@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 
@@ -213,3 +214,21 @@ async def test_eager_writes_reach_the_peer_whole_and_in_order(reactor: Any) -> N
     finally:
         transport.loseConnection()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_sent_to_its_own_address_closes_both_ends(reactor: Any) -> None:
+    """Over real TCP, a request to the node's own address (as when a peer names it under
+    another id) fails at once, and no connection to itself stays open."""
+    (node,) = await start_nodes(reactor, 1)
+    try:
+        with pytest.raises(ConnectionDone):
+            await node.call(("127.0.0.1", node.port), Ping)
+        for _ in range(50):  # both ends closed within half a second
+            if not node.streams.links:
+                break
+            await sleep(reactor, 0.01)
+        assert not node.streams.links
+        assert node.streams.link_to(("127.0.0.1", node.port)) is None
+    finally:
+        await stop_nodes([node])

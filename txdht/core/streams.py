@@ -11,7 +11,8 @@ connections. ``Streams`` sits between: it keeps one ``Link`` per open connection
   recognisably a reply: then our own request fails instead), and the connection closed after
   ``max_bad_messages`` of them; a broken stream (framing lost) is closed at once;
 - whom to refuse: a connection over ``max_connections_per_ip`` from one address (loopback
-  exempt), and every connection once the node has stopped.
+  exempt), one whose requests come from this node's own id (itself, reached through an
+  address of its own that a peer named), and every connection once the node has stopped.
 
 The driver frames bytes into payloads and back, and reports each connection's life:
 ``opened``, ``connected`` (our attempt to an address succeeded), ``connect_failed``,
@@ -135,6 +136,18 @@ class Streams:
             return self._bad(link, e)
         if isinstance(message, REPLY_TYPES):
             return engine.reply_received(message, link.host, now, link)
+        if message.sender == engine.id:
+            # This node itself, at an address of its own that a peer named (127.0.0.2, 0.0.0.0,
+            # another interface), or a peer using its id: nothing to serve, and a connection
+            # to itself would stay open for good, one more for every such address.
+            engine.log(
+                "info",
+                "closing connection from {host}: its requests come from this node itself "
+                "(an address of its own, named by a peer), or from a peer using its id",
+                host=link.host,
+            )
+            self._close(link)
+            return engine.settle()
         if message.port and link.address is None and message.network == engine.network:
             self._adopt(link, (link.host, message.port))
         reply, commands = engine.request_received(message, link.host, link.port, now, link)
