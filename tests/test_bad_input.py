@@ -408,13 +408,10 @@ def test_a_node_sent_to_its_own_address_keeps_no_connection_to_itself() -> None:
     setup = Setup()
     node = setup.node
     before = len(node.streams.links)
-    with capturedLogs() as events:
-        d = node.call(("127.0.0.1", node.port), Ping)
-        setup.net.flush()
-    failure = []
-    d.addErrback(failure.append)
-    assert len(failure) == 1
-    assert failure[0].check(ConnectionDone)  # closed by its other end: itself
+    started = setup.net.clock.seconds()
+    with capturedLogs() as events, pytest.raises(ConnectionDone):  # closed by its other end
+        setup.net.run(node.call(("127.0.0.1", node.port), Ping))
+    assert setup.net.clock.seconds() == started  # at once, not at the request's timeout
     assert logged(events, "its requests come from this node itself")
     assert len(node.streams.links) == before
     assert node.streams.link_to(("127.0.0.1", node.port)) is None
