@@ -412,7 +412,7 @@ def test_a_node_sent_to_its_own_address_keeps_no_connection_to_itself() -> None:
     with capturedLogs() as events, pytest.raises(ConnectionDone):  # closed by its other end
         setup.net.run(node.call(("127.0.0.1", node.port), Ping))
     assert setup.net.clock.seconds() == started  # at once, not at the request's timeout
-    assert logged(events, "its requests come from this node itself")
+    assert logged(list(events), "its requests come from this node itself")
     assert len(node.streams.links) == before
     assert node.streams.link_to(("127.0.0.1", node.port)) is None
     setup.still_serving()
