@@ -6,7 +6,8 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 from urllib.parse import quote
 
 import pytest
@@ -15,18 +16,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import LogEvent
+from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
-from twisted.web.server import Site
 
 from txdht.core.errors import ErrorCode, NotFoundError, PutError
 from txdht.core.ids import id_to_hex
 from txdht.core.items import blob
 from txdht.node import Node
-from txdht.web import DEFAULT_TIMEOUT, APIResource
+from txdht.web import DEFAULT_TIMEOUT, APIResource, api_site
 
 
 class _Collect(Protocol):
@@ -59,9 +59,7 @@ class API:
         for node in self.nodes[1:]:
             await node.join([("127.0.0.1", self.nodes[0].port)])
         self.resource = APIResource(self.nodes[0], {"dht": "tcp:0", "http": "tcp:0"})
-        site = Site(self.resource)
-        site.displayTracebacks = False
-        self.port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.port = self.reactor.listenTCP(0, api_site(self.resource), interface="127.0.0.1")
 
     async def stop(self) -> None:
         """Stop the HTTP server and the nodes."""
@@ -178,6 +176,33 @@ async def test_value_too_large_is_413(api: API) -> None:
     for method, path in (("PUT", "/v1/names/big"), ("POST", "/v1/blobs")):
         status, body = await api.json(method, path, b"x" * 1001)
         assert "1000 bytes" in error_of(status, body, 413, "value_too_large")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_huge_body_is_413_and_only_its_start_is_kept(api: API) -> None:
+    """A 4 MiB body for a node that takes 1,000-byte values answers 413, the request holding
+    1,001 bytes of it at most; a value of exactly the limit is stored."""
+    kept: list[int] = []
+    value_of = api.resource._value
+
+    def spy(request: Any) -> bytes:
+        assert request.content is not None
+        kept.append(request.content.seek(0, 2))  # the size of what the request holds
+        request.content.seek(0)
+        return value_of(request)
+
+    api.resource._value = spy  # type: ignore[method-assign]
+    status, body = await api.json("POST", "/v1/blobs", b"x" * (4 << 20))
+    assert "1000 bytes" in error_of(status, body, 413, "value_too_large")
+    status, body = await api.json("POST", "/v1/blobs", b"y" * 1000)
+    assert status == 201
+    assert kept == [1001, 1000]
+
+
+def test_the_site_hides_tracebacks() -> None:
+    """api_site shows no traceback to a client when the resource fails."""
+    resource = cast(APIResource, SimpleNamespace(node=None))
+    assert api_site(resource).displayTracebacks is False
 
 
 @pytest.mark.parametrize("name", [quote("x" * 300), "%FF%FE", pytest.param("", id="empty")])
@@ -443,6 +468,40 @@ async def test_unknown_paths_and_methods(
     """Unknown paths answer 404 and wrong methods 405 (with Allow), as JSON."""
     got, body = await api.json(method, path)
     error_of(got, body, status, code)
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_answers_as_get_without_a_body(
+    api: API, fail_on_logged_errors: list[LogEvent]
+) -> None:
+    """HEAD of anything GET serves answers GET's status and headers, its length in
+    Content-Length and no body (a get too: 200 when found, 404 when not); nothing is logged
+    of a body eaten. A write answers 405 naming GET and HEAD where GET is the method, and
+    an event stream (which has no length) 405 naming GET."""
+    key = await api.nodes[1].put_blob(b"here")
+    with capturedLogs() as events:
+        for path, status, length in (
+            ("/v1/status", 200, None),
+            ("/", 200, None),
+            (f"/v1/keys/{key}", 200, 4),
+            (f"/v1/keys/{'ab' * 64}", 404, None),
+        ):
+            got, body, response = await api.request("HEAD", path)
+            assert (got, body) == (status, b"")
+            (size,) = response.headers.getRawHeaders(b"content-length")
+            get_status, get_body, _ = await api.request("GET", path)
+            assert get_status == status
+            if path != "/v1/status":  # (its uptime moves between the two)
+                assert int(size) == len(get_body)
+            if length is not None:
+                assert int(size) == length
+        got, body, response = await api.request("POST", "/v1/status")
+        assert response.headers.getRawHeaders(b"allow") == [b"GET, HEAD"]
+        got, body, response = await api.request("HEAD", f"/v1/keys/{key}/events")
+        assert got == 405
+        assert response.headers.getRawHeaders(b"allow") == [b"GET"]
+    assert not [e for e in events if "eat it" in formatEvent(e)]
+    assert fail_on_logged_errors == []
 
 
 @pytest_twisted.ensureDeferred

@@ -19,7 +19,6 @@ from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.python import usage
-from twisted.web.server import Site
 
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits, limit_options
@@ -29,7 +28,7 @@ from txdht.core.schedule import Intervals, interval_options
 from txdht.node import Address, Node
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage, StorageError
-from txdht.web import DEFAULT_TIMEOUT, APIResource
+from txdht.web import DEFAULT_TIMEOUT, APIResource, api_site
 
 __all__ = ["Options", "makeService"]
 
@@ -311,8 +310,6 @@ def makeService(
             allowed_hosts=options["http-hosts"],
             timeout=options["http-timeout"],
         )
-        site = Site(api)
-        site.displayTracebacks = False
-        http = strports.service(options["http"], site, reactor=reactor)
+        http = strports.service(options["http"], api_site(api), reactor=reactor)
         http.setServiceParent(root)
     return root

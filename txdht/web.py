@@ -57,7 +57,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from txdht.core.errors import ErrorCode, NotFoundError, OperationTimeout, ProtocolError, PutError
 from txdht.core.ids import bucket_index, id_from_hex, id_to_hex
@@ -67,7 +67,7 @@ from txdht.core.lookup import LookupMachine
 from txdht.node import Node
 from txdht.prometheus import CONTENT_TYPE, exposition, node_registry
 
-__all__ = ["APIResource"]
+__all__ = ["APIResource", "api_site"]
 
 #: How many finished lookups ``/v1/lookups`` remembers, newest first.
 RECENT_LOOKUPS = 20
@@ -227,6 +227,9 @@ class APIResource(Resource):
         if len(path) == 3 and path[:2] == [b"v1", b"keys"]:
             expected, handler = "GET", lambda r: self._get(path[2], r)
         elif len(path) == 4 and path[:2] == [b"v1", b"keys"] and path[3] == b"events":
+            if method == "HEAD":  # a stream has no end to measure: nothing to say of it
+                request.setHeader(b"allow", b"GET")
+                raise _HTTPError(405, "method_not_allowed", "use GET here, not HEAD")
             expected, handler = "GET", lambda r: self._events(path[2], r)
         elif len(path) == 3 and path[:2] == [b"v1", b"names"]:
             expected, handler = "PUT", lambda r: self._put(path[2], r)
@@ -237,8 +240,8 @@ class APIResource(Resource):
         else:
             where = request.uri.decode("ascii", "replace")
             raise _HTTPError(404, "no_such_path", f"nothing at {where}")
-        if method != expected:
-            request.setHeader(b"allow", expected.encode())
+        if method != expected and not (method == "HEAD" and expected == "GET"):
+            request.setHeader(b"allow", b"GET, HEAD" if expected == "GET" else expected.encode())
             raise _HTTPError(405, "method_not_allowed", f"use {expected} here, not {method}")
         return handler(request)
 
@@ -448,8 +451,9 @@ class APIResource(Resource):
 
     def _value(self, request: Request) -> bytes:
         content = request.content
-        value = content.read() if content is not None else b""
         limit = self.node.engine.max_value
+        # One byte over the limit tells a value too large (``api_site`` keeps no more).
+        value = content.read(limit + 1) if content is not None else b""
         if len(value) > limit:
             raise _HTTPError(413, "value_too_large", f"values are at most {limit} bytes here")
         return value
@@ -498,13 +502,39 @@ class APIResource(Resource):
         return self._body(request, error.status, body)
 
     def _body(self, request: Request, status: int, body: Any) -> bytes:
+        """The bytes of an answer (for a HEAD request, none: its length in Content-Length)."""
         request.setResponseCode(status)
         if isinstance(body, bytes):
             if not request.responseHeaders.hasHeader(b"content-type"):
                 request.setHeader(b"content-type", b"application/octet-stream")
-            return body
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(body).encode() + b"\n"
+            data = body
+        else:
+            request.setHeader(b"content-type", b"application/json")
+            data = json.dumps(body).encode() + b"\n"
+        if request.method == b"HEAD":
+            request.setHeader(b"content-length", b"%d" % len(data))
+            return b""
+        return data
+
+
+def api_site(resource: APIResource) -> Site:
+    """The ``Site`` that serves ``resource``: tracebacks are not shown to clients, and a
+    request keeps at most one byte more of its body than the node takes as a value, so that a
+    body of any size is refused (413) without being held in memory, or written to a
+    temporary file, first."""
+
+    class BoundedRequest(Request):
+        def handleContentChunk(self, data: bytes) -> None:
+            content = self.content
+            assert content is not None  # made by gotLength, before any chunk
+            room = resource.node.engine.max_value + 1 - content.tell()
+            if room > 0:
+                content.write(data[:room])
+
+    site = Site(resource)
+    site.requestFactory = BoundedRequest
+    site.displayTracebacks = False
+    return site
 
 
 def _version() -> str:
