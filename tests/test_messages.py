@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from txdht.core import messages as codec
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact, id_to_hex, sha512_id
-from txdht.core.items import MAX_TTL, Identity, blob
+from txdht.core.items import MAX_TTL, Identity, Item, blob
 from txdht.core.messages import (
     MAX_CONTACTS,
     MAX_DEPTH,
@@ -585,7 +585,14 @@ def test_refusal_names_the_field() -> None:
         f"field 'ttl' must be above 0 and at most {MAX_TTL:g}"
     )
     assert refusal(wire("ping", drop=("sender",))).message == "field 'sender' is missing"
-    assert refusal(wire("ping", port="1")).message == "field 'port' must be a int"
+    assert refusal(wire("ping", port="1")).message == "field 'port' must be an integer, not '1'"
+    assert refusal(wire("store", ttl="3600")).message == (
+        "field 'ttl' must be a number, not '3600'"
+    )
+    assert refusal(wire("store", replica=1)).message == (
+        "field 'replica' must be true or false, not 1"
+    )
+    assert refusal(wire("nodes", nodes={})).message == "field 'nodes' must be an array, not {}"
     assert refusal(wire("ping", v=9)).message == "protocol version 9 is not spoken here"
     assert refusal(with_item("value", {})).message.startswith("field 'item': ")
     assert "example.com" in refusal(nodes_with(contact(host="example.com"))).message
@@ -594,6 +601,21 @@ def test_refusal_names_the_field() -> None:
 def test_long_unknown_type_is_cut_in_the_error_text() -> None:
     """An unknown type is quoted in the error text cut to 40 characters."""
     assert refusal(wire("ping", type="x" * 5000)).message == f"unknown message type {'x' * 40!r}"
+
+
+def test_a_peers_long_values_are_cut_in_the_error_text() -> None:
+    """A version, a field of the wrong type or a sequence number out of range, however long,
+    comes back (and goes to the log) cut to 40 characters."""
+    nines = int("9" * 4000)
+    version = refusal(wire("ping", v=nines)).message
+    assert version == f"protocol version {'9' * 40} is not spoken here"
+    assert refusal(wire("ping", port="p" * 5000)).message == (
+        f"field 'port' must be an integer, not {'p' * 5000!r:.40}"
+    )
+    forged = Item(b"v", b"k" * 32, "name", nines, b"s" * 64)
+    with pytest.raises(ProtocolError) as caught:
+        forged.verify()
+    assert caught.value.message == f"a sequence number is 0 to 2**63 - 1, got {'9' * 40}"
 
 
 def test_edge_values_are_accepted() -> None:

@@ -154,7 +154,7 @@ def _name_problem(name: str) -> str | None:
 
 def _seq_problem(seq: int) -> str | None:
     """Why ``seq`` cannot be a sequence number, or None when it can."""
-    return None if 0 <= seq <= MAX_SEQ else f"a sequence number is 0 to 2**63 - 1, got {seq}"
+    return None if 0 <= seq <= MAX_SEQ else f"a sequence number is 0 to 2**63 - 1, got {seq!r:.40}"
 
 
 def _size_problem(what: str, data: bytes, size: int) -> str | None:

@@ -680,7 +680,7 @@ def _checked(obj: object, data: bytes) -> Message:
     kind = obj.get("type")
     fields.in_reply = isinstance(kind, str) and kind in _REPLY_NAMES
     if fields.get("v", int) != PROTOCOL_VERSION:
-        fields.fail(ErrorCode.BAD_VERSION, f"protocol version {obj['v']!r} is not spoken here")
+        fields.fail(ErrorCode.BAD_VERSION, f"protocol version {obj['v']!r:.40} is not spoken here")
     kind = fields.get("type", str)
     cls = _BY_TYPE.get(kind)
     if cls is None:
@@ -732,6 +732,17 @@ _TYPE_CHECKS: dict[type, Callable[[object], bool]] = {
 }
 
 
+#: What each Python type a field is read as is called in JSON, for error messages.
+_JSON_KINDS: dict[type, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "an array",
+    dict: "an object",
+}
+
+
 class _Fields:
     """Typed access to a decoded JSON object; every failure is a ``ProtocolError``."""
 
@@ -749,7 +760,8 @@ class _Fields:
         value = self.obj[name]
         check = _TYPE_CHECKS.get(kind)
         if not (check(value) if check else isinstance(value, kind)):
-            self.fail(ErrorCode.BAD_FIELD, f"field {name!r} must be a {kind.__name__}")
+            wanted = _JSON_KINDS.get(kind, kind.__name__)
+            self.fail(ErrorCode.BAD_FIELD, f"field {name!r} must be {wanted}, not {value!r:.40}")
         return value
 
     def int_in(self, name: str, low: int, high: int) -> int:
