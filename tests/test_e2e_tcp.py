@@ -16,6 +16,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from txdht import Node
 from txdht.core.errors import NotFoundError
 from txdht.core.ids import id_from_hex
+from txdht.core.limits import Limits
 from txdht.core.messages import Ping, Pong
 
 pytestmark = pytest.mark.e2e
@@ -232,3 +233,28 @@ async def test_a_node_sent_to_its_own_address_closes_both_ends(reactor: Any) -> 
         assert node.streams.link_to(("127.0.0.1", node.port)) is None
     finally:
         await stop_nodes([node])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_holds_no_more_than_max_connections(reactor: Any) -> None:
+    """Over real TCP, a node with max_connections 3 that talks to six peers in turn closes the
+    quietest as it goes, and every request is answered."""
+    peers = await start_nodes(reactor, 6)
+    hub = Node(reactor, limits=Limits(max_connections=3))
+    await hub.listen("tcp:0:interface=127.0.0.1")
+    try:
+        for peer in peers:
+            reply = await hub.call(("127.0.0.1", peer.port), Ping)
+            assert isinstance(reply, Pong)
+            assert reply.sender == peer.engine.id
+            await sleep(reactor, 0.01)
+        for _ in range(50):  # the closed ones are gone within half a second
+            if len(hub.streams.links) <= 3:
+                break
+            await sleep(reactor, 0.01)
+        assert 2 <= len(hub.streams.links) <= 3
+        # The last peer asked is among those kept; the first is not.
+        assert hub.streams.link_to(("127.0.0.1", peers[-1].port)) is not None
+        assert hub.streams.link_to(("127.0.0.1", peers[0].port)) is None
+    finally:
+        await stop_nodes([hub, *peers])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from twisted.internet import defer
 from twisted.logger import capturedLogs, formatEvent
 
 from txdht.core.engine import Engine
@@ -17,13 +20,15 @@ from txdht.core.limits import (
     TokenBucket,
     Verdict,
     is_loopback,
+    limit_options,
     peer_key,
     subnet_of,
 )
-from txdht.core.messages import Error, Ping, Pong, Store, decode, encode
+from txdht.core.messages import Error, Listening, Message, Ping, Pong, Store, decode, encode
+from txdht.core.messages import Listen as ListenRequest
 from txdht.core.routing import RoutingTable
 from txdht.core.storage import MemoryStorage
-from txdht.testing import MemoryNetwork
+from txdht.testing import UNLIMITED, MemoryNetwork, RawConnection
 
 PUBLISHER = Identity.from_private_bytes(b"p" * 32)
 OTHER = Identity.from_private_bytes(b"o" * 32)
@@ -350,3 +355,92 @@ def test_abandoned_requests_are_remembered_up_to_a_bound() -> None:
 def test_subnet_of_names_the_network_a_rule_counts(host: str, subnet: str | None) -> None:
     """The /24 or /48 a per-network rule counts a host against; None where none applies."""
     assert subnet_of(host) == subnet
+
+
+def framed(message: Message) -> bytes:
+    """``message`` as it goes on the wire."""
+    return netstring(encode(message))
+
+
+def test_past_max_connections_the_quiet_longest_are_closed_but_not_busy_ones() -> None:
+    """Past max_connections, opening one more closes those quiet longest (last heard from, or
+    opened, longest ago) down to 90% of the limit, but never one a request of ours is in
+    flight on, one a listen is held on, or the new one; it is logged."""
+    net = MemoryNetwork()
+    hub = net.add_node(limits=replace(UNLIMITED, max_connections=5))
+    silent = net.add_node()
+    net.silence(silent)
+    waiting = hub.call(("127.0.0.1", silent.port), Ping)  # in flight until its timeout
+    listen = net.open_raw(hub)
+    listen.send(framed(ListenRequest(rid=1, sender=77, port=0, key=5, lease=60.0)))
+    raws: list[RawConnection] = []
+    with capturedLogs() as events:
+        for i in range(6):
+            net.advance(0.1)
+            if i == 3:  # the first one speaks: it is no longer the quietest
+                raws[0].send(framed(Ping(rid=1, sender=88, port=0)))
+                net.advance(0.01)
+            raws.append(net.open_raw(hub))
+            net.flush()
+            if i == 3:  # six open (> 5): the two quiet longest closed, down to four
+                assert [raw.lost for raw in raws] == [False, True, True, False]
+        # Six again: the first (heard from before the fourth opened) and the fourth go.
+        assert [raw.lost for raw in raws] == [True, True, True, True, False, False]
+        assert not listen.lost
+        assert not waiting.called
+    trims = [formatEvent(e) for e in events if "over max_connections" in formatEvent(e)]
+    assert trims == [
+        "6 connections open, over max_connections (5): closed the 2 quiet longest",
+        "6 connections open, over max_connections (5): closed the 2 quiet longest",
+    ]
+    assert isinstance(listen.messages()[0], Listening)
+    with pytest.raises(defer.TimeoutError):
+        net.run(waiting)
+
+
+def test_when_too_few_connections_are_quiet_more_stay_open() -> None:
+    """Every connection busy but one: that one is closed, and the rest stay over the limit."""
+    net = MemoryNetwork()
+    hub = net.add_node(limits=replace(UNLIMITED, max_connections=2))
+    silent = [net.add_node() for _ in range(3)]
+    for node in silent:
+        net.silence(node)
+    quiet = net.open_raw(hub)
+    net.flush()
+    waiting = [hub.call(("127.0.0.1", node.port), Ping) for node in silent]
+    net.flush()
+    assert quiet.lost
+    assert len([link for link in hub.streams.links if not link.closing]) == 3
+    for d in waiting:
+        with pytest.raises(defer.TimeoutError):
+            net.run(d)
+
+
+def test_max_connections_is_an_option_and_above_0() -> None:
+    """max_connections is a limit like the others: --max-connections, refused at 0."""
+    assert ("--max-connections", int, 512) in [option[:3] for option in limit_options()]
+    with pytest.raises(ValueError, match="max_connections"):
+        Limits(max_connections=0)
+
+
+def test_a_listens_connections_to_its_holders_are_kept() -> None:
+    """The connections a node's own listen went on to the key's holders are not closed for
+    being quiet: the holders push new versions on them."""
+    net = MemoryNetwork()
+    nodes = net.create(4, k=2)
+    hub = net.add_node(limits=replace(UNLIMITED, max_connections=4))
+    net.run(hub.join([("127.0.0.1", nodes[0].port)]))
+    subscription = hub.listen("ab" * 64, lambda notice: None)
+    net.advance(1)
+    holders = subscription.op.listening_to()
+    assert len(holders) >= 2
+    links = [hub.streams.link_to(holder.address) for holder in holders]
+    raws = []
+    for _ in range(6):
+        net.advance(0.1)
+        raws.append(net.open_raw(hub))
+        net.flush()
+    assert all(link is not None and not link.closing for link in links)
+    assert sorted(h.id for h in subscription.op.listening_to()) == sorted(h.id for h in holders)
+    assert any(raw.lost for raw in raws)
+    subscription.cancel()

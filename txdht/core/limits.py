@@ -75,6 +75,12 @@ class Limits:
         1000, "Items the node holds from one publisher (one public key)."
     )
     max_connections_per_ip: int = _limit(16, "Connections from one IP address (not loopback).")
+    max_connections: int = _limit(
+        512,
+        "Connections held in all, both ways: past it, those quiet longest with nothing in "
+        "flight and no listen on them are closed, down to nine tenths of it (each is a file "
+        "descriptor: keep it under the process's limit, `ulimit -n`).",
+    )
     max_bad_messages: int = _limit(
         10, "Malformed messages one connection may send before it is closed."
     )

@@ -12,7 +12,10 @@ connections. ``Streams`` sits between: it keeps one ``Link`` per open connection
   ``max_bad_messages`` of them; a broken stream (framing lost) is closed at once;
 - whom to refuse: a connection over ``max_connections_per_ip`` from one address (loopback
   exempt), one whose requests come from this node's own id (itself, reached through an
-  address of its own that a peer named), and every connection once the node has stopped.
+  address of its own that a peer named), and every connection once the node has stopped;
+- which connections to let go: past ``max_connections`` in all, those quiet longest with no
+  request of ours in flight and no listen on them (``_trim``). A connection is otherwise kept
+  however long it is idle, so without this a node would hold one per peer it ever talked to.
 
 The driver frames bytes into payloads and back, and reports each connection's life:
 ``opened``, ``connected`` (our attempt to an address succeeded), ``connect_failed``,
@@ -39,9 +42,18 @@ class Link:
     """One connection, either direction: the driver's ``handle`` for it, and what the core
     knows of it."""
 
-    __slots__ = ("address", "bad_messages", "closing", "handle", "heard", "host", "port")
+    __slots__ = (
+        "address",
+        "bad_messages",
+        "closing",
+        "handle",
+        "heard",
+        "host",
+        "opened_at",
+        "port",
+    )
 
-    def __init__(self, handle: Any, host: str, port: int) -> None:
+    def __init__(self, handle: Any, host: str, port: int, opened_at: float = 0.0) -> None:
         #: The driver's object for this connection (its protocol instance).
         self.handle = handle
         #: The peer's host and the port its end of the connection is on.
@@ -52,8 +64,14 @@ class Link:
         self.bad_messages = 0
         #: Set once the core has asked for it to be closed: what still arrives is ignored.
         self.closing = False
-        #: When a payload last arrived on it (None: never).
+        #: When a payload last arrived on it (None: never), and when it opened.
         self.heard: float | None = None
+        self.opened_at = opened_at
+
+    @property
+    def quiet_since(self) -> float:
+        """When it was last heard from (when it opened, if never)."""
+        return self.opened_at if self.heard is None else self.heard
 
 
 class Streams:
@@ -79,7 +97,7 @@ class Streams:
     def opened(self, handle: Any, host: str, port: int, now: float) -> tuple[Link, list[Command]]:
         """A connection is up (ours or theirs); it is closed at once if the node has stopped or
         its host has too many."""
-        link = Link(handle, host, port)
+        link = Link(handle, host, port, now)
         self.links.add(link)
         self.engine.now = now
         engine, limit = self.engine, self.engine.limits.max_connections_per_ip
@@ -93,7 +111,40 @@ class Streams:
             )
         if crowded or self.stopped:
             self._close(link)
+        elif len(self.links) > engine.limits.max_connections:
+            self._trim(link)
         return link, engine.settle()
+
+    def _trim(self, new: Link) -> None:
+        """More than ``max_connections`` are open: close those quiet longest, down to 90% of
+        it, but never ``new``, one a request of ours is in flight on (or waits to be pushed
+        on), or one a listen is on, either way (a holder's pushes come on it; a listener's
+        holders would be asked again at once). If too few are quiet, more stay open."""
+        engine = self.engine
+        limit = engine.limits.max_connections
+        open_links = [link for link in self.links if not link.closing]
+        excess = len(open_links) - max(1, limit * 9 // 10)
+        if excess <= 0:
+            return
+        busy: set[object] = {new}
+        busy.update(request.link for request in engine.pending())
+        busy.update(entry.link for entry in engine.listeners.entries())
+        for listens in engine.listening.values():
+            for op in listens:
+                busy.update(holder.link for holder in op.holders.values())
+        quiet = sorted(
+            (link for link in open_links if link not in busy), key=lambda link: link.quiet_since
+        )
+        for link in quiet[:excess]:
+            self._close(link)
+        engine.log(
+            "info",
+            "{count} connections open, over max_connections ({limit}): closed the {closed} "
+            "quiet longest",
+            count=len(open_links),
+            limit=limit,
+            closed=min(excess, len(quiet)),
+        )
 
     def connected(self, link: Link, address: Address, now: float) -> list[Command]:
         """Our connection attempt to ``address`` succeeded: the requests waiting go out."""
