@@ -525,3 +525,13 @@ def test_make_service_tries_the_ports_before_the_data_dir(tmp_path: Path) -> Non
             root.startService()  # on the memory reactor: nothing is bound
             root.stopService()  # and the database is closed
             shutil.rmtree(data_dir)
+
+
+def test_version_is_txdhts(capsys: pytest.CaptureFixture[str]) -> None:
+    """``twistd dht --version`` prints txdht's version and exits 0."""
+    from txdht import __version__
+
+    with pytest.raises(SystemExit) as caught:
+        parse("--version")
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"txdht {__version__}\n"

@@ -146,6 +146,13 @@ class Options(usage.Options):
         self["peers"] = []
         self["http-hosts"] = []
 
+    def opt_version(self) -> None:
+        """Print txdht's version and exit (twistd --version, before dht, prints Twisted's)."""
+        from txdht import __version__
+
+        print(f"txdht {__version__}")
+        raise SystemExit(0)
+
     def opt_peer(self, value: str) -> None:
         """A node to join through, as HOST:PORT ([::1]:PORT for IPv6); repeat for several."""
         self["peers"].append(parse_peer(value))
