@@ -589,7 +589,9 @@ def test_lookups_take_the_engines_number_of_paths() -> None:
     machine = Engine(ALICE, MemoryStorage(), now=0.0, paths=3).lookup_machine(5)
     assert isinstance(machine, DisjointLookup)
     assert len(machine.paths) == 3
-    with pytest.raises(ValueError, match="at least 1 path"):
+    with pytest.raises(
+        ValueError, match=r"paths \(disjoint paths a lookup takes\) must be at least 1"
+    ):
         Engine(ALICE, MemoryStorage(), now=0.0, paths=0)
 
 

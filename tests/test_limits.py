@@ -444,3 +444,17 @@ def test_a_listens_connections_to_its_holders_are_kept() -> None:
     assert sorted(h.id for h in subscription.op.listening_to()) == sorted(h.id for h in holders)
     assert any(raw.lost for raw in raws)
     subscription.cancel()
+
+
+def test_connections_being_closed_do_not_count_towards_max_connections() -> None:
+    """Connections the node is closing (here, over the per-address limit) are still open
+    until they go, but are not counted: a new one then closes nothing quiet."""
+    net = MemoryNetwork()
+    limits = replace(UNLIMITED, max_connections=4, max_connections_per_ip=1)
+    hub = net.add_node(limits=limits)
+    first = net.open_raw(hub)
+    remote = [net.open_raw(hub, host="203.0.113.9") for _ in range(3)]  # two over its limit
+    newest = net.open_raw(hub)  # five held, but two are closing: three open, none closed
+    assert len(hub.streams.links) == 5
+    net.flush()
+    assert [raw.lost for raw in (first, *remote, newest)] == [False, False, True, True, False]

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from txdht.core import listen as listening
 from txdht.core import operations as ops
+from txdht.core.arguments import check_value
 from txdht.core.commands import Close, Command, Connect, Done, Failed, Log, Notify, Ready, Write
 from txdht.core.engine import Engine
 from txdht.core.framing import NetstringDecoder, netstring
@@ -319,7 +320,7 @@ class Node:
 
         Every operation takes a ``timeout`` (seconds): past it, the operation stops and fails
         with ``OperationTimeout``, saying how far it got, and leaves nothing behind."""
-        return self.start(ops.Join(list(seeds)), timeout=timeout)
+        return self.start(ops.Join(seeds), timeout=timeout)
 
     def put(
         self,
@@ -341,7 +342,7 @@ class Node:
         self, value: bytes, ttl: float = DEFAULT_TTL, timeout: float | None = None
     ) -> Deferred[str]:
         """Store an immutable blob; fires with its key, the sha512 of the value."""
-        item = blob(value)
+        item = blob(check_value(value))
         d = self.publish_own(item, ttl, timeout=timeout)
         return d.addCallback(lambda _: id_to_hex(item.key))
 
@@ -369,15 +370,16 @@ class Node:
     ) -> Deferred[list[int]]:
         """``publish_own``, firing with the ids of the nodes that accepted the item (this
         node's own id first, when it keeps a copy): what the dashboard's put form shows.
-        An item that does not verify raises ``ProtocolError`` at once."""
-        self.engine.publishable(item)
+        An item that does not verify raises ``ProtocolError`` at once, a bad ttl or cas
+        ``TypeError`` or ``ValueError``."""
+        ttl = self.engine.publishable(item, ttl, cas)
         return self.start(ops.Publish(item, ttl, cas, remember=True), timeout=timeout)
 
     def publish(
         self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None
     ) -> Deferred[int]:
         """Store ``item`` on the k closest nodes; fires with how many accepted it."""
-        self.engine.publishable(item)
+        ttl = self.engine.publishable(item, ttl, cas)
         return self.start(ops.Publish(item, ttl, cas)).addCallback(len)
 
     def get(self, key: str, timeout: float | None = None) -> Deferred[bytes]:
@@ -471,8 +473,10 @@ class Node:
         past ``timeout`` seconds it fails with ``OperationTimeout``)."""
         if d is None:
             d = Deferred(lambda _: self.cancel(op))
+        # A bad timeout, or a stopped node, raises here, before the operation is waited for.
+        commands = self.engine.start(op, self.reactor.seconds(), timeout)
         self._waiting[op] = d
-        self.run(self.engine.start(op, self.reactor.seconds(), timeout))
+        self.run(commands)
         return d
 
     def cancel(self, op: ops.Operation) -> None:

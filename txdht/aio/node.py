@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from txdht.core import listen as listening
 from txdht.core import operations as ops
+from txdht.core.arguments import check_value
 from txdht.core.commands import (
     Close,
     Command,
@@ -359,7 +360,7 @@ class Node:
         Every operation takes a ``timeout`` (seconds): past it, the operation stops and raises
         ``OperationTimeout`` (a ``TimeoutError``), saying how far it got, and leaves nothing
         behind."""
-        count: int = await self.start_op(ops.Join(list(seeds)), timeout=timeout)
+        count: int = await self.start_op(ops.Join(seeds), timeout=timeout)
         return count
 
     async def put(
@@ -382,7 +383,7 @@ class Node:
         self, value: bytes, ttl: float = DEFAULT_TTL, timeout: float | None = None
     ) -> str:
         """Store an immutable blob; return its key, the sha512 of the value."""
-        item = blob(value)
+        item = blob(check_value(value))
         await self.publish_own(item, ttl, timeout=timeout)
         return id_to_hex(item.key)
 
@@ -394,12 +395,15 @@ class Node:
         timeout: float | None = None,
     ) -> int:
         """Publish an item of ours: store it on the k closest nodes and, once stored, remember
-        it for republishing; return how many accepted it."""
+        it for republishing; return how many accepted it (an item that does not verify raises
+        ``ProtocolError`` at once, a bad ttl or cas ``TypeError`` or ``ValueError``)."""
+        ttl = self.engine.publishable(item, ttl, cas)
         op = ops.Publish(item, ttl, cas, remember=True)
         return len(await self.start_op(op, timeout=timeout))
 
     async def publish(self, item: Item, ttl: float = DEFAULT_TTL, cas: int | None = None) -> int:
         """Store ``item`` on the k closest nodes; return how many accepted it."""
+        ttl = self.engine.publishable(item, ttl, cas)
         return len(await self.start_op(ops.Publish(item, ttl, cas)))
 
     async def get(self, key: str, timeout: float | None = None) -> bytes:
@@ -478,11 +482,13 @@ class Node:
     def start_op(self, op: ops.Operation, future: Any = None, timeout: float | None = None) -> Any:
         """Start a core operation; the future resolves to its result (cancel it to stop it;
         past ``timeout`` seconds it raises ``OperationTimeout``)."""
+        # A bad timeout, or a stopped node, raises here, before the operation is waited for.
+        commands = self.engine.start(op, self.now(), timeout)
         if future is None:
             future = self.loop.create_future()
         self._waiting[op] = future
         future.add_done_callback(lambda f: self._settled(op, f))
-        self.run(self.engine.start(op, self.now(), timeout))
+        self.run(commands)
         return future
 
     def _settled(self, op: ops.Operation, future: asyncio.Future[Any]) -> None:

@@ -36,12 +36,22 @@ from typing import Any
 
 from txdht.core import listen
 from txdht.core import messages as m
+from txdht.core.arguments import (
+    check_cas,
+    check_count,
+    check_name,
+    check_seconds,
+    check_timeout,
+    check_ttl,
+    check_value,
+)
 from txdht.core.commands import Command, Done, Failed, Log, Send
 from txdht.core.errors import ErrorCode, OperationTimeout, ProtocolError, RemoteError
 from txdht.core.ids import ID_BITS, Contact
 from txdht.core.interfaces import IStorage
 from txdht.core.items import (
     CHALLENGE_BYTES,
+    DEFAULT_TTL,
     MAX_TTL,
     MAX_VALUE_BYTES,
     Identity,
@@ -145,14 +155,12 @@ class Engine:
         paths: int = PATHS,
         network: str = m.DEFAULT_NETWORK,
     ) -> None:
-        if not 1 <= k <= m.MAX_CONTACTS:
-            raise ValueError(f"k must be from 1 to {m.MAX_CONTACTS} (what a nodes reply may carry)")
-        if alpha < 1:
-            raise ValueError("alpha must be at least 1")
-        if rpc_timeout <= 0:
-            raise ValueError("rpc_timeout must be above 0 seconds")
-        if paths < 1:
-            raise ValueError("a lookup takes at least 1 path")
+        # k at most what a nodes reply may carry; a lookup takes at least 1 path.
+        k = check_count("k", k, 1, m.MAX_CONTACTS)
+        alpha = check_count("alpha", alpha)
+        rpc_timeout = check_seconds("rpc_timeout", rpc_timeout)
+        paths = check_count("paths (disjoint paths a lookup takes)", paths)
+        max_value = check_count("max_value", max_value)
         #: The network this node belongs to: it sends the name in every message, and refuses
         #: requests (and replies) of any other network.
         self.network = m.check_network(network)
@@ -339,8 +347,9 @@ class Engine:
     def start(self, op: Operation, now: float, timeout: float | None = None) -> list[Command]:
         """Start ``op`` for the driver; it ends with a ``Done`` or ``Failed`` command, and
         with ``OperationTimeout`` if it has not ended ``timeout`` seconds from now."""
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"a timeout is above 0 seconds, not {timeout!r}")
+        timeout = check_timeout(timeout)
+        if self.stopping:
+            raise RuntimeError("this node has stopped: start a new one")
         self.now = now
         op.public = True
         self.begin(op, None)
@@ -823,10 +832,14 @@ class Engine:
         if stored is None or item.seq > stored.item.seq:
             listen.changed(self, item)  # a version newer than what was held: tell listeners
 
-    def publishable(self, item: Item) -> None:
+    def publishable(self, item: Item, ttl: object = DEFAULT_TTL, cas: object = None) -> float:
         """Raise ``ProtocolError`` if ``item`` does not verify, or is larger than this node
-        accepts: the caller's mistake, said before anything is sent."""
+        accepts, and ``TypeError`` or ``ValueError`` for a ttl or cas no peer would take: the
+        caller's mistakes, said before anything is sent. Returns the ttl as a float."""
+        seconds = check_ttl(ttl)
+        check_cas(cas)
         item.verify(self.max_value)
+        return seconds
 
     def store_here(self, item: Item, ttl: float, cas: int | None) -> ProtocolError | None:
         """``store`` at the current time; the refusal, if any, instead of raising it."""
@@ -889,6 +902,7 @@ class Engine:
     def next_version(self, name: str, value: bytes, cas: int | None = None) -> Item:
         """``value`` signed under ``name`` with the sequence number after our last one (or
         after ``cas``, for a compare-and-swap put)."""
+        name, value, cas = check_name(name), check_value(value), check_cas(cas)
         if cas is None:
             published = self.storage.published(mutable_key(self.identity.public_bytes, name))
             cas = published.item.seq if published else 0

@@ -22,9 +22,10 @@ its operation ended first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from txdht.core.arguments import check_seeds
 from txdht.core.errors import JoinError, NotFoundError, ProtocolError, PutError, RemoteError
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import DEFAULT_TTL, Item
@@ -772,9 +773,9 @@ class Join(Operation):
     prove their id, look up our own id (the contacts near us learn of us), then refresh every
     bucket; ends with the number of contacts known, or fails with ``JoinError``."""
 
-    def __init__(self, seeds: list[Address]) -> None:
+    def __init__(self, seeds: Iterable[Address]) -> None:
         super().__init__()
-        self.seeds = seeds
+        self.seeds = check_seeds(seeds)
 
     def begin(self) -> None:
         self.challenges: dict[int, bytes] = {}
