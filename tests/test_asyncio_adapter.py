@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Protocol
 
-from txdht import JoinError, NotFoundError, ProtocolError
+from txdht import JoinError, NotFoundError, ProtocolError, PutError
 from txdht.asyncio_adapter import (
     AsyncioNode,
     ReactorMismatch,
@@ -245,6 +245,17 @@ async def test_txdht_errors_pass_through(reactor: Any) -> None:
                 await nodes[1].get("not a key")
             with pytest.raises(ProtocolError, match="over the 10 accepted"):
                 await nodes[1].put_blob(b"eleven byte")
+            # The caller's mistakes raise at the call, as on the other nodes.
+            with pytest.raises(TypeError, match="a value is bytes, not str"):
+                await nodes[1].put("n", "text")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="a ttl is above 0"):
+                await nodes[1].put_blob(b"v", ttl=0)
+            with pytest.raises(TypeError, match="seeds are a list of"):
+                await nodes[1].join("127.0.0.1:4000")  # type: ignore[arg-type]
+            key = await nodes[1].put("counter", b"1", cas=0)
+            with pytest.raises(PutError, match="expected sequence 0"):
+                await nodes[1].put("counter", b"2", cas=0)
+            assert await nodes[0].get(key) == b"1"
         finally:
             await stop_all(nodes)
 
@@ -295,7 +306,7 @@ async def test_join_resolves_host_names(reactor: Any) -> None:
         nodes = await started(2)
         try:
             unresolvable = ("x" * 64 + ".invalid", nodes[0].port)
-            with pytest.raises(JoinError, match="none of the 0 seed nodes answered"):
+            with pytest.raises(JoinError, match="none of the 1 seed nodes could be resolved: x"):
                 await nodes[1].join([unresolvable])
             assert await nodes[1].join([unresolvable, ("localhost", nodes[0].port)]) == 1
             assert [c.host for c in nodes[1].node.engine.routing.contacts()] == ["127.0.0.1"]

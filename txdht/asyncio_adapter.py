@@ -57,6 +57,8 @@ from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from txdht.core.arguments import check_seeds
+from txdht.core.errors import JoinError
 from txdht.core.items import DEFAULT_TTL
 from txdht.node import Node
 
@@ -140,9 +142,11 @@ def _reactor_on(
     reactor_loop = getattr(reactor, "_asyncioEventloop", None)
     if reactor_loop is not loop:
         raise ReactorMismatch(
-            f"the reactor runs on another event loop ({reactor_loop!r}) than {loop!r}: install "
-            "it from inside asyncio.run(), with install_reactor() or AsyncioNode.start(), not "
-            "before the loop exists"
+            f"the reactor runs on another event loop ({reactor_loop!r}) than {loop!r}. A process "
+            "has one Twisted reactor, installed once, on one loop: install it from inside "
+            "asyncio.run(), with install_reactor() or AsyncioNode.start(), not before the loop "
+            "exists, and run the nodes of the adapter under that one asyncio.run() (a second "
+            "asyncio.run() makes a new loop the reactor cannot move to)"
         )
     return reactor
 
@@ -300,20 +304,30 @@ class AsyncioNode:
             given a ``timeout``; it is a ``TimeoutError``).
         """
         node = self._started()
+        pairs = check_seeds(seeds)
         loop = asyncio.get_running_loop()
-        found = await asyncio.gather(*(_resolve(loop, host, port) for host, port in seeds))
+        found = await asyncio.gather(*(_resolve(loop, host, port) for host, port in pairs))
         addresses = [address for address in found if address is not None]
+        if pairs and not addresses:
+            names = ", ".join(f"{host}:{port}" for host, port in pairs)
+            raise JoinError(f"none of the {len(pairs)} seed nodes could be resolved: {names:.200}")
         return await _wait(node.join(addresses, timeout))
 
     async def put(
-        self, name: str, value: bytes, ttl: float = DEFAULT_TTL, timeout: float | None = None
+        self,
+        name: str,
+        value: bytes,
+        ttl: float = DEFAULT_TTL,
+        cas: int | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Sign ``value`` under ``name`` with this node's key and store it; return its key (hex).
+        With ``cas``, only nodes holding sequence number ``cas`` (0: none) store it.
 
         :raises PutError: no node stored the item.
         :raises ProtocolError: the item is not valid (for example, the value is too large).
         """
-        return await _wait(self._started().put(name, value, ttl, timeout=timeout))
+        return await _wait(self._started().put(name, value, ttl, cas, timeout=timeout))
 
     async def put_blob(
         self, value: bytes, ttl: float = DEFAULT_TTL, timeout: float | None = None
