@@ -149,6 +149,15 @@ def test_parse_args_limits_default_and_configurable() -> None:
         (["--tracked-peers", "lots"], "invalid int value: 'lots'"),
         (["--network", "Bad"], "a network name is 1 to 64"),
         (["--min-lease", "100", "--max-lease", "50"], r"min_lease \(--min-lease"),
+        (["--port", "70000"], "--port must be from 0 to 65535, not 70000"),
+        (["--port", "-1"], "--port must be from 0 to 65535, not -1"),
+        (["--k", "0"], "--k must be from 1 to 64, not 0"),
+        (["--k", "65"], "--k must be from 1 to 64, not 65"),
+        (["--alpha", "0"], "--alpha must be at least 1, not 0"),
+        (["--rpc-timeout", "0"], "--rpc-timeout must be a finite number of seconds above 0"),
+        (["--rpc-timeout", "nan"], "--rpc-timeout must be a finite number of seconds above 0"),
+        (["--refresh-interval", "inf"], "--refresh-interval must be a finite number of seconds"),
+        (["--peer-rate", "nan"], r"peer_rate \(--peer-rate\) must be above 0, got nan"),
     ],
 )
 def test_parse_args_refuses_bad_limits(
@@ -169,7 +178,7 @@ def test_parse_args_intervals_default_and_configurable(capsys: pytest.CaptureFix
     assert args.intervals == Intervals(ping_after=60.0, replicate=120.0)
     with pytest.raises(SystemExit):
         parse_args(["--data-dir", "d", "--ping-after", "0"])
-    assert "--ping-after must be above 0" in capsys.readouterr().err
+    assert "--ping-after must be a finite number of seconds above 0" in capsys.readouterr().err
 
 
 def test_help_lists_every_limit(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import pytest_twisted
 
+from tests.test_aio import run_async
 from txdht.aio import Node as AioNode
 from txdht.core.arguments import (
     check_cas,
@@ -25,6 +27,7 @@ from txdht.core.arguments import (
 from txdht.core.engine import Engine
 from txdht.core.items import MAX_SEQ, MAX_TTL, Identity
 from txdht.core.storage import MemoryStorage
+from txdht.node import Node
 from txdht.testing import MemoryNetwork
 
 IDENTITY = Identity.from_private_bytes(b"a" * 32)
@@ -240,4 +243,36 @@ def test_the_asyncio_twins_mistakes_raise_the_same(
         with pytest.raises(RuntimeError, match="this node has stopped"):
             await node.get(key)
 
-    asyncio.run(main())
+    run_async(main)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_twisted_node_listens_once(reactor: Any) -> None:
+    """A second listen() raises instead of opening a port stop() would leave open; so does
+    one after stop()."""
+    node = Node(reactor)
+    await node.listen("tcp:0:interface=127.0.0.1")
+    try:
+        with pytest.raises(RuntimeError, match=f"listens on {node.port} already"):
+            node.listen("tcp:0:interface=127.0.0.1")
+    finally:
+        await node.stop()
+    with pytest.raises(RuntimeError, match="this node has stopped"):
+        node.listen("tcp:0:interface=127.0.0.1")
+
+
+def test_the_asyncio_twin_starts_once() -> None:
+    """The twin's second start() raises, and one after stop() too."""
+
+    async def main() -> None:
+        node = AioNode()
+        await node.start()
+        try:
+            with pytest.raises(RuntimeError, match=f"listens on {node.port} already"):
+                await node.start()
+        finally:
+            await node.stop()
+        with pytest.raises(RuntimeError, match="this node has stopped"):
+            await node.start()
+
+    run_async(main)

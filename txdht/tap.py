@@ -8,6 +8,7 @@ touches the global reactor unless ``makeService`` is called without one (as twis
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import socket
@@ -51,8 +52,8 @@ def default_data_dir(endpoint: str) -> Path:
 def _positive(kind: type[float] | type[int]) -> Any:
     def coerce(text: str) -> float | int:
         value = kind(text)
-        if value <= 0:
-            raise ValueError(f"must be above 0, got {text}")
+        if not 0 < value < math.inf:  # (NaN too: a timer of NaN never fires)
+            raise ValueError(f"must be a finite number above 0, got {text}")
         return value
 
     coerce.coerceDoc = "Must be above 0."  # type: ignore[attr-defined]

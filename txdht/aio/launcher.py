@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import math
 import signal
 import sys
 import threading
@@ -21,7 +22,7 @@ from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Node, run
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import Limits, limit_options
 from txdht.core.lookup import PATHS
-from txdht.core.messages import DEFAULT_NETWORK, check_network
+from txdht.core.messages import DEFAULT_NETWORK, MAX_CONTACTS, check_network
 from txdht.core.schedule import Intervals, interval_options
 from txdht.sqlite import SQLiteStorage, StorageError
 
@@ -111,10 +112,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-value must be above 0")
     if args.lookup_paths < 1:
         parser.error("--lookup-paths must be at least 1")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be from 0 to 65535, not {args.port}")
+    if not 1 <= args.k <= MAX_CONTACTS:
+        parser.error(f"--k must be from 1 to {MAX_CONTACTS}, not {args.k}")
+    if args.alpha < 1:
+        parser.error(f"--alpha must be at least 1, not {args.alpha}")
+    if not 0 < args.rpc_timeout < math.inf:
+        parser.error(
+            f"--rpc-timeout must be a finite number of seconds above 0, not {args.rpc_timeout}"
+        )
     options = interval_options()
     for name, _, _, field in options:
-        if not getattr(args, field) > 0:
-            parser.error(f"--{name} must be above 0")
+        if not 0 < getattr(args, field) < math.inf:
+            parser.error(f"--{name} must be a finite number of seconds above 0")
     args.intervals = Intervals(**{field: getattr(args, field) for _, _, _, field in options})
     return args
 
