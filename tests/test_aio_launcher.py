@@ -34,7 +34,8 @@ from txdht.core.items import Identity
 from txdht.core.limits import Limits, limit_options
 from txdht.core.lookup import PATHS
 from txdht.core.schedule import Intervals
-from txdht.sqlite import SQLiteStorage
+from txdht.datadir import DataDirLock
+from txdht.sqlite import SQLiteStorage, StorageError
 
 ROOT = Path(__file__).resolve().parent.parent
 #: How long a real process may take to start listening, and then to stop.
@@ -377,6 +378,36 @@ def test_main_refuses_a_busy_port(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert len(err.splitlines()) == 1
     assert err.startswith("txdht: ")
     assert "in use" in err
+
+
+def test_main_refuses_a_data_dir_another_node_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data dir another running node holds makes main() return 1 with one line, before
+    anything is opened; the database is left to its node, and the lock goes with it."""
+    held = DataDirLock(tmp_path)
+    try:
+        argv = ["--port", str(free_port()), "--data-dir", str(tmp_path)]
+        assert in_thread(lambda: main(argv), 30.0) == 1
+        err = capsys.readouterr().err
+        assert err == (
+            f"txdht: the data directory {tmp_path} is in use by another running node: give "
+            "each node its own data directory\n"
+        )
+        assert not (tmp_path / "node.sqlite3").exists()
+    finally:
+        held.release()
+
+
+def test_serve_lets_the_data_dir_go_when_the_database_is_refused(tmp_path: Path) -> None:
+    """A damaged database ends serve() with the lock let go: the next try is refused for the
+    database again, not for the lock."""
+    (tmp_path / "node.sqlite3").write_bytes(b"not a database" * 100)
+    args = parse_args(["--port", "0", "--data-dir", str(tmp_path)])
+    for _ in range(2):
+        with pytest.raises(StorageError, match="not a txdht database"):
+            run_async(lambda: serve(args))
+    DataDirLock(tmp_path).release()
 
 
 def test_main_without_uvloop_says_how_to_install_it(

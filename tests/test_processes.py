@@ -335,6 +335,30 @@ def test_sigterm_stops_cleanly_and_keeps_the_data(tmp_path: Path) -> None:
         node.kill()
 
 
+def test_a_second_node_on_a_data_dir_in_use_stops_with_a_clear_message(tmp_path: Path) -> None:
+    """Two `twistd dht` on one data dir: the second exits 1 with one line, and the first
+    goes on serving, with its id; once the first has stopped, the second starts."""
+    first = NodeProcess(tmp_path / "shared")
+    second = NodeProcess(tmp_path / "shared")
+    second.log = tmp_path / "second.log"
+    try:
+        first.start()
+        ident = first.wait_ready()["id"]
+        second.start()
+        assert second.process is not None
+        assert second.process.wait(timeout=START_TIMEOUT) == 1
+        assert second.log.read_text() == (
+            f"txdht: the data directory {first.data_dir} is in use by another running node: "
+            "give each node its own data directory\n"
+        )
+        assert first.status()["id"] == ident
+        assert first.terminate() in (0, -signal.SIGTERM)
+        second.start()
+        assert second.wait_ready()["id"] == ident
+    finally:
+        kill_all([first, second])
+
+
 def test_damaged_database_stops_the_node_with_a_clear_message(tmp_path: Path) -> None:
     """A damaged database makes `twistd dht` exit non-zero with one line naming the file."""
     node = NodeProcess(tmp_path / "bad")

@@ -215,12 +215,11 @@ def test_a_bad_http_host_is_a_usage_error(name: str) -> None:
 
 def test_identity_is_kept_in_the_data_dir(tmp_path: Path) -> None:
     """Two services on the same data dir have the same node id (the key is saved once)."""
-    first = makeService(parse("--data-dir", str(tmp_path), "--http", "none"), MemoryReactorClock())
     ids = []
-    for root in (
-        first,
-        makeService(parse("--data-dir", str(tmp_path), "--http", "none"), MemoryReactorClock()),
-    ):
+    for _ in range(2):  # one after the other: a data dir has one running node at a time
+        root = makeService(
+            parse("--data-dir", str(tmp_path), "--http", "none"), MemoryReactorClock()
+        )
         dht = next(s for s in root if isinstance(s, DHTService))
         ids.append(dht.node.id)
         assert not any(s.name == "http" for s in root)
@@ -537,3 +536,30 @@ def test_version_is_txdhts(capsys: pytest.CaptureFixture[str]) -> None:
         parse("--version")
     assert caught.value.code == 0
     assert capsys.readouterr().out == f"txdht {__version__}\n"
+
+
+def test_a_data_dir_has_one_running_node(tmp_path: Path) -> None:
+    """A second node on a data dir another running node holds stops with one line (and
+    leaves the first's database alone); once the first has stopped, it starts."""
+    options = parse("--data-dir", str(tmp_path), "--http", "none")
+    first = makeService(options, MemoryReactorClock())
+    first.startService()
+    with pytest.raises(SystemExit) as caught:
+        makeService(options, MemoryReactorClock())
+    assert str(caught.value) == (
+        f"txdht: the data directory {tmp_path} is in use by another running node: give each "
+        "node its own data directory"
+    )
+    first.stopService()
+    second = makeService(options, MemoryReactorClock())
+    second.startService()
+    second.stopService()
+
+
+def test_a_database_that_cannot_be_opened_lets_the_data_dir_go(tmp_path: Path) -> None:
+    """When the database is refused, the lock taken on the data dir is let go with it."""
+    (tmp_path / DATABASE).write_bytes(b"not sqlite" * 100)
+    options = parse("--data-dir", str(tmp_path), "--http", "none")
+    for _ in range(2):  # the second is refused for the database again, not for the lock
+        with pytest.raises(SystemExit, match="not a txdht database"):
+            makeService(options, MemoryReactorClock())

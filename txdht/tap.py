@@ -26,6 +26,7 @@ from txdht.core.limits import DEFAULT_MAX_MESSAGE, DEFAULT_RPC_TIMEOUT, Limits, 
 from txdht.core.lookup import PATHS
 from txdht.core.messages import DEFAULT_NETWORK, MAX_CONTACTS, check_network
 from txdht.core.schedule import Intervals, interval_options
+from txdht.datadir import DataDirInUse, DataDirLock
 from txdht.node import Address, Node
 from txdht.service import DHTService
 from txdht.sqlite import SQLiteStorage, StorageError
@@ -229,14 +230,17 @@ def parse_peer(text: str) -> Address:
 
 
 class _ClosingService(Service):
-    """Closes the database when the node's service tree stops."""
+    """Closes the database, and lets the data directory go, when the node's service tree
+    stops."""
 
-    def __init__(self, storage: SQLiteStorage) -> None:
+    def __init__(self, storage: SQLiteStorage, lock: DataDirLock) -> None:
         self.storage = storage
+        self.lock = lock
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]
         self.storage.close()
+        self.lock.release()
 
 
 def can_listen(option: str, text: str) -> None:
@@ -284,8 +288,15 @@ def makeService(
     data_dir = Path(options["data-dir"] or default_data_dir(options["port"]))
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = DataDirLock(data_dir)
+    except DataDirInUse as e:
+        raise SystemExit(f"txdht: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"txdht: cannot use the data directory {data_dir}: {e}") from None
+    try:
         storage = SQLiteStorage(data_dir / DATABASE)
-    except (OSError, StorageError) as e:
+    except StorageError as e:
+        lock.release()
         raise SystemExit(f"txdht: cannot use the data directory {data_dir}: {e}") from None
     raw = storage.identity()
     identity = Identity.from_private_bytes(raw) if raw is not None else Identity.generate()
@@ -307,7 +318,7 @@ def makeService(
     intervals = Intervals(**{field: options[name] for name, _, _, field in interval_options()})
     root = MultiService()
     # The first child stops last: the database closes after the node has stopped using it.
-    _ClosingService(storage).setServiceParent(root)  # type: ignore[no-untyped-call]
+    _ClosingService(storage, lock).setServiceParent(root)  # type: ignore[no-untyped-call]
     dht = DHTService(node, endpoint=options["port"], seeds=options["peers"], intervals=intervals)
     dht.setServiceParent(root)  # type: ignore[no-untyped-call]
     if options["http"].lower() != "none":

@@ -24,6 +24,7 @@ from txdht.core.limits import Limits, limit_options
 from txdht.core.lookup import PATHS
 from txdht.core.messages import DEFAULT_NETWORK, MAX_CONTACTS, check_network
 from txdht.core.schedule import Intervals, interval_options
+from txdht.datadir import DataDirInUse, DataDirLock
 from txdht.sqlite import SQLiteStorage, StorageError
 
 __all__ = ["main", "parse_args"]
@@ -133,7 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
     """Run one node until ``stop`` is set (or SIGINT/SIGTERM arrives)."""
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = SQLiteStorage(args.data_dir / "node.sqlite3")
+    lock = DataDirLock(args.data_dir)  # one running node per data directory
+    try:
+        storage = SQLiteStorage(args.data_dir / "node.sqlite3")
+    except BaseException:
+        lock.release()
+        raise
     try:
         raw = storage.identity()
         identity = Identity.from_private_bytes(raw) if raw else Identity.generate()
@@ -166,6 +172,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         await node.stop()
     finally:
         storage.close()
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     try:
         run(serve(args), loop=args.loop)
-    except (StorageError, OSError) as e:
+    except (StorageError, OSError, DataDirInUse) as e:
         print(f"txdht: {e}", file=sys.stderr)
         return 1
     return 0
