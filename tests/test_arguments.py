@@ -129,6 +129,7 @@ def test_seeds_are_host_port_pairs() -> None:
         ({"rpc_timeout": math.nan}, ValueError, "rpc_timeout is a finite number"),
         ({"rpc_timeout": math.inf}, ValueError, "rpc_timeout is a finite number"),
         ({"max_value": 0}, ValueError, "max_value must be at least 1"),
+        ({"limits": {"max_items": 5}}, TypeError, "limits is a txdht.Limits, not dict"),
     ],
 )
 def test_the_engine_refuses_impossible_settings(
@@ -274,5 +275,18 @@ def test_the_asyncio_twin_starts_once() -> None:
             await node.stop()
         with pytest.raises(RuntimeError, match="this node has stopped"):
             await node.start()
+
+    run_async(main)
+
+
+def test_the_drivers_refuse_an_impossible_max_message() -> None:
+    """max_message, a driver's setting (its framing), is checked by both drivers."""
+    net = MemoryNetwork()
+    with pytest.raises(ValueError, match="max_message must be at least 1, not 0"):
+        net.add_node(max_message=0)
+
+    async def main() -> None:
+        with pytest.raises(TypeError, match="max_message is a whole number, not float"):
+            AioNode(max_message=1.5)  # type: ignore[arg-type]
 
     run_async(main)

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from txdht.core import listen as listening
 from txdht.core import operations as ops
-from txdht.core.arguments import check_value
+from txdht.core.arguments import check_count, check_value
 from txdht.core.commands import Close, Command, Connect, Done, Failed, Log, Notify, Ready, Write
 from txdht.core.engine import Engine
 from txdht.core.framing import NetstringDecoder, netstring
@@ -256,7 +256,7 @@ class Node:
         )
         self.streams = Streams(self.engine)
         self.rpc_timeout = rpc_timeout
-        self.max_message = max_message
+        self.max_message = check_count("max_message", max_message)
         self.factory = DHTFactory(self)
         #: RPC counters and lookup latencies, served at ``/metrics``.
         self.metrics = self.engine.metrics

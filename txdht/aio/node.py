@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from txdht.core import listen as listening
 from txdht.core import operations as ops
-from txdht.core.arguments import check_value
+from txdht.core.arguments import check_count, check_value
 from txdht.core.commands import (
     Close,
     Command,
@@ -302,7 +302,7 @@ class Node:
         )
         self.streams = Streams(self.engine)
         self.rpc_timeout = rpc_timeout
-        self.max_message = max_message
+        self.max_message = check_count("max_message", max_message)
         self.metrics = self.engine.metrics
         self._server: asyncio.Server | None = None
         self._waiting: dict[ops.Operation, asyncio.Future[Any]] = {}

@@ -174,6 +174,8 @@ class Engine:
         self.now = now
         #: The port this node listens on, sent in every message (0 until it listens).
         self.port = 0
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits is a txdht.Limits, not {type(limits).__name__}")
         self.limits = limits = limits or Limits()
         self.routing = RoutingTable(self.id, k, now, max_per_subnet=limits.max_per_subnet)
         self.rate_limiter = RateLimiter(limits, now)
