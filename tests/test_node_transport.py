@@ -19,11 +19,16 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from txdht.core import operations as ops
+from txdht.core.commands import Close, Connect, Write
+from txdht.core.engine import Engine
 from txdht.core.errors import ErrorCode
 from txdht.core.framing import NetstringDecoder, netstring
 from txdht.core.items import Identity, proves
-from txdht.core.limits import DEFAULT_CONNECT_TIMEOUT
+from txdht.core.limits import DEFAULT_CONNECT_TIMEOUT, Limits
 from txdht.core.messages import Error, Message, Ping, Pong, decode, encode
+from txdht.core.storage import MemoryStorage
+from txdht.core.streams import Streams
 from txdht.node import DHTProtocol, Node, eager_writer
 
 PEER = ("127.0.0.1", 4001)
@@ -290,3 +295,63 @@ def test_a_write_on_a_lost_connection_goes_to_the_transport() -> None:
     transport = LostTransport()
     eager_writer(transport)(b"lost")
     assert transport._tempDataBuffer == [b"lost"]
+
+
+def test_a_connection_that_lost_the_race_to_the_peers_own_is_closed() -> None:
+    """We connect to a peer while the peer connects to us and names its address first: our
+    request goes on the peer's connection (the first for that address), and ours, which
+    neither side would ever use, is closed rather than left open for good."""
+    engine = Engine(Identity.from_private_bytes(b"r" * 32), MemoryStorage(), now=0.0)
+    engine.port = 4000
+    streams = Streams(engine)
+    peer_id, peer = 12345, ("127.0.0.1", 4001)
+    engine.start(ops.Call(peer, Ping), 0.0)
+    assert streams.connecting == [peer]
+    theirs, _ = streams.opened("theirs", "127.0.0.1", 50000, 0.1)
+    request = encode(Ping(rid=1, sender=peer_id, port=4001))
+    commands = streams.received(theirs, request, 0.1)
+    assert streams.link_to(peer) is theirs
+    ours, _ = streams.opened("ours", "127.0.0.1", 4001, 0.2)
+    commands = streams.connected(ours, peer, 0.2)
+    writes = [c for c in commands if isinstance(c, Write)]
+    assert [(w.link, w.message.TYPE) for w in writes] == [(theirs, "ping")]
+    assert [c.link for c in commands if isinstance(c, Close)] == [ours]
+    assert streams.link_to(peer) is theirs
+    assert not theirs.closing
+
+
+def test_a_closed_connection_takes_no_more_requests() -> None:
+    """Once the core closes a connection that stood for an address (here, past
+    max_bad_messages), a request to that address opens a new one instead of being written
+    to the closing one."""
+    engine = Engine(
+        Identity.from_private_bytes(b"s" * 32),
+        MemoryStorage(),
+        now=0.0,
+        limits=Limits(max_bad_messages=1),
+    )
+    engine.port = 4000
+    streams = Streams(engine)
+    link, _ = streams.opened("theirs", "127.0.0.1", 50000, 0.0)
+    streams.received(link, encode(Ping(rid=1, sender=777, port=4001)), 0.0)
+    assert streams.link_to(("127.0.0.1", 4001)) is link
+    commands = streams.received(link, b"not json", 0.1)
+    assert any(isinstance(c, Close) and c.link is link for c in commands)
+    assert streams.link_to(("127.0.0.1", 4001)) is None
+    commands = engine.start(ops.Call(("127.0.0.1", 4001), Ping), 0.2)
+    assert [c.address for c in commands if isinstance(c, Connect)] == [("127.0.0.1", 4001)]
+
+
+def test_a_connection_made_once_the_node_has_stopped_stands_for_nothing() -> None:
+    """Our connection attempt completes after stop: the connection, closed at once, is not
+    taken for its address, and is not closed twice."""
+    engine = Engine(Identity.from_private_bytes(b"t" * 32), MemoryStorage(), now=0.0)
+    streams = Streams(engine)
+    peer = ("127.0.0.1", 4001)
+    engine.start(ops.Call(peer, Ping), 0.0)
+    streams.stop(0.1)
+    late, commands = streams.opened("late", "127.0.0.1", 4001, 0.2)
+    assert [c.link for c in commands if isinstance(c, Close)] == [late]
+    commands = streams.connected(late, peer, 0.2)
+    assert not [c for c in commands if isinstance(c, Close | Write)]
+    assert streams.link_to(peer) is None

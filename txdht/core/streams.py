@@ -153,6 +153,11 @@ class Streams:
         for request in self._connecting.pop(address, []):
             if not request.ended:  # it may have timed out, or its operation ended, meanwhile
                 self._send(request)
+        if self._by_address.get(address) is not link and not link.closing:
+            # The peer's own connection came first and stands for its address (its request
+            # named it meanwhile): the waiting requests went on that one, and this one would
+            # stay open unused by either side, for good. One per such race, they piled up.
+            self._close(link)
         return self.engine.settle()
 
     def connect_failed(self, address: Address, error: Exception, now: float) -> list[Command]:
@@ -223,14 +228,17 @@ class Streams:
         return self.engine.stop(now)
 
     def _close(self, link: Link) -> None:
-        """Ask the driver to close ``link`` (once)."""
+        """Ask the driver to close ``link`` (once); no request of ours takes it from now on."""
         if not link.closing:
             link.closing = True
+            if link.address is not None and self._by_address.get(link.address) is link:
+                del self._by_address[link.address]
             self.engine.emit(Close(link))
 
     def _adopt(self, link: Link, address: Address) -> None:
         link.address = address
-        self._by_address.setdefault(address, link)
+        if not link.closing:  # (one being closed stands for no address)
+            self._by_address.setdefault(address, link)
 
     def _bad(self, link: Link, error: ProtocolError) -> list[Command]:
         engine = self.engine
@@ -277,8 +285,7 @@ class Streams:
                 "nothing from {host} since a request now overdue: reconnecting",
                 host=link.host,
             )
-            self._close(link)
-            del self._by_address[request.address]
+            self._close(link)  # (which forgets it for its address)
             link = None
         if link is not None:
             request.link = link
