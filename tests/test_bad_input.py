@@ -416,3 +416,16 @@ def test_a_node_sent_to_its_own_address_keeps_no_connection_to_itself() -> None:
     assert len(node.streams.links) == before
     assert node.streams.link_to(("127.0.0.1", node.port)) is None
     setup.still_serving()
+
+
+def test_routine_refusals_are_info_and_forgeries_warnings() -> None:
+    """A stale copy (a holder that missed an update) is refused at info level; a forged
+    signature is a warning."""
+    setup = Setup()
+    stale = store(PUBLISHER.sign("kept", b"rollback", 1).to_json())
+    forged = store(replace(PUBLISHER.sign("kept", b"forged", 3), value=b"tampered").to_json())
+    for data, level in ((stale, "info"), (forged, "warn")):
+        _, events = setup.send_raw(data)
+        (refusal,) = [e for e in events if "refused a store request" in formatEvent(e)]
+        assert refusal["log_level"].name == level
+    setup.still_serving()
