@@ -889,3 +889,61 @@ def test_a_network_name_is_checked() -> None:
     """A node's network name is validated when it is made."""
     with pytest.raises(ValueError, match="a network name"):
         MemoryNetwork().add_node(network="Not A Name")
+
+
+def drop_the_first_listen(net: MemoryNetwork, listener: Node) -> Node:
+    """Deliver the network's events until ``listener`` writes a ``listen`` request, and close
+    that connection instead of delivering it (as when a connection is replaced under load);
+    the node the listen was for."""
+    for _ in range(10_000):
+        pipe, data = net.events.popleft()
+        if data is not None and pipe.owner is listener and b'"type":"listen"' in data:
+            holder = pipe.other.owner
+            assert isinstance(holder, Node)
+            net.events.appendleft((pipe, None))  # the close goes instead of the listen
+            net.flush()
+            return holder
+        net._deliver(pipe, data)
+    raise AssertionError("no listen was sent")
+
+
+def test_a_listen_whose_connection_closes_unanswered_is_asked_again() -> None:
+    """A listen lost with its connection is asked again a moment later, on a new one: the
+    holder is listened to, and pushes the next version (it used to count as gone until the
+    next lookup of the key, ten minutes on)."""
+    net, nodes = network()
+    key = key_of("news")
+    publish(net, nodes[5], version(1))
+    listener = next(n for n in nodes if n not in holders_of(nodes, key))
+    got: list[Notice] = []
+    sub = listener.listen(id_to_hex(key), got.append)
+    dropped = drop_the_first_listen(net, listener)
+    holder = sub.op.holders[dropped.engine.id]
+    assert (holder.state, holder.relistens) == ("waiting", 1)
+    net.advance(listening.RELISTEN_DELAY + 0.1)
+    assert dropped.engine.id in {c.id for c in sub.op.listening_to()}
+    assert holder.relistens == 0
+    assert len(dropped.engine.listeners) >= 1
+    publish(net, nodes[5], version(2))
+    net.advance(1)
+    assert [(n.seq, n.expired) for n in got] == [(1, False), (2, False)]
+    sub.cancel()
+
+
+def test_a_holder_that_cannot_be_reached_is_gone_after_the_relistens() -> None:
+    """A holder whose connection keeps failing is asked RELISTEN_TRIES times more, a moment
+    apart, then counts as gone."""
+    net, nodes = network()
+    key = key_of("news")
+    publish(net, nodes[5], version(1))
+    listener = next(n for n in nodes if n not in holders_of(nodes, key))
+    got: list[Notice] = []
+    sub = listener.listen(id_to_hex(key), got.append)
+    dropped = drop_the_first_listen(net, listener)
+    net.kill(dropped)  # connecting to it is refused from now on
+    for tries in range(2, listening.RELISTEN_TRIES + 1):
+        net.advance(listening.RELISTEN_DELAY + 0.1)
+        assert sub.op.holders[dropped.engine.id].relistens == tries
+    net.advance(listening.RELISTEN_DELAY + 0.1)
+    assert dropped.engine.id not in sub.op.holders
+    sub.cancel()

@@ -24,7 +24,11 @@ up (the k closest nodes, as a put finds them), sends each a ``listen``, and rene
 halfway through; it looks the key up again every ``refresh`` seconds (new nodes near the key
 after churn get a listen, nodes no longer among the k closest get a cancel), and sooner when
 half its holders are gone. When the connection a listen went on drops, it listens again at once
-(a new connection; if that fails the holder is gone). A holder that answers ``UNKNOWN_TYPE`` (a
+(a new connection; if that fails the holder is gone). A listen whose connection closes before
+it is answered (ours replaced as overdue, or the holder's closed) is asked again after
+``RELISTEN_DELAY`` seconds, up to ``RELISTEN_TRIES`` times, before the holder counts as gone: a
+closed connection says nothing of the holder, and until the next lookup of the key nothing else
+would ask it again. A holder that answers ``UNKNOWN_TYPE`` (a
 node older than listening) is polled with ``find_value`` instead. This node's own copy is
 watched too (``Engine.store`` tells local listens directly), so a listener among the k closest
 hears of a version stored on itself. Every version from any source (an answer, a push, a poll,
@@ -62,6 +66,8 @@ __all__ = [
     "POLL",
     "PUSH_RETRIES",
     "REFRESH",
+    "RELISTEN_DELAY",
+    "RELISTEN_TRIES",
     "RENEW",
     "Listen",
     "Listener",
@@ -90,6 +96,11 @@ PUSH_RETRIES = 3
 #: A listener that has lost half its holders looks the key up again, but not sooner than this
 #: many seconds after its last lookup.
 LOOKUP_GAP = 30.0
+#: A listen whose connection closed before it was answered is asked again this many seconds
+#: later, up to ``RELISTEN_TRIES`` times in a row (a soak of real nodes, their connections
+#: replaced under load, lost versions for want of it: docs/reliability.md).
+RELISTEN_DELAY = 1.0
+RELISTEN_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,11 +437,13 @@ class _Holder:
     """A node a listen watches: asked (a listen is out), listening, or polled (it is older
     than listening)."""
 
-    __slots__ = ("contact", "due", "link", "state")
+    __slots__ = ("contact", "due", "link", "relistens", "state")
 
     def __init__(self, contact: Contact) -> None:
         self.contact = contact
         self.state = "asking"
+        #: Listens asked again in a row after their connection closed (``RELISTEN_TRIES``).
+        self.relistens = 0
         #: The connection its listen went on (``Streams``; None in the simulator).
         self.link: object = None
         #: When to renew its lease, or to poll it next.
@@ -577,7 +590,7 @@ class Listen(Operation):
             if not message.lease or holder is None or holder.state != "asking":
                 return  # a cancel's answer, or the holder left meanwhile
             if isinstance(reply, m.Listening) and reply.lease > 0:
-                holder.state, holder.link = "listening", request.link
+                holder.state, holder.link, holder.relistens = "listening", request.link, 0
                 holder.due = self.engine.now + reply.lease * RENEW
                 if reply.item is not None:
                     self._received(reply.item, contact)
@@ -601,6 +614,12 @@ class Listen(Operation):
             if isinstance(error, RemoteError) and error.code == ErrorCode.UNKNOWN_TYPE:
                 self.old.add(contact.id)  # an older node: poll it (now, for the current value)
                 holder.state, holder.due = "polling", self.engine.now
+            elif (
+                not isinstance(error, RemoteError | TimeoutError)
+                and holder.relistens < RELISTEN_TRIES
+            ):  # its connection closed (or could not open): ask again soon, on a new one
+                holder.relistens += 1
+                holder.state, holder.due = "waiting", self.engine.now + RELISTEN_DELAY
             else:
                 self.engine.log(
                     "info",
