@@ -79,6 +79,7 @@ __all__ = [
     "changed",
     "expiring",
     "link_lost",
+    "links_in_use",
 ]
 
 Address = tuple[str, int]
@@ -376,6 +377,17 @@ def expiring(engine: Engine, now: float) -> int:
         for op in _local(engine, key):
             engine.feed(op, op.expiry_told, seq)
     return count
+
+
+def links_in_use(engine: Engine) -> set[object]:
+    """The connections listens depend on, either way: those listens are held on here (a
+    holder's pushes go on them), and those this node's listens went on to their holders (the
+    holders push on them). ``Streams`` keeps them when it lets idle connections go."""
+    links: set[object] = {entry.link for entry in engine.listeners.entries()}
+    for listens in engine.listening.values():
+        for op in listens:
+            links.update(holder.link for holder in op.holders.values())
+    return links
 
 
 def link_lost(engine: Engine, link: object) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from txdht.core import listen
 from txdht.core.commands import Close, Command, Connect, Write
 from txdht.core.engine import Engine
 from txdht.core.errors import ProtocolError
@@ -126,12 +127,9 @@ class Streams:
         excess = len(open_links) - max(1, limit * 9 // 10)
         if excess <= 0:
             return
-        busy: set[object] = {new}
+        busy = listen.links_in_use(engine)
+        busy.add(new)
         busy.update(request.link for request in engine.pending())
-        busy.update(entry.link for entry in engine.listeners.entries())
-        for listens in engine.listening.values():
-            for op in listens:
-                busy.update(holder.link for holder in op.holders.values())
         quiet = sorted(
             (link for link in open_links if link not in busy), key=lambda link: link.quiet_since
         )
