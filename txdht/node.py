@@ -304,10 +304,7 @@ class Node:
         expires; it returns a ``Subscription`` to cancel it."""
         if callback is not None:
             return self.subscribe(endpoint, callback)
-        if self._port is not None or self.streams.stopped:
-            # A second port would be left open (stop closes one), a stopped node's never used.
-            state = "has stopped" if self.streams.stopped else f"listens on {self.port} already"
-            raise RuntimeError(f"this node {state}: one listen() per node")
+        self.streams.before_listen(self._port is not None, "listen()")
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._port = port

@@ -329,9 +329,7 @@ class Node:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0: any free port); the port is then sent in every message.
         A node listens once: ``RuntimeError`` if it has started (or stopped) already."""
-        if self._server is not None or self.streams.stopped:
-            state = "has stopped" if self.streams.stopped else f"listens on {self.port} already"
-            raise RuntimeError(f"this node {state}: one start() per node")
+        self.streams.before_listen(self._server is not None, "start()")
         self._server = await self.loop.create_server(lambda: NetstringProtocol(self), host, port)
         self.engine.port = int(self._server.sockets[0].getsockname()[1])
 

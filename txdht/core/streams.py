@@ -116,6 +116,14 @@ class Streams:
             self._trim(link)
         return link, engine.settle()
 
+    def before_listen(self, listening: bool, call: str) -> None:
+        """``RuntimeError`` if the node may not listen now: it listens already (``listening``;
+        a second port would be left open by stop, which closes one) or it has stopped.
+        ``call`` names the driver's method, for the message."""
+        if listening or self.stopped:
+            state = "has stopped" if self.stopped else f"listens on {self.engine.port} already"
+            raise RuntimeError(f"this node {state}: one {call} per node")
+
     def _trim(self, new: Link) -> None:
         """More than ``max_connections`` are open: close those quiet longest, down to 90% of
         it, but never ``new``, one a request of ours is in flight on (or waits to be pushed
