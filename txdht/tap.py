@@ -175,7 +175,7 @@ class Options(usage.Options):
         """Check what one option alone cannot, and the endpoints (before anything is made on
         disk for them: the data directory is named after the port)."""
         self["port"] = check_endpoint("port", self["port"], tcp_only=True)
-        if self["http"].strip().lower() != "none":
+        if http_enabled(self):
             self["http"] = check_endpoint("http", self["http"], tcp_only=False)
         if not 1 <= self["k"] <= MAX_CONTACTS:
             raise usage.UsageError(f"--k must be from 1 to {MAX_CONTACTS}")
@@ -195,14 +195,13 @@ def check_endpoint(option: str, text: str, *, tcp_only: bool) -> str:
     if text.isdigit():
         text = f"tcp:{text}"
     try:
-        # Parsing builds the endpoint object only; the reactor is used when it listens.
-        endpoint = serverFromString(cast(Any, None), text)
+        endpoint = _parse(text)
     except (ValueError, TypeError, ImportError) as e:
         raise usage.UsageError(
             f"--{option} {text!r} is not a server endpoint ({e}); expected tcp:PORT, "
             "tcp:PORT:interface=ADDRESS or tcp6:PORT:interface=ADDRESS"
         ) from None
-    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+    if isinstance(endpoint, _TCP):
         if not 0 <= endpoint._port <= 65535:
             raise usage.UsageError(f"--{option} {text!r}: the port must be from 0 to 65535")
     elif tcp_only:
@@ -211,6 +210,21 @@ def check_endpoint(option: str, text: str, *, tcp_only: bool) -> str:
             "tcp:PORT:interface=ADDRESS or tcp6:PORT:interface=ADDRESS"
         )
     return text
+
+
+def http_enabled(options: Options) -> bool:
+    """Whether ``--http`` asks for the HTTP API (anything but ``none``, in any case)."""
+    return bool(options["http"].strip().lower() != "none")
+
+
+#: The TCP server endpoints: what a node listens for peers on, and what ``can_listen`` tries.
+_TCP = TCP4ServerEndpoint | TCP6ServerEndpoint
+
+
+def _parse(text: str) -> Any:
+    """The server endpoint ``text`` describes (``serverFromString``'s errors otherwise).
+    Parsing builds the endpoint object only; the reactor is used when it listens."""
+    return serverFromString(cast(Any, None), text)
 
 
 def parse_peer(text: str) -> Address:
@@ -249,8 +263,8 @@ def can_listen(option: str, text: str) -> None:
     allowed, or on an address this machine does not have. ``twistd`` makes the service before
     it detaches, and listens after (where a failure is a traceback in the log, and a daemon's
     launcher gets its first 100 bytes), so this is where a clear refusal can be given."""
-    endpoint = serverFromString(cast(Any, None), text)
-    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint) or not endpoint._port:
+    endpoint = _parse(text)
+    if not isinstance(endpoint, _TCP) or not endpoint._port:
         return  # another kind of endpoint, or any free port
     v6 = isinstance(endpoint, TCP6ServerEndpoint)
     interface = endpoint._interface or ("::" if v6 else "")
@@ -283,7 +297,7 @@ def makeService(
         reactor = global_reactor
     if check_ports:
         can_listen("port", options["port"])
-        if options["http"].lower() != "none":
+        if http_enabled(options):
             can_listen("http", options["http"])
     data_dir = Path(options["data-dir"] or default_data_dir(options["port"]))
     try:
@@ -321,7 +335,7 @@ def makeService(
     _ClosingService(storage, lock).setServiceParent(root)  # type: ignore[no-untyped-call]
     dht = DHTService(node, endpoint=options["port"], seeds=options["peers"], intervals=intervals)
     dht.setServiceParent(root)  # type: ignore[no-untyped-call]
-    if options["http"].lower() != "none":
+    if http_enabled(options):
         endpoints = {"dht": options["port"], "http": options["http"]}
         api = APIResource(
             node,
