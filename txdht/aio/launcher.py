@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from txdht.aio.node import DEFAULT_RPC_TIMEOUT, Node, run
+from txdht.core.arguments import check_count, check_seconds
 from txdht.core.items import MAX_VALUE_BYTES, Identity
 from txdht.core.limits import Limits, limit_options
 from txdht.core.lookup import PATHS
@@ -113,16 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-value must be above 0")
     if args.lookup_paths < 1:
         parser.error("--lookup-paths must be at least 1")
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port must be from 0 to 65535, not {args.port}")
-    if not 1 <= args.k <= MAX_CONTACTS:
-        parser.error(f"--k must be from 1 to {MAX_CONTACTS}, not {args.k}")
-    if args.alpha < 1:
-        parser.error(f"--alpha must be at least 1, not {args.alpha}")
-    if not 0 < args.rpc_timeout < math.inf:
-        parser.error(
-            f"--rpc-timeout must be a finite number of seconds above 0, not {args.rpc_timeout}"
-        )
+    try:  # the core's checks of the same settings, named as options
+        check_count("--port", args.port, 0, 65535)
+        check_count("--k", args.k, 1, MAX_CONTACTS)
+        check_count("--alpha", args.alpha)
+        check_seconds("--rpc-timeout", args.rpc_timeout)
+    except ValueError as e:
+        parser.error(str(e))
     options = interval_options()
     for name, _, _, field in options:
         if not 0 < getattr(args, field) < math.inf:
