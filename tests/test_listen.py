@@ -52,6 +52,20 @@ def publish(net: MemoryNetwork, node: Node, item: Item, ttl: float = 3600.0) -> 
     return stored
 
 
+def listening_elsewhere(
+    ttl: float = 3600.0,
+) -> tuple[MemoryNetwork, list[Node], int, Node, list[Notice], Any]:
+    """A network holding version 1 of "news" (for ``ttl`` seconds), and a node that holds no
+    copy listening to it (its listen not run yet): the network, its nodes, the key, the
+    listener, the notices it got and its subscription."""
+    net, nodes = network()
+    key = key_of("news")
+    publish(net, nodes[5], version(1), ttl)
+    listener = next(n for n in nodes if n not in holders_of(nodes, key))
+    got: list[Notice] = []
+    return net, nodes, key, listener, got, listener.listen(id_to_hex(key), got.append)
+
+
 def wait(net: MemoryNetwork, seconds: float) -> None:
     """Move the clock ``seconds`` on, one second at a time (timers then fire on time)."""
     for _ in range(int(seconds)):
@@ -648,12 +662,7 @@ def test_a_failed_lookup_leaves_the_listen_running(
     """A lookup that fails (its own bug) is logged; the listen keeps its holders and its
     expiry check does not tell of an expiry it could not check against other nodes' copies...
     unless no copy is found at all."""
-    net, nodes = network()
-    key = key_of("news")
-    publish(net, nodes[5], version(1))
-    listener = next(n for n in nodes if n not in holders_of(nodes, key))
-    got: list[Notice] = []
-    sub = listener.listen(id_to_hex(key), got.append)
+    net, nodes, key, listener, got, sub = listening_elsewhere()
     net.advance(1)
     assert [(n.seq, n.expired) for n in got] == [(1, False)]
     fail_lookups(monkeypatch)
@@ -694,12 +703,7 @@ def test_a_made_up_expiry_of_a_version_still_held_is_dropped_and_holds_nothing_b
     """A peer claims the newest possible version expired while the holders keep version 1:
     the check finds version 1, the application hears nothing, and version 2 is delivered
     later (the claim once set the listen's last version to 2**63 - 1, silencing it)."""
-    net, nodes = network()
-    key = key_of("news")
-    publish(net, nodes[5], version(1))
-    listener = next(n for n in nodes if n not in holders_of(nodes, key))
-    got: list[Notice] = []
-    listener.listen(id_to_hex(key), got.append)
+    net, nodes, key, listener, got, _sub = listening_elsewhere()
     net.advance(1)
     liar = next(n for n in nodes if n is not listener)
     forge_expired(net, liar, listener, key, MAX_SEQ)
@@ -712,12 +716,7 @@ def test_a_made_up_expiry_of_a_version_still_held_is_dropped_and_holds_nothing_b
 def test_a_claimed_expiry_of_a_newer_version_is_told_as_the_last_delivered() -> None:
     """When the check finds nothing at all, the expiry told is of the last version delivered,
     not of the number claimed; a later version is delivered all the same."""
-    net, nodes = network()
-    key = key_of("news")
-    publish(net, nodes[5], version(1), ttl=60.0)
-    listener = next(n for n in nodes if n not in holders_of(nodes, key))
-    got: list[Notice] = []
-    listener.listen(id_to_hex(key), got.append)
+    net, nodes, key, listener, got, _sub = listening_elsewhere(ttl=60.0)
     net.advance(1)
     for node in holders_of(nodes, key):  # gone everywhere, and no holder told of it
         node.engine.storage.expire(math.inf)
@@ -911,12 +910,7 @@ def test_a_listen_whose_connection_closes_unanswered_is_asked_again() -> None:
     """A listen lost with its connection is asked again a moment later, on a new one: the
     holder is listened to, and pushes the next version (it used to count as gone until the
     next lookup of the key, ten minutes on)."""
-    net, nodes = network()
-    key = key_of("news")
-    publish(net, nodes[5], version(1))
-    listener = next(n for n in nodes if n not in holders_of(nodes, key))
-    got: list[Notice] = []
-    sub = listener.listen(id_to_hex(key), got.append)
+    net, nodes, _key, listener, got, sub = listening_elsewhere()
     dropped = drop_the_first_listen(net, listener)
     holder = sub.op.holders[dropped.engine.id]
     assert (holder.state, holder.relistens) == ("waiting", 1)
@@ -933,12 +927,7 @@ def test_a_listen_whose_connection_closes_unanswered_is_asked_again() -> None:
 def test_a_holder_that_cannot_be_reached_is_gone_after_the_relistens() -> None:
     """A holder whose connection keeps failing is asked RELISTEN_TRIES times more, a moment
     apart, then counts as gone."""
-    net, nodes = network()
-    key = key_of("news")
-    publish(net, nodes[5], version(1))
-    listener = next(n for n in nodes if n not in holders_of(nodes, key))
-    got: list[Notice] = []
-    sub = listener.listen(id_to_hex(key), got.append)
+    net, _nodes, _key, listener, _got, sub = listening_elsewhere()
     dropped = drop_the_first_listen(net, listener)
     net.kill(dropped)  # connecting to it is refused from now on
     for tries in range(2, listening.RELISTEN_TRIES + 1):
