@@ -26,7 +26,14 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from txdht.core.arguments import check_seeds
-from txdht.core.errors import JoinError, NotFoundError, ProtocolError, PutError, RemoteError
+from txdht.core.errors import (
+    ErrorCode,
+    JoinError,
+    NotFoundError,
+    ProtocolError,
+    PutError,
+    RemoteError,
+)
 from txdht.core.ids import Contact, id_to_hex
 from txdht.core.items import DEFAULT_TTL, Item
 from txdht.core.limits import HOUSEKEEPING_CONCURRENCY
@@ -39,8 +46,10 @@ if TYPE_CHECKING:
     from txdht.core.streams import Link
 
 __all__ = [
+    "CATCH_UP_ASKS",
     "JOIN_REFRESH",
     "Call",
+    "CatchUp",
     "Get",
     "Handoff",
     "Join",
@@ -59,6 +68,9 @@ Address = tuple[str, int]
 #: The refresh interval a join ends with: every bucket no lookup touched yet is refreshed,
 #: which fills the buckets further away from our own id.
 JOIN_REFRESH = 0.001
+#: How many of the holders that refused a replica as stale a holder asks for the newer version
+#: (``CatchUp``): one honest answer is enough, and a refuser that lies costs one request.
+CATCH_UP_ASKS = 3
 
 
 class Request:
@@ -440,6 +452,9 @@ class Publish(_Gather):
         #: The nodes its lookup stored on that turned out not to be among the k closest (a
         #: copy more than the put needed; they hold it until it expires).
         self.extra = 0
+        #: For a replication round's: the holders that refused it as stale (they hold a newer
+        #: version, or say so), for ``CatchUp``.
+        self.newer: list[Contact] = []
 
     def begin(self) -> None:
         try:
@@ -492,6 +507,8 @@ class Publish(_Gather):
 
     def refused(self, request: Request, error: Exception) -> None:
         self._refusal(request.peer, error)
+        if self.replica and request.contact is not None and _stale(error):
+            self.newer.append(request.contact)
 
     def _refusal(self, peer: str, error: Exception) -> None:
         self.reasons.append(f"{peer}: {error}")
@@ -506,6 +523,8 @@ class Publish(_Gather):
         )
 
     def all_ended(self) -> None:
+        if self.newer:  # this node replicated an old version: fetch the new one from them
+            self.engine.begin(CatchUp(self.item, self.newer), None)
         self.holders += [c.id for c in self.targets if c.id in self.took]  # in placement order
         if not self.holders:
             first = f"; first refusal: {self.reasons[0]}" if self.reasons else ""
@@ -580,6 +599,68 @@ class Repair(_Gather):
         self.finish(self.took)
 
 
+def _stale(error: Exception) -> bool:
+    """Whether a store was refused for holding an older version than the peer's."""
+    return isinstance(error, RemoteError) and error.code == ErrorCode.STALE_SEQUENCE
+
+
+class CatchUp(_Gather):
+    """Fetch the newer version of ``item`` from ``holders`` that refused this node's replica
+    of it as stale (``STALE_SEQUENCE``: a replication round's store, or a handoff's to a
+    newcomer), and keep it in place of ours, for the time ours had left; ends with whether it
+    did.
+
+    A holder that missed an update (it was away, or not among the k closest the put's lookup
+    found) would otherwise replicate the old version every interval, refused each time by
+    every holder of the new one, and hand the old one to any reader that asked it alone,
+    until it expired. The first ``CATCH_UP_ASKS`` of them are asked with a FIND_VALUE; an
+    answer that does not verify against the key, or is not newer than ours, changes nothing,
+    so a refuser that lies costs one request and leaves our copy as it was."""
+
+    def __init__(self, item: Item, holders: list[Contact]) -> None:
+        super().__init__()
+        self.item, self.holders = item, holders[:CATCH_UP_ASKS]
+        self.newest = item
+        self.source: Contact | None = None
+
+    def begin(self) -> None:
+        self.send_all(self.holders, FindValue, key=self.item.key)
+
+    def answered(self, request: Request, reply: Message) -> None:
+        if not isinstance(reply, Value):
+            return  # it holds no copy now (it expired there, or it never had one)
+        assert request.contact is not None
+        try:
+            reply.item.verify_for(self.item.key)
+        except ProtocolError as e:
+            self.engine.log(
+                "warn", "{peer} sent an invalid value: {error}", peer=request.peer, error=str(e)
+            )
+            return
+        if reply.item.seq > self.newest.seq:
+            self.newest, self.source = reply.item, request.contact
+
+    def all_ended(self) -> None:
+        engine, key, newest = self.engine, self.item.key, self.newest
+        held = engine.storage.get(key)
+        if (
+            self.source is None  # nothing newer came
+            or held is None
+            or held.expires_at <= engine.now  # our copy is gone: nothing to replace
+            or held.item.seq >= newest.seq  # a newer one came meanwhile (a put, a read repair)
+        ):
+            self.finish(False)
+            return
+        fields = {"key": id_to_hex(key)[:12], "new": newest.seq, "peer": str(self.source)}
+        error = engine.store_here(newest, held.expires_at - engine.now, None)
+        if error is None:
+            engine.log("info", "caught up on {key}: seq {new} from {peer}", **fields)
+        else:
+            text = "did not take seq {new} of {key} from {peer}: {reason}"
+            engine.log("warn", text, reason=str(error), **fields)
+        self.finish(error is None)
+
+
 class PingCheck(_Gather):
     """Ping-before-evict: ping the head of a full bucket; it stays if it answers (with a proof
     of its id, when challenged), is dropped if it proves something else, and counts a failure
@@ -637,6 +718,9 @@ class Handoff(_Gather):
             peer=request.peer,
             reason=str(error),
         )
+        if _stale(error):  # it came back with a newer version than ours: take it
+            assert isinstance(request.message, Store)
+            self.engine.begin(CatchUp(request.message.item, [self.contact]), None)
 
     def all_ended(self) -> None:
         self.finish(self.copied)

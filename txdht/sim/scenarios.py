@@ -1165,11 +1165,27 @@ def partition(s: Settings) -> Report:
     net.heal()
     s.say(net, f"partition: healed after {writer.written - before[0]} writes during the split")
     interval = net.intervals.replicate
-    columns = ["after healing", "gets", "newest %", "older", "none"]
+    columns = [
+        "after healing",
+        "gets",
+        "newest %",
+        "older",
+        "none",
+        "older copies held",
+        "stores refused",
+        "catch-ups",
+    ]
     checks = Table(f"{s.nodes} nodes split in two for {s.minutes:g} min; {s.keys} names", columns)
     newest = total = 0
+    refused = caught = 0
     for check in range(3):
         net.clock.run(heal_at + check * interval)
+        # Before the gets (whose read repair mends what they find): the copies of an older
+        # version than the last acknowledged one, and the stores refused and catch-ups run
+        # since the last check (what replicating those copies costs, and what ends it).
+        older_copies = _older_copies(net, writer)
+        refused, was_refused = _count(net, ("sent", "store", "error")), refused
+        caught, was_caught = _operations(net, "CatchUp"), caught
         readers = [(name, net.ready.choice(net.rng)) for name in names for _ in range(READERS)]
         seqs = run_jobs(net, [partial(writer.read, n, r) for n, r in readers], "reading")
         newest = sum(
@@ -1187,6 +1203,9 @@ def partition(s: Settings) -> Report:
                 _percent(newest, total),
                 total - newest - none,
                 none,
+                older_copies,
+                refused - was_refused,
+                caught - was_caught,
             ]
         )
     lost = 0
@@ -1212,11 +1231,35 @@ def partition(s: Settings) -> Report:
         f"the publisher is on side 0 with {sum(1 for v in sides.values() if not v)} nodes "
         f"(side 1: {sum(1 for v in sides.values() if v)}); it writes a new version of every name "
         f"every {WRITE_INTERVAL:g} s during the split; {READERS} gets per name, each through a "
-        "random node, at each check"
+        "random node, at each check. Older copies held: live nodes holding a version older than "
+        "the last acknowledged one, counted before the check's gets; stores refused and "
+        "catch-ups: since the check before (a holder whose replica is refused as stale fetches "
+        "the newer version, operations.CatchUp)"
     )
     report.counters = _counters([net])
     report.simulated_seconds = net.clock.now
     return report
+
+
+def _older_copies(net: Network, writer: _Writer) -> int:
+    """Copies held by live nodes of a version older than the last one acknowledged."""
+    return sum(
+        1
+        for name, key in writer.keys.items()
+        for node in net.live
+        if (record := node.engine.storage.get(key)) is not None
+        and record.item.seq < writer.acked[name]
+    )
+
+
+def _count(net: Network, rpc: tuple[str, str, str]) -> int:
+    """RPCs of one kind (direction, type, outcome) counted by every node, live or not."""
+    return sum(node.engine.metrics.rpcs[rpc] for node in net.nodes)
+
+
+def _operations(net: Network, kind: str) -> int:
+    """Operations of one kind every node has started, live or not."""
+    return sum(node.engine.metrics.operations[kind] for node in net.nodes)
 
 
 # -- listen ---------------------------------------------------------------------------------
