@@ -209,3 +209,11 @@ def test_a_handoff_refused_as_stale_catches_up_from_the_newcomer() -> None:
     wire.start(b, ops.Call(contact(a), Ping))  # b is new to a: a hands V1 off to it
     assert [type(m) for m in asked] == [Store, FindValue]
     assert held(a) == (V2, 600.0)
+
+
+def test_replicating_by_hand_catches_up_too() -> None:
+    """``PublishAll`` (what ``Node.replicate()`` and republishing run) stores copies held here
+    again, as a replication round does: a refusal as stale starts a catch-up."""
+    a, _, wire = holders()
+    wire.start(a, ops.PublishAll([(V1, 500.0)]))
+    assert held(a) == (V2, 600.0)

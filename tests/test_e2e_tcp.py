@@ -15,7 +15,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 
 from txdht import Node
 from txdht.core.errors import NotFoundError
-from txdht.core.ids import id_from_hex
+from txdht.core.ids import id_from_hex, id_to_hex
+from txdht.core.items import Identity
 from txdht.core.limits import Limits
 from txdht.core.messages import Ping, Pong
 
@@ -258,3 +259,30 @@ async def test_a_node_holds_no_more_than_max_connections(reactor: Any) -> None:
         assert hub.streams.link_to(("127.0.0.1", peers[0].port)) is None
     finally:
         await stop_nodes([hub, *peers])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_of_an_old_version_catches_up_when_it_replicates(reactor: Any) -> None:
+    """Over real TCP: one node of five missed version 2 of a name (it holds version 1); its
+    replication is refused as stale by the others, and it takes version 2 from them."""
+    nodes = await start_nodes(reactor, 5)
+    try:
+        owner = Identity.from_private_bytes(bytes(32))
+        old, new = owner.sign("name", b"old", 1), owner.sign("name", b"new", 2)
+        behind, *others = nodes
+        now = reactor.seconds()
+        behind.engine.store(old, 600.0, now)
+        for node in others:
+            node.engine.store(new, 3600.0, now)
+        assert await behind.replicate() == 1  # it stored version 1 nowhere but here
+        for _ in range(100):  # the catch-up runs after the round, in the background
+            record = behind.engine.storage.get(old.key)
+            if record is not None and record.item == new:
+                break
+            await sleep(reactor, 0.01)
+        assert record is not None
+        assert record.item == new
+        assert record.expires_at == pytest.approx(now + 600.0)
+        assert await nodes[1].get(id_to_hex(old.key)) == b"new"
+    finally:
+        await stop_nodes(nodes)

@@ -434,11 +434,16 @@ class Publish(_Gather):
         cas: int | None = None,
         remember: bool = False,
         replica: bool = False,
+        catch_up: bool = False,
     ) -> None:
         super().__init__()
         self.item, self.ttl, self.cas, self.remember = item, ttl, cas, remember
         #: A replication round's: its stores say so (``Store.replica``).
         self.replica = replica
+        #: A held copy stored again (replication, republishing; not a caller's put, whose
+        #: stale refusals are the caller's to hear): refusers holding a newer version are
+        #: asked for it (``CatchUp``).
+        self.catch_up = catch_up
         self.holders: list[int] = []
         self.reasons: list[str] = []
         self.codes: set[int] = set()
@@ -452,8 +457,8 @@ class Publish(_Gather):
         #: The nodes its lookup stored on that turned out not to be among the k closest (a
         #: copy more than the put needed; they hold it until it expires).
         self.extra = 0
-        #: For a replication round's: the holders that refused it as stale (they hold a newer
-        #: version, or say so), for ``CatchUp``.
+        #: With ``catch_up``: the holders that refused it as stale (they hold a newer version,
+        #: or say so), for ``CatchUp``.
         self.newer: list[Contact] = []
 
     def begin(self) -> None:
@@ -507,7 +512,7 @@ class Publish(_Gather):
 
     def refused(self, request: Request, error: Exception) -> None:
         self._refusal(request.peer, error)
-        if self.replica and request.contact is not None and _stale(error):
+        if self.catch_up and request.contact is not None and _stale(error):
             self.newer.append(request.contact)
 
     def _refusal(self, peer: str, error: Exception) -> None:
@@ -605,9 +610,9 @@ def _stale(error: Exception) -> bool:
 
 
 class CatchUp(_Gather):
-    """Fetch the newer version of ``item`` from ``holders`` that refused this node's replica
-    of it as stale (``STALE_SEQUENCE``: a replication round's store, or a handoff's to a
-    newcomer), and keep it in place of ours, for the time ours had left; ends with whether it
+    """Fetch the newer version of ``item`` from ``holders`` that refused this node's copy of
+    it as stale (``STALE_SEQUENCE``: a store of replication, of republishing or of a handoff to
+    a newcomer), and keep it in place of ours, for the time ours had left; ends with whether it
     did.
 
     A holder that missed an update (it was away, or not among the k closest the put's lookup
@@ -784,14 +789,15 @@ class Refresh(_Children):
 
 class PublishAll(_Children):
     """Publish each of ``jobs`` (item, ttl), ``HOUSEKEEPING_CONCURRENCY`` at a time (so a large
-    store cannot flood the network in one go); ends with how many were stored somewhere."""
+    store cannot flood the network in one go); ends with how many were stored somewhere. They
+    are copies held here, stored again: a refusal as stale starts a ``CatchUp``."""
 
     def __init__(self, jobs: list[tuple[Item, float]]) -> None:
         super().__init__(HOUSEKEEPING_CONCURRENCY)
         self.jobs = jobs
 
     def begin(self) -> None:
-        self.run_all([Publish(item, ttl) for item, ttl in self.jobs])
+        self.run_all([Publish(item, ttl, catch_up=True) for item, ttl in self.jobs])
 
 
 class Replicate(PublishAll):
@@ -820,7 +826,7 @@ class Replicate(PublishAll):
         self.run_all(self._publishes(self.jobs))
 
     def _publishes(self, jobs: list[tuple[Item, float]]) -> list[Operation]:
-        return [Publish(item, ttl, replica=True) for item, ttl in jobs]
+        return [Publish(item, ttl, replica=True, catch_up=True) for item, ttl in jobs]
 
     def wanted(self, child: Operation) -> bool:
         assert isinstance(child, Publish)
