@@ -13,6 +13,7 @@ from txdht.core.engine import Engine
 from txdht.core.errors import ErrorCode, ProtocolError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, Identity, Item, blob
+from txdht.core.limits import Limits
 from txdht.core.lookup import DisjointLookup, IterativeLookup
 from txdht.core.messages import (
     Error,
@@ -465,6 +466,23 @@ def test_an_expire_pass_reads_only_the_records_it_drops() -> None:
     storage.gets = storage.scans = 0
     assert engine.expire(30.0) == 3
     assert (storage.gets, storage.scans, storage.count()) == (3, 0, 197)
+
+
+def test_an_expire_pass_forgets_who_replicates_the_keys_it_drops() -> None:
+    """What the engine keeps per key for the replication rule goes with the record: a peer
+    that stores many items for a second, marked ``replica``, no longer leaves an entry per key
+    for two days (10,000 stores were 10,000 entries after their items were gone). A key still
+    held keeps its entry, and the rule still skips it."""
+    unlimited = Limits(peer_rate=1e12, peer_burst=1e12, global_rate=1e12, global_burst=1e12)
+    engine = Engine(ALICE, MemoryStorage(), now=0.0, limits=unlimited)
+    short = [blob(b"short %d" % n) for n in range(1000)]
+    kept = blob(b"kept")
+    for item in [*short, kept]:
+        ttl = 3600.0 if item is kept else 1.0
+        handle(engine, request(Store, item=item, ttl=ttl, replica=True), "10.0.0.7", 0.0)
+    assert engine.expire(2.0) == len(short)
+    assert list(engine._stored_at) == [kept.key]
+    assert engine.replication_jobs(10.0, fresh=3600.0) == []
 
 
 PEER = PUBLISHER.node_id

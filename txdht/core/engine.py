@@ -887,6 +887,9 @@ class Engine:
                 counts[publisher] -= 1
             else:
                 del counts[publisher]
+        stored_at = self._stored_at
+        for key in dying:  # who replicates a key no longer held: nobody, from here
+            stored_at.pop(key, None)
         return storage.expire(now)
 
     def _count_publishers(self) -> None:
