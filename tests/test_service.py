@@ -399,3 +399,18 @@ def test_stopping_during_the_first_lookup_is_quiet() -> None:
     assert not service.ready
     assert not node.engine.pending()
     assert net.clock.getDelayedCalls() == []
+
+
+def test_housekeeping_lets_go_of_the_timers_that_fired() -> None:
+    """The housekeeping runs for the node's life, arming one timer after another: it holds
+    only those still due (it held every one: 60 more an hour for the expire pass alone)."""
+    net = MemoryNetwork()
+    services = start(net, 3)
+    for _hour in range(6):
+        net.advance(HOUR)
+    for service in services:
+        (housekeeping,) = [
+            op for op in service.node.engine._running if isinstance(op, schedule.Service)
+        ]
+        assert 0 < len(housekeeping.timers) <= len(schedule.JOBS)
+        assert not [t for t in housekeeping.timers if t.cancelled]

@@ -364,7 +364,7 @@ class Engine:
         op.public = True
         self.begin(op, None)
         if timeout is not None and not op.ended:
-            op.timers.append(self.call_at(now + timeout, self._expired, op, timeout, op=op))
+            op.keep(self.call_at(now + timeout, self._expired, op, timeout, op=op))
         return self.settle()
 
     def cancel(self, op: Operation, now: float) -> list[Command]:
@@ -578,7 +578,7 @@ class Engine:
     def fail_soon(self, request: Request, error: Exception) -> None:
         """Fail ``request`` with ``error`` as the next timer (it cannot be sent: its connection
         has gone), not inside the step that sent it (unless its operation ends first)."""
-        request.op.timers.append(self.call_at(self.now, self._fail_now, request, error))
+        request.op.keep(self.call_at(self.now, self._fail_now, request, error))
 
     def _fail_now(self, request: Request, error: Exception) -> None:
         self._close(request)

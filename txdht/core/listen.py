@@ -575,7 +575,7 @@ class Listen(Operation):
                 return
             timer.cancel()
         self._timer = self.engine.call_at(due, self._tick, op=self)
-        self.timers = [t for t in self.timers if not t.cancelled] + [self._timer]
+        self.keep(self._timer)
 
     def _tick(self) -> None:
         now = self.engine.now

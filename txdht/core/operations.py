@@ -194,7 +194,15 @@ class Operation:
 
     def later(self, delay: float, action: Callable[..., None], *args: Any) -> None:
         """Run ``action(*args)`` in ``delay`` seconds, unless this operation has ended."""
-        self.timers.append(self.engine.call_at(self.engine.now + delay, action, *args, op=self))
+        self.keep(self.engine.call_at(self.engine.now + delay, action, *args, op=self))
+
+    def keep(self, timer: Timer) -> None:
+        """Hold ``timer``, to cancel it if this operation ends first. Those that fired or were
+        cancelled are let go: an operation that runs for the node's life (``Service``, a
+        listen) arms one timer after another, and kept every one (4,000 an hour in 50
+        simulated nodes, each holding its bound method and arguments)."""
+        timers = self.timers = [t for t in self.timers if not t.cancelled]
+        timers.append(timer)
 
     def finish(self, result: Any = None) -> None:
         """End with ``result``."""
