@@ -124,7 +124,10 @@ def forged(message: Message) -> Message:
         (forged, "sent an invalid value"),
         (lambda m: Value(rid=m.rid, sender=0, port=0, item=V1), None),  # not newer
         (lambda m: Nodes(rid=m.rid, sender=0, port=0, nodes=()), None),  # holds nothing now
-        (lambda m: Value(rid=m.rid, sender=0, port=0, item=OWNER.sign("other", b"x", 9)), "sent"),
+        (
+            lambda m: Value(rid=m.rid, sender=0, port=0, item=OWNER.sign("other", b"x", 9)),
+            "sent an invalid value",
+        ),
     ],
     ids=["forged", "older", "nodes", "another-key"],
 )
