@@ -289,6 +289,25 @@ def test_a_join_through_no_seed_fails_and_through_one_fills_the_table() -> None:
     assert {b.id, c.id} <= {known.id for known in a.routing.contacts()}
 
 
+def test_a_joining_node_hands_its_records_to_the_seed_it_joins_through() -> None:
+    """A node that holds records (a restart with its data) and joins through a seed new to its
+    table copies the seed the records it is among the k closest to, as for any newcomer. The
+    join's step used to hand over the commands so far to nobody: the copies were never sent,
+    and each timed out 5 s later (seen with real processes, on every restart)."""
+    a, b = engine(1), engine(2)
+    items = [blob(b"held %d" % n) for n in range(5)]
+    for item in items:
+        a.store(item, 600.0, 0.0)
+    wire = Wire(a, b)
+    received = _tap([b])
+    join = wire.start(a, ops.Join([("127.0.0.1", b.port)]))
+    assert join.error is None
+    stores = [m for _, m in received if isinstance(m, Store)]
+    assert {m.item for m in stores} == set(items)
+    assert all(b.storage.get(item.key) is not None for item in items)
+    assert not a.pending()  # every copy was answered: none waits for a timeout
+
+
 def test_a_publish_of_an_item_too_large_fails_at_once() -> None:
     """A put of an item the node would refuse itself fails before anything is sent."""
     a = engine(1, max_value=4)

@@ -317,7 +317,7 @@ class Engine:
         else:
             self.metrics.rpc("sent", request.message.TYPE, "ok")
             if contact is not None:
-                self._seen(contact)
+                self.heard_from(contact)
             self._guard(request.op, request.op.replied, request, reply)
         return self.settle()
 
@@ -375,9 +375,11 @@ class Engine:
 
     def seen(self, contact: Contact, now: float) -> list[Command]:
         """We heard from ``contact`` (a request, or a reply to ours): update the table, which
-        may ping the head of a full bucket and copy records to a newcomer."""
+        may ping the head of a full bucket and copy records to a newcomer. (An operation's
+        step calls ``heard_from``: this hands over every command so far, which the step's
+        caller would never see.)"""
         self.now = now
-        self._seen(contact)
+        self.heard_from(contact)
         return self.settle()
 
     def link_lost(self, link: object, now: float) -> list[Command]:
@@ -615,7 +617,9 @@ class Engine:
 
     # -- the routing table -----------------------------------------------------------------
 
-    def _seen(self, contact: Contact) -> None:
+    def heard_from(self, contact: Contact) -> None:
+        """``seen``, inside a step: the commands (a ping of a bucket's head, a newcomer's
+        records) go out with the step's."""
         if not self.routing.heard(contact.id, self.now):  # known: nothing more to decide
             self._newcomer(contact)
 

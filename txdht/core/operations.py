@@ -887,7 +887,7 @@ class Join(Operation):
     def replied(self, request: Request, reply: Message) -> None:
         contact = Contact(reply.sender, *request.address)
         if self.engine.proven(contact, self.challenges[request.rid], reply):
-            self.engine.seen(contact, self.engine.now)
+            self.engine.heard_from(contact)
         self._one_ended()
 
     def request_failed(self, request: Request, error: Exception) -> None:
