@@ -14,8 +14,10 @@ from txdht.core.framing import netstring
 from txdht.core.ids import Contact
 from txdht.core.items import Identity, blob
 from txdht.core.limits import (
+    PACE,
     Abandoned,
     Limits,
+    Pacer,
     RateLimiter,
     TokenBucket,
     Verdict,
@@ -458,3 +460,37 @@ def test_connections_being_closed_do_not_count_towards_max_connections() -> None
     assert len(hub.streams.links) == 5
     net.flush()
     assert [raw.lost for raw in (first, *remote, newest)] == [False, False, True, True, False]
+
+
+def test_the_pacer_sends_a_burst_at_once_then_one_a_slot() -> None:
+    """Within ``PACE`` of the burst requests go at once, then one every 1 / (PACE x rate)
+    seconds; each address has its own schedule, and time passing refills it."""
+    pacer = Pacer(Limits(peer_rate=10.0, peer_burst=5.0))  # paced at 8/s, a burst of 4
+    times = [pacer.when("a", 0.0) for _ in range(7)]
+    assert times[:4] == [0.0] * 4
+    assert times[4:] == pytest.approx([0.125, 0.25, 0.375])
+    assert pacer.when("b", 0.0) == 0.0  # another peer: its own burst
+    assert pacer.when("a", 10.0) == 10.0  # long after: the burst is back
+    assert [pacer.when("c", 0.0) for _ in range(4)] == [0.0] * 4
+
+
+def test_the_pacer_stays_under_what_a_peer_with_the_same_limits_accepts() -> None:
+    """Requests sent at the times the pacer gives are all served by a rate limiter with the
+    same limits: none refused, none dropped, over a long run of them."""
+    limits = Limits(peer_rate=50.0, peer_burst=100.0)
+    pacer, limiter = Pacer(limits), RateLimiter(limits, 0.0)
+    sent = sorted(pacer.when("peer", n * 0.001) for n in range(2000))
+    assert [limiter.check("us", t) for t in sent] == [Verdict.SERVE] * 2000
+    assert sent[-1] > (2000 - 100 * PACE) / (50 * PACE) - 1  # paced, not all at once
+
+
+def test_the_pacer_is_off_for_rates_that_no_peer_would_refuse() -> None:
+    assert Pacer(UNLIMITED).off
+    assert not Pacer(Limits()).off
+
+
+def test_the_pacer_forgets_the_least_recent_peers_past_tracked_peers() -> None:
+    pacer = Pacer(Limits(tracked_peers=2))
+    for peer in ("a", "b", "c"):
+        pacer.when(peer, 0.0)
+    assert list(pacer._due) == ["b", "c"]

@@ -20,7 +20,7 @@ from txdht.core.engine import Engine, outcome
 from txdht.core.errors import ErrorCode, JoinError, OperationTimeout, ProtocolError, RemoteError
 from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, blob
-from txdht.core.limits import HOUSEKEEPING_CONCURRENCY, Limits
+from txdht.core.limits import HOUSEKEEPING_CONCURRENCY, PACE, Limits
 from txdht.core.messages import Error, Message, Ping, Pong, Store
 from txdht.core.storage import MemoryStorage
 
@@ -306,6 +306,63 @@ def test_a_joining_node_hands_its_records_to_the_seed_it_joins_through() -> None
     assert {m.item for m in stores} == set(items)
     assert all(b.storage.get(item.key) is not None for item in items)
     assert not a.pending()  # every copy was answered: none waits for a timeout
+
+
+def test_requests_past_a_peers_burst_wait_for_their_slot_and_time_out_from_there() -> None:
+    """With default limits a node sends a peer at most ``PACE`` of its burst at once; the rest
+    wait for their slots (``Pacer``), and a request's deadlines count from when it goes, so a
+    wait is never taken for a silent peer. An operation that ends cancels those still waiting:
+    they never go."""
+    a, b = engine(1, limits=Limits()), engine(2)
+    burst = int(Limits().peer_burst * PACE)
+    calls = [ops.Call(contact(b), Ping) for _ in range(burst + 3)]
+    sends = [c for call in calls for c in a.start(call, 0.0) if isinstance(c, Send)]
+    assert len(sends) == burst
+    held = [r for r in a.pending() if r.rid not in {s.request.rid for s in sends}]
+    assert len(held) == 3
+    when = a.next_timer()
+    assert when == pytest.approx(1 / (Limits().peer_rate * PACE))
+    assert when is not None
+    first = [c.request for c in a.timer_fired(when) if isinstance(c, Send)]
+    assert first == held[:1]
+    assert held[0].sent_at == when
+    a.cancel(calls[-1], when)  # the last still waits: it never goes
+    launched: list[ops.Request] = []
+    for _ in range(100):
+        if (next_at := a.next_timer()) is None or next_at > when + 1.0:
+            break
+        launched += [c.request for c in a.timer_fired(next_at) if isinstance(c, Send)]
+    assert launched == [held[1]]
+    assert held[1].sent_at == pytest.approx(2 / (Limits().peer_rate * PACE))
+    assert held[2] not in a.pending()
+    # Nobody answers: each times out rpc_timeout after it went, not after it was asked for.
+    failed = a.timer_fired(held[1].sent_at + a.rpc_timeout - 0.001)
+    assert held[1] in a.pending()
+    failed = a.timer_fired(held[1].sent_at + a.rpc_timeout + 0.001)
+    assert held[1] not in a.pending()
+    assert [type(c) for c in failed if isinstance(c, Failed)]
+
+
+def test_a_handoff_copies_a_few_records_at_a_time() -> None:
+    """A newcomer is sent ``HOUSEKEEPING_CONCURRENCY`` copies at once, and one more as each
+    ends, until every record is copied: thousands at once would make every other request to
+    it wait behind them."""
+    a, b = engine(1), engine(2)
+    items = [blob(b"item %d" % n) for n in range(30)]
+    for item in items:
+        a.store(item, 600.0, 0.0)
+    b.routing.seen(contact(a), 0.0)  # (a is no newcomer to b)
+    first = [c for c in a.seen(contact(b), 1.0) if isinstance(c, Send)]
+    (handoff,) = [op for op in a.running() if isinstance(op, ops.Handoff)]
+    assert len(first) == HOUSEKEEPING_CONCURRENCY
+    assert len(handoff.records) == len(items)  # b is among the k closest to each
+    wire = Wire(a, b)
+    wire.now = 1.0
+    for command in first:  # b answers each: the rest follow, eight in flight at most
+        wire.deliver([command], a)
+    assert handoff.ended
+    assert handoff.result == len(handoff.records)
+    assert all(b.storage.get(r.item.key) is not None for r in handoff.records)
 
 
 def test_a_publish_of_an_item_too_large_fails_at_once() -> None:

@@ -286,6 +286,7 @@ def test_rate_limits_refuse_then_drop() -> None:
     """A peer over its rate gets a RATE_LIMITED error, then no answer while it cools off."""
     net = network(2, limits=Limits(peer_rate=0.001, peer_burst=3, cool_off=60))
     a, b = net.nodes
+    a.engine.pacer.off = True  # a peer that sends as fast as it likes, not as b accepts
     done: list[Message | Exception] = []
     for _ in range(6):
         a.call(b.contact, Ping, done.append)
@@ -1229,3 +1230,15 @@ def test_two_networks_on_one_bus_stay_apart() -> None:
         found = lookup(group[3], other[2].engine.id)
         assert {c.id for c in found.machine.closest()} <= ids
     assert sum(n.engine.metrics.rpcs[("received", "ping", "error")] for n in red) >= 1
+
+
+def test_a_small_network_replicates_within_what_its_peers_accept() -> None:
+    """Six nodes holding 600 items: each is the nearest holder of about 100, so a replication
+    round sent each peer some 170 requests at once, past the default burst of 100. Paced
+    (``Pacer``), none is refused or silenced and each item is replicated once an interval;
+    without the pacing, 4,463 requests went unanswered and peers that looked dead made every
+    holder replicate (1.7 lookups per item)."""
+    report = run("idle", Settings(nodes=6, keys=600, hours=1.0))
+    assert (report.counters["refused"], report.counters["unanswered"]) == (0, 0)
+    assert report.counters["timeouts"] == 0
+    assert report.tables[1].rows[-1][1] == 1.0  # lookups per item per interval

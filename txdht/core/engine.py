@@ -65,6 +65,7 @@ from txdht.core.limits import (
     DEFAULT_RPC_TIMEOUT,
     Abandoned,
     Limits,
+    Pacer,
     RateLimiter,
     Verdict,
     peer_key,
@@ -186,6 +187,7 @@ class Engine:
         self.limits = limits = limits or Limits()
         self.routing = RoutingTable(self.id, k, now, max_per_subnet=limits.max_per_subnet)
         self.rate_limiter = RateLimiter(limits, now)
+        self.pacer = Pacer(limits)
         #: Measured round trips, which set each request's slow deadline.
         self.round_trips = RoundTrips(rpc_timeout)
         #: Disjoint paths each lookup takes (S/Kademlia; 1: a plain Kademlia lookup).
@@ -499,15 +501,26 @@ class Engine:
         request.via = via
         self._requests[request.rid] = request
         op.requests[request.rid] = request
+        pacer = self.pacer
+        if not pacer.off:
+            when = pacer.when(request.address, self.now)
+            if when > self.now:  # held until its slot: its timer launches it
+                request.timer = self.call_at(when, self._launch, request)
+                return request
+        self._launch(request)
+        return request
+
+    def _launch(self, request: Request) -> None:
+        """Send ``request`` now: its deadlines count from here."""
+        request.sent_at = now = self.now
         # One timer per request: at its slow deadline, which sets the full one (most requests
         # are answered before either, and each timer costs a heap entry until it is due).
         slow = self.round_trips.slow_after(request.contact.id if request.contact else None)
         if slow < self.rpc_timeout:
-            request.timer = self.call_at(self.now + slow, self._slow, request)
+            request.timer = self.call_at(now + slow, self._slow, request)
         else:
-            request.timer = self.call_at(self.now + self.rpc_timeout, self._timed_out, request)
+            request.timer = self.call_at(now + self.rpc_timeout, self._timed_out, request)
         self.sender(request)
-        return request
 
     def _emit_send(self, request: Request) -> None:
         self._out.append(Send(request))

@@ -708,7 +708,9 @@ class PingCheck(_Gather):
 
 
 class Handoff(_Gather):
-    """Copy ``records`` to a contact new to the table that is now among their k closest."""
+    """Copy ``records`` to a contact new to the table that is now among their k closest,
+    ``HOUSEKEEPING_CONCURRENCY`` at a time: a node of a small network can hand a newcomer
+    thousands at once, and every other request to it would wait behind them (``Pacer``)."""
 
     def __init__(self, contact: Contact, records: list[StoredItem]) -> None:
         super().__init__()
@@ -716,10 +718,22 @@ class Handoff(_Gather):
         self.copied = 0
 
     def begin(self) -> None:
-        self.waiting = len(self.records)
-        for record in self.records:
-            ttl = record.expires_at - self.engine.now
-            self.send(self.contact, Store, item=record.item, ttl=ttl)
+        self.queue = self.records[::-1]
+        self._fill()
+
+    def _fill(self) -> None:
+        now = self.engine.now
+        while self.queue and self.waiting < HOUSEKEEPING_CONCURRENCY:
+            record = self.queue.pop()
+            if record.expires_at > now:  # (one may expire while it waits its turn)
+                self.waiting += 1
+                self.send(self.contact, Store, item=record.item, ttl=record.expires_at - now)
+        if not self.waiting:
+            self.all_ended()
+
+    def _one_ended(self) -> None:
+        self.waiting -= 1
+        self._fill()
 
     def answered(self, request: Request, reply: Message) -> None:
         self.copied += 1
