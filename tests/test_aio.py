@@ -758,3 +758,28 @@ def test_stop_cancels_a_connection_attempt_still_on_its_way() -> None:
             await call
 
     run_async(scenario)
+
+
+def test_a_timer_due_at_once_on_uvloop_is_rearmed_without_asking_it_when() -> None:
+    """uvloop's ``call_at`` returns a plain ``Handle``, which has no ``when()``, for a time
+    already come: the node asked it anyway as the next event came, and the ``AttributeError``
+    aborted a healthy connection (seen in a soak of twins on uvloop). The node keeps the time
+    itself."""
+
+    async def scenario() -> None:
+        async with Node() as node:
+            loop = asyncio.get_running_loop()
+            due = loop.time() - 0.001  # an engine timer already due: the loop ran late
+            node.engine.next_timer = lambda: due  # type: ignore[method-assign]
+            if node._timer is not None:
+                node._timer.cancel()
+            node._timer = None
+            node._arm()
+            assert not hasattr(node._timer, "when")  # uvloop's plain Handle
+            node.run([])  # the next event, before the Handle runs: no AttributeError
+            sooner = due - 1.0
+            node.engine.next_timer = lambda: sooner  # type: ignore[method-assign]
+            node._arm()  # a sooner deadline still replaces it
+            assert node._timer_at == sooner
+
+    in_thread(lambda: run(bounded(scenario(), 30.0), loop="uvloop"))

@@ -62,10 +62,8 @@ Connector = Callable[[Address, Callable[[], "NetstringProtocol"]], Awaitable["Ne
 
 
 class TimerHandle(Protocol):
-    """A timer set on a ``Clock``."""
-
-    def when(self) -> float:
-        """When it fires."""
+    """A timer set on a ``Clock``. (Not necessarily an ``asyncio.TimerHandle``: uvloop's
+    ``call_at`` returns a plain ``Handle``, with no ``when()``, for a time already come.)"""
 
     def cancel(self) -> None:
         """Do not fire."""
@@ -310,6 +308,8 @@ class Node:
         self.subscriptions: dict[ops.Operation, Subscription] = {}
         self._connects: set[asyncio.Task[None]] = set()
         self._timer: TimerHandle | None = None
+        #: When ``_timer`` fires (kept here: not every loop's handle says).
+        self._timer_at = 0.0
         self._open = connect or self._connect_tcp
 
     def now(self) -> float:
@@ -538,11 +538,11 @@ class Node:
     def _arm(self) -> None:
         when = self.engine.next_timer()
         timer = self._timer
-        if timer is not None and (when is None or when < timer.when()):
+        if timer is not None and (when is None or when < self._timer_at):
             timer.cancel()
             timer = self._timer = None
         if when is not None and timer is None:
-            self._timer = self.clock.call_at(when, self._fire)
+            self._timer, self._timer_at = self.clock.call_at(when, self._fire), when
 
     def _fire(self) -> None:
         self._timer = None
