@@ -4,6 +4,7 @@ saying why, and the node keeps serving other peers with nothing stored lost."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -428,4 +429,36 @@ def test_routine_refusals_are_info_and_forgeries_warnings() -> None:
         _, events = setup.send_raw(data)
         (refusal,) = [e for e in events if "refused a store request" in formatEvent(e)]
         assert refusal["log_level"].name == level
+    setup.still_serving()
+
+
+def test_a_refusal_names_the_peer_not_only_its_host() -> None:
+    """Every peer of a machine shares its address (loopback, a NAT): a refusal names a node by
+    its id's first digits and the port it listens on, and a client (port 0) by the port of
+    its connection."""
+    setup = Setup()
+    stale = PUBLISHER.sign("kept", b"rollback", 1).to_json()
+    node_id = id_to_hex(67890)
+    for data, name in (
+        (store(stale), r"127\.0\.0\.1:\d+"),  # a client: its connection's port
+        (message(type="store", item=stale, ttl=60.0, sender=node_id, port=4321), None),
+    ):
+        _, events = setup.send_raw(data)
+        (refusal,) = [formatEvent(e) for e in events if "refused a store request" in formatEvent(e)]
+        if name is None:
+            assert f"from {node_id[:12]}@127.0.0.1:4321:" in refusal
+        else:
+            assert re.search(f"from {name}: ", refusal)
+    setup.still_serving()
+
+
+def test_an_update_for_a_listen_just_cancelled_is_refused_at_info() -> None:
+    """A holder's update crossing the listener's cancel is the protocol at work: refused with
+    NOT_LISTENING at info level, not as a warning."""
+    setup = Setup()
+    update = message(type="update", key=id_to_hex(99), item=PUBLISHER.sign("n", b"v", 1).to_json())
+    _, events = setup.send_raw(update)
+    (refusal,) = [e for e in events if "refused a update request" in formatEvent(e)]
+    assert "does not listen" in formatEvent(refusal)
+    assert refusal["log_level"].name == "info"
     setup.still_serving()

@@ -47,7 +47,7 @@ from txdht.core.arguments import (
 )
 from txdht.core.commands import Command, Done, Failed, Log, Send
 from txdht.core.errors import ErrorCode, OperationTimeout, ProtocolError, RemoteError
-from txdht.core.ids import ID_BITS, Contact
+from txdht.core.ids import ID_BITS, Contact, id_to_hex
 from txdht.core.interfaces import IStorage
 from txdht.core.items import (
     CHALLENGE_BYTES,
@@ -112,6 +112,15 @@ def _nothing() -> None:
     """A cancelled timer's action (never called)."""
 
 
+def _who(request: m.Message, host: str, port: int) -> str:
+    """Who sent ``request``, for a person to read: its id's first digits where it is a node
+    (a client gives port 0), and its host with the port it listens on (a client: the
+    connection's), so that peers sharing an address (loopback, a NAT) can be told apart."""
+    if request.port:
+        return f"{id_to_hex(request.sender)[:12]}@{host}:{request.port}"
+    return f"{host}:{port}"
+
+
 def outcome(error: BaseException) -> str:
     """How a failed request ended, as the metrics label it."""
     if isinstance(error, RemoteError):
@@ -136,7 +145,9 @@ def _urandom_challenge(to: object, now: float) -> bytes:
 #: held, sent again by a holder that missed an update; a compare-and-swap that lost): logged
 #: at info, where malformed or forged requests are warnings. A soak of 16 nodes replicating
 #: every 30 s logged 22,000 stale-copy warnings in 12 minutes.
-ROUTINE_REFUSALS = frozenset({ErrorCode.STALE_SEQUENCE, ErrorCode.CAS_MISMATCH})
+ROUTINE_REFUSALS = frozenset(
+    {ErrorCode.STALE_SEQUENCE, ErrorCode.CAS_MISMATCH, ErrorCode.NOT_LISTENING}
+)
 
 
 class Engine:
@@ -252,7 +263,12 @@ class Engine:
             self.metrics.rpc("received", request.TYPE, verdict)
             if verdict == Verdict.DROP:
                 return None, self.settle()
-            self.log("warn", "{host} is over its request rate: ignored for a while", host=host)
+            self.log(
+                "warn",
+                "{peer} is over its request rate, or the node over its own: ignored for a while",
+                peer=_who(request, host, port),
+                host=host,
+            )
             text = "too many requests: ignored for a while"
             return self.error(request.rid, ErrorCode.RATE_LIMITED, text), self.settle()
         try:
@@ -267,8 +283,9 @@ class Engine:
             reply = self.error(request.rid, e.code, e.message)
             self.log(
                 "info" if e.code in ROUTINE_REFUSALS else "warn",
-                "refused a {type} request from {host}: {message}",
+                "refused a {type} request from {peer}: {message}",
                 type=request.TYPE,
+                peer=_who(request, host, port),
                 host=host,
                 message=e.message,
             )
