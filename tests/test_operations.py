@@ -22,7 +22,7 @@ from txdht.core.ids import Contact
 from txdht.core.items import MAX_TTL, MAX_VALUE_BYTES, Identity, Item, blob
 from txdht.core.limits import HOUSEKEEPING_CONCURRENCY, PACE, Limits
 from txdht.core.messages import Error, Message, Ping, Pong, Store
-from txdht.core.storage import MemoryStorage
+from txdht.core.storage import MemoryStorage, StoredItem
 
 UNLIMITED = Limits(peer_rate=1e12, peer_burst=1e12, global_rate=1e12, global_burst=1e12)
 
@@ -363,6 +363,20 @@ def test_a_handoff_copies_a_few_records_at_a_time() -> None:
     assert handoff.ended
     assert handoff.result == len(handoff.records)
     assert all(b.storage.get(r.item.key) is not None for r in handoff.records)
+
+
+def test_a_handoff_skips_the_records_that_expired_while_they_waited_their_turn() -> None:
+    a, b = engine(1), engine(2)
+    records = [StoredItem(blob(b"item %d" % n), 2.0 if n >= 8 else 600.0) for n in range(10)]
+    handoff = ops.Handoff(contact(b), records)
+    first = [c for c in a.start(handoff, 1.0) if isinstance(c, Send)]
+    assert len(first) == HOUSEKEEPING_CONCURRENCY
+    wire = Wire(a, b)
+    wire.now = 3.0  # the last two expired meanwhile: they are not sent
+    for command in first:
+        wire.deliver([command], a)
+    assert handoff.result == HOUSEKEEPING_CONCURRENCY
+    assert [b.storage.get(r.item.key) is not None for r in records] == [True] * 8 + [False] * 2
 
 
 def test_a_publish_of_an_item_too_large_fails_at_once() -> None:
