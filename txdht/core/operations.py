@@ -68,8 +68,9 @@ Address = tuple[str, int]
 #: The refresh interval a join ends with: every bucket no lookup touched yet is refreshed,
 #: which fills the buckets further away from our own id.
 JOIN_REFRESH = 0.001
-#: How many of the holders that refused a replica as stale a holder asks for the newer version
-#: (``CatchUp``): one honest answer is enough, and a refuser that lies costs one request.
+#: How many of the peers that refused a held copy as stale (replicated, republished or handed
+#: off) a holder asks for the newer version (``CatchUp``): one honest answer is enough, and a
+#: refuser that lies costs one request.
 CATCH_UP_ASKS = 3
 
 
